@@ -1,0 +1,41 @@
+"""torchformer: transformers from the attention equation to a served model.
+
+    import torchformer as tf
+    clf = tf.load("runs/imdb-minilm/best")      # or any BERT-family HF directory
+    clf.predict(["great film", "dull"])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load"]
+
+
+def load(path: str | os.PathLike, **overrides: Any):
+    """Load a trained model directory (a run's ``best/`` or an HF layout directory).
+
+    Returns the task object that fits the directory: a ``TextClassifier`` for
+    BERT-family classifiers, a ``Translator`` for translation runs.
+
+    Raises:
+        FileNotFoundError: the path is neither a directory nor a cached hub name.
+        CheckpointError: the model type is not supported.
+    """
+    from torchformer.checkpoints.hf import read_config, resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    if (model_dir / "best" / "config.json").is_file():  # a run directory
+        model_dir = model_dir / "best"
+    model_type = read_config(Path(model_dir)).get("model_type")
+    if model_type == "bert":
+        from torchformer.tasks.classifier import TextClassifier
+
+        return TextClassifier.from_dir(model_dir, **overrides)
+    from torchformer.tasks import translator  # noqa: F401  (raises if the task is absent)
+
+    return translator.Translator.from_dir(model_dir, **overrides)

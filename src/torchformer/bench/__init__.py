@@ -1,0 +1,1 @@
+"""Benchmarks that measure torchformer against a reference in one run."""

@@ -1,0 +1,67 @@
+"""The ``torchformer`` command: one entry point, each subcommand a plain function.
+
+Each command module exposes ``register(subparsers)`` which adds its
+subcommand(s) and sets ``func`` on the parser; modules are imported lazily so
+that ``torchformer --help`` stays fast and optional extras stay optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that contribute subcommands, in help order.
+COMMAND_MODULES = [
+    "torchformer.tasks.classify_cli",
+    "torchformer.tasks.translate_cli",
+    "torchformer.export.cli",
+    "torchformer.bench.cli",
+    "torchformer.serve.cli",
+    "torchformer.viz.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from torchformer import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="torchformer",
+        description="Transformers from the attention equation to a fine-tuned, explained, exported and served model.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchformer {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # that part of the toolkit is not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Transformer building blocks: attention, masks, feed-forward, norms, positions, KV cache.
+
+``nn/`` imports torch only; every model in ``torchformer.models`` is built from these.
+"""
+
+from torchformer.nn.attention import MultiHeadAttention, fast_attention, reference_attention
+from torchformer.nn.cache import KVCache, LayerCache
+from torchformer.nn.feed_forward import FeedForward, GatedFeedForward, get_activation
+from torchformer.nn.layers import DecoderLayer, EncoderLayer
+from torchformer.nn.masks import causal_mask, causal_padding_mask, combine_masks, padding_mask
+from torchformer.nn.norms import LayerNorm, RMSNorm, build_norm
+from torchformer.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from torchformer.nn.relative_position import RelativePositionBias
+
+__all__ = [
+    "DecoderLayer",
+    "EncoderLayer",
+    "FeedForward",
+    "GatedFeedForward",
+    "KVCache",
+    "LayerCache",
+    "LayerNorm",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "RelativePositionBias",
+    "SinusoidalPositionalEncoding",
+    "build_norm",
+    "causal_mask",
+    "causal_padding_mask",
+    "combine_masks",
+    "fast_attention",
+    "get_activation",
+    "padding_mask",
+    "reference_attention",
+]

@@ -1,0 +1,201 @@
+"""Scaled dot-product attention and multi-head attention.
+
+Implements Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k) + bias) V from
+Vaswani et al. 2017, "Attention Is All You Need", section 3.2.
+
+Two paths compute the same thing:
+
+- ``reference_attention``: the equation written out, readable, and the only
+  path that can return the attention probabilities.
+- ``fast_attention``: ``torch.nn.functional.scaled_dot_product_attention``
+  (fused kernels). It cannot return probabilities.
+
+The caller chooses with ``attn_impl="reference" | "sdpa"``; asking for the
+weights (``return_attentions=True``) always takes the reference path.
+
+Shapes: B batch, H heads, T query length, S key length, Dh head dim, D d_model.
+Masks are boolean "may attend" masks broadcastable to (B, H, T, S): True keeps
+a position, False hides it. Additive float biases (T5's relative position bias)
+are broadcastable to (B, H, T, S) too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchformer.nn.cache import LayerCache
+
+AttnImpl = Literal["reference", "sdpa"]
+
+
+def _merge_mask_and_bias(mask: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """One additive float mask from a boolean keep-mask and a float bias.
+
+    A boolean mask is turned into an additive one too, so that a fully masked
+    row gives what ``reference_attention`` gives (a uniform average, via
+    finfo.min rather than -inf) instead of SDPA's zeros for boolean masks.
+    """
+    if mask is None:
+        return None if bias is None else bias.to(dtype)
+    base = torch.zeros((), dtype=dtype, device=mask.device) if bias is None else bias.to(dtype)
+    return base.masked_fill(~mask, torch.finfo(dtype).min)  # broadcast of mask and bias
+
+
+def reference_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The attention equation, step by step.
+
+    Args:
+        q: (B, H, T, Dh) queries.
+        k: (B, H, S, Dh) keys.
+        v: (B, H, S, Dh) values.
+        mask: boolean keep-mask broadcastable to (B, H, T, S).
+        bias: additive float bias broadcastable to (B, H, T, S).
+        scale: multiplier of the scores; default 1/sqrt(Dh).
+        dropout: dropout probability on the attention probabilities.
+
+    Returns:
+        (output (B, H, T, Dh), probabilities (B, H, T, S)).
+    """
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    # Softmax in fp32 for stability under half precision, as most references do.
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (B, H, T, S)
+    dropped = F.dropout(probs, p=dropout, training=training) if dropout > 0 else probs
+    return torch.matmul(dropped, v), probs  # (B, H, T, Dh)
+
+
+def fast_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """Same contract as ``reference_attention`` on PyTorch's fused SDPA kernels."""
+    attn_mask = _merge_mask_and_bias(mask, bias, q.dtype)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout if training else 0.0, scale=scale
+    )  # (B, H, T, Dh)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (Vaswani et al. 2017, section 3.2.2).
+
+    Self-attention when ``context`` is None, cross-attention otherwise (queries
+    from ``x``, keys and values from ``context``). With a ``LayerCache`` it
+    appends the new keys/values (self-attention) or computes the context's
+    keys/values once and reuses them (cross-attention), for incremental decoding.
+
+    Args:
+        d_model: model width D.
+        n_heads: number of heads H.
+        head_dim: per-head width Dh (default D // H; T5 sets it separately).
+        bias: whether the four projections have biases (T5: no).
+        dropout: dropout on the attention probabilities.
+        scale: score multiplier (default 1/sqrt(Dh); T5 uses 1.0).
+        attn_impl: "sdpa" (fused kernel) or "reference" (readable equation).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        head_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        scale: float | None = None,
+        attn_impl: AttnImpl = "sdpa",
+    ) -> None:
+        super().__init__()
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+            head_dim = d_model // n_heads
+        if attn_impl not in ("reference", "sdpa"):
+            raise ValueError(f"attn_impl must be 'reference' or 'sdpa', got {attn_impl!r}")
+        self.n_heads = n_heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+        self.scale = scale
+        self.attn_impl = attn_impl
+        inner = n_heads * head_dim
+        self.q_proj = nn.Linear(d_model, inner, bias=bias)
+        self.k_proj = nn.Linear(d_model, inner, bias=bias)
+        self.v_proj = nn.Linear(d_model, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, d_model, bias=bias)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+    def _keys_values(
+        self, x: Tensor, context: Tensor | None, cache: LayerCache | None
+    ) -> tuple[Tensor, Tensor]:
+        if context is not None:  # cross-attention: the context never changes while decoding
+            if cache is not None and cache.cross_k is not None:
+                return cache.cross_k, cache.cross_v
+            k = self._split_heads(self.k_proj(context))  # (B, H, S, Dh)
+            v = self._split_heads(self.v_proj(context))  # (B, H, S, Dh)
+            if cache is not None:
+                cache.cross_k, cache.cross_v = k, v
+            return k, v
+        k = self._split_heads(self.k_proj(x))  # (B, H, T, Dh)
+        v = self._split_heads(self.v_proj(x))  # (B, H, T, Dh)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, S_past + T, Dh)
+        return k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        cache: LayerCache | None = None,
+        return_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``x`` (B, T, D) to itself or to ``context`` (B, S, D).
+
+        Returns:
+            (output (B, T, D), probabilities (B, H, T, S) or None).
+        """
+        B, T, _ = x.shape
+        q = self._split_heads(self.q_proj(x))  # (B, H, T, Dh)
+        k, v = self._keys_values(x, context, cache)  # (B, H, S, Dh)
+        p = self.dropout if self.training else 0.0
+        probs = None
+        if return_attentions or self.attn_impl == "reference":
+            out, probs = reference_attention(
+                q, k, v, mask=mask, bias=bias, scale=self.scale, dropout=p, training=self.training
+            )
+        else:
+            out = fast_attention(
+                q, k, v, mask=mask, bias=bias, scale=self.scale, dropout=p, training=self.training
+            )
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Dh)
+        return self.out_proj(out), (probs if return_attentions else None)

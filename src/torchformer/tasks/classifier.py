@@ -1,0 +1,145 @@
+"""A loaded text classifier: model + tokenizer + the run's preprocessing, and ``predict()``.
+
+This is the public inference object of the classification task. It reads a
+model directory in Hugging Face layout (``config.json``, ``model.safetensors``,
+``tokenizer.json``) plus our sidecar ``torchformer.json`` (truncation strategy,
+max length, cleaning steps) when present — a run's ``best/`` directory, or any
+BERT-family directory from the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from torchformer.checkpoints import load_pretrained, save_pretrained
+from torchformer.checkpoints.hf import resolve_model_dir
+from torchformer.data.batching import pad_batch
+from torchformer.models.encoder import EncoderForSequenceClassification
+from torchformer.text.cleaning import TextCleaner
+from torchformer.text.tokenizer import Tokenizer
+
+SIDECAR_NAME = "torchformer.json"
+
+
+@dataclass
+class InferenceSettings:
+    """How raw text becomes model input; saved next to the weights as ``torchformer.json``."""
+
+    task: str = "classification"
+    max_length: int = 256
+    truncation: str = "head+tail"
+    head_tokens: int | None = None
+    cleaning: list[str] = field(default_factory=lambda: ["strip_html", "normalize_whitespace"])
+
+    @classmethod
+    def read(cls, model_dir: Path) -> InferenceSettings:
+        path = Path(model_dir) / SIDECAR_NAME
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def write(self, model_dir: Path) -> None:
+        path = Path(model_dir) / SIDECAR_NAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+
+def validate_texts(texts: object) -> list[str]:
+    """A list of non-empty strings, or a clear error naming the offending index."""
+    if isinstance(texts, str):
+        return [texts] if texts.strip() else validate_texts([texts])
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        if not t.strip():
+            raise ValueError(f"texts[{i}] is empty or whitespace only")
+    return list(texts)
+
+
+class TextClassifier:
+    """Fine-tuned (or loaded) classifier ready for ``predict()``.
+
+    Args:
+        model: an ``EncoderForSequenceClassification``.
+        tokenizer: its tokenizer.
+        settings: truncation/cleaning used in training.
+    """
+
+    def __init__(
+        self,
+        model: EncoderForSequenceClassification,
+        tokenizer: Tokenizer,
+        settings: InferenceSettings | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.settings = settings or InferenceSettings()
+        self.cleaner = TextCleaner(self.settings.cleaning)
+        cfg = model.config
+        self.labels = [cfg.id2label.get(i, str(i)) for i in range(cfg.num_labels)]
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike, **overrides) -> TextClassifier:
+        """Load a run's ``best/`` directory or any BERT-family HF directory."""
+        model_dir = resolve_model_dir(path)
+        model, _ = load_pretrained(model_dir, task="classification", **overrides)
+        tokenizer = Tokenizer.from_pretrained_dir(model_dir)
+        return cls(model, tokenizer, InferenceSettings.read(model_dir))
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write model, tokenizer and settings in HF layout (+ ``torchformer.json``)."""
+        out = save_pretrained(self.model, out_dir, tokenizer=self.tokenizer)
+        self.settings.write(out)
+        return out
+
+    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Clean, tokenize with the run's truncation, pad: (input_ids, attention_mask), each (B, T)."""
+        cleaned = [self.cleaner(t) for t in texts]
+        ids = self.tokenizer.encode_batch(
+            cleaned,
+            max_length=self.settings.max_length,
+            truncation=self.settings.truncation,
+            head_tokens=self.settings.head_tokens,
+        )
+        return pad_batch(ids, self.tokenizer.pad_id)
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: list[str] | str, *, batch_size: int = 32) -> Tensor:
+        """Class probabilities (N, C), batched, in input order."""
+        texts = validate_texts(texts)
+        # Sort by length so each batch pads little; restore the order at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        probs = torch.empty(len(texts), len(self.labels))
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            input_ids, attention_mask = self.encode([texts[i] for i in idx])
+            logits = self.model(input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            probs[idx] = logits.float().softmax(-1).cpu()
+        return probs
+
+    def predict(self, texts: list[str] | str, *, batch_size: int = 32) -> list[dict]:
+        """For each text: ``{"label", "confidence", "probabilities": {label: p}}``.
+
+        Raises:
+            TypeError / ValueError: a non-string or empty text, naming its index.
+        """
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        out = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({
+                "label": self.labels[best],
+                "confidence": row[best],
+                "probabilities": dict(zip(self.labels, row)),
+            })
+        return out

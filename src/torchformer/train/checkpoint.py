@@ -1,0 +1,338 @@
+"""Atomic, ``weights_only``-safe training checkpoints.
+
+A checkpoint is one ``torch.save`` file holding a plain dict, for example::
+
+    {"step": 1200, "epoch": 2,
+     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+     "scheduler": scheduler.state_dict(), "rng": capture_rng_state(),
+     "sampler": sampler.state_dict(), "early_stopping": stopper.state_dict(),
+     "metadata": {"best_f1": 0.91}}
+
+Writes are atomic: the bytes go to a temporary file in the same directory, are
+flushed and fsynced, and the file is renamed onto its final name with
+``os.replace`` (atomic on POSIX and Windows); then the directory is fsynced so
+the rename itself survives a power loss. A crash at any point leaves either the
+old file or the new one, never a torn one.
+
+Reads use ``torch.load(weights_only=True)``, so a checkpoint can hold only
+tensors, dicts, lists, tuples, strings, numbers, booleans and ``None``.
+:func:`save_checkpoint` checks this *before* writing and names the offending
+key, rather than producing a file that will not load back.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import torch
+
+from torchformer.train.seed import capture_rng_state, restore_rng_state
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointManager",
+    "Stateful",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_weights_only_safe",
+    "load_checkpoint",
+    "restore_training_state",
+    "save_checkpoint",
+    "training_state",
+    "unwrap_model",
+]
+
+_SAFE_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.Tensor, torch.dtype,
+                torch.Size, torch.device)  # fmt: skip
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or holds unsafe objects."""
+
+
+# ---------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename: fsync the directory entry (a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_path_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], object]
+) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+
+    ``data`` is bytes, or a callable ``write(fileobj)`` that streams into the open file
+    (so large states are not held twice in memory).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_path_prefix(path), dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text (configs, manifests, reports)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------
+# Save / load
+# ---------------------------------------------------------------------------
+
+
+def check_weights_only_safe(obj: Any, where: str = "state") -> None:
+    """Raise ``TypeError`` naming the first value ``torch.load(weights_only=True)`` rejects.
+
+    Types are checked exactly: a ``numpy.float64`` is a ``float`` subclass but does not load.
+    """
+    if type(obj) in _SAFE_LEAVES or isinstance(obj, torch.Tensor):
+        return
+    if type(obj) in (dict, collections.OrderedDict):
+        for key, value in obj.items():
+            if type(key) not in _SAFE_LEAVES:
+                raise TypeError(f"{where}: key {key!r} of type {type(key).__name__} is not allowed")
+            check_weights_only_safe(value, f"{where}[{key!r}]")
+        return
+    if type(obj) in (list, tuple, set):
+        for i, value in enumerate(obj):
+            check_weights_only_safe(value, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where}: {type(obj).__module__}.{type(obj).__qualname__} cannot be loaded with "
+        "torch.load(weights_only=True); convert it to tensors, lists or plain numbers"
+    )
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` to ``path`` with ``torch.save``.
+
+    Raises:
+        TypeError: ``state`` holds something ``weights_only`` loading would reject
+            (nothing is written then).
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"a checkpoint state must be a dict, got {type(state).__name__}")
+    check_weights_only_safe(state)
+    return atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is truncated, corrupt or holds non-tensor objects;
+            the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({size} bytes; truncated or corrupt?): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
+    return state
+
+
+# ---------------------------------------------------------------------------
+# The state of a training loop
+# ---------------------------------------------------------------------------
+
+
+class Stateful(Protocol):
+    """Anything with ``state_dict()`` / ``load_state_dict()`` (schedulers, samplers, ...)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under ``DistributedDataParallel`` (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, so checkpoint keys carry no wrapper prefixes."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def training_state(
+    *,
+    step: int,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Stateful | None = None,
+    sampler: Stateful | None = None,
+    early_stopping: Stateful | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything needed to resume exactly, as one ``weights_only``-loadable dict.
+
+    Includes the global RNG states (:func:`~torchformer.train.seed.capture_rng_state`).
+    ``metadata`` is for small JSON-like values (best score, config hash).
+    """
+
+    def state_of(obj: Stateful | None) -> dict[str, Any] | None:
+        return obj.state_dict() if obj is not None else None
+
+    return {
+        "step": int(step),
+        "epoch": int(epoch),
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": state_of(scheduler),
+        "sampler": state_of(sampler),
+        "early_stopping": state_of(early_stopping),
+        "rng": capture_rng_state(),
+        "metadata": dict(metadata or {}),
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any],
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Stateful | None = None,
+    sampler: Stateful | None = None,
+    early_stopping: Stateful | None = None,
+    restore_rng: bool = True,
+) -> tuple[int, int]:
+    """Load a :func:`training_state` dict into live objects; returns ``(step, epoch)``.
+
+    Objects passed as ``None`` are skipped (e.g. no optimizer when only evaluating).
+
+    Raises:
+        KeyError: an object was passed but the checkpoint holds no state for it.
+    """
+    unwrap_model(model).load_state_dict(state["model"])
+    parts = {"optimizer": optimizer, "scheduler": scheduler, "sampler": sampler,
+             "early_stopping": early_stopping}  # fmt: skip
+    for name, obj in parts.items():
+        if obj is None:
+            continue
+        if state.get(name) is None:
+            raise KeyError(f"the checkpoint holds no {name} state")
+        obj.load_state_dict(state[name])
+    if restore_rng:
+        restore_rng_state(state["rng"])
+    return int(state["step"]), int(state["epoch"])
+
+
+# ---------------------------------------------------------------------------
+# A directory of step-numbered checkpoints
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: where it came from, its step and its state."""
+
+    path: Path
+    step: int
+    state: dict[str, Any]
+
+
+class CheckpointManager:
+    """Keeps ``step-000123.pt`` files in ``directory``, pruning all but the newest ``keep_last``.
+
+    A single process writes (rank 0 under distributed training). Leftover temporary
+    files from a crashed write are removed when the manager is created.
+
+    Example::
+
+        manager = CheckpointManager(run_dir / "checkpoints", keep_last=2)
+        if (ckpt := manager.latest()) is not None:
+            model.load_state_dict(ckpt.state["model"]); ...
+        manager.save(step, state)
+    """
+
+    _pattern = re.compile(r"^step-(\d+)\.pt$")
+
+    def __init__(self, directory: str | os.PathLike[str], *, keep_last: int = 3):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
+
+    def path_for(self, step: int) -> Path:
+        return self.directory / f"step-{step:06d}.pt"
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoint files present, oldest first."""
+        found = (self._pattern.match(p.name) for p in self.directory.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Atomically write ``state`` for ``step``, then delete all but the newest ``keep_last``."""
+        path = save_checkpoint(self.path_for(step), state)
+        for old in self.steps()[: -self.keep_last]:
+            self.path_for(old).unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint that loads, or ``None`` when there is none.
+
+        A corrupt or unreadable file is skipped with a ``RuntimeWarning`` naming it, and
+        the next older one is tried.
+        """
+        for step in reversed(self.steps()):
+            path = self.path_for(step)
+            try:
+                return Checkpoint(path=path, step=step, state=load_checkpoint(path))
+            except (CheckpointError, OSError) as e:
+                warnings.warn(f"skipping unreadable checkpoint: {e}", RuntimeWarning, stacklevel=2)
+        return None
+
+    def _remove_stale_temp_files(self) -> None:
+        for tmp in self.directory.glob(".step-*.pt.tmp-*"):
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,38 @@
+"""Guards that stop a run before a bad value reaches the weights or a checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["NonFiniteLossError", "check_finite"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss (or gradient norm) became NaN or infinite.
+
+    Attributes:
+        step: the optimizer step at which it happened.
+        value: the offending value.
+        quantity: what was checked (``"loss"``, ``"grad_norm"``).
+    """
+
+    def __init__(self, step: int, value: float, quantity: str = "loss"):
+        self.step, self.value, self.quantity = step, value, quantity
+        super().__init__(
+            f"non-finite {quantity} ({value}) at step {step}; the weights from before this "
+            "step are intact: lower the learning rate, check the data near this step, or "
+            "enable gradient clipping"
+        )
+
+
+def check_finite(value: float | torch.Tensor, step: int, *, quantity: str = "loss") -> None:
+    """Raise :class:`NonFiniteLossError` if ``value`` is NaN or infinite.
+
+    A tensor is read with ``.item()``, a host-device sync: on GPU, check every few steps
+    (the weights are only corrupted by the *optimizer* step, so check before it).
+    """
+    number = float(value.detach().float().item()) if isinstance(value, torch.Tensor) else value
+    if not math.isfinite(number):
+        raise NonFiniteLossError(step, number, quantity)

@@ -1,0 +1,210 @@
+"""The explain page: a prediction and the attention behind it, as one offline HTML file.
+
+``torchformer explain RUN "text" --out explain.html`` loads the model with
+``torchformer.load`` and writes:
+
+- the prediction (label, confidence, probability per label);
+- a token view: each token shaded by the attention it receives from [CLS]
+  (last layer, mean of heads by default; any layer / head or their means);
+- a layer × head grid of attention heatmaps (one PNG, long inputs pooled);
+- an interactive matrix view (pick layer, head and window of at most
+  ``window`` tokens; hover a token to see its attention to the others).
+
+For translation models the page shows the cross-attention alignment between
+source and output tokens instead (:func:`alignment_html`, from plain tensors).
+The HTML pieces here are reused by the run report.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from torchformer.viz.attention import (
+    TextAttention,
+    as_layer_stack,
+    attention_for_text,
+    cross_attention_payload,
+    self_attention_payload,
+)
+from torchformer.viz.plots import plot_alignment, plot_attention_grid, png_data_uri
+from torchformer.viz.templates import json_block, page
+
+__all__ = ["alignment_html", "attention_html", "explain_html", "prediction_html", "write_explain"]
+
+WINDOW = 64
+EXPLAIN_MAX_VALUES = 2_000_000  # numbers stored for the matrix view (≈ 8 MB of JSON at most)
+
+
+def prediction_html(prediction: dict[str, Any]) -> str:
+    """Predicted label, confidence and a bar per label."""
+    rows = "".join(
+        f"<tr><td>{html.escape(str(label))}</td><td class='num'>{p:.4f}</td>"
+        f"<td><span class='tf-bar' style='width:{max(1, round(200 * p))}px'></span></td></tr>"
+        for label, p in prediction["probabilities"].items()
+    )
+    return (
+        f"<p class='tf-pred'>Prediction: <b>{html.escape(str(prediction['label']))}</b> "
+        f"(confidence {prediction['confidence']:.4f})</p>"
+        f"<table class='tf-table tf-probs'><tr><th>label</th><th>probability</th><th></th></tr>{rows}</table>"
+    )
+
+
+def attention_html(
+    attention: TextAttention,
+    *,
+    key: str,
+    window: int = WINDOW,
+    max_values: int = EXPLAIN_MAX_VALUES,
+    heading: str = "h3",
+) -> str:
+    """Token view, layer × head grid and interactive view for one text.
+
+    Args:
+        attention: from :func:`~torchformer.viz.attention.attention_for_text`.
+        key: unique within the page (names the embedded JSON block).
+        window: tokens per page of the matrix view.
+        max_values: budget of numbers stored for the matrix view.
+    """
+    data_id = f"tf-data-{key}"
+    payload = self_attention_payload(
+        attention.tokens,
+        attention.attentions,
+        special=attention.special,
+        window=window,
+        max_values=max_values,
+    )
+    L, H, T, _ = attention.attentions.shape
+    grid = png_data_uri(plot_attention_grid(attention.attentions))
+    h = heading
+    return (
+        f"<{h}>Token view</{h}>"
+        "<p class='tf-note'>Each token is shaded by the attention it receives from [CLS] "
+        "(position 0); the colour scale ignores special tokens. Hover a token for its value.</p>"
+        f"<div class='tf-attn tf-token-view' data-src='{data_id}'></div>"
+        f"<{h}>Attention heads ({L} layers × {H} heads, {T} tokens)</{h}>"
+        f"<img class='tf-plot tf-grid' alt='layer by head attention grid' src='{grid}'>"
+        f"<{h}>Interactive view</{h}>"
+        f"<div class='tf-attn tf-matrix-view' data-src='{data_id}'></div>"
+        f"{json_block(data_id, payload)}"
+    )
+
+
+def alignment_html(
+    cross_attentions: Sequence[Tensor] | Tensor,
+    source_tokens: Sequence[str],
+    target_tokens: Sequence[str],
+    *,
+    key: str = "align",
+    window: int = WINDOW,
+) -> str:
+    """Cross-attention alignment between source and output tokens.
+
+    Args:
+        cross_attentions: per-layer (B, H, T, S) tensors from a seq2seq model's
+            ``decode(..., return_attentions=True)`` (batch row 0 is shown), or (L, H, T, S).
+        source_tokens: the S source tokens; target_tokens: the T output tokens.
+
+    Returns:
+        HTML: a PNG of the last layer's head-averaged alignment and an interactive
+        layer / head view of the same numbers.
+    """
+    stack = as_layer_stack(cross_attentions)  # (L, H, T, S)
+    payload = cross_attention_payload(stack, source_tokens, target_tokens, window=window)
+    image = plot_alignment(
+        stack[-1].mean(0),
+        source_tokens,
+        target_tokens,
+        title="cross-attention, last layer, mean of heads",
+    )
+    data_id = f"tf-data-{key}"
+    return (
+        f"<img class='tf-plot tf-alignment' alt='alignment matrix' src='{png_data_uri(image)}'>"
+        "<h3>Interactive alignment</h3>"
+        f"<div class='tf-attn tf-matrix-view tf-cross' data-src='{data_id}'></div>"
+        f"{json_block(data_id, payload)}"
+    )
+
+
+def explain_html(
+    classifier: Any,
+    text: str,
+    *,
+    window: int = WINDOW,
+    max_values: int = EXPLAIN_MAX_VALUES,
+    title: str = "torchformer explain",
+) -> str:
+    """The whole explain page for a ``TextClassifier`` and one text."""
+    attention = attention_for_text(classifier, text)
+    n_tokens = len(attention.tokens)
+    body = (
+        f"<section id='prediction'><h2>Prediction</h2>{prediction_html(attention.prediction)}</section>"
+        f"<section id='input'><h2>Input</h2><pre class='tf-text'>{html.escape(text)}</pre>"
+        f"<p class='tf-note'>{n_tokens} tokens after the model's cleaning and truncation "
+        f"(max length {classifier.settings.max_length}, {classifier.settings.truncation}).</p></section>"
+        f"<section id='attention'><h2>Attention</h2>"
+        f"{attention_html(attention, key='explain', window=window, max_values=max_values)}</section>"
+    )
+    nav = [("prediction", "Prediction"), ("input", "Input"), ("attention", "Attention")]
+    subtitle = f"{attention.prediction['label']} ({attention.prediction['confidence']:.3f})"
+    return page(title, body, subtitle=subtitle, nav=nav)
+
+
+def translation_explain_html(
+    translator: Any, text: str, *, title: str = "torchformer explain"
+) -> str:
+    """The explain page for a translation model: output and cross-attention alignment.
+
+    The translator must provide ``alignment(text) -> (source_tokens, target_tokens,
+    cross_attentions)`` where ``cross_attentions`` are the per-layer (B, H, T, S)
+    tensors its decoder returns with ``return_attentions=True``.
+
+    Raises:
+        TypeError: the translator has no ``alignment`` method.
+    """
+    if not callable(getattr(translator, "alignment", None)):
+        raise TypeError(
+            f"{type(translator).__name__} has no alignment(text) method; cannot show cross-attention"
+        )
+    source_tokens, target_tokens, cross = translator.alignment(text)
+    output = translator.translate([text])[0]
+    output = output if isinstance(output, str) else str(output)
+    body = (
+        f"<section id='translation'><h2>Translation</h2><pre class='tf-text'>{html.escape(text)}</pre>"
+        f"<p class='tf-pred'>→ <b>{html.escape(output)}</b></p></section>"
+        f"<section id='alignment'><h2>Cross-attention alignment</h2>"
+        f"{alignment_html(cross, source_tokens, target_tokens)}</section>"
+    )
+    return page(
+        title,
+        body,
+        subtitle=output,
+        nav=[("translation", "Translation"), ("alignment", "Alignment")],
+    )
+
+
+def write_explain(
+    model_path: str | os.PathLike,
+    text: str,
+    out: str | os.PathLike,
+    *,
+    window: int = WINDOW,
+    max_values: int = EXPLAIN_MAX_VALUES,
+) -> Path:
+    """Load a run (or model directory) with ``torchformer.load`` and write its explain page for ``text``."""
+    import torchformer
+
+    model = torchformer.load(model_path)
+    if hasattr(model, "predict"):
+        document = explain_html(model, text, window=window, max_values=max_values)
+    else:
+        document = translation_explain_html(model, text)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(document, encoding="utf-8")
+    return out

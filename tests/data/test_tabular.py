@@ -1,0 +1,150 @@
+"""read_table: formats, validation errors located by file/line/field, skipping bad rows."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from torchformer.data.records import DataError, TextRecord
+from torchformer.data.tabular import read_table
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    return path
+
+
+def test_csv_with_quoted_commas_and_multiline_fields(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", 'text,label\n"good, really",pos\n"two\nlines",neg\nok,pos\n')
+    table = read_table(path)
+    assert [r.text for r in table.records] == ["good, really", "two\nlines", "ok"]
+    assert [r.label for r in table.records] == ["pos", "neg", "pos"]
+    assert table.line_numbers == [2, 3, 5]
+
+
+def test_tsv_treats_quotes_as_text(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.tsv", 'sentence\ty\n"Quoted" start\t1\nplain\t0\n')
+    table = read_table(path, text_column="sentence", label_column="y")
+    assert [(r.text, r.label) for r in table.records] == [('"Quoted" start', 1), ("plain", 0)]
+
+
+def test_jsonl_keeps_integer_and_string_labels(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.jsonl", '{"text": "a", "label": 2}\n\n{"text": "b", "label": 0}\n')
+    assert [r.label for r in read_table(path).records] == [2, 0]
+    path = _write(tmp_path / "s.jsonl", '{"text": "a", "label": "x"}\n')
+    assert read_table(path).records == [TextRecord("a", "x")]
+
+
+def test_json_array_uses_record_numbers(tmp_path: Path) -> None:
+    rows = [{"text": "a", "label": "p"}, {"text": "", "label": "n"}]
+    path = _write(tmp_path / "d.json", json.dumps(rows, indent=1))
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    assert (info.value.record, info.value.field) == (2, "text")
+    assert str(info.value) == f"{path}: record 2: field 'text': empty text; expected non-empty text"
+
+
+def test_csv_integer_labels_become_ints_only_when_all_are(tmp_path: Path) -> None:
+    ints = _write(tmp_path / "i.csv", "text,label\na,1\nb,0\n")
+    assert [r.label for r in read_table(ints).records] == [1, 0]
+    mixed = _write(tmp_path / "m.csv", "text,label\na,1\nb,pos\n")
+    assert [r.label for r in read_table(mixed).records] == ["1", "pos"]
+
+
+def test_gzip_bom_and_id_column(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv.gz"
+    path.write_bytes(gzip.compress(b"\xef\xbb\xbfid,text,label\nr1,hello,pos\n"))
+    assert read_table(path, id_column="id").records == [TextRecord("hello", "pos", id="r1")]
+
+
+def test_unlabeled_data(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "text\nhello\n")
+    assert read_table(path, label_column=None).records == [TextRecord("hello", None)]
+
+
+def test_missing_column_lists_the_columns_present(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "review,sentiment\nnice,pos\n")
+    with pytest.raises(DataError) as info:
+        read_table(path, label_column="sentiment")
+    assert (
+        str(info.value)
+        == f"{path}:1: field 'text': missing column; columns present: review, sentiment"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "field", "message"),
+    [
+        ("text,label\nok,pos\n   ,neg\n", 3, "text", "empty text"),
+        ("text,label\nok,pos\nfine,\n", 3, "label", "missing label"),
+        ("text,label\nok,pos\nfine\n", 3, "label", "missing label"),
+        ("text,label\nok,pos\na,b,c\n", 3, None, r"expected 2 fields \(text, label\), found 3"),
+    ],
+)
+def test_csv_row_errors_name_file_line_and_field(
+    tmp_path: Path, content: str, line: int, field: str | None, message: str
+) -> None:
+    path = _write(tmp_path / "d.csv", content)
+    with pytest.raises(DataError, match=message) as info:
+        read_table(path)
+    assert (info.value.file, info.value.line, info.value.field) == (path, line, field)
+
+
+def test_undecodable_bytes_report_line_byte_offset_and_field(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", b"text,label\nok,pos\nbad \xe9 latin-1,neg\n")
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    error = info.value
+    assert (error.line, error.field) == (3, "text")
+    assert "byte offset 22 of the file (column 5 of the line), expected UTF-8" in str(error)
+
+
+def test_malformed_json_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", label: 2}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: malformed JSON: .* at column 15"):
+        read_table(path)
+
+
+def test_json_labels_must_be_strings_or_integers_of_one_type(tmp_path: Path) -> None:
+    path = _write(tmp_path / "f.jsonl", '{"text": "a", "label": 1.5}\n')
+    with pytest.raises(DataError, match="expected a string or integer label, got float"):
+        read_table(path)
+    path = _write(tmp_path / "m.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n')
+    with pytest.raises(DataError, match="'x' is a str but the first label") as info:
+        read_table(path)
+    assert info.value.line == 2
+
+
+def test_skip_bad_rows_returns_and_logs_a_summary(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    content = b"text,label\nok,pos\n,neg\nbad \xff,neg\nfine,\nalso ok,neg\n"
+    path = _write(tmp_path / "d.csv", content)
+    with caplog.at_level(logging.WARNING, logger="torchformer.data.tabular"):
+        table = read_table(path, skip_bad_rows=True)
+    assert [r.text for r in table.records] == ["ok", "also ok"]
+    assert table.line_numbers == [2, 6]
+    assert [line for line, _ in table.skipped] == [3, 4, 5]
+    assert "field 'label': missing label" in table.skipped[2][1]
+    assert "skipped 3 of 5 rows (text: 2, label: 1)" in caplog.text
+
+
+def test_format_detection_errors(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.txt", "text,label\n")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        read_table(path)
+    assert len(read_table(_write(tmp_path / "x.txt", "text,label\na,b\n"), format="csv")) == 1
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        read_table(tmp_path / "missing.csv")
+
+
+def test_a_file_without_valid_rows_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "text,label\n,pos\n")
+    with pytest.raises(DataError, match="no valid records"):
+        read_table(path, skip_bad_rows=True)

@@ -1,0 +1,149 @@
+"""StreamingClassificationMetrics against sklearn, error heap, report files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from torchformer.evaluate.classification import (
+    StreamingClassificationMetrics,
+    classification_report_text,
+    expected_calibration_error,
+    write_evaluation,
+)
+
+metrics_lib = pytest.importorskip("sklearn.metrics")
+
+LABELS = ["negative", "neutral", "positive", "other"]
+
+
+def random_batches(seed: int, n: int = 503, batch_size: int = 64):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, len(LABELS), generator=gen) * 2
+    labels = torch.randint(0, len(LABELS), (n,), generator=gen)
+    labels[labels == 3] = 2  # class "other" never occurs: zero support
+    logits[:, 1] -= 10  # class "neutral" (almost) never predicted: zero precision
+    return [
+        (logits[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, n, batch_size)
+    ]
+
+
+def test_matches_sklearn_on_random_data():
+    batches = random_batches(0)
+    metrics = StreamingClassificationMetrics(LABELS)
+    for logits, labels in batches:
+        metrics.update(logits, labels)
+    result = metrics.compute()
+
+    y_true = torch.cat([b[1] for b in batches]).numpy()
+    y_pred = torch.cat([b[0] for b in batches]).argmax(-1).numpy()
+    ids = list(range(len(LABELS)))
+    assert result["accuracy"] == pytest.approx(metrics_lib.accuracy_score(y_true, y_pred))
+    assert (
+        result["confusion_matrix"]
+        == metrics_lib.confusion_matrix(y_true, y_pred, labels=ids).tolist()
+    )
+    p, r, f, s = metrics_lib.precision_recall_fscore_support(
+        y_true, y_pred, labels=ids, zero_division=0
+    )
+    for c, name in enumerate(LABELS):
+        per = result["per_class"][name]
+        assert (per["precision"], per["recall"], per["f1"], per["support"]) == pytest.approx(
+            (p[c], r[c], f[c], s[c])
+        )
+    for avg in ("macro", "weighted"):
+        ref = metrics_lib.f1_score(y_true, y_pred, labels=ids, average=avg, zero_division=0)
+        assert result[f"{avg}_f1"] == pytest.approx(ref)
+    assert result["num_examples"] == len(y_true)
+
+    expected_text = metrics_lib.classification_report(
+        y_true, y_pred, labels=ids, target_names=LABELS, digits=4, zero_division=0
+    )
+    assert classification_report_text(result) == expected_text
+
+
+def test_batching_does_not_change_the_result():
+    one = StreamingClassificationMetrics(LABELS)
+    many = StreamingClassificationMetrics(LABELS)
+    batches = random_batches(1)
+    one.update(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    for logits, labels in batches:
+        many.update(logits, labels)
+    assert one.compute() == many.compute()
+
+
+def test_most_confident_errors_are_kept_in_order():
+    metrics = StreamingClassificationMetrics(["a", "b"], top_errors=2, excerpt_chars=5)
+    # confidences of the wrong predictions: 0.73, 0.98, 0.88 (logit gaps 1, 4, 2)
+    logits = torch.tensor([[1.0, 0.0], [4.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    labels = torch.tensor([1, 1, 0, 0])  # the last is correct
+    texts = ["first text", "second text", "third text", "fourth"]
+    metrics.update(logits[:2], labels[:2], texts=texts[:2], ids=["x1", "x2"])
+    metrics.update(logits[2:], labels[2:], texts=texts[2:], ids=["x3", "x4"])
+    errors = metrics.errors()
+    assert [e["id"] for e in errors] == ["x2", "x3"]
+    assert errors[0] == {
+        "id": "x2", "true": "b", "predicted": "a",
+        "confidence": pytest.approx(torch.tensor([4.0, 0.0]).softmax(-1)[0].item(), abs=1e-6),
+        "true_probability": pytest.approx(torch.tensor([4.0, 0.0]).softmax(-1)[1].item(), abs=1e-6),
+        "text": "secon",
+    }  # fmt: skip
+
+
+def test_losses_ignore_index_and_per_example_arrays():
+    metrics = StreamingClassificationMetrics(["a", "b"])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [5.0, 0.0]])
+    labels = torch.tensor([0, 0, -100])  # the third is padding
+    metrics.update(
+        logits, labels, texts=["ab", "abcd", "zzzzzz"], loss=torch.tensor([0.5, 1.5, 9.0])[:2]
+    )
+    metrics.update(logits[:1], labels[:1], texts=["xyz"], loss=1.0)  # a batch mean
+    result = metrics.compute()
+    assert result["num_examples"] == 3
+    assert result["loss"] == pytest.approx((0.5 + 1.5 + 1.0) / 3)
+    examples = metrics.examples()
+    assert examples["correct"].tolist() == [True, False, True]
+    assert examples["length"].tolist() == [2, 4, 3]
+    assert examples["confidence"].dtype == np.float32
+
+
+def test_expected_calibration_error():
+    confidence = np.array([0.95, 0.95, 0.55, 0.55], dtype=np.float32)
+    correct = np.array([True, True, False, True])
+    # bin of 0.95: acc 1.0 (gap 0.05); bin of 0.55: acc 0.5 (gap 0.05)
+    assert expected_calibration_error(confidence, correct) == pytest.approx(0.05)
+
+
+def test_invalid_input_is_rejected():
+    metrics = StreamingClassificationMetrics(["a", "b"])
+    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+        metrics.update(torch.zeros(2, 2), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="texts has 1 entries for a batch of 2"):
+        metrics.update(torch.zeros(2, 2), torch.tensor([0, 1]), texts=["x"])
+    with pytest.raises(ValueError, match=r"logits must be \(B, 2\)"):
+        metrics.update(torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
+def test_write_evaluation_files(tmp_path):
+    metrics = StreamingClassificationMetrics(["neg", "pos"], top_errors=3)
+    metrics.update(
+        torch.tensor([[3.0, 0.0], [0.0, 1.0], [2.0, 0.0]]), torch.tensor([1, 0, 0]),
+        texts=["bad but good", "meh", "fine"],
+    )  # fmt: skip
+    result = metrics.compute()
+    paths = write_evaluation(tmp_path, result, prefix="test_")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "test_classification_report.txt", "test_confusion_matrix.json",
+        "test_errors.jsonl", "test_metrics.json",
+    ]  # fmt: skip
+    saved = json.loads(paths["metrics"].read_text())
+    assert saved["accuracy"] == pytest.approx(1 / 3) and "errors" not in saved
+    assert json.loads(paths["confusion_matrix"].read_text()) == {
+        "labels": ["neg", "pos"], "matrix": [[1, 1], [1, 0]],
+    }  # fmt: skip
+    errors = [json.loads(line) for line in paths["errors"].read_text().splitlines()]
+    assert [e["text"] for e in errors] == ["bad but good", "meh"]  # most confident first
+    assert paths["report"].read_text().splitlines()[0].split() == [
+        "precision", "recall", "f1-score", "support",
+    ]  # fmt: skip

@@ -1,0 +1,15 @@
+"""Fixtures for the nn/ unit tests (tier 1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    # Tiny tensors: intra-op threads only add synchronisation on a shared, loaded CPU.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

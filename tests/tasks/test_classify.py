@@ -1,0 +1,167 @@
+"""The classification task end to end on tiny models and data (tier 1) and on real IMDB (tier 3)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchformer
+from torchformer.config import ConfigError, load_config
+from torchformer.data.records import DataError
+from torchformer.tasks.classify import ClassifyConfig, train
+from torchformer.text.tokenizer import Tokenizer
+from torchformer.train.checkpoint import load_checkpoint
+
+POS = ["great", "wonderful", "superb", "moving", "brilliant", "funny", "loved", "beautiful"]
+NEG = ["awful", "boring", "dull", "terrible", "worst", "bad", "hated", "tedious"]
+FILLER = ["the", "film", "movie", "plot", "actors", "was", "really", "and", "story", "a", "this"]
+
+
+def toy_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        words = rng.choices(FILLER, k=rng.randint(3, 12)) + rng.choices(POS if label == "pos" else NEG, k=2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def tiny_config(tmp_path: Path, **overrides) -> ClassifyConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    train_csv = write_csv(tmp_path / "train.csv", toy_rows(96, 0))
+    test_csv = write_csv(tmp_path / "test.csv", toy_rows(32, 1))
+    base = {
+        "run_dir": str(tmp_path / "run"),
+        "report": False,
+        "data.source": str(train_csv),
+        "data.test_file": str(test_csv),
+        "data.val_fraction": 0.25,
+        "data.max_length": 32,
+        "model.base": "scratch",
+        "model.preset": "tiny",
+        "model.pooling": "mean",
+        "tokenizer.vocab_size": 200,
+        "tokenizer.min_frequency": 1,
+        "train.epochs": 3,
+        "train.batch_size": 8,
+        "train.lr": 3e-3,
+        "train.warmup_ratio": 0.1,
+        "train.progress": False,
+        "train.patience": 10,
+    }
+    base.update(overrides)
+    return load_config(ClassifyConfig, None, base)
+
+
+def newest_checkpoint(run_dir: Path) -> dict:
+    return load_checkpoint(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1])
+
+
+def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
+    run = train(tiny_config(tmp_path, **{"train.epochs": 8}))
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "best/config.json", "best/model.safetensors",
+                 "best/tokenizer.json", "best/torchformer.json", "eval/test/metrics.json", "eval/test/errors.jsonl"):
+        assert (run / name).is_file(), name
+    test_metrics = json.loads((run / "eval/test/metrics.json").read_text())
+    assert test_metrics["accuracy"] >= 0.9  # the toy task is separable by keywords
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"train", "val", "best_test"} <= {x["split"] for x in lines}
+    clf = torchformer.load(run)
+    preds = clf.predict(["a wonderful superb film", "an awful boring movie"])
+    assert [p["label"] for p in preds] == ["pos", "neg"]
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in preds)
+
+
+def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path):
+    # Both runs share one tokenizer file: WordPiece training breaks frequency ties
+    # differently from one process to the next.
+    tok = Tokenizer.train_wordpiece([r["text"] for r in toy_rows(96, 0)], vocab_size=200, min_frequency=1)
+    tok.save(tmp_path / "tokenizer.json")
+    overrides = {"train.checkpoint_every": 1, "train.eval_every": 4, "model.classifier_dropout": 0.3,
+                 "tokenizer.path": str(tmp_path / "tokenizer.json")}
+    unbroken = train(tiny_config(tmp_path / "a", **overrides))
+    cfg = tiny_config(tmp_path / "b", **overrides)
+    train(cfg, stop_at_step=6)  # mid-epoch, between evaluations
+    assert not (Path(cfg.run_dir) / "eval").exists()
+    resumed = train(cfg, resume=True)
+    a, b = newest_checkpoint(unbroken), newest_checkpoint(resumed)
+    assert a["loop"]["step"] == b["loop"]["step"] > 6
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6, msg=key)
+    assert json.loads((resumed / "eval/test/metrics.json").read_text()) == json.loads(
+        (unbroken / "eval/test/metrics.json").read_text()
+    )
+
+
+def test_predict_rejects_bad_input(tmp_path):
+    clf = torchformer.load(train(tiny_config(tmp_path, **{"train.epochs": 1})))
+    with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
+        clf.predict(["fine", "  "])
+    with pytest.raises(TypeError, match=r"texts\[0\] is int"):
+        clf.predict([3])
+
+
+def test_unknown_label_in_test_file_names_file_and_record(tmp_path):
+    cfg = tiny_config(tmp_path)
+    rows = toy_rows(8, 3)
+    rows[5]["label"] = "neutral"
+    write_csv(Path(cfg.data.test_file), rows)
+    with pytest.raises(DataError) as err:
+        train(cfg)
+    assert "test.csv" in str(err.value) and "neutral" in str(err.value)
+
+
+def test_missing_column_is_named(tmp_path):
+    cfg = tiny_config(tmp_path, **{"data.text_column": "review"})
+    with pytest.raises(DataError, match="review"):
+        train(cfg)
+
+
+def test_unknown_config_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(ClassifyConfig, path)
+    assert "train.lrr" in str(err.value) and "bad.yaml" in str(err.value)
+
+
+def test_shipped_configs_load():
+    shipped = sorted((Path(torchformer.__file__).parent / "configs").glob("*.yaml"))
+    assert shipped, "no shipped configs found"
+    for path in shipped:
+        if "task: translation" in path.read_text():
+            continue  # loaded by the translation tests
+        cfg = load_config(ClassifyConfig, path)
+        assert cfg.task == "classification" and cfg.run_dir
+
+
+@pytest.mark.data
+def test_real_imdb_slice_from_archive_to_predict(tmp_path, imdb_labeled):
+    """The whole path on real data: archive -> reader -> tokenizer -> MiniLM -> train -> best/ -> predict()."""
+    cfg = load_config(ClassifyConfig, None, {
+        "run_dir": str(tmp_path / "imdb"), "report": False,
+        "data.train_samples": 32, "data.val_samples": 16, "data.test_samples": 16, "data.max_length": 48,
+        "train.epochs": 1, "train.batch_size": 8, "train.progress": False,
+    })  # fmt: skip
+    run = train(cfg)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["extra"]["sizes"] == {"train": 32, "val": 16, "test": 16}
+    clf = torchformer.load(run)
+    assert clf.labels == ["neg", "pos"]
+    preds = clf.predict([imdb_labeled["test"][0].text, imdb_labeled["test"][-1].text])
+    assert all(p["label"] in ("neg", "pos") and 0.5 <= p["confidence"] <= 1 for p in preds)
