@@ -148,3 +148,9 @@ def test_a_file_without_valid_rows_is_an_error(tmp_path: Path) -> None:
     path = _write(tmp_path / "d.csv", "text,label\n,pos\n")
     with pytest.raises(DataError, match="no valid records"):
         read_table(path, skip_bad_rows=True)
+
+
+def test_long_csv_fields_are_accepted(tmp_path: Path) -> None:
+    long_text = "word " * 60_000  # 300 kB, over csv's default 128 KiB field limit
+    path = _write(tmp_path / "d.csv", f'text,label\n"{long_text}",pos\n')
+    assert read_table(path).records[0].text == long_text

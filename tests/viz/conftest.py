@@ -23,7 +23,20 @@ from torchformer.train.logging import MetricsLogger, write_manifest
 
 POSITIVE = ["great", "wonderful", "loved", "brilliant", "moving", "superb", "funny", "beautiful"]
 NEGATIVE = ["awful", "boring", "hated", "dull", "terrible", "weak", "messy", "poor"]
-FILLER = ["the", "film", "plot", "actors", "was", "a", "story", "and", "movie", "ending", "really", "quite"]
+FILLER = [
+    "the",
+    "film",
+    "plot",
+    "actors",
+    "was",
+    "a",
+    "story",
+    "and",
+    "movie",
+    "ending",
+    "really",
+    "quite",
+]
 
 
 def toy_texts(n: int, seed: int, *, flip: float = 0.0) -> list[tuple[str, int]]:
@@ -49,7 +62,9 @@ def tiny_classifier() -> tuple[TextClassifier, list[dict]]:
     torch.set_num_threads(1)  # a tiny model: extra threads only contend on a busy machine
     train = toy_texts(400, seed=1)
     tokenizer = Tokenizer.train_wordpiece([t for t, _ in train], vocab_size=120, min_frequency=1)
-    config = preset("tiny", vocab_size=tokenizer.vocab_size, num_labels=2, id2label={0: "neg", 1: "pos"})
+    config = preset(
+        "tiny", vocab_size=tokenizer.vocab_size, num_labels=2, id2label={0: "neg", 1: "pos"}
+    )
     model = EncoderForSequenceClassification(config)
     clf = TextClassifier(model, tokenizer, InferenceSettings(max_length=128))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -62,7 +77,14 @@ def tiny_classifier() -> tuple[TextClassifier, list[dict]]:
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        log.append({"step": step + 1, "epoch": (step + 1) / 24, "loss": out.loss.item(), "lr": 3e-3 * (1 - step / 60)})
+        log.append(
+            {
+                "step": step + 1,
+                "epoch": (step + 1) / 24,
+                "loss": out.loss.item(),
+                "lr": 3e-3 * (1 - step / 60),
+            }
+        )
     model.eval()
     torch.set_num_threads(threads)
     return clf, log
@@ -74,11 +96,23 @@ def _evaluate(clf: TextClassifier, data: list[tuple[str, int]]) -> tuple[dict, d
     with torch.inference_mode():
         ids, mask = clf.encode(texts)
         logits = clf.model(ids, attention_mask=mask).logits
-    metrics.update(logits, labels, texts=texts, lengths=mask.sum(-1), loss=torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
+    metrics.update(
+        logits,
+        labels,
+        texts=texts,
+        lengths=mask.sum(-1),
+        loss=torch.nn.functional.cross_entropy(logits, labels, reduction="none"),
+    )
     probs = logits.softmax(-1)
     confidence, predicted = probs.max(-1)
     correct = [
-        {"id": i, "true": clf.labels[y], "predicted": clf.labels[int(p)], "confidence": float(c), "text": t}
+        {
+            "id": i,
+            "true": clf.labels[y],
+            "predicted": clf.labels[int(p)],
+            "confidence": float(c),
+            "text": t,
+        }
         for i, ((t, y), p, c) in enumerate(zip(data, predicted, confidence))
         if int(p) == y
     ]
@@ -94,17 +128,53 @@ def tiny_run(tiny_classifier, tmp_path_factory) -> Path:
     clf.save(run_dir / "best")
     with MetricsLogger(run_dir) as logger:
         for record in log:
-            logger.log({"loss": record["loss"], "lr": record["lr"], "samples_per_s": 500.0}, step=record["step"], epoch=record["epoch"])
+            logger.log(
+                {"loss": record["loss"], "lr": record["lr"], "samples_per_s": 500.0},
+                step=record["step"],
+                epoch=record["epoch"],
+            )
             if record["step"] % 20 == 0:
                 logger.log({"loss": record["loss"] * 1.1, "accuracy": 0.5 + record["step"] / 200, "macro_f1": 0.45 + record["step"] / 200},
                            step=record["step"], epoch=record["epoch"], split="val")  # fmt: skip
     config = {"model": {"base": "scratch", "preset": "tiny"}, "train": {"lr": 3e-3, "seed": 0}}
-    (run_dir / "config.yaml").write_text("model:\n  base: scratch\n  preset: tiny\ntrain:\n  lr: 0.003\n  seed: 0\n")
+    (run_dir / "config.yaml").write_text(
+        "model:\n  base: scratch\n  preset: tiny\ntrain:\n  lr: 0.003\n  seed: 0\n"
+    )
     write_manifest(run_dir, config=config, seed=0, data_fingerprint="f" * 64)
     result, extra = _evaluate(clf, toy_texts(120, seed=2, flip=0.15))
     eval_dir = run_dir / "eval" / "test"
     write_evaluation(eval_dir, result)
     # Per-example arrays and a few correct examples (the format the report reads).
-    (eval_dir / "examples.json").write_text(json.dumps({k: v.tolist() for k, v in extra["examples"].items()}))
+    (eval_dir / "examples.json").write_text(
+        json.dumps({k: v.tolist() for k, v in extra["examples"].items()})
+    )
     (eval_dir / "correct.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra["correct"]))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_translator():
+    """An untrained 2+2-layer encoder–decoder with a joint BPE vocabulary (its output is noise)."""
+    from torchformer.models.seq2seq import Seq2Seq
+    from torchformer.models.seq2seq import preset as seq2seq_preset
+    from torchformer.tasks.translator import TranslationSettings, Translator
+
+    torch.manual_seed(0)
+    corpus = [
+        "ein Hund läuft im Park .",
+        "a dog runs in the park .",
+        "zwei Männer spielen Fußball .",
+        "two men play football .",
+    ]
+    tokenizer = Tokenizer.train_bpe(corpus * 5, vocab_size=80, min_frequency=1)
+    config = seq2seq_preset(
+        "tiny",
+        vocab_size=tokenizer.vocab_size,
+        max_len=24,
+        pad_id=tokenizer.pad_id,
+        decoder_start_id=tokenizer.bos_id,
+        eos_id=tokenizer.eos_id,
+    )
+    return Translator(
+        Seq2Seq(config), tokenizer, tokenizer, TranslationSettings(beam_size=2, max_len_offset=5)
+    )

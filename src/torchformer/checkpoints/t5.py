@@ -58,19 +58,34 @@ def t5_key_map(*, gated: bool) -> KeyMap:
     pairs = [
         ("src_embed.weight", "shared.weight"),
         ("lm_head.weight", "lm_head.weight"),
-        ("encoder.relative_bias.embedding.weight", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-        ("decoder.relative_bias.embedding.weight", "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        (
+            "encoder.relative_bias.embedding.weight",
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        ),
+        (
+            "decoder.relative_bias.embedding.weight",
+            "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        ),
         ("encoder.final_norm.weight", "encoder.final_layer_norm.weight"),
         ("decoder.final_norm.weight", "decoder.final_layer_norm.weight"),
         # Encoder block: layer.0 self-attention, layer.1 feed-forward.
-        *[(f"encoder.layers.{{i}}.self_attn.{o}.weight", f"{enc}.0.SelfAttention.{t}.weight") for o, t in _ATTENTION],
+        *[
+            (f"encoder.layers.{{i}}.self_attn.{o}.weight", f"{enc}.0.SelfAttention.{t}.weight")
+            for o, t in _ATTENTION
+        ],
         ("encoder.layers.{i}.attn_norm.weight", f"{enc}.0.layer_norm.weight"),
         *_ffn_pairs("encoder.layers.{i}.ffn", f"{enc}.1.DenseReluDense", gated=gated),
         ("encoder.layers.{i}.ffn_norm.weight", f"{enc}.1.layer_norm.weight"),
         # Decoder block: layer.0 self-attention, layer.1 cross-attention, layer.2 feed-forward.
-        *[(f"decoder.layers.{{i}}.self_attn.{o}.weight", f"{dec}.0.SelfAttention.{t}.weight") for o, t in _ATTENTION],
+        *[
+            (f"decoder.layers.{{i}}.self_attn.{o}.weight", f"{dec}.0.SelfAttention.{t}.weight")
+            for o, t in _ATTENTION
+        ],
         ("decoder.layers.{i}.attn_norm.weight", f"{dec}.0.layer_norm.weight"),
-        *[(f"decoder.layers.{{i}}.cross_attn.{o}.weight", f"{dec}.1.EncDecAttention.{t}.weight") for o, t in _ATTENTION],
+        *[
+            (f"decoder.layers.{{i}}.cross_attn.{o}.weight", f"{dec}.1.EncDecAttention.{t}.weight")
+            for o, t in _ATTENTION
+        ],
         ("decoder.layers.{i}.cross_attn_norm.weight", f"{dec}.1.layer_norm.weight"),
         *_ffn_pairs("decoder.layers.{i}.ffn", f"{dec}.2.DenseReluDense", gated=gated),
         ("decoder.layers.{i}.ffn_norm.weight", f"{dec}.2.layer_norm.weight"),
@@ -165,7 +180,9 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> Seq2SeqConfig:
         data = {k: v for k, v in hf.items() if k not in ("model_type", "architectures")}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise CheckpointError(f"{source}: unknown keys {', '.join(unknown)} for {TRANSFORMER_MODEL_TYPE}")
+            raise CheckpointError(
+                f"{source}: unknown keys {', '.join(unknown)} for {TRANSFORMER_MODEL_TYPE}"
+            )
         try:
             return config_from_dict(Seq2SeqConfig, data, source=source)
         except (ConfigError, ValueError) as e:
@@ -173,17 +190,25 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> Seq2SeqConfig:
     raise CheckpointError(f"{source}: model_type {model_type!r} is not an encoder-decoder model")
 
 
-def config_to_hf(config: Seq2SeqConfig, *, architecture: str = "T5ForConditionalGeneration") -> dict:
+def config_to_hf(
+    config: Seq2SeqConfig, *, architecture: str = "T5ForConditionalGeneration"
+) -> dict:
     """A ``config.json`` dict: T5's for ``flavour="t5"``, our own for the Transformer."""
     if config.flavour == "t5":
         return _t5_config_to_hf(config, architecture)
-    return {"model_type": TRANSFORMER_MODEL_TYPE, "architectures": ["Seq2Seq"], **config_to_dict(config)}
+    return {
+        "model_type": TRANSFORMER_MODEL_TYPE,
+        "architectures": ["Seq2Seq"],
+        **config_to_dict(config),
+    }
 
 
 # --- weights ----------------------------------------------------------------------------
 
 
-def state_from_hf(hf_state: dict[str, Tensor], config: Seq2SeqConfig, *, source: str) -> dict[str, Tensor]:
+def state_from_hf(
+    hf_state: dict[str, Tensor], config: Seq2SeqConfig, *, source: str
+) -> dict[str, Tensor]:
     """Rename a T5 state dict to our names; unmatched keys are kept to be reported."""
     key_map = t5_key_map(gated=config.gated_ffn)
     ours: dict[str, Tensor] = {}

@@ -158,6 +158,8 @@ def _decode_lines(path: Path, raw: bytes) -> tuple[list[str], dict[int, str]]:
 def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[_Row]:
     """Parse CSV/TSV lines into rows keyed by the header."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    # The default 128 KiB field limit rejects long documents; texts are bounded by memory.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(iter(lines), delimiter=delimiter, quoting=quoting, strict=True)
     previous = 0
     header: list[str] | None = None

@@ -159,34 +159,53 @@ def beam_search(
         k, V = live_scores.size(1), log_probs.size(-1)
         total = (live_scores[:, :, None] + log_probs.view(B, k, V)).view(B, k * V)  # (B, k * V)
         cand_scores, cand_index = total.topk(min(2 * K, k * V), dim=1)  # (B, 2K), best first
-        cand_rows = cand_index // V + torch.arange(B, device=device)[:, None] * k  # (B, 2K) source rows
+        cand_rows = (
+            cand_index // V + torch.arange(B, device=device)[:, None] * k
+        )  # (B, 2K) source rows
         cand_tokens = cand_index % V  # (B, 2K)
         ends = cand_tokens == eos_id  # (B, 2K)
 
         # Finished hypotheses: among the top K continuations, those ending in eos
         # (all of them at the last step).
-        finishing = ends[:, :K] | (t == max_new_tokens)  # (B, K)
+        finishing = (ends[:, :K] | (t == max_new_tokens)) & cand_scores[:, :K].isfinite()  # (B, K)
         if finishing.any():
             _collect_finished(
-                pools, done, finishing, tokens, cand_rows, cand_tokens, cand_scores,
-                t=t, beam_size=K, length_penalty=length_penalty,
+                pools,
+                done,
+                finishing,
+                tokens,
+                cand_rows,
+                cand_tokens,
+                cand_scores,
+                t=t,
+                beam_size=K,
+                length_penalty=length_penalty,
             )
 
-        # Live beams: the best K continuations that do not end in eos.
-        live_scores, pick = cand_scores.masked_fill(ends, float("-inf")).topk(K, dim=1)  # (B, K)
+        # Live beams: the best K continuations that do not end in eos (fewer while
+        # k * V < K: a tiny vocabulary at the first steps).
+        n_live = min(K, cand_scores.size(1))
+        live_scores, pick = cand_scores.masked_fill(ends, float("-inf")).topk(
+            n_live, dim=1
+        )  # (B, K)
         rows = cand_rows.gather(1, pick).view(-1)  # (N,)
         next_tokens = cand_tokens.gather(1, pick)  # (B, K)
         best_live = live_scores[:, 0].tolist()
         for b in range(B):
             done[b] = done[b] or _is_done(
-                pools[b], best_live[b], t=t, beam_size=K, max_new_tokens=max_new_tokens,
-                length_penalty=length_penalty, early_stopping=early_stopping,
+                pools[b],
+                best_live[b],
+                t=t,
+                beam_size=K,
+                max_new_tokens=max_new_tokens,
+                length_penalty=length_penalty,
+                early_stopping=early_stopping,
             )
         if all(done) or t == max_new_tokens:
             break
         tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)  # (N, t)
         cache.select(rows)
         # Done inputs keep their rows (the batch stays rectangular) but feed padding.
-        finished_rows = torch.tensor(done, device=device).repeat_interleave(K)  # (N,)
+        finished_rows = torch.tensor(done, device=device).repeat_interleave(n_live)  # (N,)
         last = next_tokens.view(-1, 1).masked_fill(finished_rows[:, None], pad_id)  # (N, 1)
     return [pool[:n_best] for pool in pools]

@@ -76,7 +76,7 @@ class Seq2SeqConfig:
     d_ff: int = 2048
     n_encoder_layers: int = 6
     n_decoder_layers: int = 6
-    max_len: int = 100  # transformer: longest sequence (rows of the sinusoid table); T5 has no limit
+    max_len: int = 100  # transformer: rows of the sinusoid table; T5 has no length limit
     dropout: float = 0.1  # residual, embedding, attention-probability and FFN-hidden dropout
     activation: str = "relu"  # FFN activation ("gelu_new" for T5 v1.1's gated-gelu)
     gated_ffn: bool = False  # T5 v1.1 / Flan: act(W_gate x) * (W_up x)
@@ -105,31 +105,31 @@ class Seq2SeqConfig:
             )
 
 
+_T5 = dict(flavour="t5", norm_eps=1e-6, pad_id=0, decoder_start_id=0, eos_id=1)
+
+
+def _layers(n: int) -> dict[str, int]:
+    return {"n_encoder_layers": n, "n_decoder_layers": n}
+
+
 PRESETS: dict[str, Seq2SeqConfig] = {
     # The paper's base model (Table 3): 65M parameters with a 37k joint BPE vocabulary.
     "transformer-base": Seq2SeqConfig(),
-    # Multi30k (29k training pairs of ~13 tokens) on 2 CPU cores: half the width and
-    # layers of base cut the compute ~8x (per-token FLOPs ~ 6 * ~9M parameters); the size
-    # of bentrevett's pytorch-seq2seq Transformer (256 wide, 3+3 layers), known to reach
-    # ~35 BLEU on Multi30k, with head_dim 64 as in the paper. With an 8k joint vocabulary
-    # an epoch is ~1e6 tokens, ~5e13 FLOPs: roughly 10-15 min at 2 cores' effective
-    # throughput, so ~10 epochs fit in < 3 h.
-    "transformer-small-cpu": Seq2SeqConfig(
-        vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=3, n_decoder_layers=3
-    ),
-    "tiny": Seq2SeqConfig(
-        vocab_size=1000, d_model=32, n_heads=4, d_ff=64, n_encoder_layers=2, n_decoder_layers=2, max_len=128
-    ),
-    "t5-small": Seq2SeqConfig(
-        flavour="t5", vocab_size=32128, d_model=512, n_heads=8, head_dim=64, d_ff=2048,
-        n_encoder_layers=6, n_decoder_layers=6, norm_eps=1e-6, pad_id=0, decoder_start_id=0, eos_id=1,
-    ),
+    # Multi30k (29k pairs, ~13 tokens a side) on 2 CPU cores, < 3 h: half the width and
+    # layers of base (7.6M parameters with an 8k joint vocabulary, 5.5M outside the
+    # embeddings), the size of the well-known Multi30k tutorials (bentrevett/pytorch-seq2seq:
+    # 256 wide, 3+3 layers), with head_dim 64 as in the paper. Training costs ~6 FLOPs per
+    # parameter per token: ~1.7e13 FLOPs an epoch, 10-15 min at the 20-30 GFLOP/s two cores
+    # sustain on these small matrices, so ~10 epochs fit.
+    "transformer-small-cpu": Seq2SeqConfig(vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, **_layers(3)),
+    "tiny": Seq2SeqConfig(vocab_size=1000, d_model=32, n_heads=4, d_ff=64, **_layers(2), max_len=128),
+    # T5 v1.0 small (60.5M parameters, as google-t5/t5-small).
+    "t5-small": Seq2SeqConfig(vocab_size=32128, d_model=512, n_heads=8, head_dim=64, **_layers(6), **_T5),
     "t5-tiny": Seq2SeqConfig(
-        flavour="t5", vocab_size=1000, d_model=32, n_heads=4, head_dim=8, d_ff=64,
-        n_encoder_layers=2, n_decoder_layers=2, norm_eps=1e-6, pad_id=0, decoder_start_id=0, eos_id=1,
+        vocab_size=1000, d_model=32, n_heads=4, head_dim=8, d_ff=64, **_layers(2), **_T5,
         relative_attention_num_buckets=8, relative_attention_max_distance=20,
     ),
-}
+}  # fmt: skip
 
 
 def preset(name: str, **overrides) -> Seq2SeqConfig:
@@ -168,11 +168,15 @@ def _attention(config: Seq2SeqConfig) -> MultiHeadAttention:
 def _ffn(config: Seq2SeqConfig) -> nn.Module:
     kind = GatedFeedForward if config.gated_ffn else FeedForward
     bias = config.flavour != "t5"
-    return kind(config.d_model, config.d_ff, activation=config.activation, dropout=config.dropout, bias=bias)
+    return kind(
+        config.d_model, config.d_ff, activation=config.activation, dropout=config.dropout, bias=bias
+    )
 
 
 def _norm(config: Seq2SeqConfig) -> nn.Module:
-    return build_norm("rmsnorm" if config.flavour == "t5" else "layernorm", config.d_model, eps=config.norm_eps)
+    return build_norm(
+        "rmsnorm" if config.flavour == "t5" else "layernorm", config.d_model, eps=config.norm_eps
+    )
 
 
 def decoder_self_mask(t: int, s: int, tgt_mask: Tensor | None, device: torch.device) -> Tensor:
@@ -187,7 +191,20 @@ def decoder_self_mask(t: int, s: int, tgt_mask: Tensor | None, device: torch.dev
     causal = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
     if tgt_mask is None:
         return causal
-    return causal & (tgt_mask.bool()[:, None, None, :] | (k_pos == q_pos)[None, None])  # (B, 1, T, S)
+    keep = tgt_mask.bool()[:, None, None, :] | (k_pos == q_pos)[None, None]  # (B, 1, T, S)
+    return causal & keep
+
+
+def _relative_bias(config: Seq2SeqConfig, *, bidirectional: bool) -> RelativePositionBias | None:
+    """T5's per-stack relative position bias (None for the Transformer)."""
+    if config.flavour != "t5":
+        return None
+    return RelativePositionBias(
+        config.n_heads,
+        num_buckets=config.relative_attention_num_buckets,
+        max_distance=config.relative_attention_max_distance,
+        bidirectional=bidirectional,
+    )
 
 
 class Seq2SeqEncoder(nn.Module):
@@ -201,20 +218,12 @@ class Seq2SeqEncoder(nn.Module):
                 dropout=config.dropout, norm_first=config.norm_first,
             )
             for _ in range(config.n_encoder_layers)
-        )
-        t5 = config.flavour == "t5"
-        self.relative_bias = (
-            RelativePositionBias(
-                config.n_heads,
-                num_buckets=config.relative_attention_num_buckets,
-                max_distance=config.relative_attention_max_distance,
-                bidirectional=True,
-            )
-            if t5 else None
-        )
+        )  # fmt: skip
+        self.relative_bias = _relative_bias(config, bidirectional=True)
         # Pre-norm stacks leave the residual stream unnormalised: one norm at the end.
         self.final_norm = _norm(config) if config.norm_first else None
-        self.dropout = nn.Dropout(config.dropout if t5 else 0.0)  # T5 drops out after the final norm
+        # T5 also drops out after the final norm.
+        self.dropout = nn.Dropout(config.dropout if config.flavour == "t5" else 0.0)
 
     def forward(
         self, x: Tensor, *, mask: Tensor | None = None, return_attentions: bool = False
@@ -244,19 +253,10 @@ class Seq2SeqDecoder(nn.Module):
                 dropout=config.dropout, norm_first=config.norm_first,
             )
             for _ in range(config.n_decoder_layers)
-        )
-        t5 = config.flavour == "t5"
-        self.relative_bias = (
-            RelativePositionBias(
-                config.n_heads,
-                num_buckets=config.relative_attention_num_buckets,
-                max_distance=config.relative_attention_max_distance,
-                bidirectional=False,
-            )
-            if t5 else None
-        )
+        )  # fmt: skip
+        self.relative_bias = _relative_bias(config, bidirectional=False)
         self.final_norm = _norm(config) if config.norm_first else None
-        self.dropout = nn.Dropout(config.dropout if t5 else 0.0)
+        self.dropout = nn.Dropout(config.dropout if config.flavour == "t5" else 0.0)
 
     def forward(
         self,
@@ -279,8 +279,13 @@ class Seq2SeqDecoder(nn.Module):
         self_attns, cross_attns = [], []
         for i, layer in enumerate(self.layers):
             x, self_probs, cross_probs = layer(
-                x, context, mask=mask, context_mask=context_mask, bias=bias,
-                cache=None if cache is None else cache[i], return_attentions=return_attentions,
+                x,
+                context,
+                mask=mask,
+                context_mask=context_mask,
+                bias=bias,
+                cache=None if cache is None else cache[i],
+                return_attentions=return_attentions,
             )
             self_attns.append(self_probs)
             cross_attns.append(cross_probs)
@@ -309,15 +314,21 @@ class Seq2Seq(nn.Module):
         self.config = config
         t5 = config.flavour == "t5"
         self.src_embed = nn.Embedding(config.src_vocab_size or config.vocab_size, config.d_model)
-        self.tgt_embed = None if config.share_embeddings else nn.Embedding(config.vocab_size, config.d_model)
+        self.tgt_embed = (
+            None if config.share_embeddings else nn.Embedding(config.vocab_size, config.d_model)
+        )
         # A fixed table (a buffer, not a parameter) for the Transformer; T5 uses relative biases instead.
-        self.positions = None if t5 else SinusoidalPositionalEncoding(config.d_model, config.max_len)
+        self.positions = (
+            None if t5 else SinusoidalPositionalEncoding(config.d_model, config.max_len)
+        )
         # Vaswani et al. 3.4: embeddings are multiplied by sqrt(D) (they are initialised ~ D^-0.5).
         self.embed_scale = 1.0 if t5 else math.sqrt(config.d_model)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.encoder = Seq2SeqEncoder(config)
         self.decoder = Seq2SeqDecoder(config)
-        self.lm_head = None if config.tie_output else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = (
+            None if config.tie_output else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        )
         # HF T5 rescales the decoder output by D^-0.5 before a *tied* head: its embeddings are N(0, 1).
         self.output_scale = config.d_model**-0.5 if t5 and config.tie_output else 1.0
         init_weights(self, config)
@@ -337,7 +348,9 @@ class Seq2Seq(nn.Module):
         if self.positions is not None:
             end = offset + ids.size(1)
             if end > self.config.max_len:
-                raise ValueError(f"sequence length {end} exceeds the model's max_len {self.config.max_len}")
+                raise ValueError(
+                    f"sequence length {end} exceeds the model's max_len {self.config.max_len}"
+                )
             x = x + self.positions(torch.arange(offset, end, device=ids.device))  # (B, L, D)
         return self.embed_dropout(x)
 
@@ -348,7 +361,9 @@ class Seq2Seq(nn.Module):
             return F.linear(hidden, self.target_embeddings.weight)  # (B, T, V)
         return self.lm_head(hidden)  # (B, T, V)
 
-    def encode(self, src_ids: Tensor, *, src_mask: Tensor | None = None, return_attentions: bool = False) -> ModelOutput:
+    def encode(
+        self, src_ids: Tensor, *, src_mask: Tensor | None = None, return_attentions: bool = False
+    ) -> ModelOutput:
         """Encode source ids (B, S).
 
         Returns:
@@ -358,7 +373,9 @@ class Seq2Seq(nn.Module):
         x = self._embed(src_ids, self.src_embed)  # (B, S, D)
         mask = None if src_mask is None else padding_mask(src_mask)  # (B, 1, 1, S)
         x, attentions = self.encoder(x, mask=mask, return_attentions=return_attentions)
-        return ModelOutput(last_hidden_state=x, attentions=tuple(attentions) if return_attentions else None)
+        return ModelOutput(
+            last_hidden_state=x, attentions=tuple(attentions) if return_attentions else None
+        )
 
     def decode(
         self,
@@ -384,7 +401,9 @@ class Seq2Seq(nn.Module):
         Returns:
             ModelOutput with logits (B, T, V), last_hidden_state (B, T, D), cache.
         """
-        context = encoder_out.last_hidden_state if isinstance(encoder_out, ModelOutput) else encoder_out
+        context = (
+            encoder_out.last_hidden_state if isinstance(encoder_out, ModelOutput) else encoder_out
+        )
         B, T = tgt_ids.shape
         past = 0 if cache is None else cache.seq_len
         if tgt_mask is not None and tgt_mask.shape != (B, past + T):
@@ -396,7 +415,12 @@ class Seq2Seq(nn.Module):
         mask = decoder_self_mask(T, past + T, tgt_mask, tgt_ids.device)  # (B or 1, 1, T, S_tgt)
         context_mask = None if src_mask is None else padding_mask(src_mask)  # (B, 1, 1, S)
         x, self_attns, cross_attns = self.decoder(
-            x, context, mask=mask, context_mask=context_mask, cache=cache, return_attentions=return_attentions
+            x,
+            context,
+            mask=mask,
+            context_mask=context_mask,
+            cache=cache,
+            return_attentions=return_attentions,
         )
         return ModelOutput(
             last_hidden_state=x,
@@ -425,16 +449,23 @@ class Seq2Seq(nn.Module):
         """
         enc = self.encode(src_ids, src_mask=src_mask, return_attentions=return_attentions)
         out = self.decode(
-            tgt_in_ids, enc.last_hidden_state, src_mask=src_mask, tgt_mask=tgt_mask,
+            tgt_in_ids,
+            enc.last_hidden_state,
+            src_mask=src_mask,
+            tgt_mask=tgt_mask,
             return_attentions=return_attentions,
         )
         out.encoder_last_hidden_state = enc.last_hidden_state
         out.encoder_attentions = enc.attentions
         if labels is not None:
-            out.loss = sequence_loss(out.logits, labels, pad_id=self.config.pad_id, label_smoothing=label_smoothing)
+            out.loss = sequence_loss(
+                out.logits, labels, pad_id=self.config.pad_id, label_smoothing=label_smoothing
+            )
         return out
 
-    def make_step(self, encoder_out: Tensor | ModelOutput, src_mask: Tensor | None = None) -> StepFn:
+    def make_step(
+        self, encoder_out: Tensor | ModelOutput, src_mask: Tensor | None = None
+    ) -> StepFn:
         """A generation step ``step(last_ids (N, 1), cache) -> logits (N, V)`` over this source.
 
         The step closes over the encoder output (B, S, D) and its mask (B, S).
@@ -445,7 +476,9 @@ class Seq2Seq(nn.Module):
         at the first step and live in the cache, so ``cache.select`` moves them
         with the hypotheses.
         """
-        context = encoder_out.last_hidden_state if isinstance(encoder_out, ModelOutput) else encoder_out
+        context = (
+            encoder_out.last_hidden_state if isinstance(encoder_out, ModelOutput) else encoder_out
+        )
         B = context.size(0)
         expanded: dict[int, tuple[Tensor, Tensor | None]] = {B: (context, src_mask)}
 
@@ -453,9 +486,13 @@ class Seq2Seq(nn.Module):
             rows = last_ids.size(0)
             if rows not in expanded:
                 if rows % B:
-                    raise ValueError(f"step got {rows} rows; expected a multiple of the {B} sources")
+                    raise ValueError(
+                        f"step got {rows} rows; expected a multiple of the {B} sources"
+                    )
                 k = rows // B
-                mask = None if src_mask is None else src_mask.repeat_interleave(k, dim=0)  # (B * k, S)
+                mask = (
+                    None if src_mask is None else src_mask.repeat_interleave(k, dim=0)
+                )  # (B * k, S)
                 expanded[rows] = (context.repeat_interleave(k, dim=0), mask)  # (B * k, S, D)
             ctx, mask = expanded[rows]
             return self.decode(last_ids, ctx, src_mask=mask, cache=cache).logits[:, -1]  # (N, V)
@@ -463,7 +500,9 @@ class Seq2Seq(nn.Module):
         return step
 
 
-def sequence_loss(logits: Tensor, labels: Tensor, *, pad_id: int, label_smoothing: float = 0.0) -> Tensor:
+def sequence_loss(
+    logits: Tensor, labels: Tensor, *, pad_id: int, label_smoothing: float = 0.0
+) -> Tensor:
     """Mean token cross-entropy of logits (B, T, V) against labels (B, T), padding ignored.
 
     Labels equal to ``pad_id`` or -100 do not count. With ``label_smoothing`` eps
@@ -472,7 +511,10 @@ def sequence_loss(logits: Tensor, labels: Tensor, *, pad_id: int, label_smoothin
     """
     targets = labels.masked_fill(labels == pad_id, -100)  # (B, T)
     return F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, label_smoothing=label_smoothing
+        logits.flatten(0, 1).float(),
+        targets.flatten(),
+        ignore_index=-100,
+        label_smoothing=label_smoothing,
     )
 
 

@@ -112,6 +112,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 42
     threads: int | None = None
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    precision: str = "fp32"  # "bf16": autocast matmuls to bfloat16 (fast on CPUs with AVX512-BF16/AMX)
     progress: bool = True
 
 
@@ -193,7 +195,8 @@ def evaluate_split(
     order = sorted(range(len(split)), key=lambda i: split.lengths[i])
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        input_ids, attention_mask, labels = _batch(split, idx, pad_id)
+        device = next(model.parameters()).device
+        input_ids, attention_mask, labels = (t.to(device) for t in _batch(split, idx, pad_id))
         out = model(input_ids, attention_mask=attention_mask, labels=labels)
         metrics.update(out.logits, labels, texts=[split.texts[i] for i in idx], ids=[split.ids[i] for i in idx],
                        loss=torch.nn.functional.cross_entropy(out.logits, labels, reduction="none"),
@@ -207,28 +210,10 @@ class LoopState:
     """Counters saved in checkpoints."""
 
     step: int = 0  # optimizer steps done
-    epoch: int = 0
+    epoch: int = 0  # epochs completed
     samples: int = 0
+    train_seconds: float = 0.0  # time in forward/backward/optimizer steps only
     stopped_early: bool = False
-
-
-def _checkpoint_state(model, optimizer, scheduler, sampler, stopper, state: LoopState) -> dict:
-    return {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "sampler": sampler.state_dict(), "early_stopping": stopper.state_dict(), "rng": capture_rng_state(),
-        "loop": {"step": state.step, "epoch": state.epoch, "samples": state.samples,
-                 "stopped_early": state.stopped_early},
-    }  # fmt: skip
-
-
-def _restore(ckpt: dict, model, optimizer, scheduler, sampler, stopper) -> LoopState:
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    sampler.load_state_dict(ckpt["sampler"])
-    stopper.load_state_dict(ckpt["early_stopping"])
-    restore_rng_state(ckpt["rng"])
-    return LoopState(**ckpt["loop"])
 
 
 def prepare_run(config: ClassifyConfig):
@@ -246,146 +231,221 @@ def prepare_run(config: ClassifyConfig):
     return splits, label_names, model, tokenizer, encoded
 
 
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; its ``checkpoint()`` is what resume restores."""
+
+    config: ClassifyConfig
+    run_dir: Path
+    model: EncoderForSequenceClassification
+    tokenizer: Tokenizer
+    label_names: list[str]
+    encoded: dict[str, EncodedSplit]
+    settings: InferenceSettings
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sampler: LengthBucketBatchSampler
+    stopper: EarlyStopping
+    ckpts: CheckpointManager
+    log: MetricsLogger
+    class_weights: torch.Tensor | None
+    total_steps: int
+    state: LoopState = field(default_factory=LoopState)
+
+    def checkpoint(self) -> None:
+        s = self.state
+        self.ckpts.save(s.step, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+            "early_stopping": self.stopper.state_dict(), "rng": capture_rng_state(),
+            "loop": {"step": s.step, "epoch": s.epoch, "samples": s.samples,
+                     "train_seconds": s.train_seconds, "stopped_early": s.stopped_early},
+        })  # fmt: skip
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])  # copies into the parameters, on their device
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        self.stopper.load_state_dict(ckpt["early_stopping"])
+        restore_rng_state(ckpt["rng"])
+        self.state = LoopState(**ckpt["loop"])
+
+    def evaluate_and_keep_best(self) -> None:
+        """Validate; save ``best/`` on improvement; update early stopping and the plateau schedule."""
+        tc = self.config.train
+        result = evaluate_split(self.model, self.encoded["val"], self.label_names,
+                                pad_id=self.tokenizer.pad_id, batch_size=tc.eval_batch_size)  # fmt: skip
+        values = {k: result[k] for k in ("loss", "accuracy", "macro_f1")}
+        self.log.log(values, step=self.state.step, epoch=self.state.epoch, split="val")
+        logger.info("step %d val %s", self.state.step, {k: round(v, 4) for k, v in values.items()})
+        self.scheduler.step_metric(result[tc.metric])
+        if self.stopper.update(result[tc.metric], step=self.state.step):
+            # Not through TextClassifier, which would switch the model to eval mode (no dropout).
+            save_pretrained(self.model, self.run_dir / "best", tokenizer=self.tokenizer)
+            self.settings.write(self.run_dir / "best")
+        self.state.stopped_early = self.stopper.should_stop
+
+
+def setup_run(config: ClassifyConfig, *, resume: bool) -> Run:
+    """Build (or restore) a run: data, model, optimizer, schedule, sampler, checkpoints."""
+    tc = config.train
+    if tc.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {tc.precision!r}")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    splits, label_names, model, tokenizer, encoded = prepare_run(config)
+    device = _device(tc.device)
+    model.to(device)  # before the optimizer and its restored state are created
+    save_config(config, run_dir / "config.yaml")
+    write_manifest(run_dir, config=config_to_dict(config), seed=tc.seed,
+                   data_fingerprint=fingerprint_records(encoded["train"].texts),
+                   extra={"sizes": {k: len(v) for k, v in encoded.items()}, "labels": label_names,
+                          "skipped_rows": splits.skipped})  # fmt: skip
+    sampler = LengthBucketBatchSampler(encoded["train"].lengths, tc.batch_size, seed=tc.seed, shuffle=True)
+    total_steps = tc.max_steps or math.ceil(len(sampler) / tc.grad_accum) * tc.epochs
+    optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
+    mode = "min" if tc.metric == "loss" else "max"
+    run = Run(
+        config=config, run_dir=run_dir, model=model, tokenizer=tokenizer, label_names=label_names,
+        encoded=encoded, device=device, optimizer=optimizer, sampler=sampler, total_steps=total_steps,
+        settings=InferenceSettings(max_length=config.data.max_length, truncation=config.data.truncation,
+                                   head_tokens=config.data.head_tokens, cleaning=list(config.data.cleaning)),
+        scheduler=build_scheduler(optimizer, tc.schedule, warmup_steps=int(tc.warmup_ratio * total_steps),
+                                  total_steps=total_steps, plateau_mode=mode),
+        stopper=EarlyStopping(tc.metric, mode=mode, patience=tc.patience),
+        ckpts=CheckpointManager(run_dir / "checkpoints", keep_last=tc.keep_checkpoints),
+        log=MetricsLogger(run_dir),
+        class_weights=torch.tensor(loss_class_weights(splits), device=device) if config.data.class_weights else None,
+    )  # fmt: skip
+    if resume and (ckpt := run.ckpts.latest()) is not None:
+        run.restore(ckpt.state)
+        logger.info("resumed from %s (step %d, epoch %d)", ckpt.path, run.state.step, run.state.epoch)
+    elif resume:
+        logger.warning("no checkpoint in %s; starting from scratch", run.ckpts.directory)
+    return run
+
+
+def _forward_backward(run: Run, batch_idx: list[int], autocast) -> torch.Tensor:
+    """One micro-batch: forward (under autocast), finite check, scaled backward. Returns the loss."""
+    input_ids, attention_mask, labels = (t.to(run.device) for t in _batch(run.encoded["train"], batch_idx,
+                                                                          run.tokenizer.pad_id))  # fmt: skip
+    with autocast:
+        out = run.model(input_ids, attention_mask=attention_mask, labels=labels, class_weights=run.class_weights)
+    try:
+        check_finite(out.loss, run.state.step + 1)
+    except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
+        run.log.log({"error": str(e)}, step=run.state.step, epoch=run.state.epoch, split="train")
+        raise NonFiniteLossError(f"{e}; the last good checkpoint is kept in {run.ckpts.directory}") from e
+    (out.loss / run.config.train.grad_accum).backward()
+    return out.loss.detach()
+
+
+def _optimizer_step(run: Run) -> torch.Tensor:
+    params = [p for p in run.model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, run.config.train.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def run_epoch(run: Run, autocast, bar, postfix: ProgressPostfix, stop_at_step: int | None) -> bool:
+    """Train until the end of the current epoch (or a stop); returns True when stopped by ``stop_at_step``."""
+    tc, state, sampler = run.config.train, run.state, run.sampler
+    if sampler.epoch != state.epoch:  # equal on a fresh start and when resuming mid-epoch
+        sampler.set_epoch(state.epoch)
+    remaining = len(sampler) - sampler.state_dict()["batches_yielded"]
+    micro, window_samples, t0 = 0, 0, time.perf_counter()
+    for batch_idx in sampler:
+        micro += 1
+        loss = _forward_backward(run, batch_idx, autocast)
+        window_samples += len(batch_idx)
+        end_of_epoch = micro == remaining
+        if micro % tc.grad_accum and not end_of_epoch:
+            continue
+        grad_norm = _optimizer_step(run)
+        elapsed = time.perf_counter() - t0
+        state.step += 1
+        state.samples += window_samples
+        state.train_seconds += elapsed
+        bar.update(1)
+        postfix.update(loss=loss, lr=run.scheduler.lr, samples=window_samples)
+        if state.step % 10 == 0 or state.step == 1:
+            run.log.log({"loss": loss.item(), "lr": run.scheduler.lr, "grad_norm": float(grad_norm),
+                         "samples_per_s": window_samples / max(elapsed, 1e-9)},
+                        step=state.step, epoch=state.epoch, split="train")  # fmt: skip
+        state.epoch += end_of_epoch
+        evaluate_now = (tc.eval_every and state.step % tc.eval_every == 0) or (end_of_epoch and not tc.eval_every)
+        if evaluate_now:
+            run.evaluate_and_keep_best()
+        if evaluate_now or end_of_epoch or (tc.checkpoint_every and state.step % tc.checkpoint_every == 0):
+            run.checkpoint()
+        if stop_at_step is not None and state.step >= stop_at_step:
+            return True
+        if state.stopped_early or state.step >= run.total_steps:
+            return False
+        window_samples, t0 = 0, time.perf_counter()
+    return False
+
+
 def train(config: ClassifyConfig, *, resume: bool = False, stop_at_step: int | None = None) -> Path:
     """Fine-tune, evaluate and save a classifier; returns the run directory.
 
     Args:
         config: the resolved run config.
         resume: continue from the newest loadable checkpoint in ``run_dir``.
-        stop_at_step: stop right after the checkpoint of this optimizer step, as if
-            the process had been interrupted (used to test exact resume).
+        stop_at_step: stop right after this optimizer step, as if the process had
+            been interrupted (tests of exact resume use it with a checkpoint there).
     """
-    tc = config.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    splits, label_names, model, tokenizer, encoded = prepare_run(config)
-    train_set, val_set = encoded["train"], encoded["val"]
-    save_config(config, run_dir / "config.yaml")
-    write_manifest(run_dir, config=config_to_dict(config), seed=tc.seed,
-                   data_fingerprint=fingerprint_records(train_set.texts),
-                   extra={"sizes": {k: len(v) for k, v in encoded.items()}, "labels": label_names,
-                          "skipped_rows": splits.skipped})  # fmt: skip
-
-    sampler = LengthBucketBatchSampler(train_set.lengths, tc.batch_size, seed=tc.seed, shuffle=True)
-    steps_per_epoch = math.ceil(len(sampler) / tc.grad_accum)
-    total_steps = tc.max_steps or steps_per_epoch * tc.epochs
-    optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = build_scheduler(optimizer, tc.schedule, warmup_steps=int(tc.warmup_ratio * total_steps),
-                                total_steps=total_steps, plateau_mode="min" if tc.metric == "loss" else "max")  # fmt: skip
-    stopper = EarlyStopping(tc.metric, mode="min" if tc.metric == "loss" else "max", patience=tc.patience)
-    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=tc.keep_checkpoints)
-    weights = torch.tensor(loss_class_weights(splits)) if config.data.class_weights else None
-    settings = InferenceSettings(max_length=config.data.max_length, truncation=config.data.truncation,
-                                 head_tokens=config.data.head_tokens, cleaning=list(config.data.cleaning))  # fmt: skip
-
-    state = LoopState()
-    if resume and (ckpt := ckpts.latest()) is not None:
-        state = _restore(ckpt.state, model, optimizer, scheduler, sampler, stopper)
-        logger.info("resumed from %s (step %d, epoch %d)", ckpt.path, state.step, state.epoch)
-    elif resume:
-        logger.warning("no checkpoint in %s; starting from scratch", ckpts.directory)
-
-    log = MetricsLogger(run_dir)
-    bar = progress_bar(total_steps, "train", disable=not tc.progress, initial=state.step)
+    run = setup_run(config, resume=resume)
+    tc, state = config.train, run.state
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    bar = progress_bar(run.total_steps, "train", disable=not tc.progress, initial=state.step)
     postfix = ProgressPostfix(bar)
-    model.train()
-    pad_id = tokenizer.pad_id
-    interrupted = False
-    while state.epoch < tc.epochs and state.step < total_steps and not state.stopped_early:
-        if sampler.epoch != state.epoch:  # equal on a fresh start and when resuming mid-epoch
-            sampler.set_epoch(state.epoch)
-        micro = 0
-        remaining = len(sampler) - sampler.state_dict()["batches_yielded"]
-        t0, window_samples = time.perf_counter(), 0
-        for batch_idx in sampler:
-            micro += 1
-            input_ids, attention_mask, labels = _batch(train_set, batch_idx, pad_id)
-            out = model(input_ids, attention_mask=attention_mask, labels=labels, class_weights=weights)
-            try:
-                check_finite(out.loss, state.step + 1)
-            except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
-                log.log({"error": str(e)}, step=state.step, epoch=state.epoch, split="train")
-                raise NonFiniteLossError(f"{e}; the last good checkpoint is kept in {ckpts.directory}") from e
-            (out.loss / tc.grad_accum).backward()
-            window_samples += len(batch_idx)
-            if micro % tc.grad_accum and micro != remaining:
-                continue
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
-                                                       tc.max_grad_norm)  # fmt: skip
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.samples += window_samples
-            bar.update(1)
-            postfix.update(loss=out.loss.detach(), lr=scheduler.lr, samples=window_samples)
-            if state.step % 10 == 0 or state.step == 1:
-                elapsed = time.perf_counter() - t0
-                log.log({"loss": out.loss.item(), "lr": scheduler.lr, "grad_norm": float(grad_norm),
-                         "samples_per_s": window_samples / max(elapsed, 1e-9)},
-                        step=state.step, epoch=state.epoch, split="train")  # fmt: skip
-            t0, window_samples = time.perf_counter(), 0
-            end_of_epoch = micro == remaining
-            if end_of_epoch:
-                state.epoch += 1
-            evaluate_now = (tc.eval_every and state.step % tc.eval_every == 0) or (end_of_epoch and not tc.eval_every)
-            if evaluate_now:
-                _evaluate_and_keep_best(model, val_set, label_names, tokenizer, settings, stopper, scheduler,
-                                        state, log, run_dir, pad_id, tc)  # fmt: skip
-            if evaluate_now or end_of_epoch or (tc.checkpoint_every and state.step % tc.checkpoint_every == 0):
-                ckpts.save(state.step, _checkpoint_state(model, optimizer, scheduler, sampler, stopper, state))
-            if stop_at_step is not None and state.step >= stop_at_step:
-                interrupted = True
-                break
-            if state.stopped_early or state.step >= total_steps:
-                break
-        if interrupted:
-            break
-    bar.close()
-    if interrupted:
-        log.close()
-        return run_dir
-    if not (run_dir / "best" / "config.json").is_file():  # never evaluated (e.g. max_steps hit first)
-        _evaluate_and_keep_best(model, val_set, label_names, tokenizer, settings, stopper, scheduler,
-                                state, log, run_dir, pad_id, tc)  # fmt: skip
-    finish_run(run_dir, encoded, label_names, log, state, tc, config.report)
-    log.close()
-    return run_dir
+    run.model.train()
+    try:
+        while state.epoch < tc.epochs and state.step < run.total_steps and not state.stopped_early:
+            if run_epoch(run, autocast, bar, postfix, stop_at_step):
+                return run.run_dir
+        bar.close()
+        if not (run.run_dir / "best" / "config.json").is_file():  # never evaluated (max_steps came first)
+            run.evaluate_and_keep_best()
+        run.log.log({"samples": state.samples, "train_seconds": state.train_seconds,
+                     "train_samples_per_s": state.samples / max(state.train_seconds, 1e-9)},
+                    step=state.step, epoch=state.epoch, split="summary")  # fmt: skip
+        finish_run(run, report=config.report)
+    finally:
+        bar.close()
+        run.log.close()
+    return run.run_dir
 
 
-def _evaluate_and_keep_best(model, val_set, label_names, tokenizer, settings, stopper, scheduler,
-                            state, log, run_dir, pad_id, tc) -> None:  # fmt: skip
-    result = evaluate_split(model, val_set, label_names, pad_id=pad_id, batch_size=tc.eval_batch_size)
-    values = {k: result[k] for k in ("loss", "accuracy", "macro_f1") if k in result}
-    log.log(values, step=state.step, epoch=state.epoch, split="val")
-    logger.info("step %d val %s", state.step, {k: round(v, 4) for k, v in values.items()})
-    metric = result[tc.metric]
-    scheduler.step_metric(metric)
-    if stopper.update(metric, step=state.step):
-        # Not through TextClassifier, which would switch the model to eval mode (no dropout).
-        save_pretrained(model, run_dir / "best", tokenizer=tokenizer)
-        settings.write(run_dir / "best")
-    state.stopped_early = stopper.should_stop
-
-
-def finish_run(run_dir: Path, encoded: dict, label_names: list[str], log: MetricsLogger, state: LoopState,
-               tc: TrainConfig, report: bool) -> None:  # fmt: skip
+def finish_run(run: Run, *, report: bool) -> None:
     """Evaluate the best model on validation and test, write the evaluation files and the report."""
-    best = TextClassifier.from_dir(run_dir / "best")
+    best = TextClassifier.from_dir(run.run_dir / "best")
+    best.model.to(run.device)
     for name in ("val", "test"):
-        if name not in encoded:
+        if name not in run.encoded:
             continue
-        result = evaluate_split(best.model, encoded[name], label_names, pad_id=best.tokenizer.pad_id,
-                                batch_size=tc.eval_batch_size)  # fmt: skip
-        write_evaluation(run_dir / "eval" / name, result)
-        log.log({k: result[k] for k in ("loss", "accuracy", "macro_f1") if k in result},
-                step=state.step, epoch=state.epoch, split=f"best_{name}")  # fmt: skip
+        result = evaluate_split(best.model, run.encoded[name], run.label_names, pad_id=best.tokenizer.pad_id,
+                                batch_size=run.config.train.eval_batch_size)  # fmt: skip
+        write_evaluation(run.run_dir / "eval" / name, result)
+        run.log.log({k: result[k] for k in ("loss", "accuracy", "macro_f1")},
+                    step=run.state.step, epoch=run.state.epoch, split=f"best_{name}")  # fmt: skip
     if report:
         try:
             from torchformer.viz.report import write_report
         except ImportError as e:  # viz extra (matplotlib) not installed
             logger.warning("no report written: %s (pip install 'torchformer[viz]')", e)
             return
-        write_report(run_dir)
+        write_report(run.run_dir)

@@ -195,8 +195,14 @@ class Tokenizer:
         return list(full.ids[:first]), list(full.ids[last + 1 :])
 
     @classmethod
-    def from_file(cls, path: str | Path, **kwargs: Any) -> Tokenizer:
-        """Load a ``tokenizer.json`` file.
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        special_tokens: Mapping[str, str] | None = None,
+        model_max_length: int | None = None,
+    ) -> Tokenizer:
+        """Load a ``tokenizer.json`` file (see the class for the keyword arguments).
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
@@ -209,7 +215,7 @@ class Tokenizer:
             backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as error:  # the Rust side raises a bare Exception
             raise ValueError(f"{path}: not a valid tokenizer.json: {error}") from error
-        return cls(backend, **kwargs)
+        return cls(backend, special_tokens=special_tokens, model_max_length=model_max_length)
 
     @classmethod
     def from_pretrained_dir(cls, directory: str | Path) -> Tokenizer:
@@ -510,9 +516,23 @@ class Tokenizer:
             )
         return results
 
-    def encode(self, text: str, *, max_length: int | None = None, **kwargs: Any) -> list[int]:
-        """Encode one text (see ``encode_batch`` for the options)."""
-        return self.encode_batch([text], max_length=max_length, **kwargs)[0]
+    def encode(
+        self,
+        text: str,
+        *,
+        max_length: int | None = None,
+        truncation: Truncation = "head",
+        head_tokens: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> list[int]:
+        """Encode one text (see ``encode_batch``)."""
+        return self.encode_batch(
+            [text],
+            max_length=max_length,
+            truncation=truncation,
+            head_tokens=head_tokens,
+            add_special_tokens=add_special_tokens,
+        )[0]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Decode ids to text (detokenized by the tokenizer's decoder)."""

@@ -26,8 +26,10 @@ from torch import Tensor
 
 __all__ = [
     "TextAttention",
+    "TranslationAttention",
     "as_layer_stack",
     "attention_for_text",
+    "attention_for_translation",
     "cls_attention",
     "cross_attention_payload",
     "round_values",
@@ -55,6 +57,25 @@ class TextAttention:
     special: list[bool]
     attentions: Tensor
     prediction: dict[str, Any]
+
+
+@dataclass
+class TranslationAttention:
+    """The cross-attention of a translation model on one source text and its output.
+
+    Attributes:
+        source: the input text; translation: the decoded output.
+        source_tokens: the S source tokens (special tokens included).
+        target_tokens: the T predicted tokens (the output, then the end-of-sequence token).
+        cross_attentions: (L, H, T, S): row t is the attention of the decoder query that
+            predicted ``target_tokens[t]``.
+    """
+
+    source: str
+    translation: str
+    source_tokens: list[str]
+    target_tokens: list[str]
+    cross_attentions: Tensor
 
 
 def as_layer_stack(attentions: Sequence[Tensor] | Tensor, *, index: int = 0) -> Tensor:
@@ -124,6 +145,42 @@ def attention_for_text(classifier: Any, text: str) -> TextAttention:
         special=[i in special_ids for i in ids],
         attentions=as_layer_stack(out.attentions),  # (L, H, T, T)
         prediction=prediction,
+    )
+
+
+@torch.inference_mode()
+def attention_for_translation(
+    translator: Any, text: str, *, beam_size: int | None = None
+) -> TranslationAttention:
+    """Translate one text with a ``Translator`` and return the decoder's cross-attention.
+
+    The output is decoded as ``translate()`` does (beam search by default); then one
+    teacher-forced pass of the model's ``decode(..., return_attentions=True)`` over
+    ``[start] + output`` gives the attention behind each predicted token.
+    """
+    from torchformer.tasks.translator import generate_ids
+
+    model = translator.model
+    cfg = model.config
+    device = next(model.parameters()).device
+    source = translator.src_tokenizer.encode_batch([text], max_length=cfg.max_len)[0]
+    beam = beam_size or translator.settings.beam_size
+    output = generate_ids(
+        model,
+        [source],
+        beam_size=beam,
+        max_new_tokens=translator.max_new_tokens([source], None),
+        length_penalty=translator.settings.length_penalty,
+    )[0][: cfg.max_len - 1]
+    src = torch.tensor([source], device=device)  # (1, S)
+    tgt_in = torch.tensor([[cfg.decoder_start_id, *output]], device=device)  # (1, T)
+    out = model.decode(tgt_in, model.encode(src), return_attentions=True)
+    return TranslationAttention(
+        source=text,
+        translation=translator.tgt_tokenizer.decode(output),
+        source_tokens=translator.src_tokenizer.tokens(source),
+        target_tokens=translator.tgt_tokenizer.tokens([*output, cfg.eos_id]),
+        cross_attentions=as_layer_stack(out.cross_attentions),  # (L, H, T, S)
     )
 
 

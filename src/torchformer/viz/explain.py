@@ -29,13 +29,21 @@ from torchformer.viz.attention import (
     TextAttention,
     as_layer_stack,
     attention_for_text,
+    attention_for_translation,
     cross_attention_payload,
     self_attention_payload,
 )
 from torchformer.viz.plots import plot_alignment, plot_attention_grid, png_data_uri
 from torchformer.viz.templates import json_block, page
 
-__all__ = ["alignment_html", "attention_html", "explain_html", "prediction_html", "write_explain"]
+__all__ = [
+    "alignment_html",
+    "attention_html",
+    "explain_html",
+    "prediction_html",
+    "translation_explain_html",
+    "write_explain",
+]
 
 WINDOW = 64
 EXPLAIN_MAX_VALUES = 2_000_000  # numbers stored for the matrix view (≈ 8 MB of JSON at most)
@@ -156,36 +164,18 @@ def explain_html(
 
 
 def translation_explain_html(
-    translator: Any, text: str, *, title: str = "torchformer explain"
+    translator: Any, text: str, *, beam_size: int | None = None, title: str = "torchformer explain"
 ) -> str:
-    """The explain page for a translation model: output and cross-attention alignment.
-
-    The translator must provide ``alignment(text) -> (source_tokens, target_tokens,
-    cross_attentions)`` where ``cross_attentions`` are the per-layer (B, H, T, S)
-    tensors its decoder returns with ``return_attentions=True``.
-
-    Raises:
-        TypeError: the translator has no ``alignment`` method.
-    """
-    if not callable(getattr(translator, "alignment", None)):
-        raise TypeError(
-            f"{type(translator).__name__} has no alignment(text) method; cannot show cross-attention"
-        )
-    source_tokens, target_tokens, cross = translator.alignment(text)
-    output = translator.translate([text])[0]
-    output = output if isinstance(output, str) else str(output)
+    """The explain page for a ``Translator``: its output and the cross-attention alignment."""
+    att = attention_for_translation(translator, text, beam_size=beam_size)
     body = (
         f"<section id='translation'><h2>Translation</h2><pre class='tf-text'>{html.escape(text)}</pre>"
-        f"<p class='tf-pred'>→ <b>{html.escape(output)}</b></p></section>"
+        f"<p class='tf-pred'>→ <b>{html.escape(att.translation)}</b></p></section>"
         f"<section id='alignment'><h2>Cross-attention alignment</h2>"
-        f"{alignment_html(cross, source_tokens, target_tokens)}</section>"
+        f"{alignment_html(att.cross_attentions, att.source_tokens, att.target_tokens)}</section>"
     )
-    return page(
-        title,
-        body,
-        subtitle=output,
-        nav=[("translation", "Translation"), ("alignment", "Alignment")],
-    )
+    nav = [("translation", "Translation"), ("alignment", "Alignment")]
+    return page(title, body, subtitle=att.translation, nav=nav)
 
 
 def write_explain(

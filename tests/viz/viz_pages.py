@@ -1,4 +1,6 @@
-"""Headless Chromium driven over the DevTools protocol, with the standard library only.
+"""Reading the generated pages: their embedded JSON, and a headless browser.
+
+Headless Chromium is driven over the DevTools protocol with the standard library only.
 
 A page is opened from a ``file://`` URL in a browser started with no network
 (every host name resolves to nothing, proxy to a closed port). The session
@@ -14,6 +16,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -25,6 +28,14 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def embedded_json(document: str) -> dict[str, Any]:
+    """Every ``<script type="application/json" id=...>`` block of a page, parsed, by id."""
+    blocks = re.findall(
+        r'<script type="application/json" id="([^"]+)">(.*?)</script>', document, re.S
+    )
+    return {key: json.loads(text) for key, text in blocks}
 
 
 def find_chromium() -> str | None:

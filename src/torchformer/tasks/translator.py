@@ -1,0 +1,235 @@
+"""A loaded translation model: encoder–decoder + source/target tokenizers, and ``translate()``.
+
+The public inference object of the translation task. A translation model directory
+(a run's ``best/``) holds:
+
+- ``config.json`` + ``model.safetensors``: the ``Seq2Seq`` model in our own layout
+  (``model_type: "torchformer-transformer"``, see ``checkpoints.t5``);
+- ``source_tokenizer.json`` and ``target_tokenizer.json`` (the same file twice for a
+  joint vocabulary);
+- ``translation.json``: languages and decoding defaults (beam size, length penalty,
+  how far an output may outgrow its source).
+
+Decoding (greedy or batched beam search, ``torchformer.generate``) uses the KV cache;
+``use_cache=False`` recomputes the whole prefix at every step instead, which gives the
+same result and exists to measure what the cache saves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from torchformer.checkpoints import load_pretrained, save_pretrained
+from torchformer.checkpoints.hf import resolve_model_dir
+from torchformer.data.batching import pad_batch
+from torchformer.generate.beam import beam_search
+from torchformer.generate.greedy import greedy_decode
+from torchformer.models.seq2seq import Seq2Seq
+from torchformer.tasks.classifier import validate_texts
+from torchformer.tasks.translate_data import SOURCE_TOKENIZER, TARGET_TOKENIZER
+from torchformer.text.tokenizer import Tokenizer
+
+SETTINGS_NAME = "translation.json"
+
+
+@dataclass
+class TranslationSettings:
+    """Languages and decoding defaults; saved next to the weights as ``translation.json``.
+
+    ``max_len_offset``: an output may have at most (longest source in the batch +
+    this) tokens, capped by the model's ``max_len`` (Vaswani et al. 2017, 6.1: input + 50).
+    """
+
+    task: str = "translation"
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_len_offset: int = 50
+
+    @classmethod
+    def read(cls, model_dir: Path) -> TranslationSettings:
+        path = Path(model_dir) / SETTINGS_NAME
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def write(self, model_dir: Path) -> None:
+        path = Path(model_dir) / SETTINGS_NAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+
+class _PrefixCache:
+    """Stands in for ``KVCache`` when decoding without one: keeps the whole prefix (N, t)."""
+
+    def __init__(self) -> None:
+        self.ids: Tensor | None = None
+
+    def select(self, index: Tensor) -> None:
+        if self.ids is not None:
+            self.ids = self.ids.index_select(0, index)  # (N, t)
+
+
+def uncached_step(model: Seq2Seq, context: Tensor, src_mask: Tensor | None):
+    """A step function that re-runs the decoder on the whole prefix at every step.
+
+    Same contract as ``Seq2Seq.make_step`` (N = k * B rows, k hypotheses per source),
+    used with a ``_PrefixCache``; quadratic in the output length instead of linear.
+    """
+    B = context.size(0)
+    expanded: dict[int, tuple[Tensor, Tensor | None]] = {}
+
+    def step(last_ids: Tensor, cache: _PrefixCache) -> Tensor:
+        cache.ids = last_ids if cache.ids is None else torch.cat([cache.ids, last_ids], dim=1)  # (N, t)
+        rows = last_ids.size(0)
+        if rows not in expanded:
+            k = rows // B
+            mask = None if src_mask is None else src_mask.repeat_interleave(k, dim=0)  # (N, S)
+            expanded[rows] = (context.repeat_interleave(k, dim=0), mask)  # (N, S, D)
+        ctx, mask = expanded[rows]
+        return model.decode(cache.ids, ctx, src_mask=mask).logits[:, -1]  # (N, V)
+
+    return step
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: Seq2Seq,
+    sources: list[list[int]],
+    *,
+    beam_size: int = 1,
+    max_new_tokens: int,
+    length_penalty: float = 1.0,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Translate a batch of source id sequences; returns target ids without ``<s>``/``</s>``.
+
+    ``beam_size`` 1 is greedy decoding. The model should be in eval mode.
+    """
+    cfg = model.config
+    device = next(model.parameters()).device
+    src, src_mask = pad_batch(sources, cfg.pad_id)  # (B, S)
+    src, src_mask = src.to(device), src_mask.to(device)
+    context = model.encode(src, src_mask=src_mask).last_hidden_state  # (B, S, D)
+    start = torch.full((len(sources), 1), cfg.decoder_start_id, dtype=torch.long, device=device)  # (B, 1)
+    if use_cache:
+        step, cache = model.make_step(context, src_mask), model.new_cache()
+    else:
+        step, cache = uncached_step(model, context, src_mask), _PrefixCache()
+    if beam_size == 1:
+        out = greedy_decode(step, start, max_new_tokens=max_new_tokens, eos_id=cfg.eos_id, pad_id=cfg.pad_id,
+                            cache=cache)  # fmt: skip
+        rows = [row[1:] for row in out.tolist()]  # drop the start token
+    else:
+        hyps = beam_search(step, start, cache=cache, beam_size=beam_size, max_new_tokens=max_new_tokens,
+                           eos_id=cfg.eos_id, pad_id=cfg.pad_id, length_penalty=length_penalty)  # fmt: skip
+        rows = [h[0].ids for h in hyps]
+    return [row[: row.index(cfg.eos_id)] if cfg.eos_id in row else row for row in rows]
+
+
+class Translator:
+    """A trained (or loaded) translation model ready for ``translate()``.
+
+    Args:
+        model: a ``Seq2Seq`` model.
+        src_tokenizer / tgt_tokenizer: its tokenizers (the same object for a joint vocabulary).
+        settings: languages and decoding defaults.
+    """
+
+    def __init__(
+        self,
+        model: Seq2Seq,
+        src_tokenizer: Tokenizer,
+        tgt_tokenizer: Tokenizer,
+        settings: TranslationSettings | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.src_tokenizer = src_tokenizer
+        self.tgt_tokenizer = tgt_tokenizer
+        self.settings = settings or TranslationSettings()
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike, **overrides) -> Translator:
+        """Load a translation model directory (a run's ``best/``); ``overrides`` change
+        ``Seq2SeqConfig`` fields (e.g. ``attn_impl``).
+
+        Raises:
+            FileNotFoundError: a tokenizer file is missing.
+            CheckpointError: not an encoder–decoder model directory.
+        """
+        model_dir = resolve_model_dir(path)
+        model, _ = load_pretrained(model_dir, task="seq2seq_lm", **overrides)
+        src_tok = Tokenizer.from_file(model_dir / SOURCE_TOKENIZER)
+        tgt_tok = Tokenizer.from_file(model_dir / TARGET_TOKENIZER)
+        return cls(model, src_tok, tgt_tok, TranslationSettings.read(model_dir))
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write model, both tokenizers and the settings (see the module docstring)."""
+        return write_model_dir(out_dir, self.model, self.src_tokenizer, self.tgt_tokenizer, self.settings)
+
+    def max_new_tokens(self, sources: list[list[int]], max_len: int | None) -> int:
+        """The output budget of a batch: ``max_len`` or longest source + offset, within the model's limit."""
+        limit = self.model.config.max_len
+        wanted = max_len if max_len is not None else max(map(len, sources)) + self.settings.max_len_offset
+        return max(1, min(wanted, limit))
+
+    def translate(
+        self,
+        texts: list[str] | str,
+        *,
+        beam_size: int | None = None,
+        max_len: int | None = None,
+        batch_size: int = 32,
+        length_penalty: float | None = None,
+        use_cache: bool = True,
+    ) -> list[str] | str:
+        """Translate one text (returns a string) or a list of texts (returns a list).
+
+        Args:
+            beam_size: 1 for greedy decoding (default: the model directory's, usually 5).
+            max_len: most output tokens (default: source length + ``max_len_offset``);
+                capped by the model's maximum length.
+            batch_size: sentences decoded together (sorted by length, order restored).
+            length_penalty: alpha of the beam score / length ** alpha.
+            use_cache: decode with the KV cache (False: recompute the prefix; slower).
+
+        Raises:
+            TypeError / ValueError: a non-string or empty text, naming its index.
+        """
+        single = isinstance(texts, str)
+        texts = validate_texts(texts)
+        beam = beam_size or self.settings.beam_size
+        alpha = self.settings.length_penalty if length_penalty is None else length_penalty
+        sources = self.src_tokenizer.encode_batch(texts, max_length=self.model.config.max_len)
+        order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
+        outputs: list[str] = [""] * len(texts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = [sources[i] for i in idx]
+            ids = generate_ids(self.model, batch, beam_size=beam, max_new_tokens=self.max_new_tokens(batch, max_len),
+                               length_penalty=alpha, use_cache=use_cache)  # fmt: skip
+            for i, text in zip(idx, self.tgt_tokenizer.decode_batch(ids)):
+                outputs[i] = text
+        return outputs[0] if single else outputs
+
+
+def write_model_dir(
+    out_dir: str | os.PathLike,
+    model: Seq2Seq,
+    src_tokenizer: Tokenizer,
+    tgt_tokenizer: Tokenizer,
+    settings: TranslationSettings,
+) -> Path:
+    """Write a translation model directory (works on a model in training mode too)."""
+    out = save_pretrained(model, out_dir)
+    src_tokenizer.save(out / SOURCE_TOKENIZER)
+    tgt_tokenizer.save(out / TARGET_TOKENIZER)
+    settings.write(out)
+    return out
