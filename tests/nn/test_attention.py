@@ -57,7 +57,12 @@ def _cases() -> dict[str, tuple[int, int, torch.Tensor | None, torch.Tensor | No
         "cross_attention_padding": (5, 11, padding_mask(_key_padding(11)), None),
         "t5_bias": (6, 6, None, _t5_bias(6, 6)),
         "t5_bias_and_padding": (6, 6, padding_mask(_key_padding(6)), _t5_bias(6, 6)),
-        "t5_causal_bias_and_causal_mask": (6, 6, causal_mask(6), _t5_bias(6, 6, bidirectional=False)),
+        "t5_causal_bias_and_causal_mask": (
+            6,
+            6,
+            causal_mask(6),
+            _t5_bias(6, 6, bidirectional=False),
+        ),
         "t5_bias_cross_lengths": (4, 9, padding_mask(_key_padding(9)), _t5_bias(4, 9)),
     }
 
@@ -129,8 +134,12 @@ def _manual_mha(mha: MultiHeadAttention, x, context=None, mask=None) -> torch.Te
     """Multi-head attention written from the paper with einsum, from the module's weights."""
     context = x if context is None else context
     q = F.linear(x, mha.q_proj.weight, mha.q_proj.bias).unflatten(-1, (H, -1))  # (B, T, H, Dh)
-    k = F.linear(context, mha.k_proj.weight, mha.k_proj.bias).unflatten(-1, (H, -1))  # (B, S, H, Dh)
-    v = F.linear(context, mha.v_proj.weight, mha.v_proj.bias).unflatten(-1, (H, -1))  # (B, S, H, Dh)
+    k = F.linear(context, mha.k_proj.weight, mha.k_proj.bias).unflatten(
+        -1, (H, -1)
+    )  # (B, S, H, Dh)
+    v = F.linear(context, mha.v_proj.weight, mha.v_proj.bias).unflatten(
+        -1, (H, -1)
+    )  # (B, S, H, Dh)
     scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.size(-1))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -206,3 +215,64 @@ def test_constructor_validates_arguments():
     assert mha.q_proj.weight.shape == (64, 32) and mha.q_proj.bias is None
     out, _ = mha(torch.randn(2, 3, 32))
     assert out.shape == (2, 3, 32)
+
+
+# --- the fused q/k/v projection used at inference -------------------------------------------
+def _outputs_without_and_with_autograd(mha, x, **kw):
+    with torch.enable_grad():
+        unfused = mha(x, **kw)[0].detach()
+    with torch.no_grad():
+        fused = mha(x, **kw)[0]
+    return unfused, fused
+
+
+def test_fused_qkv_at_inference_matches_separate_projections():
+    mha = _mha("sdpa")
+    x = torch.randn(B, 7, 32)
+    mask = padding_mask(_key_padding(7))
+    unfused, fused = _outputs_without_and_with_autograd(mha, x, mask=mask)
+    assert mha._fused_qkv is not None  # the fused path really ran
+    assert (unfused - fused).abs().max().item() <= 1e-6
+    with torch.inference_mode():
+        assert (mha(x, mask=mask)[0] - unfused).abs().max().item() <= 1e-6
+    no_bias = MultiHeadAttention(32, H, head_dim=16, bias=False).eval()  # T5 style
+    unfused, fused = _outputs_without_and_with_autograd(no_bias, x)
+    assert no_bias._fused_qkv[1] is None and (unfused - fused).abs().max().item() <= 1e-6
+
+
+def test_fused_qkv_cache_follows_weight_changes():
+    mha = _mha("sdpa")
+    x = torch.randn(B, 5, 32)
+
+    def check(what: str) -> None:
+        unfused, fused = _outputs_without_and_with_autograd(mha, x)
+        assert (unfused - fused).abs().max().item() <= 1e-5, what
+
+    check("initial")
+    torch.manual_seed(9)
+    mha.load_state_dict(MultiHeadAttention(32, H).state_dict())
+    check("load_state_dict")
+    with torch.no_grad():
+        mha.k_proj.weight.mul_(2.0)
+        mha.v_proj.bias.add_(1.0)
+    check("in-place edits")
+    mha.q_proj.weight = torch.nn.Parameter(torch.randn(32, 32))
+    check("new Parameter")
+    mha.v_proj.weight.data = torch.randn(32, 32)
+    check(".data assignment")
+    optimizer = torch.optim.SGD(mha.parameters(), lr=0.5)
+    mha(x)[0].square().sum().backward()
+    optimizer.step()
+    check("optimizer step")
+    mha.double()
+    x = x.double()
+    check(".double()")
+
+
+def test_module_built_under_inference_mode_still_works():
+    with torch.inference_mode():
+        mha = MultiHeadAttention(32, H).eval()
+        x = torch.randn(B, 5, 32)
+        out, _ = mha(x)
+        expected = _manual_mha(mha, x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)

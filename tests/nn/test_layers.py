@@ -99,8 +99,14 @@ def test_decoder_layer_formula(norm_first):
     ]
     expected = x
     for norm, sublayer in blocks:
-        expected = expected + sublayer(norm(expected)) if norm_first else norm(expected + sublayer(expected))
-    out, self_probs, cross_probs = layer(x, ctx, mask=mask, context_mask=ctx_mask, return_attentions=True)
+        expected = (
+            expected + sublayer(norm(expected))
+            if norm_first
+            else norm(expected + sublayer(expected))
+        )
+    out, self_probs, cross_probs = layer(
+        x, ctx, mask=mask, context_mask=ctx_mask, return_attentions=True
+    )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
     assert self_probs.shape == (2, H, 4, 4) and cross_probs.shape == (2, H, 4, 6)
     assert cross_probs[1, :, :, 4:].abs().max() == 0.0
@@ -137,4 +143,7 @@ def test_training_is_deterministic_under_a_seed():
     assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
     assert not torch.allclose(out_a, out_c)  # dropout is really active in training
     # Same seed, same initialisation.
-    assert all(torch.equal(p, q) for p, q in zip(_encoder_layer(True).parameters(), _encoder_layer(True).parameters()))
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(_encoder_layer(True).parameters(), _encoder_layer(True).parameters())
+    )

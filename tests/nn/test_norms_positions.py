@@ -84,8 +84,12 @@ def test_relative_position_bucket_matches_transformers(bidirectional, num_bucket
     # A 2-D grid of (query, key) positions, as the bias module builds it.
     grid = torch.arange(40)[None, :] - torch.arange(40)[:, None]
     assert torch.equal(
-        relative_position_bucket(grid, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance),
-        modeling_t5.T5Attention._relative_position_bucket(grid, bidirectional, num_buckets, max_distance),
+        relative_position_bucket(
+            grid, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+        ),
+        modeling_t5.T5Attention._relative_position_bucket(
+            grid, bidirectional, num_buckets, max_distance
+        ),
     )
 
 
@@ -99,6 +103,9 @@ def test_relative_position_bias_shape_and_cached_offset():
     torch.testing.assert_close(step, full[:, :, 4:5, :5])
     # The bias is a lookup of the learned table by bucket.
     buckets = relative_position_bucket(
-        torch.arange(6)[None, :] - torch.arange(6)[:, None], bidirectional=False, num_buckets=8, max_distance=16
+        torch.arange(6)[None, :] - torch.arange(6)[:, None],
+        bidirectional=False,
+        num_buckets=8,
+        max_distance=16,
     )
     torch.testing.assert_close(full[0, 2], rpb.embedding.weight[buckets][..., 2])

@@ -68,11 +68,13 @@ def hf_config(**overrides):
 def hf_dirs(tmp_path_factory) -> dict[str, Path]:
     """One saved random tiny model per task, shared by the module's tests."""
     dirs = {}
-    for seed, (task, cls, overrides) in enumerate([
-        ("base", transformers.BertModel, {}),
-        ("classification", transformers.BertForSequenceClassification, {"num_labels": 3}),
-        ("masked_lm", transformers.BertForMaskedLM, {}),
-    ]):
+    for seed, (task, cls, overrides) in enumerate(
+        [
+            ("base", transformers.BertModel, {}),
+            ("classification", transformers.BertForSequenceClassification, {"num_labels": 3}),
+            ("masked_lm", transformers.BertForMaskedLM, {}),
+        ]
+    ):
         torch.manual_seed(seed)
         model = cls(hf_config(**overrides)).eval()
         dirs[task] = tmp_path_factory.mktemp(task)
@@ -84,10 +86,16 @@ def padded_batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     T = max(LENGTHS)
     attention_mask = (torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None]).long()  # (B, T)
-    input_ids = torch.randint(1, V, (len(LENGTHS), T), generator=g).masked_fill(attention_mask == 0, 0)
+    input_ids = torch.randint(1, V, (len(LENGTHS), T), generator=g).masked_fill(
+        attention_mask == 0, 0
+    )
     token_type_ids = torch.zeros_like(input_ids)
     token_type_ids[0, 6:] = 1  # a sentence pair in row 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+    }
 
 
 def ours_forward(model, batch, **kw):
@@ -130,7 +138,9 @@ def test_bert_model_parity(hf_dirs, attn_impl):
 
 
 def test_bert_for_sequence_classification_parity(hf_dirs):
-    hf = transformers.BertForSequenceClassification.from_pretrained(hf_dirs["classification"]).eval()
+    hf = transformers.BertForSequenceClassification.from_pretrained(
+        hf_dirs["classification"]
+    ).eval()
     ours, report = load_pretrained(hf_dirs["classification"], task="classification")
     assert type(ours) is EncoderForSequenceClassification and report.new_keys == []
     assert ours.config.num_labels == 3 and ours.config.pooling == "pooler"
@@ -222,13 +232,24 @@ def test_our_model_loads_in_transformers(tmp_path):
 
 def test_our_classifier_loads_in_transformers(tmp_path):
     torch.manual_seed(4)
-    config = preset("tiny", vocab_size=V, max_len=64, num_labels=3, pooling="pooler", id2label={0: "neg", 1: "neu", 2: "pos"})
+    config = preset(
+        "tiny",
+        vocab_size=V,
+        max_len=64,
+        num_labels=3,
+        pooling="pooler",
+        id2label={0: "neg", 1: "neu", 2: "pos"},
+    )
     ours = EncoderForSequenceClassification(config).eval()
-    hf, info = hf_load(transformers.AutoModelForSequenceClassification, save_pretrained(ours, tmp_path / "clf"))
+    hf, info = hf_load(
+        transformers.AutoModelForSequenceClassification, save_pretrained(ours, tmp_path / "clf")
+    )
     assert_clean_load(info)
     assert hf.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
     batch = padded_batch()
-    assert (ours_forward(ours, batch).logits - hf_forward(hf, batch).logits).abs().max().item() <= ATOL
+    assert (
+        ours_forward(ours, batch).logits - hf_forward(hf, batch).logits
+    ).abs().max().item() <= ATOL
 
 
 @pytest.mark.parametrize(
@@ -245,7 +266,9 @@ def test_transformers_to_ours_to_transformers(hf_dirs, tmp_path, task, cls_name)
     ours, _ = load_pretrained(hf_dirs[task], task=task)
     again, info = hf_load(cls, save_pretrained(ours, tmp_path / "again"))
     # Our masked-LM model carries a pooler that BertForMaskedLM has no place for.
-    assert_clean_load(info, allowed_unexpected={"bert.pooler.dense.weight", "bert.pooler.dense.bias"})
+    assert_clean_load(
+        info, allowed_unexpected={"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    )
     batch = padded_batch()
     a = hf_forward(original, batch, output_hidden_states=True)
     b = hf_forward(again, batch, output_hidden_states=True)

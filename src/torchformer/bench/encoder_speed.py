@@ -49,16 +49,25 @@ def make_batch(batch: int, seq: int, vocab_size: int, pad_fraction: float, seed:
     input_ids = torch.randint(1000, vocab_size, (batch, seq), generator=g)  # (B, T)
     input_ids[:, 0] = 101  # [CLS]
     shortest = max(1, round(seq * (1 - 2 * pad_fraction)))
-    lengths = torch.randint(shortest, seq + 1, (batch,), generator=g) if pad_fraction else torch.full((batch,), seq)
+    lengths = (
+        torch.randint(shortest, seq + 1, (batch,), generator=g)
+        if pad_fraction
+        else torch.full((batch,), seq)
+    )
     attention_mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()  # (B, T)
-    return {"input_ids": input_ids.masked_fill(attention_mask == 0, 0), "attention_mask": attention_mask}
+    return {
+        "input_ids": input_ids.masked_fill(attention_mask == 0, 0),
+        "attention_mask": attention_mask,
+    }
 
 
 def load_models(model_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
     try:
         import transformers
     except ImportError as e:
-        raise ImportError("the benchmark compares against transformers: pip install -e '.[dev]'") from e
+        raise ImportError(
+            "the benchmark compares against transformers: pip install -e '.[dev]'"
+        ) from e
     ours, _ = load_pretrained(model_dir, attn_impl="sdpa")
     theirs = transformers.AutoModel.from_pretrained(model_dir, attn_implementation="sdpa")
     return ours.eval(), theirs.eval()
@@ -85,7 +94,9 @@ def run_case(ours, theirs, batch: dict, *, warmup: int, repeats: int) -> dict:
     }
     with torch.inference_mode():
         real = batch["attention_mask"].bool()
-        diff = (runs["torchformer"]().last_hidden_state - runs["transformers"]().last_hidden_state)[real]
+        diff = (runs["torchformer"]().last_hidden_state - runs["transformers"]().last_hidden_state)[
+            real
+        ]
         for _ in range(warmup):
             for fn in runs.values():
                 fn()
@@ -170,8 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
         "model": str(model_dir),
         "results": results,
     }
-    print(f"\n{report['command']}\n{report['date']} | {report['machine']} | torch {report['torch']} "
-          f"| transformers {report['transformers']}\n")
+    print(
+        f"\n{report['command']}\n{report['date']} | {report['machine']} | torch {report['torch']} "
+        f"| transformers {report['transformers']}\n"
+    )
     print(format_table(results))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -97,7 +97,9 @@ def run_hf(args, train_recs, held_out, workdir: Path) -> dict:
     labels = {"neg": 0, "pos": 1}
 
     def encode(records):
-        enc = tokenizer([cleaner(r.text) for r in records], truncation=True, max_length=args.max_length)
+        enc = tokenizer(
+            [cleaner(r.text) for r in records], truncation=True, max_length=args.max_length
+        )
         return [{"input_ids": ids, "attention_mask": am, "labels": labels[r.label]}
                 for ids, am, r in zip(enc["input_ids"], enc["attention_mask"], records)]  # fmt: skip
 
@@ -126,9 +128,13 @@ def run_hf(args, train_recs, held_out, workdir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--samples", type=int, default=512, help="training reviews (balanced)")
-    p.add_argument("--eval-samples", type=int, default=256, help="held-out test reviews for the final loss")
+    p.add_argument(
+        "--eval-samples", type=int, default=256, help="held-out test reviews for the final loss"
+    )
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
@@ -136,13 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="our loop's precision")
-    p.add_argument("--hf-bf16", action="store_true", help="Trainer with bf16=True (default: its fp32 default)")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="our loop's precision"
+    )
+    p.add_argument(
+        "--hf-bf16", action="store_true", help="Trainer with bf16=True (default: its fp32 default)"
+    )
     p.add_argument("--order", choices=["ours-first", "hf-first"], default="hf-first")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     if args.steps * args.batch_size > args.samples:
-        p.error("steps x batch-size must not exceed --samples (both should see each sample at most once)")
+        p.error(
+            "steps x batch-size must not exceed --samples (both should see each sample at most once)"
+        )
     torch.set_num_threads(args.threads)
     train_recs, held_out = _records(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ours["samples_per_s"] / hf["samples_per_s"]
     print(f"{'':22}{'samples/s':>10}{'train s':>10}{'held-out loss':>15}")
     for name, r in results.items():
-        print(f"{name:22}{r['samples_per_s']:10.2f}{r['train_seconds']:10.1f}{r['heldout_loss']:15.4f}")
-    print(f"speed ratio torchformer / Trainer: {ratio:.2f}x; loss {'<=' if ours['heldout_loss'] <= hf['heldout_loss'] else '>'} Trainer's")
+        print(
+            f"{name:22}{r['samples_per_s']:10.2f}{r['train_seconds']:10.1f}{r['heldout_loss']:15.4f}"
+        )
+    print(
+        f"speed ratio torchformer / Trainer: {ratio:.2f}x; loss {'<=' if ours['heldout_loss'] <= hf['heldout_loss'] else '>'} Trainer's"
+    )
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "ratio": ratio,
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     if args.json:

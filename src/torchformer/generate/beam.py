@@ -20,9 +20,9 @@ against it token for token:
 - a hypothesis' score is its summed token log-probability divided by
   ``length ** length_penalty``, ``length`` = generated tokens including the
   final eos (not the start tokens). ``length_penalty`` > 0 favours longer
-  outputs, 0 disables normalisation. (GNMT's ((5 + len) / 6) ** alpha differs
-  from this by a length-independent factor at large lengths but not at small
-  ones; we use HF's so that the same alpha means the same thing as there.)
+  outputs, 0 disables normalisation. GNMT's ((5 + len) / 6) ** alpha is a
+  flatter curve at short lengths (the same alpha is not comparable between the
+  two); we use HF's so that alpha means what it means there.
 - each step looks at the 2 * beam best continuations over all beams of an
   input; those among the top ``beam`` that end in eos become finished
   hypotheses, the best ``beam`` that do not end in eos continue.

@@ -317,11 +317,11 @@ class Seq2Seq(nn.Module):
         self.tgt_embed = (
             None if config.share_embeddings else nn.Embedding(config.vocab_size, config.d_model)
         )
-        # A fixed table (a buffer, not a parameter) for the Transformer; T5 uses relative biases instead.
+        # A fixed table (a buffer, not a parameter); T5 uses relative biases instead.
         self.positions = (
             None if t5 else SinusoidalPositionalEncoding(config.d_model, config.max_len)
         )
-        # Vaswani et al. 3.4: embeddings are multiplied by sqrt(D) (they are initialised ~ D^-0.5).
+        # Vaswani et al. 3.4: embeddings are multiplied by sqrt(D) (initialised ~ D^-0.5).
         self.embed_scale = 1.0 if t5 else math.sqrt(config.d_model)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.encoder = Seq2SeqEncoder(config)
@@ -329,7 +329,7 @@ class Seq2Seq(nn.Module):
         self.lm_head = (
             None if config.tie_output else nn.Linear(config.d_model, config.vocab_size, bias=False)
         )
-        # HF T5 rescales the decoder output by D^-0.5 before a *tied* head: its embeddings are N(0, 1).
+        # T5 rescales the decoder output by D^-0.5 before a *tied* head (embeddings ~ N(0, 1)).
         self.output_scale = config.d_model**-0.5 if t5 and config.tie_output else 1.0
         init_weights(self, config)
 
@@ -401,9 +401,7 @@ class Seq2Seq(nn.Module):
         Returns:
             ModelOutput with logits (B, T, V), last_hidden_state (B, T, D), cache.
         """
-        context = (
-            encoder_out.last_hidden_state if isinstance(encoder_out, ModelOutput) else encoder_out
-        )
+        context = _context(encoder_out)  # (B, S, D)
         B, T = tgt_ids.shape
         past = 0 if cache is None else cache.seq_len
         if tgt_mask is not None and tgt_mask.shape != (B, past + T):
@@ -476,9 +474,7 @@ class Seq2Seq(nn.Module):
         at the first step and live in the cache, so ``cache.select`` moves them
         with the hypotheses.
         """
-        context = (
-            encoder_out.last_hidden_state if isinstance(encoder_out, ModelOutput) else encoder_out
-        )
+        context = _context(encoder_out)  # (B, S, D)
         B = context.size(0)
         expanded: dict[int, tuple[Tensor, Tensor | None]] = {B: (context, src_mask)}
 
@@ -498,6 +494,11 @@ class Seq2Seq(nn.Module):
             return self.decode(last_ids, ctx, src_mask=mask, cache=cache).logits[:, -1]  # (N, V)
 
         return step
+
+
+def _context(encoder_out: Tensor | ModelOutput) -> Tensor:
+    """The encoder states (B, S, D) from ``encode``'s output or the tensor itself."""
+    return encoder_out.last_hidden_state if isinstance(encoder_out, ModelOutput) else encoder_out
 
 
 def sequence_loss(

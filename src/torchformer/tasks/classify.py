@@ -281,8 +281,9 @@ class Run:
     def evaluate_and_keep_best(self) -> None:
         """Validate; save ``best/`` on improvement; update early stopping and the plateau schedule."""
         tc = self.config.train
-        result = evaluate_split(self.model, self.encoded["val"], self.label_names,
-                                pad_id=self.tokenizer.pad_id, batch_size=tc.eval_batch_size)  # fmt: skip
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            result = evaluate_split(self.model, self.encoded["val"], self.label_names,
+                                    pad_id=self.tokenizer.pad_id, batch_size=tc.eval_batch_size)  # fmt: skip
         values = {k: result[k] for k in ("loss", "accuracy", "macro_f1")}
         self.log.log(values, step=self.state.step, epoch=self.state.epoch, split="val")
         logger.info("step %d val %s", self.state.step, {k: round(v, 4) for k, v in values.items()})

@@ -16,18 +16,16 @@ chrF; signatures included) and the hypotheses are written into the run directory
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from torchformer.config import config_to_dict, save_config
 from torchformer.data.batching import TokenBudgetBatchSampler
-from torchformer.evaluate.bleu import corpus_scores
 from torchformer.models.seq2seq import Seq2Seq, preset, sequence_loss
 from torchformer.tasks.translate_data import (
     DataConfig,
@@ -40,6 +38,8 @@ from torchformer.tasks.translate_data import (
 from torchformer.tasks.translator import (
     TranslationSettings,
     Translator,
+    evaluate_translator,
+    translate_split,
     write_model_dir,
 )
 from torchformer.text.tokenizer import Tokenizer
@@ -58,7 +58,7 @@ from torchformer.train.logging import (
     progress_bar,
     write_manifest,
 )
-from torchformer.train.schedules import build_scheduler
+from torchformer.train.schedules import Scheduler, build_scheduler
 from torchformer.train.seed import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     average_last: int = 0  # >= 2: also write averaged/ from the last N checkpoints
     seed: int = 42
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     threads: int | None = None
     progress: bool = True
 
@@ -158,47 +159,94 @@ def validation_loss(model: Seq2Seq, pairs: EncodedPairs, *, max_tokens: int) -> 
     """Mean token cross-entropy (no label smoothing) over a split, padding ignored."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, tokens = 0.0, 0
-    sampler = TokenBudgetBatchSampler(pairs.lengths, max(max_tokens, max(pairs.lengths)), seed=0, shuffle=False)
-    for indices in sampler:
-        b = make_batch(pairs, indices, model.config.pad_id)
+    budget = max(max_tokens, max(pairs.lengths))
+    for indices in TokenBudgetBatchSampler(pairs.lengths, budget, seed=0, shuffle=False):
+        b = make_batch(pairs, indices, model.config.pad_id).to(device)
         out = model(b.src, b.tgt_in, src_mask=b.src_mask, tgt_mask=b.tgt_mask, labels=b.labels)
-        n = b.num_target_tokens
-        total, tokens = total + out.loss.item() * n, tokens + n
+        total += out.loss.item() * b.num_target_tokens
+        tokens += b.num_target_tokens
     model.train(was_training)
     return total / max(tokens, 1)
-
-
-def translate_split(translator: Translator, pairs: EncodedPairs, *, beam_size: int, batch_size: int,
-                    limit: int | None = None) -> tuple[list[str], dict]:  # fmt: skip
-    """Decode a split's sources; returns the hypotheses and their sacreBLEU/chrF scores."""
-    n = len(pairs) if limit is None else min(limit, len(pairs))
-    was_training = translator.model.training
-    translator.model.eval()
-    hyps = translator.translate(pairs.src_texts[:n], beam_size=beam_size, batch_size=batch_size)
-    translator.model.train(was_training)
-    return hyps, corpus_scores(hyps, pairs.tgt_texts[:n])
 
 
 @dataclass
 class LoopState:
     """Counters saved in checkpoints (as ``training_state`` metadata)."""
 
-    step: int = 0
-    epoch: int = 0
-    target_tokens: int = 0
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs completed
+    target_tokens: int = 0  # tokens the decoder was trained to predict
+    train_seconds: float = 0.0  # time in forward/backward/optimizer steps only
     stopped_early: bool = False
 
 
-def train(config: TranslateConfig, *, resume: bool = False, stop_at_step: int | None = None) -> Path:
-    """Train, evaluate and save a translation model; returns the run directory.
+@dataclass
+class Run:
+    """Everything a training run holds; ``checkpoint()`` writes what ``restore()`` reads."""
 
-    Args:
-        config: the resolved run config.
-        resume: continue from the newest loadable checkpoint in ``run_dir``.
-        stop_at_step: stop right after the checkpoint of this optimizer step, as if the
-            process had been interrupted (used to test exact resume).
-    """
+    config: TranslateConfig
+    run_dir: Path
+    translator: Translator  # the model being trained, with its tokenizers
+    encoded: dict[str, EncodedPairs]
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    sampler: TokenBudgetBatchSampler
+    stopper: EarlyStopping
+    ckpts: CheckpointManager
+    log: MetricsLogger
+    total_steps: int
+    state: LoopState = field(default_factory=LoopState)
+
+    @property
+    def model(self) -> Seq2Seq:
+        return self.translator.model
+
+    def checkpoint(self) -> None:
+        state = training_state(
+            step=self.state.step, epoch=self.state.epoch, model=self.model,
+            optimizer=self.optimizer, scheduler=self.scheduler, sampler=self.sampler,
+            early_stopping=self.stopper, metadata=asdict(self.state),
+        )  # fmt: skip
+        self.ckpts.save(self.state.step, state)
+
+    def restore(self, ckpt: dict) -> None:
+        restore_training_state(
+            ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            sampler=self.sampler, early_stopping=self.stopper,
+        )  # fmt: skip
+        self.state = LoopState(**ckpt["metadata"])
+
+    def evaluate_and_keep_best(self) -> None:
+        """Validation loss and greedy BLEU; ``best/`` on improvement; early stopping."""
+        tc, start = self.config.train, time.perf_counter()
+        val = self.encoded["val"]
+        loss = validation_loss(self.model, val, max_tokens=tc.eval_max_tokens)
+        _, scores = translate_split(self.translator, val, beam_size=1, limit=tc.bleu_samples)
+        values = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": scores["bleu"],
+                  "chrf": scores["chrf"], "eval_s": time.perf_counter() - start}  # fmt: skip
+        self.log.log(values, step=self.state.step, epoch=self.state.epoch, split="val")
+        logger.info("step %d val loss %.4f, greedy BLEU %.2f %s", self.state.step, loss,
+                    scores["bleu"], scores["bleu_signature"])  # fmt: skip
+        if self.stopper.update(values[tc.metric], step=self.state.step):
+            t = (
+                self.translator
+            )  # written directly: Translator.save would not change the mode either
+            write_model_dir(self.run_dir / "best", self.model, t.src_tokenizer, t.tgt_tokenizer,
+                            t.settings)  # fmt: skip
+        self.state.stopped_early = self.stopper.should_stop
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_run(config: TranslateConfig, *, resume: bool) -> Run:
+    """Build (or restore) a run: data, tokenizers, model, Adam + warm-up, sampler, checkpoints."""
     tc = config.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -206,158 +254,176 @@ def train(config: TranslateConfig, *, resume: bool = False, stop_at_step: int | 
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(tc.seed)
     data = prepare_data(config.data, config.tokenizer, run_dir, seed=tc.seed)
-    model = build_model(config, data.src_tok, data.tgt_tok)
-    train_set, val_set = data.encoded["train"], data.encoded["val"]
+    device = _device(tc.device)
+    model = build_model(config, data.src_tok, data.tgt_tok).to(device)  # before the optimizer
+    train_set = data.encoded["train"]
     save_config(config, run_dir / "config.yaml")
-    write_manifest(run_dir, config=config_to_dict(config), seed=tc.seed,
-                   data_fingerprint=fingerprint_records(train_set.src_texts + train_set.tgt_texts),
-                   extra={"sizes": {k: len(v) for k, v in data.encoded.items()}, "dropped_long": data.dropped,
-                          "parameters": sum(p.numel() for p in model.parameters())})  # fmt: skip
-
-    sampler = TokenBudgetBatchSampler(train_set.lengths, tc.max_tokens, seed=tc.seed, shuffle=True)
+    write_manifest(
+        run_dir, config=config_to_dict(config), seed=tc.seed,
+        data_fingerprint=fingerprint_records(train_set.src_texts + train_set.tgt_texts),
+        extra={"sizes": {k: len(v) for k, v in data.encoded.items()}, "dropped_long": data.dropped,
+               "parameters": sum(p.numel() for p in model.parameters())},
+    )  # fmt: skip
+    sampler = TokenBudgetBatchSampler(train_set.lengths, tc.max_tokens, seed=tc.seed)
     total_steps = tc.max_steps or math.ceil(len(sampler) / tc.grad_accum) * tc.epochs
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
-                                 weight_decay=tc.weight_decay)  # fmt: skip
-    scheduler = build_scheduler(optimizer, tc.schedule, warmup_steps=tc.warmup_steps, total_steps=total_steps,
-                                d_model=model.config.d_model, scale=tc.lr)  # fmt: skip
-    stopper = EarlyStopping(tc.metric, mode="min" if tc.metric == "loss" else "max", patience=tc.patience)
-    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=max(tc.keep_checkpoints, tc.average_last))
-    translator = Translator(model, data.src_tok, data.tgt_tok, settings_of(config))
-    model.train()  # Translator switched it to eval mode
-
-    state = LoopState()
-    if resume and (ckpt := ckpts.latest()) is not None:
-        restore_training_state(ckpt.state, model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
-                               early_stopping=stopper)  # fmt: skip
-        state = LoopState(**ckpt.state["metadata"])
-        logger.info("resumed from %s (step %d, epoch %d)", ckpt.path, state.step, state.epoch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas),
+                                 eps=tc.adam_eps, weight_decay=tc.weight_decay)  # fmt: skip
+    run = Run(
+        config=config, run_dir=run_dir, encoded=data.encoded, device=device,
+        translator=Translator(model, data.src_tok, data.tgt_tok, settings_of(config)),
+        optimizer=optimizer, sampler=sampler, total_steps=total_steps,
+        scheduler=build_scheduler(optimizer, tc.schedule, warmup_steps=tc.warmup_steps,
+                                  total_steps=total_steps, d_model=model.config.d_model, scale=tc.lr),
+        stopper=EarlyStopping(tc.metric, mode="min" if tc.metric == "loss" else "max",
+                              patience=tc.patience),
+        ckpts=CheckpointManager(run_dir / "checkpoints",
+                                keep_last=max(tc.keep_checkpoints, tc.average_last)),
+        log=MetricsLogger(run_dir),
+    )  # fmt: skip
+    if resume and (ckpt := run.ckpts.latest()) is not None:
+        run.restore(ckpt.state)
+        logger.info("resumed from %s (step %d)", ckpt.path, run.state.step)
     elif resume:
-        logger.warning("no checkpoint in %s; starting from scratch", ckpts.directory)
-
-    def checkpoint() -> None:
-        ckpts.save(state.step, training_state(step=state.step, epoch=state.epoch, model=model, optimizer=optimizer,
-                                              scheduler=scheduler, sampler=sampler, early_stopping=stopper,
-                                              metadata=vars(state)))  # fmt: skip
-
-    log = MetricsLogger(run_dir)
-    bar = progress_bar(total_steps, "train", disable=not tc.progress, initial=state.step)
-    pad_id = model.config.pad_id
-    interrupted = False
-    while state.epoch < tc.epochs and state.step < total_steps and not state.stopped_early:
-        if sampler.epoch != state.epoch:  # equal on a fresh start and when resuming mid-epoch
-            sampler.set_epoch(state.epoch)
-        micro, remaining = 0, len(sampler) - sampler.state_dict()["batches_yielded"]
-        t0, window_tokens, window_steps = time.perf_counter(), 0, 0
-        for indices in sampler:
-            micro += 1
-            b = make_batch(train_set, indices, pad_id)
-            out = model(b.src, b.tgt_in, src_mask=b.src_mask, tgt_mask=b.tgt_mask)
-            loss = sequence_loss(out.logits, b.labels, pad_id=pad_id, label_smoothing=tc.label_smoothing)
-            try:
-                check_finite(loss, state.step + 1)
-            except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
-                log.log({"error": f"{e}; the last good checkpoint is in {ckpts.directory}"}, step=state.step,
-                        epoch=state.epoch, split="train")  # fmt: skip
-                raise
-            (loss / tc.grad_accum).backward()
-            window_tokens += b.num_target_tokens
-            state.target_tokens += b.num_target_tokens
-            if not is_accumulation_boundary(micro, tc.grad_accum, last=micro == remaining):
-                continue
-            grad_norm = optimizer_step(model, optimizer, scheduler, max_grad_norm=tc.max_grad_norm)
-            state.step += 1
-            window_steps += 1
-            bar.update(1)
-            if state.step % 10 == 0 or state.step == 1:
-                elapsed = time.perf_counter() - t0
-                log.log({"loss": loss.item(), "lr": scheduler.lr, "grad_norm": float(grad_norm),
-                         "tgt_tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                         "s_per_step": elapsed / window_steps}, step=state.step, epoch=state.epoch, split="train")  # fmt: skip
-                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}")
-                t0, window_tokens, window_steps = time.perf_counter(), 0, 0
-            end_of_epoch = micro == remaining
-            if end_of_epoch:
-                state.epoch += 1
-            evaluate_now = (tc.eval_every and state.step % tc.eval_every == 0) or (end_of_epoch and not tc.eval_every)
-            if evaluate_now:
-                _evaluate_and_keep_best(translator, val_set, stopper, state, log, run_dir, tc)
-                t0, window_tokens, window_steps = time.perf_counter(), 0, 0  # throughput excludes evaluation
-            if evaluate_now or end_of_epoch or (tc.checkpoint_every and state.step % tc.checkpoint_every == 0):
-                checkpoint()
-            if stop_at_step is not None and state.step >= stop_at_step:
-                interrupted = True
-                break
-            if state.stopped_early or state.step >= total_steps:
-                break
-        if interrupted:
-            break
-    bar.close()
-    if not interrupted:
-        if not (run_dir / "best" / "config.json").is_file():  # never evaluated (max_steps hit first)
-            _evaluate_and_keep_best(translator, val_set, stopper, state, log, run_dir, tc)
-        finish_run(config, data.encoded, log, state)
-    log.close()
-    return run_dir
+        logger.warning("no checkpoint in %s; starting from scratch", run.ckpts.directory)
+    return run
 
 
-def _evaluate_and_keep_best(translator: Translator, val_set: EncodedPairs, stopper: EarlyStopping, state: LoopState,
-                            log: MetricsLogger, run_dir: Path, tc: TrainConfig) -> None:  # fmt: skip
-    model = translator.model
-    start = time.perf_counter()
-    loss = validation_loss(model, val_set, max_tokens=tc.eval_max_tokens)
-    _, scores = translate_split(translator, val_set, beam_size=1, batch_size=64, limit=tc.bleu_samples)
-    values = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": scores["bleu"], "chrf": scores["chrf"],
-              "eval_s": time.perf_counter() - start}  # fmt: skip
-    log.log(values, step=state.step, epoch=state.epoch, split="val")
-    logger.info("step %d val loss %.4f, greedy BLEU %.2f (%s)", state.step, loss, scores["bleu"], scores["bleu_signature"])
-    if stopper.update(values[tc.metric], step=state.step):
-        write_model_dir(run_dir / "best", model, translator.src_tokenizer, translator.tgt_tokenizer, translator.settings)
-    state.stopped_early = stopper.should_stop
+def _forward_backward(run: Run, indices: list[int]) -> tuple[torch.Tensor, int]:
+    """One micro-batch: teacher forcing, label-smoothed loss, finite check, scaled backward.
+
+    Returns the loss (detached) and the number of target tokens predicted.
+    """
+    tc, model = run.config.train, run.model
+    b = make_batch(run.encoded["train"], indices, model.config.pad_id).to(run.device)
+    out = model(b.src, b.tgt_in, src_mask=b.src_mask, tgt_mask=b.tgt_mask)  # logits (B, T, V)
+    loss = sequence_loss(out.logits, b.labels, pad_id=model.config.pad_id,
+                         label_smoothing=tc.label_smoothing)  # fmt: skip
+    try:
+        check_finite(loss, run.state.step + 1)
+    except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
+        message = f"{e}; the last good checkpoint is in {run.ckpts.directory}"
+        run.log.log({"error": message}, step=run.state.step, epoch=run.state.epoch, split="train")
+        raise
+    (loss / tc.grad_accum).backward()
+    return loss.detach(), b.num_target_tokens
+
+
+def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
+    """Train to the end of the current epoch (or a stop); True when stopped by ``stop_at_step``."""
+    tc, state, sampler = run.config.train, run.state, run.sampler
+    if sampler.epoch != state.epoch:  # equal on a fresh start and when resuming mid-epoch
+        sampler.set_epoch(state.epoch)
+    remaining = len(sampler) - sampler.state_dict()["batches_yielded"]
+    micro, window_tokens, t0 = 0, 0, time.perf_counter()
+    for indices in sampler:
+        micro += 1
+        loss, n_tokens = _forward_backward(run, indices)
+        window_tokens += n_tokens
+        end_of_epoch = micro == remaining
+        if not is_accumulation_boundary(micro, tc.grad_accum, last=end_of_epoch):
+            continue
+        grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler,
+                                   max_grad_norm=tc.max_grad_norm)  # fmt: skip
+        elapsed = time.perf_counter() - t0
+        state.step += 1
+        state.target_tokens += window_tokens
+        state.train_seconds += elapsed
+        bar.update(1)
+        if state.step % 10 == 0 or state.step == 1:
+            speed = window_tokens / max(elapsed, 1e-9)
+            run.log.log({"loss": loss.item(), "lr": run.scheduler.lr, "grad_norm": float(grad_norm),
+                         "tgt_tokens_per_s": speed},
+                        step=state.step, epoch=state.epoch, split="train")  # fmt: skip
+            bar.set_postfix(loss=f"{loss.item():.3f}", tgt_tok_s=f"{speed:.0f}", refresh=False)
+        state.epoch += end_of_epoch
+        every = tc.eval_every
+        evaluate_now = (every and state.step % every == 0) or (end_of_epoch and not every)
+        if evaluate_now:
+            run.evaluate_and_keep_best()
+        save_now = tc.checkpoint_every and state.step % tc.checkpoint_every == 0
+        if evaluate_now or end_of_epoch or save_now:
+            run.checkpoint()
+        if stop_at_step is not None and state.step >= stop_at_step:
+            return True
+        if state.stopped_early or state.step >= run.total_steps:
+            return False
+        window_tokens, t0 = 0, time.perf_counter()
+    return False
+
+
+def train(
+    config: TranslateConfig, *, resume: bool = False, stop_at_step: int | None = None
+) -> Path:
+    """Train, evaluate and save a translation model; returns the run directory.
+
+    Args:
+        config: the resolved run config.
+        resume: continue from the newest loadable checkpoint in ``run_dir``.
+        stop_at_step: stop right after this optimizer step, as if the process had been
+            interrupted (tests of exact resume use it with a checkpoint there).
+    """
+    run = setup_run(config, resume=resume)
+    tc, state = config.train, run.state
+    bar = progress_bar(run.total_steps, "train", disable=not tc.progress, initial=state.step)
+    run.model.train()  # the Translator switched it to eval mode
+    try:
+        while state.epoch < tc.epochs and state.step < run.total_steps and not state.stopped_early:
+            if run_epoch(run, bar, stop_at_step):
+                return run.run_dir
+            state = run.state
+        bar.close()
+        if not (run.run_dir / "best" / "config.json").is_file():  # max_steps came first
+            run.evaluate_and_keep_best()
+        speed = state.target_tokens / max(state.train_seconds, 1e-9)
+        run.log.log({"target_tokens": state.target_tokens, "train_seconds": state.train_seconds,
+                     "train_tgt_tokens_per_s": speed},
+                    step=state.step, epoch=state.epoch, split="summary")  # fmt: skip
+        finish_run(run)
+    finally:
+        bar.close()
+        run.log.close()
+    return run.run_dir
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     """The element-wise mean of the model weights in ``paths`` (Vaswani et al. 2017, 6.1)."""
     states = [load_checkpoint(p)["model"] for p in paths]
-    return {k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype) for k, v in states[0].items()}
+    return {
+        k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype)
+        for k, v in states[0].items()
+    }
 
 
-def evaluate_translator(translator: Translator, pairs: EncodedPairs, out_dir: Path, *, beam_size: int,
-                        batch_size: int) -> dict:  # fmt: skip
-    """Greedy and beam-search BLEU/chrF of one split; writes ``scores.json`` and the hypotheses."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"num_sentences": len(pairs)}
-    for name, beam in (("greedy", 1), (f"beam{beam_size}", beam_size)):
-        start = time.perf_counter()
-        hyps, scores = translate_split(translator, pairs, beam_size=beam, batch_size=batch_size)
-        scores["decode_s"] = time.perf_counter() - start
-        (out_dir / f"hypotheses.{name}.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
-        result[name] = scores
-    (out_dir / "scores.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return result
+def _averaged_model(run: Run, best: Translator) -> Translator | None:
+    """``averaged/``: the mean of the last ``average_last`` checkpoints (None when off)."""
+    n, steps = run.config.train.average_last, run.ckpts.steps()
+    if n < 2 or len(steps) < 2:
+        return None
+    model = Seq2Seq(best.model.config)
+    model.load_state_dict(average_checkpoints([run.ckpts.path_for(s) for s in steps[-n:]]))
+    out = write_model_dir(run.run_dir / "averaged", model, best.src_tokenizer, best.tgt_tokenizer,
+                          best.settings)  # fmt: skip
+    return Translator.from_dir(out)
 
 
-def finish_run(config: TranslateConfig, encoded: dict[str, EncodedPairs], log: MetricsLogger, state: LoopState) -> None:
+def finish_run(run: Run) -> None:
     """Score the best (and the averaged) model on validation and test; write ``eval/``."""
-    run_dir, tc, e = Path(config.run_dir), config.train, config.eval
-    models = {"best": Translator.from_dir(run_dir / "best")}
-    paths = CheckpointManager(run_dir / "checkpoints", keep_last=max(tc.keep_checkpoints, tc.average_last)).steps()
-    if tc.average_last >= 2 and len(paths) >= 2:
-        best = models["best"]
-        chosen = [run_dir / "checkpoints" / f"step-{s:06d}.pt" for s in paths[-tc.average_last :]]
-        averaged = Seq2Seq(best.model.config)
-        averaged.load_state_dict(average_checkpoints(chosen))
-        write_model_dir(run_dir / "averaged", averaged, best.src_tokenizer, best.tgt_tokenizer, best.settings)
-        models["averaged"] = Translator.from_dir(run_dir / "averaged")
+    e, state = run.config.eval, run.state
+    best = Translator.from_dir(run.run_dir / "best")
+    models = {"best": best, "averaged": _averaged_model(run, best)}
     for model_name, translator in models.items():
+        if translator is None:
+            continue
+        translator.model.to(run.device)
         for split in ("val", "test"):
-            if split not in encoded:
+            if split not in run.encoded:
                 continue
-            prefix = "" if model_name == "best" else f"{model_name}_"
-            result = evaluate_translator(translator, encoded[split], run_dir / "eval" / f"{prefix}{split}",
+            name = split if model_name == "best" else f"{model_name}_{split}"
+            result = evaluate_translator(translator, run.encoded[split], run.run_dir / "eval" / name,
                                          beam_size=e.beam_size, batch_size=e.batch_size)  # fmt: skip
-            flat = {f"{k}_{m}": result[k][m] for k in result if k != "num_sentences" for m in ("bleu", "chrf")}
-            log.log(flat, step=state.step, epoch=state.epoch, split=f"{model_name}_{split}")
-            for k in result:
-                if k != "num_sentences":
-                    logger.info("%s %s %s: BLEU %.2f (%s), chrF %.2f", model_name, split, k, result[k]["bleu"],
-                                result[k]["bleu_signature"], result[k]["chrf"])  # fmt: skip
+            decodings = [k for k in result if k != "num_sentences"]
+            flat = {f"{k}_{m}": result[k][m] for k in decodings for m in ("bleu", "chrf")}
+            run.log.log(flat, step=state.step, epoch=state.epoch, split=f"{model_name}_{split}")
+            for k in decodings:
+                logger.info("%s %s %s: BLEU %.2f %s, chrF %.2f", model_name, split, k,
+                            result[k]["bleu"], result[k]["bleu_signature"], result[k]["chrf"])  # fmt: skip

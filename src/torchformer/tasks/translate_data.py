@@ -134,6 +134,14 @@ class Batch:
     def num_target_tokens(self) -> int:
         return int(self.tgt_mask.sum())
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            *(
+                t.to(device)
+                for t in (self.src, self.src_mask, self.tgt_in, self.tgt_mask, self.labels)
+            )
+        )
+
 
 def make_batch(pairs: EncodedPairs, indices: list[int], pad_id: int) -> Batch:
     """Pad the pairs ``indices`` and shift the targets for teacher forcing."""
@@ -158,7 +166,9 @@ def _read_split(config: DataConfig, split: str) -> list[SentencePair] | None:
     if config.source == "files":
         src, tgt = getattr(config, f"{split}_src"), getattr(config, f"{split}_tgt")
         if (src is None) != (tgt is None):
-            raise DataError(f"data.{split}_src and data.{split}_tgt must be given together", file=src or tgt)
+            raise DataError(
+                f"data.{split}_src and data.{split}_tgt must be given together", file=src or tgt
+            )
         return read_parallel(src, tgt) if src is not None else None
     if config.source == "tsv":
         path = getattr(config, f"{split}_file")
@@ -176,7 +186,9 @@ def load_pairs(config: DataConfig, *, seed: int) -> dict[str, list[SentencePair]
     splits = {split: _read_split(config, split) for split in SPLITS}
     train = splits["train"]
     if not train:
-        raise DataError(f"no training pairs: set data.train_src/train_tgt or data.train_file (source={config.source!r})")
+        raise DataError(
+            f"no training pairs: set data.train_src/train_tgt or data.train_file (source={config.source!r})"
+        )
     if splits["val"] is None:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
@@ -199,9 +211,13 @@ def special_ids(tokenizer: Tokenizer) -> tuple[int, int, int]:
     start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.cls_id
     end = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
     if tokenizer.pad_id is None or start is None or end is None:
-        raise ValueError(f"{tokenizer!r} needs pad, start (<s> or [CLS]) and end (</s> or [SEP]) tokens")
+        raise ValueError(
+            f"{tokenizer!r} needs pad, start (<s> or [CLS]) and end (</s> or [SEP]) tokens"
+        )
     if tokenizer.num_special_tokens != 2:
-        raise ValueError(f"{tokenizer!r} must wrap a text as '<s> $A </s>' (found {tokenizer.num_special_tokens} specials)")
+        raise ValueError(
+            f"{tokenizer!r} must wrap a text as '<s> $A </s>' (found {tokenizer.num_special_tokens} specials)"
+        )
     return tokenizer.pad_id, start, end
 
 
@@ -231,13 +247,20 @@ def load_or_train_tokenizers(
     elif all(p.is_file() for p in saved):
         src_tok, tgt_tok = Tokenizer.from_file(saved[0]), Tokenizer.from_file(saved[1])
     elif config.joint:
-        src_tok = tgt_tok = _train_tokenizer(config, [p.src for p in train] + [p.tgt for p in train])
+        src_tok = tgt_tok = _train_tokenizer(
+            config, [p.src for p in train] + [p.tgt for p in train]
+        )
     else:
-        src_tok, tgt_tok = _train_tokenizer(config, [p.src for p in train]), _train_tokenizer(config, [p.tgt for p in train])
+        src_tok, tgt_tok = (
+            _train_tokenizer(config, [p.src for p in train]),
+            _train_tokenizer(config, [p.tgt for p in train]),
+        )
     src_tok.save(saved[0])
     tgt_tok.save(saved[1])
     if special_ids(src_tok)[0] != special_ids(tgt_tok)[0]:
-        raise ValueError(f"source and target tokenizers have different padding ids ({src_tok.pad_id}, {tgt_tok.pad_id})")
+        raise ValueError(
+            f"source and target tokenizers have different padding ids ({src_tok.pad_id}, {tgt_tok.pad_id})"
+        )
     return src_tok, tgt_tok
 
 
@@ -245,7 +268,12 @@ def load_or_train_tokenizers(
 
 
 def encode_pairs(
-    pairs: list[SentencePair], src_tok: Tokenizer, tgt_tok: Tokenizer, *, max_length: int, drop_long: bool
+    pairs: list[SentencePair],
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    *,
+    max_length: int,
+    drop_long: bool,
 ) -> tuple[EncodedPairs, int]:
     """Tokenize both sides; returns the encoded pairs and how many were dropped as too long.
 
@@ -256,7 +284,11 @@ def encode_pairs(
     limit = None if drop_long else max_length
     src_ids = src_tok.encode_batch([p.src for p in pairs], max_length=limit)
     tgt_ids = tgt_tok.encode_batch([p.tgt for p in pairs], max_length=limit)
-    keep = [i for i in range(len(pairs)) if len(src_ids[i]) <= max_length and len(tgt_ids[i]) <= max_length]
+    keep = [
+        i
+        for i in range(len(pairs))
+        if len(src_ids[i]) <= max_length and len(tgt_ids[i]) <= max_length
+    ]
     encoded = EncodedPairs(
         src_ids=[src_ids[i] for i in keep],
         tgt_ids=[tgt_ids[i] for i in keep],
@@ -277,7 +309,9 @@ class PreparedData:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def prepare_data(data: DataConfig, tok_config: TokenizerConfig, run_dir: Path, *, seed: int) -> PreparedData:
+def prepare_data(
+    data: DataConfig, tok_config: TokenizerConfig, run_dir: Path, *, seed: int
+) -> PreparedData:
     """Read, tokenize (training or reloading the tokenizers) and encode every split."""
     pairs = load_pairs(data, seed=seed)
     src_tok, tgt_tok = load_or_train_tokenizers(tok_config, run_dir, pairs["train"])
@@ -285,10 +319,18 @@ def prepare_data(data: DataConfig, tok_config: TokenizerConfig, run_dir: Path, *
     for split, split_pairs in pairs.items():
         if split_pairs:
             encoded[split], dropped[split] = encode_pairs(
-                split_pairs, src_tok, tgt_tok, max_length=data.max_length, drop_long=split == "train"
+                split_pairs,
+                src_tok,
+                tgt_tok,
+                max_length=data.max_length,
+                drop_long=split == "train",
             )
     if dropped.get("train"):
-        logger.warning("dropped %d training pairs longer than %d tokens", dropped["train"], data.max_length)
+        logger.warning(
+            "dropped %d training pairs longer than %d tokens", dropped["train"], data.max_length
+        )
     if not len(encoded["train"]):
-        raise DataError(f"every training pair is longer than data.max_length={data.max_length} tokens")
+        raise DataError(
+            f"every training pair is longer than data.max_length={data.max_length} tokens"
+        )
     return PreparedData(pairs, src_tok, tgt_tok, encoded, dropped)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,11 +29,12 @@ from torch import Tensor
 from torchformer.checkpoints import load_pretrained, save_pretrained
 from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import pad_batch
+from torchformer.evaluate.bleu import corpus_scores
 from torchformer.generate.beam import beam_search
 from torchformer.generate.greedy import greedy_decode
 from torchformer.models.seq2seq import Seq2Seq
 from torchformer.tasks.classifier import validate_texts
-from torchformer.tasks.translate_data import SOURCE_TOKENIZER, TARGET_TOKENIZER
+from torchformer.tasks.translate_data import SOURCE_TOKENIZER, TARGET_TOKENIZER, EncodedPairs
 from torchformer.text.tokenizer import Tokenizer
 
 SETTINGS_NAME = "translation.json"
@@ -87,7 +89,9 @@ def uncached_step(model: Seq2Seq, context: Tensor, src_mask: Tensor | None):
     expanded: dict[int, tuple[Tensor, Tensor | None]] = {}
 
     def step(last_ids: Tensor, cache: _PrefixCache) -> Tensor:
-        cache.ids = last_ids if cache.ids is None else torch.cat([cache.ids, last_ids], dim=1)  # (N, t)
+        cache.ids = (
+            last_ids if cache.ids is None else torch.cat([cache.ids, last_ids], dim=1)
+        )  # (N, t)
         rows = last_ids.size(0)
         if rows not in expanded:
             k = rows // B
@@ -118,7 +122,9 @@ def generate_ids(
     src, src_mask = pad_batch(sources, cfg.pad_id)  # (B, S)
     src, src_mask = src.to(device), src_mask.to(device)
     context = model.encode(src, src_mask=src_mask).last_hidden_state  # (B, S, D)
-    start = torch.full((len(sources), 1), cfg.decoder_start_id, dtype=torch.long, device=device)  # (B, 1)
+    start = torch.full(
+        (len(sources), 1), cfg.decoder_start_id, dtype=torch.long, device=device
+    )  # (B, 1)
     if use_cache:
         step, cache = model.make_step(context, src_mask), model.new_cache()
     else:
@@ -172,12 +178,18 @@ class Translator:
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write model, both tokenizers and the settings (see the module docstring)."""
-        return write_model_dir(out_dir, self.model, self.src_tokenizer, self.tgt_tokenizer, self.settings)
+        return write_model_dir(
+            out_dir, self.model, self.src_tokenizer, self.tgt_tokenizer, self.settings
+        )
 
     def max_new_tokens(self, sources: list[list[int]], max_len: int | None) -> int:
         """The output budget of a batch: ``max_len`` or longest source + offset, within the model's limit."""
         limit = self.model.config.max_len
-        wanted = max_len if max_len is not None else max(map(len, sources)) + self.settings.max_len_offset
+        wanted = (
+            max_len
+            if max_len is not None
+            else max(map(len, sources)) + self.settings.max_len_offset
+        )
         return max(1, min(wanted, limit))
 
     def translate(
@@ -233,3 +245,39 @@ def write_model_dir(
     tgt_tokenizer.save(out / TARGET_TOKENIZER)
     settings.write(out)
     return out
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+def translate_split(
+    translator: Translator,
+    pairs: EncodedPairs,
+    *,
+    beam_size: int,
+    batch_size: int = 64,
+    limit: int | None = None,
+) -> tuple[list[str], dict]:
+    """Decode a split's sources; returns the hypotheses and their sacreBLEU/chrF scores."""
+    n = len(pairs) if limit is None else min(limit, len(pairs))
+    was_training = translator.model.training
+    translator.model.eval()
+    hyps = translator.translate(pairs.src_texts[:n], beam_size=beam_size, batch_size=batch_size)
+    translator.model.train(was_training)
+    return hyps, corpus_scores(hyps, pairs.tgt_texts[:n])
+
+
+def evaluate_translator(
+    translator: Translator, pairs: EncodedPairs, out_dir: Path, *, beam_size: int, batch_size: int
+) -> dict:
+    """Greedy and beam-search BLEU/chrF of one split; writes ``scores.json`` and hypotheses."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {"num_sentences": len(pairs)}
+    for name, beam in (("greedy", 1), (f"beam{beam_size}", beam_size)):
+        start = time.perf_counter()
+        hyps, scores = translate_split(translator, pairs, beam_size=beam, batch_size=batch_size)
+        scores["decode_s"] = time.perf_counter() - start
+        (out_dir / f"hypotheses.{name}.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        result[name] = scores
+    (out_dir / "scores.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result

@@ -400,26 +400,38 @@ def _attention_examples(run_dir: Path, e: EvalFiles | None, n_examples: int) -> 
         chosen_note = ""
     parts = [
         _note(
-            f"Examples from eval/{e.split}/. Attention is recomputed by the model in best/; "
-            "run `torchformer explain RUN TEXT` for any other text."
+            f"Examples from eval/{e.split}/ (errors.jsonl keeps the start of each text). Attention is "
+            "computed by the model in best/ on the text as stored; run `torchformer explain RUN TEXT` "
+            "for any other text."
         ),
         chosen_note,
     ]
     for i, (kind, record) in enumerate(chosen):
-        text = str(first(record, TEXT_KEYS))
-        attention = attention_for_text(model, text)
-        pred = attention.prediction
-        true = first(record, TRUE_KEYS, "?")
-        status = "tf-wrong" if kind == "wrong" else "tf-ok"
         parts.append(
-            f"<div class='tf-example {status}-example'>"
-            f"<h3><span class='{status}'>{kind}</span>: true <b>{html.escape(str(true))}</b>, predicted "
-            f"<b>{html.escape(str(pred['label']))}</b> (confidence {pred['confidence']:.4f})</h3>"
-            f"<details><summary>text ({len(text)} characters, {len(attention.tokens)} tokens)</summary>"
-            f"<pre class='tf-text'>{html.escape(text)}</pre></details>"
-            f"{attention_html(attention, key=f'ex{i}', max_values=REPORT_MAX_VALUES, heading='h4')}</div>"
+            _example_html(i, kind, record, attention_for_text(model, str(first(record, TEXT_KEYS))))
         )
     return "".join(parts)
+
+
+def _example_html(i: int, kind: str, record: dict[str, Any], attention: Any) -> str:
+    """One example: the stored outcome, the prediction on the stored text, the attention views."""
+    pred = attention.prediction
+    stored_pred, stored_conf = first(record, PRED_KEYS), first(record, CONF_KEYS)
+    status = "tf-wrong" if kind == "wrong" else "tf-ok"
+    outcome = f"true <b>{html.escape(str(first(record, TRUE_KEYS, '?')))}</b>"
+    if stored_pred is not None:
+        conf = f" ({float(stored_conf):.4f})" if stored_conf is not None else ""
+        outcome += f", predicted <b>{html.escape(str(stored_pred))}</b>{conf}"
+    now = f"{html.escape(str(pred['label']))} ({pred['confidence']:.4f})"
+    text = attention.text
+    return (
+        f"<div class='tf-example {status}-example'>"
+        f"<h3><span class='{status}'>{kind}</span>: {outcome}</h3>"
+        f"<p class='tf-note'>On the text below the model predicts {now}.</p>"
+        f"<details><summary>text ({len(text)} characters, {len(attention.tokens)} tokens)</summary>"
+        f"<pre class='tf-text'>{html.escape(text)}</pre></details>"
+        f"{attention_html(attention, key=f'ex{i}', max_values=REPORT_MAX_VALUES, heading='h4')}</div>"
+    )
 
 
 def _manifest(run_dir: Path) -> str:

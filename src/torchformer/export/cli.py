@@ -1,0 +1,195 @@
+"""``torchformer export`` and ``torchformer quantize``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torchformer.export.onnx import (
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    GRID_BATCHES,
+    INT8_NAME,
+    ONNX_NAME,
+    ParityError,
+)
+from torchformer.export.quantize import DEFAULT_THRESHOLD
+
+REJECTED_INT8_NAME = "model.int8.rejected.onnx"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a classifier to ONNX, checked against PyTorch over a grid of shapes",
+        description="Export RUN (a run directory, its best/ or any BERT-family HF directory) to "
+        "ONNX with dynamic batch and sequence axes; fails (exit 1) when any grid cell's logits "
+        "differ from PyTorch's by more than the tolerance.",
+    )
+    p.add_argument("run", help="run directory, its best/ directory, or an HF model directory")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="export directory to write")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument(
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |logit diff| (default 1e-4)"
+    )
+    p.add_argument(
+        "--attn-impl",
+        choices=["reference", "sdpa"],
+        default="reference",
+        help="attention path to export (default: reference, the leaner graph)",
+    )
+    p.add_argument(
+        "--batches", type=_int_list, default=GRID_BATCHES, help="grid batch sizes (default 1,3,8)"
+    )
+    p.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=None,
+        help="grid lengths (default 1,7,64,<run max_length>,<model max_len>)",
+    )
+    p.set_defaults(func=export_command)
+
+    q = subparsers.add_parser(
+        "quantize",
+        help="int8 ONNX model behind an accuracy gate",
+        description="Dynamic int8 quantization (onnxruntime, QInt8 MatMul/Gemm weights). SRC is an "
+        "export directory or anything `export` accepts (exported first, with its parity check). "
+        "Refuses (exit 1, both accuracies printed) when int8 accuracy drops more than --threshold "
+        "points below fp32 on the validation slice.",
+    )
+    q.add_argument("src", help="export directory, run directory or model directory")
+    q.add_argument("--out", required=True, help="export directory to write model.int8.onnx into")
+    q.add_argument("--val-file", help="labelled CSV/TSV/JSONL file (default: IMDB test reviews)")
+    q.add_argument("--text-column", default="text")
+    q.add_argument("--label-column", default="label")
+    q.add_argument(
+        "--val-size", type=int, default=1000, help="texts in the validation slice (default 1000)"
+    )
+    q.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="largest accepted accuracy drop in points (default 1.0)",
+    )
+    q.add_argument(
+        "--no-per-channel",
+        dest="per_channel",
+        action="store_false",
+        help="one weight scale per tensor instead of per output channel",
+    )
+    q.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs without VNNI)")
+    q.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    q.add_argument("--seed", type=int, default=0, help="seed of the IMDB sample")
+    q.set_defaults(func=quantize_command)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    import torchformer
+    from torchformer.export.onnx import export_classifier
+
+    clf = torchformer.load(args.run)
+    try:
+        result = export_classifier(
+            clf,
+            args.out,
+            attn_impl=args.attn_impl,
+            opset=args.opset,
+            tolerance=args.tolerance,
+            batches=tuple(args.batches),
+            lengths=args.lengths,
+            source=str(args.run),
+        )
+    except ParityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.onnx_path} (opset {args.opset}); parity {result.parity.summary()}")
+    return 0
+
+
+def _ensure_export(src: Path, out: Path) -> None:
+    """Make ``out`` an export directory: copy ``src``'s export, or export ``src`` into it."""
+    from torchformer.export.quantize import copy_export
+
+    if (src / ONNX_NAME).is_file():
+        if src.resolve() != out.resolve():
+            copy_export(src, out)
+        return
+    import torchformer
+    from torchformer.export.onnx import export_classifier
+
+    result = export_classifier(torchformer.load(src), out, source=str(src))
+    print(f"exported {result.onnx_path}; parity {result.parity.summary()}")
+
+
+def quantize_command(args: argparse.Namespace) -> int:
+    from torchformer.export.onnx import read_metadata, sha256_of, write_metadata
+    from torchformer.export.quantize import (
+        accuracy_gate,
+        cpu_int8_support,
+        quantize_onnx,
+        validation_slice,
+    )
+    from torchformer.export.runtime import OnnxClassifier
+
+    support = cpu_int8_support()
+    print(support.summary())
+    src, out = Path(args.src), Path(args.out)
+    try:
+        _ensure_export(src, out)
+        fp32 = OnnxClassifier.from_dir(out, threads=args.threads)
+    except (ParityError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    int8_path = quantize_onnx(
+        out / ONNX_NAME,
+        out / INT8_NAME,
+        per_channel=args.per_channel,
+        reduce_range=args.reduce_range,
+    )
+    int8 = OnnxClassifier.from_dir(out, int8=True, threads=args.threads, allow_unchecked=True)
+    texts, gold, source = validation_slice(
+        args.val_size,
+        file=args.val_file,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        seed=args.seed,
+    )
+    gate = accuracy_gate(fp32, int8, texts, gold, threshold=args.threshold)
+    kept = int8_path if gate.passed else int8_path.replace(out / REJECTED_INT8_NAME)
+    metadata = read_metadata(out)
+    metadata["int8"] = {
+        "file": kept.name,
+        "bytes": kept.stat().st_size,
+        "sha256": sha256_of(kept),
+        "quantization": {
+            "method": "onnxruntime quantize_dynamic",
+            "weight_type": "QInt8",
+            "op_types": ["MatMul", "Gemm"],
+            "per_channel": args.per_channel,
+            "reduce_range": args.reduce_range,
+        },
+        "gate": {**gate.to_dict(), "source": source},
+        "cpu": {"flags": support.flags, "int8_dot_product": support.int8_dot_product},
+    }
+    write_metadata(out, metadata)
+    print(gate.message())
+    if not gate.passed:
+        print(f"error: int8 model refused; kept for inspection as {kept}", file=sys.stderr)
+        return 1
+    fp32_mb, int8_mb = (out / ONNX_NAME).stat().st_size / 2**20, kept.stat().st_size / 2**20
+    print(f"wrote {kept} ({int8_mb:.1f} MiB, fp32 {fp32_mb:.1f} MiB)")
+    return 0

@@ -1,0 +1,111 @@
+"""Run an exported classifier with onnxruntime behind the ``TextClassifier`` contract.
+
+``OnnxClassifier`` is a ``TextClassifier`` whose logits come from an ONNX graph:
+cleaning, truncation, tokenization and padding are the inherited ``encode``,
+the output format is the inherited ``predict``; only the forward pass differs.
+So ``serve`` and ``bench`` treat a PyTorch run and an export directory alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from torchformer.export.session import make_session
+from torchformer.tasks.classifier import InferenceSettings, TextClassifier, validate_texts
+from torchformer.text.tokenizer import Tokenizer
+
+__all__ = ["OnnxClassifier", "make_session"]
+
+
+class OnnxClassifier(TextClassifier):
+    """A ``TextClassifier`` backed by an onnxruntime session instead of a PyTorch model.
+
+    ``model`` is None; everything else (``tokenizer``, ``settings``, ``labels``,
+    ``encode``, ``predict``) behaves as in ``TextClassifier``.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Tokenizer,
+        settings: InferenceSettings,
+        labels: list[str],
+        *,
+        path: Path | None = None,
+    ) -> None:
+        # Not calling TextClassifier.__init__: it reads labels from a PyTorch model.
+        from torchformer.text.cleaning import TextCleaner
+
+        self.model = None
+        self.session = session
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.cleaner = TextCleaner(settings.cleaning)
+        self.labels = list(labels)
+        self.path = path
+
+    @classmethod
+    def from_dir(
+        cls,
+        path: str | os.PathLike,
+        *,
+        int8: bool = False,
+        threads: int | None = None,
+        allow_unchecked: bool = False,
+    ) -> OnnxClassifier:
+        """Load an export directory (``model.onnx`` or, with ``int8``, ``model.int8.onnx``).
+
+        Raises:
+            FileNotFoundError: a file of the export is missing.
+            ValueError: the export failed its parity check or (int8) its accuracy gate,
+                as recorded in ``export.json`` (``allow_unchecked`` skips this).
+        """
+        from torchformer.export.onnx import INT8_NAME, LABELS_NAME, ONNX_NAME, read_metadata
+
+        directory = Path(path)
+        metadata = read_metadata(directory)
+        if not allow_unchecked:
+            if not metadata.get("parity", {}).get("passed", False):
+                raise ValueError(
+                    f"{directory}: the ONNX export failed its parity check; re-export it"
+                )
+            if int8 and not metadata.get("int8", {}).get("gate", {}).get("passed", False):
+                raise ValueError(f"{directory}: no int8 model that passed the accuracy gate")
+        model_file = directory / (INT8_NAME if int8 else ONNX_NAME)
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{model_file} is missing")
+        labels = json.loads((directory / LABELS_NAME).read_text(encoding="utf-8"))
+        tokenizer = Tokenizer.from_pretrained_dir(directory)
+        settings = InferenceSettings.read(directory)
+        return cls(
+            make_session(model_file, threads=threads), tokenizer, settings, labels, path=model_file
+        )
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits (B, C) for int64 ``input_ids`` and ``attention_mask`` (B, T)."""
+        feed = {
+            "input_ids": input_ids.astype(np.int64),
+            "attention_mask": attention_mask.astype(np.int64),
+        }
+        return self.session.run(["logits"], feed)[0]
+
+    def predict_proba(self, texts: list[str] | str, *, batch_size: int = 32) -> Tensor:
+        """Class probabilities (N, C), batched by length as ``TextClassifier`` does, in input order."""
+        texts = validate_texts(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        probs = torch.empty(len(texts), len(self.labels))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            input_ids, attention_mask = self.encode([texts[i] for i in idx])  # (B, T) each
+            logits = self.logits(input_ids.numpy(), attention_mask.numpy())  # (B, C)
+            probs[idx] = torch.from_numpy(logits).float().softmax(-1)
+        return probs

@@ -1,0 +1,123 @@
+"""``torchformer serve``: the HTTP server (FastAPI + uvicorn) over a run or an export directory."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+from torchformer.serve.app import ServeLimits
+
+logger = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    d = ServeLimits()
+    p = subparsers.add_parser(
+        "serve",
+        help="serve predict() over HTTP (POST /predict, GET /health, GET /metrics)",
+        description="Serve a run / model directory (PyTorch) or an export directory (onnxruntime). "
+        "Concurrent requests are micro-batched; limits answer with JSON errors (401, 413, 422, 503).",
+    )
+    p.add_argument(
+        "path",
+        help="run directory, model directory, or export directory (torchformer export/quantize)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--max-batch-size", type=int, default=d.max_batch_size, help="texts per model call"
+    )
+    p.add_argument(
+        "--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait for a batch to fill"
+    )
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="texts waiting before 503")
+    p.add_argument(
+        "--max-texts", type=int, default=d.max_texts, help="texts per request before 413"
+    )
+    p.add_argument(
+        "--max-chars", type=int, default=d.max_chars, help="characters per text before 413"
+    )
+    p.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="require the key held in environment variable NAME in the X-API-Key header",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        default="auto",
+        help="export directories: int8 when it passed its gate (auto), or force one",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="inference threads (default: all cores)"
+    )
+    p.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=1024,
+        help="open connections before uvicorn itself answers 503",
+    )
+    p.set_defaults(func=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print(
+            "error: serving needs fastapi and uvicorn: pip install 'torchformer[serve]'",
+            file=sys.stderr,
+        )
+        return 2
+    from torchformer.serve.app import create_app, load_predictor
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            print(
+                f"error: --api-key-env {args.api_key_env}: that environment variable is unset or empty",
+                file=sys.stderr,
+            )
+            return 2
+    if not is_loopback(args.host):
+        logger.warning(
+            "binding to %s: the server is reachable from other machines%s",
+            args.host,
+            "" if api_key else " and has NO API key (use --api-key-env)",
+        )
+    limits = ServeLimits(
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+    )
+    predictor = load_predictor(args.path, precision=args.precision, threads=args.threads)
+    backend = getattr(predictor, "backend", "pytorch")
+    logger.info("serving %s (%s) on http://%s:%d", args.path, backend, args.host, args.port)
+    app = create_app(predictor, limits=limits, api_key=api_key, model_name=str(args.path))
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        limit_concurrency=args.limit_concurrency,
+        timeout_keep_alive=5,
+        server_header=False,
+        log_level="info",
+    )
+    return 0

@@ -1,0 +1,72 @@
+"""The classification CLI: train with overrides, predict, evaluate, demo without data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_classify import toy_rows, write_csv
+
+from torchformer.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    train_csv = write_csv(tmp / "train.csv", toy_rows(96, 0))
+    config = tmp / "run.yaml"
+    config.write_text(
+        "task: classification\n"
+        f"run_dir: {tmp / 'run'}\n"
+        "report: false\n"
+        f"data: {{source: {train_csv}, val_fraction: 0.25, max_length: 32}}\n"
+        "model: {base: scratch, preset: tiny, pooling: mean}\n"
+        "tokenizer: {vocab_size: 200, min_frequency: 1}\n"
+        "train: {epochs: 2, batch_size: 8, lr: 0.003, progress: false}\n"
+    )
+    # An override on the command line wins over the file.
+    assert main(["train", str(config), "--train.epochs", "6"]) == 0
+    return tmp / "run", tmp
+
+
+def test_train_override_is_saved_in_the_run_config(tiny_run):
+    run, _ = tiny_run
+    assert "epochs: 6" in (run / "config.yaml").read_text()
+
+
+def test_predict_prints_json_lines(tiny_run, capsys):
+    run, _ = tiny_run
+    assert main(["predict", str(run), "a superb brilliant film", "awful dull movie", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [x["label"] for x in lines] == ["pos", "neg"]
+    assert all(set(x["probabilities"]) == {"neg", "pos"} for x in lines)
+
+
+def test_evaluate_writes_report_for_a_user_file(tiny_run, capsys):
+    run, tmp = tiny_run
+    test_csv = write_csv(tmp / "holdout.csv", toy_rows(40, 7))
+    assert main(["evaluate", str(run), "--data", str(test_csv)]) == 0
+    metrics = json.loads((run / "eval" / "holdout" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 40 and metrics["accuracy"] > 0.8
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_labels_the_model_does_not_know(tiny_run, capsys):
+    run, tmp = tiny_run
+    rows = toy_rows(4, 9)
+    rows[2]["label"] = "mixed"
+    assert main(["evaluate", str(run), "--data", str(write_csv(tmp / "odd.csv", rows))]) == 2
+    assert "mixed" in capsys.readouterr().err
+
+
+def test_demo_without_data_says_what_to_download(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCHFORMER_DATA", str(tmp_path))
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "aclImdb_v1.tar.gz" in err and str(tmp_path) in err
+
+
+def test_unknown_override_fails_with_the_key(tiny_run, capsys):
+    run, _ = tiny_run
+    with pytest.raises(Exception, match="train.lrr"):
+        main(["train", str(run / "config.yaml"), "--train.lrr", "1"])

@@ -1,0 +1,205 @@
+"""The translation task end to end through its public paths: ``train`` -> run directory
+-> ``torchformer.load(run).translate(...)`` and the CLI; exact resume; bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchformer
+from torchformer.cli import main
+from torchformer.config import load_config
+from torchformer.data.records import DataError
+from torchformer.models.seq2seq import PRESETS
+from torchformer.tasks.translate import TranslateConfig, average_checkpoints, train
+from torchformer.tasks.translator import Translator
+from torchformer.text.tokenizer import Tokenizer
+from torchformer.train.checkpoint import load_checkpoint
+
+from .conftest import reversal_pairs, tiny_config, write_lines
+
+
+def records(run: Path, split: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny model trained to reverse 64 number-word sentences (~200 steps)."""
+    folder = tmp_path_factory.mktemp("reverse")
+    config = tiny_config(folder, **{"train.max_steps": 200, "train.eval_every": 10**6,
+                                    "train.average_last": 2})  # fmt: skip
+    return train(config)
+
+
+def test_tiny_model_learns_to_reverse_and_decodes_exactly(trained_run: Path) -> None:
+    assert records(trained_run, "train")[-1]["loss"] < 0.05  # near zero (no label smoothing)
+    assert records(trained_run, "val")[-1]["loss"] < 0.05
+    src, tgt = reversal_pairs(64, 0)
+    translator = torchformer.load(trained_run)
+    assert isinstance(translator, Translator)
+    assert translator.translate(src, beam_size=1) == tgt  # greedy
+    assert translator.translate(src, beam_size=3) == tgt  # beam search
+    assert (
+        translator.translate(src[:8], beam_size=3, use_cache=False) == tgt[:8]
+    )  # same without the cache
+    assert translator.translate(src[0]) == tgt[0]  # one string in, one string out
+
+
+def test_run_directory_holds_model_scores_and_hypotheses(trained_run: Path) -> None:
+    for name in ("config.yaml", "manifest.json", "source_tokenizer.json", "target_tokenizer.json",
+                 "best/config.json", "best/model.safetensors", "best/source_tokenizer.json",
+                 "best/target_tokenizer.json", "best/translation.json", "eval/val/hypotheses.greedy.txt",
+                 "eval/val/hypotheses.beam3.txt", "averaged/config.json", "eval/averaged_val/scores.json"):  # fmt: skip
+        assert (trained_run / name).is_file(), name
+    scores = json.loads((trained_run / "eval/val/scores.json").read_text())
+    for decoding in ("greedy", "beam3"):
+        assert scores[decoding]["bleu"] == pytest.approx(100.0)
+        assert scores[decoding]["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+        assert "chrf" in scores[decoding] and scores[decoding]["chrf_signature"]
+    config = json.loads((trained_run / "best/config.json").read_text())
+    assert config["model_type"] == "torchformer-transformer"
+    assert config["share_embeddings"] and config["tie_output"]  # joint vocabulary: one tied matrix
+    hyps = (trained_run / "eval/val/hypotheses.beam3.txt").read_text().splitlines()
+    assert hyps == reversal_pairs(64, 0)[1]
+
+
+def test_averaged_model_is_the_mean_of_the_last_checkpoints(trained_run: Path) -> None:
+    last = sorted((trained_run / "checkpoints").glob("step-*.pt"))[-2:]
+    expected = average_checkpoints(last)
+    a, b = (load_checkpoint(p)["model"] for p in last)
+    key = "encoder.layers.0.ffn.up_proj.weight"
+    torch.testing.assert_close(expected[key], (a[key] + b[key]) / 2)
+    averaged = Translator.from_dir(trained_run / "averaged").model.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name], value, msg=name)
+
+
+def test_cli_translate_and_evaluate(trained_run: Path, tmp_path: Path, capsys) -> None:
+    src, tgt = reversal_pairs(64, 0)
+    assert main(["translate", str(trained_run), src[0], src[1], "--beam-size", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == tgt[:2]
+    src_file, out = write_lines(tmp_path / "in.txt", src[:10]), tmp_path / "out.txt"
+    assert (
+        main(
+            [
+                "translate",
+                str(trained_run),
+                "--file",
+                str(src_file),
+                "--out",
+                str(out),
+                "--max-len",
+                "10",
+            ]
+        )
+        == 0
+    )
+    assert out.read_text().splitlines() == tgt[:10]
+    ref_file = write_lines(tmp_path / "ref.txt", tgt[:10])
+    code = main(["evaluate-translation", str(trained_run), "--src", str(src_file), "--ref", str(ref_file),
+                 "--name", "mini", "--beam-size", "3"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert (
+        "BLEU = 100.00  nrefs:1|case:mixed|eff:no|tok:13a" in printed and "chrF = 100.00" in printed
+    )
+    scores = json.loads((trained_run / "eval/mini/scores.json").read_text())
+    assert scores["bleu"] == pytest.approx(100.0) and scores["num_sentences"] == 10
+    assert (trained_run / "eval/mini/hypotheses.txt").read_text().splitlines() == tgt[:10]
+
+
+def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path: Path) -> None:
+    # Both runs share one tokenizer file: BPE training breaks frequency ties
+    # differently from one process to the next.
+    src, tgt = reversal_pairs(64, 0)
+    tokenizer = Tokenizer.train_bpe(src + tgt, vocab_size=60, min_frequency=1)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    overrides = {"tokenizer.path": str(tmp_path / "tokenizer.json"), "model.dropout": 0.1,
+                 "train.epochs": 3, "train.grad_accum": 2, "train.max_tokens": 100,
+                 "train.checkpoint_every": 1, "train.label_smoothing": 0.1, "n_val": 8}  # fmt: skip
+    unbroken = train(tiny_config(tmp_path / "a", **overrides))
+    config = tiny_config(tmp_path / "b", **overrides)
+    train(config, stop_at_step=5)  # mid-epoch 2, after an epoch-end evaluation
+    assert not (Path(config.run_dir) / "eval").exists()
+    resumed = train(config, resume=True)
+    steps = [sorted((run / "checkpoints").glob("step-*.pt"))[-1] for run in (unbroken, resumed)]
+    a, b = (load_checkpoint(p) for p in steps)
+    assert a["step"] == b["step"] > 5 and a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6, msg=key)
+    assert [r["bleu"] for r in records(unbroken, "val")] == [
+        r["bleu"] for r in records(resumed, "val")
+    ][-3:]
+    scores = [json.loads((run / "eval/val/scores.json").read_text()) for run in (unbroken, resumed)]
+    assert scores[0]["beam3"]["bleu"] == scores[1]["beam3"]["bleu"]
+
+
+def test_separate_wordpiece_vocabularies_train_and_translate(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, n_val=8, **{"tokenizer.kind": "wordpiece", "tokenizer.joint": False,
+                                               "train.max_steps": 3, "eval.beam_size": 2})  # fmt: skip
+    run = train(config)
+    translator = torchformer.load(run)
+    cfg = translator.model.config
+    assert not cfg.share_embeddings and cfg.src_vocab_size == translator.src_tokenizer.vocab_size
+    assert (
+        translator.model.tgt_embed is not None and translator.model.lm_head is None
+    )  # output tied to target
+    assert [type(t) for t in translator.translate(["one two", "three"], beam_size=2)] == [str, str]
+
+
+@pytest.mark.parametrize(
+    ("src_bytes", "tgt_bytes", "bad_side", "line", "expected"),
+    [
+        (b"one two\nthree\nfour\n", b"two one\nthree\n", "src", 3, "has 3 lines but"),
+        (b"one two\nthree\nfour\n", b"two one\n\nfour\n", "tgt", 2, "empty line; its pair in"),
+        (b"one two\nthr\xffee\n", b"two one\nthree\n", "src", 2, "undecodable bytes"),
+    ],
+)
+def test_bad_parallel_files_name_both_files_and_the_line(
+    tmp_path: Path, src_bytes: bytes, tgt_bytes: bytes, bad_side: str, line: int, expected: str
+) -> None:
+    config = tiny_config(tmp_path)
+    paths = {"src": Path(config.data.train_src), "tgt": Path(config.data.train_tgt)}
+    paths["src"].write_bytes(src_bytes)
+    paths["tgt"].write_bytes(tgt_bytes)
+    with pytest.raises(DataError) as info:
+        train(config)
+    message = str(info.value)
+    assert expected in message
+    assert str(paths["src"]) in message and str(paths["tgt"]) in message
+    assert message.startswith(f"{paths[bad_side]}:{line}:")
+    assert not (Path(config.run_dir) / "checkpoints").exists()
+
+
+def test_bad_gzip_tsv_names_file_line_and_column(tmp_path: Path) -> None:
+    tsv = tmp_path / "pairs.tsv.gz"
+    tsv.write_bytes(gzip.compress(b"src\ttgt\none two\ttwo one\nthree\n"))
+    config = tiny_config(tmp_path, **{"data.source": "tsv", "data.train_file": str(tsv)})
+    with pytest.raises(DataError) as info:
+        train(config)
+    assert str(info.value).startswith(f"{tsv}:3: field 'tgt': missing")
+
+
+def test_shipped_translation_configs_load() -> None:
+    shipped = sorted((Path(torchformer.__file__).parent / "configs").glob("multi30k-*.yaml"))
+    assert [p.stem for p in shipped] == ["multi30k-base", "multi30k-small"]
+    for path in shipped:
+        config = load_config(TranslateConfig, path)
+        assert config.task == "translation" and config.model.preset in PRESETS
+        assert config.train.schedule == "noam" and tuple(config.train.adam_betas) == (0.9, 0.98)
+        assert config.train.adam_eps == 1e-9 and config.train.max_grad_norm == 1.0
+        assert config.tokenizer.joint and not config.tokenizer.lowercase  # cased, tied embeddings
+    base = PRESETS[load_config(TranslateConfig, shipped[0]).model.preset]
+    assert (base.d_model, base.n_encoder_layers, base.n_heads, base.d_ff, base.dropout) == (
+        512,
+        6,
+        8,
+        2048,
+        0.1,
+    )
