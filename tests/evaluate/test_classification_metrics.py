@@ -134,8 +134,8 @@ def test_write_evaluation_files(tmp_path):
     result = metrics.compute()
     paths = write_evaluation(tmp_path, result, prefix="test_")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "test_classification_report.txt", "test_confusion_matrix.json",
-        "test_errors.jsonl", "test_metrics.json",
+        "test_classification_report.txt", "test_confusion_matrix.json", "test_correct.jsonl",
+        "test_errors.jsonl", "test_examples.json", "test_metrics.json",
     ]  # fmt: skip
     saved = json.loads(paths["metrics"].read_text())
     assert saved["accuracy"] == pytest.approx(1 / 3) and "errors" not in saved
@@ -144,6 +144,11 @@ def test_write_evaluation_files(tmp_path):
     }  # fmt: skip
     errors = [json.loads(line) for line in paths["errors"].read_text().splitlines()]
     assert [e["text"] for e in errors] == ["bad but good", "meh"]  # most confident first
+    correct = [json.loads(line) for line in paths["correct"].read_text().splitlines()]
+    assert [e["text"] for e in correct] == ["fine"]
+    examples = json.loads(paths["examples"].read_text())
+    assert examples["correct"] == [False, False, True] and examples["length"] == [12, 3, 4]
+    assert "examples" not in saved and "correct_examples" not in saved
     assert paths["report"].read_text().splitlines()[0].split() == [
         "precision", "recall", "f1-score", "support",
     ]  # fmt: skip

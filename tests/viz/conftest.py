@@ -8,6 +8,7 @@ so the report reads exactly the files a training run writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -23,20 +24,25 @@ from torchformer.train.logging import MetricsLogger, write_manifest
 
 POSITIVE = ["great", "wonderful", "loved", "brilliant", "moving", "superb", "funny", "beautiful"]
 NEGATIVE = ["awful", "boring", "hated", "dull", "terrible", "weak", "messy", "poor"]
-FILLER = [
-    "the",
-    "film",
-    "plot",
-    "actors",
-    "was",
-    "a",
-    "story",
-    "and",
-    "movie",
-    "ending",
-    "really",
-    "quite",
-]
+FILLER = ["the", "film", "plot", "actors", "was", "a", "story", "and", "movie", "ending", "really"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models: a second intra-op thread only adds contention (up to 100× slower on a
+    busy 2-core machine). The previous setting is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    with one_thread():
+        yield
 
 
 def toy_texts(n: int, seed: int, *, flip: float = 0.0) -> list[tuple[str, int]]:
@@ -57,9 +63,12 @@ def toy_texts(n: int, seed: int, *, flip: float = 0.0) -> list[tuple[str, int]]:
 @pytest.fixture(scope="session")
 def tiny_classifier() -> tuple[TextClassifier, list[dict]]:
     """A 2-layer, 4-head encoder trained ~2 s on toy data; also the train log records."""
+    with one_thread():
+        return _train_tiny_classifier()
+
+
+def _train_tiny_classifier() -> tuple[TextClassifier, list[dict]]:
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: extra threads only contend on a busy machine
     train = toy_texts(400, seed=1)
     tokenizer = Tokenizer.train_wordpiece([t for t, _ in train], vocab_size=120, min_frequency=1)
     config = preset(
@@ -86,7 +95,6 @@ def tiny_classifier() -> tuple[TextClassifier, list[dict]]:
             }
         )
     model.eval()
-    torch.set_num_threads(threads)
     return clf, log
 
 
@@ -176,5 +184,5 @@ def tiny_translator():
         eos_id=tokenizer.eos_id,
     )
     return Translator(
-        Seq2Seq(config), tokenizer, tokenizer, TranslationSettings(beam_size=2, max_len_offset=5)
+        Seq2Seq(config), tokenizer, tokenizer, TranslationSettings(beam_size=1, max_len_offset=5)
     )

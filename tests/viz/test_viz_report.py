@@ -118,3 +118,29 @@ def test_cli_report_and_explain(tiny_run, tmp_path, capsys):
     )
     assert "awful" in page.read_text()
     assert main(["explain", str(tiny_run), "--out", str(page)]) == 2  # no text given
+
+
+def test_errors_with_unicode_line_separators_inside_texts(tmp_path):
+    """IMDB reviews hold U+0085 / U+2028, which JSON writes raw; they are not line breaks."""
+    record = {
+        "true": "pos",
+        "predicted": "neg",
+        "confidence": 0.9,
+        "text": "omnibus\u0085an\u2028anthology",
+    }
+    (tmp_path / "errors.jsonl").write_text(
+        json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    assert read_evaluation(tmp_path).errors == [record]
+
+
+def test_per_example_arrays_and_correct_examples_inside_metrics_json(tmp_path):
+    metrics = {
+        "accuracy": 0.5,
+        "examples": {"confidence": [0.9, 0.6], "correct": [True, False], "length": [12, 40]},
+        "correct": [{"true": "pos", "predicted": "pos", "confidence": 0.9, "text": "great"}],
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    e = read_evaluation(tmp_path)
+    assert (e.confidence, e.is_correct, e.lengths) == ([0.9, 0.6], [True, False], [12, 40])
+    assert e.correct[0]["text"] == "great"

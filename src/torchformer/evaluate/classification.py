@@ -46,6 +46,7 @@ class StreamingClassificationMetrics:
     Args:
         label_names: the name of each class index.
         top_errors: how many most-confidently-wrong examples to keep.
+        top_correct: how many most-confidently-right examples to keep (for reports).
         excerpt_chars: texts of kept errors are cut to this many characters.
         track_examples: keep per-example (confidence, correct, length) arrays.
         ignore_index: examples with this label are skipped (padding in token tasks).
@@ -56,6 +57,7 @@ class StreamingClassificationMetrics:
         label_names: Sequence[str],
         *,
         top_errors: int = 50,
+        top_correct: int = 10,
         excerpt_chars: int = 300,
         track_examples: bool = True,
         ignore_index: int = -100,
@@ -64,6 +66,7 @@ class StreamingClassificationMetrics:
             raise ValueError(f"need at least 2 labels, got {list(label_names)}")
         self.label_names = [str(n) for n in label_names]
         self.top_errors = top_errors
+        self.top_correct = top_correct
         self.excerpt_chars = excerpt_chars
         self.track_examples = track_examples
         self.ignore_index = ignore_index
@@ -73,6 +76,7 @@ class StreamingClassificationMetrics:
         self.loss_count = 0
         # min-heap on confidence: the root is the least confident kept error
         self._errors: list[tuple[float, int, dict[str, Any]]] = []
+        self._correct: list[tuple[float, int, dict[str, Any]]] = []
         self._tiebreak = itertools.count()
         self._seen = 0
         self._chunks: dict[str, list[np.ndarray]] = {"confidence": [], "correct": [], "length": []}
@@ -133,7 +137,9 @@ class StreamingClassificationMetrics:
             self._chunks["confidence"].append(confidence[index].numpy().astype(np.float32))
             self._chunks["correct"].append(correct.numpy())
             self._chunks["length"].append(self._lengths(index, texts, lengths))
-        self._add_errors(index[~correct], probs, labels, predicted, texts, ids)
+        batch = (probs, labels, predicted, texts, ids)
+        self._keep_most_confident(self._errors, self.top_errors, index[~correct], *batch)
+        self._keep_most_confident(self._correct, self.top_correct, index[correct], *batch)
         self._seen += batch_size
 
     def _add_loss(self, loss: Tensor | float, count: int) -> None:
@@ -152,17 +158,19 @@ class StreamingClassificationMetrics:
             return np.array([len(texts[i]) for i in index.tolist()], dtype=np.int32)
         return np.zeros(len(index), dtype=np.int32)
 
-    def _add_errors(
-        self, wrong: Tensor, probs: Tensor, labels: Tensor, predicted: Tensor, texts: Any, ids: Any
-    ) -> None:
-        if self.top_errors <= 0 or wrong.numel() == 0:
+    def _keep_most_confident(
+        self, heap: list, limit: int, rows: Tensor, probs: Tensor, labels: Tensor, predicted: Tensor,
+        texts: Any, ids: Any,
+    ) -> None:  # fmt: skip
+        """Keep the ``limit`` most confident of ``rows`` seen so far in a min-heap."""
+        if limit <= 0 or rows.numel() == 0:
             return
-        confidence = probs.max(dim=-1).values[wrong]
-        # at most top_errors of this batch can enter the heap: look at those only
-        order = confidence.argsort(descending=True)[: self.top_errors]
-        for i in wrong[order].tolist():
+        confidence = probs.max(dim=-1).values[rows]
+        # at most `limit` rows of this batch can enter the heap: look at those only
+        order = confidence.argsort(descending=True)[:limit]
+        for i in rows[order].tolist():
             conf = float(probs[i].max())
-            if len(self._errors) >= self.top_errors and conf <= self._errors[0][0]:
+            if len(heap) >= limit and conf <= heap[0][0]:
                 break  # sorted: nothing further in this batch beats the heap's minimum
             true, pred = int(labels[i]), int(predicted[i])
             record = {
@@ -174,14 +182,18 @@ class StreamingClassificationMetrics:
                 "text": texts[i][: self.excerpt_chars] if texts is not None else None,
             }
             entry = (conf, next(self._tiebreak), record)
-            if len(self._errors) < self.top_errors:
-                heapq.heappush(self._errors, entry)
+            if len(heap) < limit:
+                heapq.heappush(heap, entry)
             else:
-                heapq.heapreplace(self._errors, entry)
+                heapq.heapreplace(heap, entry)
 
     def errors(self) -> list[dict[str, Any]]:
         """The kept errors, most confidently wrong first."""
         return [record for _, _, record in sorted(self._errors, key=lambda e: (-e[0], e[1]))]
+
+    def correct_examples(self) -> list[dict[str, Any]]:
+        """The kept correct predictions, most confident first."""
+        return [record for _, _, record in sorted(self._correct, key=lambda e: (-e[0], e[1]))]
 
     def examples(self) -> dict[str, np.ndarray]:
         """Per-example ``confidence``, ``correct`` and ``length`` arrays (in update order)."""
@@ -216,10 +228,15 @@ class StreamingClassificationMetrics:
         def avg(values: Tensor, w: Tensor | None = None) -> float:
             return float((values * w).sum()) if w is not None else float(values.mean())
 
-        ece = None
+        ece, examples = None, None
         if self.track_examples and total:
             ex = self.examples()
             ece = expected_calibration_error(ex["confidence"], ex["correct"])
+            examples = {
+                "confidence": [round(float(c), 5) for c in ex["confidence"]],
+                "correct": [bool(c) for c in ex["correct"]],
+                "length": [int(n) for n in ex["length"]],
+            }
         return {
             "accuracy": float(tp.sum() / total) if total else 0.0,
             "num_examples": int(total),
@@ -243,6 +260,8 @@ class StreamingClassificationMetrics:
             "loss": self.loss_sum / self.loss_count if self.loss_count else None,
             "ece": ece,
             "errors": self.errors(),
+            "correct_examples": self.correct_examples(),
+            "examples": examples,
         }
 
 
@@ -295,12 +314,14 @@ def write_evaluation(
     """Write an evaluation's files into ``out_dir`` (each atomically).
 
     Files (``prefix`` is prepended to each name, e.g. ``"test_"``):
-    ``classification_report.txt``, ``metrics.json`` (the result without ``errors``),
-    ``confusion_matrix.json`` (``{"labels", "matrix"}``) and ``errors.jsonl`` (most
-    confidently wrong first).
+    ``classification_report.txt``, ``metrics.json`` (the scalar and per-class results),
+    ``confusion_matrix.json`` (``{"labels", "matrix"}``), ``errors.jsonl`` (most
+    confidently wrong first), ``correct.jsonl`` (most confidently right first) and
+    ``examples.json`` (per-example ``confidence``/``correct``/``length`` lists, for
+    calibration and length plots) when the result has them.
 
     Returns:
-        ``{"report": path, "metrics": path, "confusion_matrix": path, "errors": path}``.
+        name -> path of each file written.
     """
     out = Path(out_dir)
     paths = {
@@ -308,12 +329,24 @@ def write_evaluation(
         "metrics": out / f"{prefix}metrics.json",
         "confusion_matrix": out / f"{prefix}confusion_matrix.json",
         "errors": out / f"{prefix}errors.jsonl",
+        "correct": out / f"{prefix}correct.jsonl",
+        "examples": out / f"{prefix}examples.json",
     }
-    metrics = {k: v for k, v in result.items() if k != "errors"}
+    bulky = ("errors", "correct_examples", "examples")
+    metrics = {k: v for k, v in result.items() if k not in bulky}
     confusion = {"labels": result["labels"], "matrix": result["confusion_matrix"]}
-    errors = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in result.get("errors", []))
+
+    def jsonl(rows: list[dict[str, Any]]) -> str:
+        # ASCII-escaped: review texts hold characters such as U+0085 that splitlines() breaks on.
+        return "".join(json.dumps(e) + "\n" for e in rows)
+
     atomic_write_text(paths["report"], classification_report_text(result))
     atomic_write_text(paths["metrics"], json.dumps(metrics, indent=2, default=str) + "\n")
     atomic_write_text(paths["confusion_matrix"], json.dumps(confusion) + "\n")
-    atomic_write_text(paths["errors"], errors)
+    atomic_write_text(paths["errors"], jsonl(result.get("errors", [])))
+    atomic_write_text(paths["correct"], jsonl(result.get("correct_examples", [])))
+    if result.get("examples") is not None:
+        atomic_write_text(paths["examples"], json.dumps(result["examples"]) + "\n")
+    else:
+        del paths["examples"]
     return paths

@@ -48,9 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--attn-impl",
-        choices=["reference", "sdpa"],
-        default="reference",
-        help="attention path to export (default: reference, the leaner graph)",
+        choices=["auto", "sdpa", "reference"],
+        default="auto",
+        help="attention path: sdpa (one ONNX Attention node per layer, opset >= 23) or the "
+        "reference equation; auto picks sdpa from opset 23 on",
     )
     p.add_argument(
         "--batches", type=_int_list, default=GRID_BATCHES, help="grid batch sizes (default 1,3,8)"

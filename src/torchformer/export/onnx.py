@@ -8,11 +8,14 @@ model's max_len}, rows of different lengths (padding exercised) — and compares
 the logits with the PyTorch model's. Beyond the tolerance (default 1e-4,
 absolute, on logits) the export fails, naming the worst cell.
 
-Exporter: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript),
-opset 20, with dynamic batch and sequence axes. Attention is exported through
-the readable ``reference`` path: both paths pass the parity grid, but SDPA's
-decomposition adds NaN guards and reshapes (270 nodes for MiniLM against 198)
-for no speed gain under onnxruntime.
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript)
+with dynamic batch and sequence axes, opset 23 by default. At opset 23 the
+model's SDPA attention becomes one ONNX ``Attention`` node per layer (fused
+QK^T, mask, softmax and PV in onnxruntime's kernel): about 20% faster under
+onnxruntime than the readable ``reference`` path, whose masked_fill alone (a
+``Where`` over (B, H, T, S)) costs ~15% of the int8 model's time. Below opset
+23 SDPA is decomposed into a longer graph with NaN guards, so the reference
+path is exported instead. Either way the parity grid is the judge.
 
 Shapes: B batch, T sequence length, C number of classes.
 """
@@ -45,8 +48,9 @@ LABELS_NAME = "labels.json"
 TOKENIZER_NAME = "tokenizer.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
-# Opset 20: supported by onnxruntime since 1.17 and the dynamo exporter's own default.
-DEFAULT_OPSET = 20
+# Opset 23 (onnxruntime >= 1.23): the first with an ``Attention`` operator.
+DEFAULT_OPSET = 23
+ATTENTION_OPSET = 23
 DEFAULT_TOLERANCE = 1e-4
 GRID_BATCHES = (1, 3, 8)
 GRID_BASE_LENGTHS = (1, 7, 64)
@@ -66,7 +70,8 @@ class ParityCell:
 
     batch: int
     length: int
-    max_abs_diff: float
+    max_abs_diff: float  # NaN when the cell could not be compared (see ``error``)
+    error: str | None = None
 
 
 @dataclass
@@ -88,8 +93,9 @@ class ParityReport:
     def summary(self) -> str:
         w = self.worst
         verdict = "passed" if self.passed else "exceeds"
+        what = f"error: {w.error}" if w.error else f"max |logit diff| {w.max_abs_diff:.3g}"
         return (
-            f"worst cell batch={w.batch} length={w.length}: max |logit diff| {w.max_abs_diff:.3g} "
+            f"worst cell batch={w.batch} length={w.length}: {what} "
             f"{verdict} tolerance {self.tolerance:g} ({len(self.cells)} cells)"
         )
 
@@ -97,9 +103,17 @@ class ParityReport:
         return {
             "passed": self.passed,
             "tolerance": self.tolerance,
-            "worst": asdict(self.worst),
-            "cells": [asdict(c) for c in self.cells],
+            "worst": _cell_dict(self.worst),
+            "cells": [_cell_dict(c) for c in self.cells],
         }
+
+
+def _cell_dict(cell: ParityCell) -> dict[str, Any]:
+    """A JSON-safe cell: NaN (not comparable) becomes null."""
+    out = asdict(cell)
+    if np.isnan(cell.max_abs_diff):
+        out["max_abs_diff"] = None
+    return out
 
 
 @dataclass
@@ -153,18 +167,60 @@ def _quiet_loggers(*names: str):
             lg.setLevel(level)
 
 
+def resolve_attn_impl(attn_impl: str, opset: int) -> str:
+    """ "auto": SDPA as an ONNX ``Attention`` node from opset 23, the reference path below it."""
+    if attn_impl == "auto":
+        return "sdpa" if opset >= ATTENTION_OPSET else "reference"
+    if attn_impl not in ("sdpa", "reference"):
+        raise ValueError(f"attn_impl must be 'auto', 'sdpa' or 'reference', got {attn_impl!r}")
+    return attn_impl
+
+
+def _sdpa_as_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):
+    """aten SDPA -> one ONNX ``Attention`` (opset 23) node.
+
+    Same as the exporter's own translation except for the mask: ours is a
+    (B, 1, 1, S) padding mask, and onnxruntime's CPU kernel wants the query
+    axis spelled out, so it is expanded to (B, 1, T, S) first.
+    """
+    from onnxscript import opset23 as op
+
+    if dropout_p != 0.0 or enable_gqa:
+        raise ValueError("export needs eval-mode attention without dropout or grouped queries")
+    if attn_mask is not None:
+        target = op.Concat(
+            op.Shape(attn_mask, start=0, end=2),  # (B, 1)
+            op.Shape(query, start=2, end=3),  # (T,)
+            op.Shape(key, start=2, end=3),  # (S,)
+            axis=0,
+        )
+        attn_mask = op.Expand(attn_mask, target)  # (B, 1, T, S)
+    out, _, _, _ = op.Attention(query, key, value, attn_mask, scale=scale, is_causal=is_causal)
+    return out  # (B, H, T, Dh)
+
+
 def export_model(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    attn_impl: str = "reference",
+    attn_impl: str = "auto",
     opset: int = DEFAULT_OPSET,
 ) -> Path:
     """Write ``model`` (an ``EncoderForSequenceClassification``) as one ONNX file.
 
     Inputs ``input_ids`` and ``attention_mask`` (int64, (B, T)), output ``logits``
     (float32, (B, C)); B and T are dynamic (1 <= T <= the model's max_len).
+
+    Args:
+        attn_impl: "auto" (see ``resolve_attn_impl``), "sdpa" or "reference".
+        opset: ONNX opset; SDPA maps to the ``Attention`` operator from 23 on.
     """
+    attn_impl = resolve_attn_impl(attn_impl, opset)
+    translations = {}
+    if attn_impl == "sdpa" and opset >= ATTENTION_OPSET:
+        translations[torch.ops.aten.scaled_dot_product_attention.default] = _sdpa_as_attention
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = _LogitsOnly(with_attention(model, attn_impl)).eval()
@@ -173,7 +229,11 @@ def export_model(
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=1, max=model.config.max_len)
     axes = {0: batch, 1: seq}
-    with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"), torch.no_grad():
+    with (
+        warnings.catch_warnings(),
+        _quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"),
+        torch.no_grad(),
+    ):
         warnings.simplefilter("ignore")  # the exporter's deprecation/registration chatter
         program = torch.onnx.export(
             graph,
@@ -183,6 +243,7 @@ def export_model(
             opset_version=opset,
             dynamo=True,
             dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+            custom_translation_table=translations or None,
             verbose=False,
         )
     program.save(str(path), external_data=False)
@@ -227,16 +288,24 @@ def check_parity(
             input_ids, attention_mask = grid_inputs(model.config.vocab_size, batch, length)
             with torch.inference_mode():
                 expected = model(input_ids, attention_mask=attention_mask).logits.float().numpy()
-            got = session.run(
-                [OUTPUT_NAME],
-                {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()},
-            )[0]
+            feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+            try:
+                got = session.run([OUTPUT_NAME], feed)[0]
+            except Exception as e:  # a graph that cannot run this shape fails this cell
+                report.cells.append(ParityCell(batch, length, float("nan"), error=_first_line(e)))
+                continue
             if got.shape != expected.shape:
-                diff = float("nan")
-            else:
-                diff = float(np.abs(got.astype(np.float64) - expected).max())
+                error = f"output shape {got.shape}, expected {expected.shape}"
+                report.cells.append(ParityCell(batch, length, float("nan"), error=error))
+                continue
+            diff = float(np.abs(got.astype(np.float64) - expected).max())
             report.cells.append(ParityCell(batch, length, diff))
     return report
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"[:300]
 
 
 def sha256_of(path: Path) -> str:
@@ -266,7 +335,7 @@ def export_classifier(
     clf: TextClassifier,
     out_dir: str | os.PathLike,
     *,
-    attn_impl: str = "reference",
+    attn_impl: str = "auto",
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
     batches: tuple[int, ...] = GRID_BATCHES,
@@ -286,6 +355,7 @@ def export_classifier(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    attn_impl = resolve_attn_impl(attn_impl, opset)
     onnx_path = export_model(clf.model, out / ONNX_NAME, attn_impl=attn_impl, opset=opset)
     clf.tokenizer.save(out / TOKENIZER_NAME)
     clf.settings.write(out)

@@ -191,7 +191,7 @@ def evaluate_split(
     """Streaming metrics over a split (batches sorted by length; no logits kept)."""
     was_training = model.training
     model.eval()
-    metrics = StreamingClassificationMetrics(label_names)
+    metrics = StreamingClassificationMetrics(label_names, excerpt_chars=2000)  # long enough for attention views
     order = sorted(range(len(split)), key=lambda i: split.lengths[i])
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]

@@ -179,6 +179,7 @@ class LoopState:
     epoch: int = 0  # epochs completed
     target_tokens: int = 0  # tokens the decoder was trained to predict
     train_seconds: float = 0.0  # time in forward/backward/optimizer steps only
+    train_cpu_seconds: float = 0.0  # CPU time of those (all threads): speed on a shared machine
     stopped_early: bool = False
 
 
@@ -314,7 +315,7 @@ def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
     if sampler.epoch != state.epoch:  # equal on a fresh start and when resuming mid-epoch
         sampler.set_epoch(state.epoch)
     remaining = len(sampler) - sampler.state_dict()["batches_yielded"]
-    micro, window_tokens, t0 = 0, 0, time.perf_counter()
+    micro, window_tokens, t0, cpu0 = 0, 0, time.perf_counter(), time.process_time()
     for indices in sampler:
         micro += 1
         loss, n_tokens = _forward_backward(run, indices)
@@ -328,6 +329,7 @@ def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
         state.step += 1
         state.target_tokens += window_tokens
         state.train_seconds += elapsed
+        state.train_cpu_seconds += time.process_time() - cpu0
         bar.update(1)
         if state.step % 10 == 0 or state.step == 1:
             speed = window_tokens / max(elapsed, 1e-9)
@@ -347,7 +349,7 @@ def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
             return True
         if state.stopped_early or state.step >= run.total_steps:
             return False
-        window_tokens, t0 = 0, time.perf_counter()
+        window_tokens, t0, cpu0 = 0, time.perf_counter(), time.process_time()
     return False
 
 
@@ -374,9 +376,10 @@ def train(
         bar.close()
         if not (run.run_dir / "best" / "config.json").is_file():  # max_steps came first
             run.evaluate_and_keep_best()
-        speed = state.target_tokens / max(state.train_seconds, 1e-9)
-        run.log.log({"target_tokens": state.target_tokens, "train_seconds": state.train_seconds,
-                     "train_tgt_tokens_per_s": speed},
+        tokens, seconds, cpu = state.target_tokens, state.train_seconds, state.train_cpu_seconds
+        run.log.log({"target_tokens": tokens, "train_seconds": seconds, "train_cpu_seconds": cpu,
+                     "train_tgt_tokens_per_s": tokens / max(seconds, 1e-9),
+                     "train_tgt_tokens_per_cpu_s": tokens / max(cpu, 1e-9)},
                     step=state.step, epoch=state.epoch, split="summary")  # fmt: skip
         finish_run(run)
     finally:

@@ -242,7 +242,8 @@ def self_attention_payload(
     layers = list(range(L - n_keep, L))
     note = ""
     if n_keep < L:
-        note = f"layers 0–{L - n_keep - 1} omitted from the matrix view to keep the page small"
+        omitted = "layer 0" if L - n_keep == 1 else f"layers 0–{L - n_keep - 1}"
+        note = f"{omitted} omitted from the matrix view to keep the page small"
     if per_layer > max_values:  # even one layer is too much: keep the first pages that fit
         kept, used = [], 0
         for start, end in pages:

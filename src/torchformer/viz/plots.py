@@ -23,6 +23,7 @@ from torchformer.evaluate.classification import expected_calibration_error
 try:
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from PIL import Image  # a matplotlib dependency
 except ImportError as e:  # the viz extra
     raise ImportError("plots need matplotlib: pip install 'torchformer[viz]'") from e
 
@@ -50,10 +51,19 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _to_png(fig: Figure) -> bytes:
+def _to_png(fig: Figure, *, tight: bool = True) -> bytes:
+    """Render to PNG with a 256-colour palette: plots have few colours, and the report
+    inlines every image, so this keeps it about three times smaller at no visible cost."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return buffer.getvalue()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        palette = image.convert("RGB").quantize(
+            256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+        )
+    out = io.BytesIO()
+    palette.save(out, format="png", optimize=True)
+    return out.getvalue()
 
 
 def _series(records: Sequence[dict], split: str, key: str, x: str = "step") -> tuple[list, list]:
@@ -312,28 +322,43 @@ def attention_mosaic(attentions: Tensor, *, max_cells: int = 48, gap: int = 2) -
 def plot_attention_grid(
     attentions: Tensor, *, max_cells: int = 48, title: str | None = None
 ) -> bytes:
-    """A layer × head grid of attention heatmaps (rows: layers, columns: heads) as one PNG."""
+    """A layer × head grid of attention heatmaps (rows: layers, columns: heads) as one PNG.
+
+    The axes are sized so that each mosaic pixel becomes an exact square of screen
+    pixels (no resampling blur, and a small file).
+    """
     L, H, T, S = attentions.shape
     image = attention_mosaic(attentions, max_cells=max_cells)
     rows, cols = min(T, max_cells), min(S, max_cells)
-    cell_in = 0.55 if H > 8 else 0.8
-    fig = Figure(figsize=(0.8 + cell_in * H, 0.6 + cell_in * L))
-    ax = fig.subplots()
+    # Screen pixels per mosaic pixel: thumbnails of ~50-64 px, at most ~900 px in all.
+    scale = max(1, min(8, 64 // max(rows, cols), 900 // image.shape[1]))
+    width, height = image.shape[1] * scale, image.shape[0] * scale
+    bottom, top, right = 22, 24, 8  # margins in pixels, for the labels and the title
+    left = max(32, (320 - width) // 2)  # room for the title on small grids
+    fig_w, fig_h = width + left + right, height + bottom + top
+    fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI)
+    ax = fig.add_axes((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
     cmap = colormaps["viridis"].with_extremes(bad="white")
-    ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(
+        np.ma.masked_invalid(image),
+        cmap=cmap,
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+        aspect="auto",
+    )
     ax.set_xticks(
         [h * (cols + 2) + cols / 2 - 0.5 for h in range(H)], [f"h{h}" for h in range(H)], fontsize=7
     )
     ax.set_yticks(
         [i * (rows + 2) + rows / 2 - 0.5 for i in range(L)], [f"L{i}" for i in range(L)], fontsize=7
     )
-    ax.tick_params(length=0)
+    ax.tick_params(length=0, pad=2)
     for spine in ax.spines.values():
         spine.set_visible(False)
     pooled = " (pooled)" if max(T, S) > max_cells else ""
-    ax.set_title(title or f"attention, layer × head, {T}×{S} tokens{pooled}", fontsize=9)
-    fig.tight_layout()
-    return _to_png(fig)
+    ax.set_title(title or f"attention, layer × head, {T}×{S} tokens{pooled}", fontsize=8)
+    return _to_png(fig, tight=False)
 
 
 def plot_alignment(

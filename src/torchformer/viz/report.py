@@ -50,7 +50,7 @@ __all__ = ["EvalFiles", "read_evaluation", "render_report", "write_report"]
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
-REPORT_MAX_VALUES = 250_000  # numbers per example for the matrix view (≈ 1 MB of JSON)
+REPORT_MAX_VALUES = 120_000  # numbers per example for the matrix view (≈ 0.8 MB of JSON)
 ERROR_ROWS = 50
 EXCERPT_CHARS = 400
 # Field names accepted for the per-example records (errors.jsonl and friends).
@@ -85,7 +85,9 @@ def _read_json(path: Path) -> Any:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+0085 / U+2028, which JSON leaves
+    # unescaped inside strings (IMDB reviews contain them).
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
@@ -123,33 +125,38 @@ def _load_columns(path: Path) -> dict[str, list] | None:
     return _columns(_read_jsonl(path) if path.suffix == ".jsonl" else _read_json(path))
 
 
+def _use_columns(files: EvalFiles, columns: dict[str, list]) -> None:
+    files.confidence = [float(c) for c in columns["confidence"]]
+    if "correct" in columns:
+        files.is_correct = [bool(c) for c in columns["correct"]]
+    else:  # true and predicted labels instead
+        true, pred = first(columns, TRUE_KEYS, []), first(columns, PRED_KEYS, [])
+        files.is_correct = [t == p for t, p in zip(true, pred)]
+    files.lengths = [int(n) for n in first(columns, ("length", "lengths", "n_tokens"), [])]
+    if first(columns, TEXT_KEYS) and not files.correct:  # texts stored too: correct examples
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        files.correct = [r for r, ok in zip(rows, files.is_correct) if ok and first(r, TEXT_KEYS)]
+
+
 def _per_example(eval_dir: Path, files: EvalFiles) -> None:
     """Confidence / correctness / length arrays, from whichever file of the split holds them.
 
-    Any ``*.json`` (``{"confidence": [...], "correct": [...], "length": [...]}``),
-    ``*.jsonl`` (one such record per example) or ``*.npz`` with a ``confidence`` array.
+    ``metrics.json`` under ``"examples"``, or any other ``*.json``
+    (``{"confidence": [...], "correct": [...], "length": [...]}``), ``*.jsonl`` (one
+    such record per example) or ``*.npz`` with a ``confidence`` array.
     """
+    columns = _columns(files.metrics.get("examples"))
+    if columns:
+        _use_columns(files, columns)
+        return
     known = {"metrics.json", "confusion_matrix.json", "errors.jsonl", "correct.jsonl"}
-    candidates = [p for p in sorted(eval_dir.iterdir()) if p.suffix in (".json", ".jsonl", ".npz")]
-    for path in candidates:
-        if path.name in known:
+    for path in sorted(eval_dir.iterdir()):
+        if path.suffix not in (".json", ".jsonl", ".npz") or path.name in known:
             continue
         columns = _load_columns(path)
-        if not columns:
-            continue
-        files.confidence = [float(c) for c in columns["confidence"]]
-        if "correct" in columns:
-            files.is_correct = [bool(c) for c in columns["correct"]]
-        else:  # true and predicted labels instead
-            true, pred = first(columns, TRUE_KEYS, []), first(columns, PRED_KEYS, [])
-            files.is_correct = [t == p for t, p in zip(true, pred)]
-        files.lengths = [int(n) for n in first(columns, ("length", "lengths", "n_tokens"), [])]
-        if first(columns, TEXT_KEYS) and not files.correct:  # texts stored too: correct examples
-            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-            files.correct = [
-                r for r, ok in zip(rows, files.is_correct) if ok and first(r, TEXT_KEYS)
-            ]
-        return
+        if columns:
+            _use_columns(files, columns)
+            return
 
 
 def read_evaluation(eval_dir: str | os.PathLike) -> EvalFiles:
@@ -180,6 +187,9 @@ def read_evaluation(eval_dir: str | os.PathLike) -> EvalFiles:
     for name in ("correct.jsonl", "correct_examples.jsonl"):
         if (eval_dir / name).is_file():
             files.correct = _read_jsonl(eval_dir / name)
+    for key in ("correct", "correct_examples"):  # or kept in metrics.json
+        if not files.correct and isinstance(files.metrics.get(key), list):
+            files.correct = files.metrics[key]
     _per_example(eval_dir, files)
     return files
 
@@ -268,7 +278,6 @@ def _model_summary(run_dir: Path) -> str:
 
 
 def _summary(run_dir: Path, evals: list[EvalFiles], records: list[dict]) -> str:
-    parts = [_model_summary(run_dir)]
     rows = [[e.split, _scalar_metrics(e.metrics)] for e in evals if e.metrics]
     if not rows:  # no eval files: the last logged evaluation lines
         last: dict[str, dict] = {}
@@ -280,19 +289,21 @@ def _summary(run_dir: Path, evals: list[EvalFiles], records: list[dict]) -> str:
         names = sorted(
             {k for _, m in rows for k in m}, key=lambda k: (k not in ("accuracy", "macro_f1"), k)
         )
-        parts.append("<h3>Final metrics</h3>")
-        parts.append(
-            _table(["split", *names], [[s, *(m.get(k, "") for k in names)] for s, m in rows])
+        metrics = "<h3>Final metrics</h3>" + _table(
+            ["split", *names], [[s, *(m.get(k, "") for k in names)] for s, m in rows]
         )
     else:
-        parts.append(_note("No evaluation results in this run yet."))
-    for e in evals:
-        if e.report_text:
-            parts.append(
-                f"<h3>Classification report ({html.escape(e.split)})</h3>"
-                f"<pre class='tf-classification-report'>{html.escape(e.report_text)}</pre>"
-            )
-    return "".join(parts)
+        metrics = _note("No evaluation results in this run yet.")
+    reports = "".join(
+        f"<div><h3>Classification report ({html.escape(e.split)})</h3>"
+        f"<pre class='tf-classification-report'>{html.escape(e.report_text)}</pre></div>"
+        for e in evals
+        if e.report_text
+    )
+    return (
+        f"<div class='tf-row'><div>{_model_summary(run_dir)}</div>"
+        f"<div>{metrics}<div class='tf-row'>{reports}</div></div></div>"
+    )
 
 
 def _training(records: list[dict]) -> str:
@@ -325,15 +336,27 @@ def _evaluation_plots(e: EvalFiles) -> str:
         )
     if not parts:
         return _note(f"No evaluation files under eval/{e.split}/.")
-    note = ""
     if e.confidence and e.is_correct:
         ece = expected_calibration_error(np.asarray(e.confidence), np.asarray(e.is_correct))
-        note = _note(
-            f"{len(e.confidence)} {e.split} examples; expected calibration error {ece:.4f}."
+        note = f"{len(e.confidence)} {e.split} examples; expected calibration error {ece:.4f}."
+    else:
+        note = (
+            f"No per-example confidence/length arrays under eval/{e.split}/: "
+            "no calibration or length plots."
         )
-    return (
-        f"<h3>Split: {html.escape(e.split)}</h3>{note}<div class='tf-plots'>{''.join(parts)}</div>"
-    )
+    return f"{_note(note)}<div class='tf-plots'>{''.join(parts)}</div>"
+
+
+def _evaluation(evals: list[EvalFiles]) -> str:
+    """The first split's plots open; the others folded."""
+    if not evals:
+        return _note("No eval/ directory.")
+    parts = [f"<h3>Split: {html.escape(evals[0].split)}</h3>{_evaluation_plots(evals[0])}"]
+    parts += [
+        f"<details><summary>Split: {html.escape(e.split)}</summary>{_evaluation_plots(e)}</details>"
+        for e in evals[1:]
+    ]
+    return "".join(parts)
 
 
 def _excerpt(text: str, n: int = EXCERPT_CHARS) -> str:
@@ -477,11 +500,7 @@ def render_report(run_dir: str | os.PathLike, *, n_examples: int = 4) -> str:
     sections = [
         ("summary", "Summary", _summary(run_dir, evals, records)),
         ("training", "Training", _training(records)),
-        (
-            "evaluation",
-            "Evaluation",
-            "".join(_evaluation_plots(e) for e in evals) or _note("No eval/ directory."),
-        ),
+        ("evaluation", "Evaluation", _evaluation(evals)),
         ("errors", "Error analysis", _errors_table(main) if main else _note("No eval/ directory.")),
         ("attention", "Attention", _attention_examples(run_dir, main, n_examples)),
         ("config", "Config", _config(run_dir)),

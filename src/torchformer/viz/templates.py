@@ -45,6 +45,7 @@ table.tf-table td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: var(--bg-soft); border: 1px solid var(--border); padding: 10px; overflow: auto;
       font-size: 12px; max-height: 480px; }
 img.tf-plot { max-width: 100%; border: 1px solid var(--border); margin: 4px 8px 8px 0; }
+.tf-row { display: flex; flex-wrap: wrap; gap: 0 28px; align-items: flex-start; }
 .tf-plots { display: flex; flex-wrap: wrap; align-items: flex-start; }
 .tf-note { color: var(--muted); font-size: 12px; }
 .tf-pred { font-size: 16px; }
@@ -67,6 +68,7 @@ img.tf-plot { max-width: 100%; border: 1px solid var(--border); margin: 4px 8px 
 table.tf-matrix { border-collapse: collapse; font-size: 10px; }
 table.tf-matrix td.c { width: 13px; height: 13px; min-width: 13px; padding: 0; border: 1px solid #fff; }
 table.tf-matrix th { font-weight: normal; white-space: nowrap; padding: 0 3px; color: #333; }
+table.tf-matrix th.q { text-align: right; }
 table.tf-matrix th.k { writing-mode: vertical-rl; transform: rotate(180deg); height: 70px; text-align: left; }
 table.tf-matrix tr.active th.q { background: #ffe3e3; }
 table.tf-matrix tr.active td.c { border-color: #c92a2a; }
