@@ -39,7 +39,8 @@ def test_export_dir_carries_what_serving_needs(tiny_export_dir, tiny_classifier)
         "export.json",
     } <= names
     meta = read_metadata(tiny_export_dir)
-    assert meta["opset"] == 20 and meta["inputs"] == ["input_ids", "attention_mask"]
+    assert meta["opset"] == 23 and meta["inputs"] == ["input_ids", "attention_mask"]
+    assert meta["attn_impl"] == "sdpa"  # auto at opset 23: one ONNX Attention node per layer
     assert (
         meta["labels"]
         == ["neg", "pos"]
@@ -54,6 +55,7 @@ def test_export_dir_carries_what_serving_needs(tiny_export_dir, tiny_classifier)
     dims = [[d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.input]
     assert dims == [["batch", "sequence"], ["batch", "sequence"]]  # both axes dynamic
     assert [o.name for o in graph.output] == ["logits"]
+    assert sum(node.op_type == "Attention" for node in graph.node) == 2  # tiny has 2 layers
 
 
 def test_parity_grid_passes_for_tiny_encoder(tiny_export_dir):
@@ -171,9 +173,41 @@ def test_parity_grid_passes_for_minilm_classifier(tmp_path):
 
 
 @pytest.mark.slow
-def test_sdpa_attention_exports_too(tiny_classifier, tmp_path):
-    result = export_classifier(tiny_classifier, tmp_path / "sdpa", attn_impl="sdpa")
-    assert result.parity.passed
+def test_reference_attention_at_opset_20_exports_too(tiny_classifier, tmp_path):
+    result = export_classifier(tiny_classifier, tmp_path / "ref", opset=20)
+    assert result.metadata["attn_impl"] == "reference" and result.parity.passed
+
+
+def test_a_graph_that_cannot_run_some_shapes_fails_the_grid(tiny_classifier, tmp_path):
+    # The classic broken export: a shape frozen at trace time (here batch 1) errors at batch 3.
+    from onnx import TensorProto, helper
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f", "axis1"], ["m"], keepdims=1),  # (B, 1)
+        helper.make_node("Mul", ["m", "scale"], ["logits_b"]),  # (B, 2)
+        helper.make_node(
+            "Reshape", ["logits_b", "frozen"], ["logits"]
+        ),  # frozen at (1, 2): raises for B > 1
+    ]
+    inits = [numpy_helper.from_array(np.zeros((1, 2), np.float32), "scale"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "frozen"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]  # fmt: skip
+    graph = helper.make_graph(nodes, "frozen_batch", [ids, mask], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "frozen.onnx")
+    report = check_parity(
+        tiny_classifier.model, tmp_path / "frozen.onnx", batches=(1, 3), lengths=(7,)
+    )
+    assert not report.passed
+    failed = [c for c in report.cells if c.error]
+    assert [c.batch for c in failed] == [3] and "Reshape" in failed[0].error
+    assert "error:" in report.summary()
+    assert report.worst.batch == 3 and report.to_dict()["worst"]["max_abs_diff"] is None
 
 
 def test_exported_copy_uses_reference_attention_without_touching_the_model(tiny_classifier):

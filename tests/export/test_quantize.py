@@ -123,3 +123,32 @@ def test_quantize_cli_rejects_a_failed_export(tiny_export_dir, tmp_path, capsys)
     (bad / "export.json").write_text(json.dumps(meta))
     assert main(["quantize", str(bad), "--out", str(bad)]) == 1
     assert "failed its parity check" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_gate_reads_a_balanced_imdb_test_slice_by_default(tiny_export_dir, tmp_path, capsys):
+    from torchformer.data.imdb import find_imdb
+
+    try:
+        find_imdb()
+    except FileNotFoundError as e:
+        pytest.skip(f"IMDB not available: {e}")
+    out = tmp_path / "q"
+    # The tiny toy model knows nothing of IMDB: the threshold is irrelevant here, the data path is not.
+    assert (
+        main(
+            [
+                "quantize",
+                str(tiny_export_dir),
+                "--out",
+                str(out),
+                "--val-size",
+                "20",
+                "--threshold",
+                "100",
+            ]
+        )
+        == 0
+    )
+    gate = read_metadata(out)["int8"]["gate"]
+    assert gate["n"] == 20 and gate["source"].startswith("IMDB test, balanced sample of 20")

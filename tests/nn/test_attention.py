@@ -231,16 +231,21 @@ def test_fused_qkv_at_inference_matches_separate_projections():
     x = torch.randn(B, 7, 32)
     mask = padding_mask(_key_padding(7))
     unfused, fused = _outputs_without_and_with_autograd(mha, x, mask=mask)
-    assert mha._fused_qkv is not None  # the fused path really ran
+    assert mha._use_fused_qkv() is False  # autograd on: separate projections
+    with torch.no_grad():
+        assert mha._use_fused_qkv() is True  # the fused path is the one that runs below
     assert (unfused - fused).abs().max().item() <= 1e-6
     with torch.inference_mode():
         assert (mha(x, mask=mask)[0] - unfused).abs().max().item() <= 1e-6
     no_bias = MultiHeadAttention(32, H, head_dim=16, bias=False).eval()  # T5 style
     unfused, fused = _outputs_without_and_with_autograd(no_bias, x)
-    assert no_bias._fused_qkv[1] is None and (unfused - fused).abs().max().item() <= 1e-6
+    assert no_bias._fused_qkv_weights()[1] is None and (unfused - fused).abs().max().item() <= 1e-6
+    mha.k_proj.bias = None  # Whisper-style: no key bias; falls back to separate projections
+    unfused, fused = _outputs_without_and_with_autograd(mha, x, mask=mask)
+    assert (unfused - fused).abs().max().item() <= 1e-6
 
 
-def test_fused_qkv_cache_follows_weight_changes():
+def test_fused_qkv_follows_weight_changes():
     mha = _mha("sdpa")
     x = torch.randn(B, 5, 32)
 

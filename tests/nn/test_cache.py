@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from torchformer.nn import KVCache, LayerCache, MultiHeadAttention, causal_mask
@@ -58,16 +59,18 @@ def test_select_reorders_every_layer_and_the_cross_cache():
     assert empty.k is None and empty.cross_k is None
 
 
-def test_incremental_self_attention_equals_full_causal_pass():
+@pytest.mark.parametrize("grad", [True, False])  # no grad: the fused q/k/v inference path
+def test_incremental_self_attention_equals_full_causal_pass(grad):
     torch.manual_seed(0)
     mha = MultiHeadAttention(D, H).eval()
     x = torch.randn(B, 6, D)
     full, _ = mha(x, mask=causal_mask(6))
     cache = LayerCache()
-    # A 3-token prompt, then one token at a time.
-    steps = [mha(x[:, :3], mask=causal_mask(3, 3), cache=cache)[0]]
-    for t in range(3, 6):
-        steps.append(mha(x[:, t : t + 1], mask=causal_mask(1, t + 1), cache=cache)[0])
+    with torch.set_grad_enabled(grad):
+        # A 3-token prompt, then one token at a time.
+        steps = [mha(x[:, :3], mask=causal_mask(3, 3), cache=cache)[0]]
+        for t in range(3, 6):
+            steps.append(mha(x[:, t : t + 1], mask=causal_mask(1, t + 1), cache=cache)[0])
     assert cache.k.shape == (B, H, 6, DH)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 

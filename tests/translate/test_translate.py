@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_parallel import reversal_pairs, tiny_config, write_lines
 
 import torchformer
 from torchformer.cli import main
@@ -19,8 +20,6 @@ from torchformer.tasks.translate import TranslateConfig, average_checkpoints, tr
 from torchformer.tasks.translator import Translator
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.checkpoint import load_checkpoint
-
-from .conftest import reversal_pairs, tiny_config, write_lines
 
 
 def records(run: Path, split: str) -> list[dict]:

@@ -12,9 +12,11 @@ tokenized once (the run's ``torchformer.json`` settings), then
 Times cover the model call only (tokenization is shared by all paths and
 reported once). Each path runs in its own process (``spawn``) with the same
 fixed thread count (``torch.set_num_threads`` / onnxruntime ``intra_op_num_threads``),
-so its peak resident memory (``ru_maxrss``) is its own and the ONNX processes
-never import torch. Paths are measured in turn, rotated every round, after a
-warm-up, so slow drifts of a shared machine spread over all of them.
+so its peak resident memory is its own and the ONNX processes never import
+torch. After a warm-up, paths are interleaved batch by batch (and text by text
+for latency), the first path rotating, so that the load of a shared machine
+hits every path alike; the speed-up of each path over ``transformers`` is also
+reported per round (paired: same round, same minutes).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class PathResult:
     accuracy: float | None = None
     agreement: float | None = None  # % same label as torchformer fp32
     max_logit_diff: float | None = None  # vs torchformer fp32
-    speedup_vs_reference: float | None = None
+    speedup_vs_reference: float | None = None  # median throughput / transformers' median
+    speedup_rounds: list[float] = field(default_factory=list)  # paired, round by round
 
 
 def model_dir_of(run: str | os.PathLike) -> Path:
@@ -216,17 +219,15 @@ def _worker(conn: Any, kind: str, target: str, threads: int) -> None:
                 for ids, mask in [*batches[-arg:], *singles[:arg]]:
                     forward(ids, mask)
                 reply = None
-            elif command == "latency":
-                reply = []
-                for ids, mask in singles:
-                    t0 = time.perf_counter()
-                    forward(ids, mask)
-                    reply.append(time.perf_counter() - t0)
-            elif command == "throughput":
-                logits, t0 = [], time.perf_counter()
-                for ids, mask in batches:
-                    logits.append(forward(ids, mask))
-                reply = (time.perf_counter() - t0, logits if arg else None)
+            elif command == "batch":  # arg: (index, return the logits?)
+                ids, mask = batches[arg[0]]
+                t0 = time.perf_counter()
+                logits = forward(ids, mask)
+                reply = (time.perf_counter() - t0, logits if arg[1] else None)
+            elif command == "single":  # arg: index
+                t0 = time.perf_counter()
+                forward(*singles[arg])
+                reply = time.perf_counter() - t0
             elif command == "peak_rss":
                 reply = _peak_rss_mb()
             else:  # "stop"
@@ -333,6 +334,30 @@ def _score(
             result.max_logit_diff = float(np.abs(logits[name] - ours).max())
 
 
+def _rotated(items: list[str], k: int) -> list[str]:
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def _measure_round(workers, inputs, r, results, latencies, logits) -> None:
+    """One round, interleaved at the finest grain: every batch (then every single text)
+    is run by each path in turn, the starting path rotating, so load changes on a
+    shared machine hit all paths alike instead of whichever one ran that minute."""
+    paths = list(workers)
+    totals = dict.fromkeys(paths, 0.0)
+    for b in range(len(inputs.batches)):
+        for p in _rotated(paths, r + b):
+            seconds, out = workers[p].call("batch", (b, r == 0))
+            totals[p] += seconds
+            if out is not None:
+                logits[p].append(out)
+    for p in paths:
+        results[p].throughput_rounds.append(len(inputs.lengths) / totals[p])
+    for i in range(len(inputs.singles)):
+        for p in _rotated(paths, r + i):
+            latencies[p].append(workers[p].call("single", i))
+
+
 def run_benchmark(
     run: str | os.PathLike,
     settings: BenchSettings,
@@ -340,7 +365,13 @@ def run_benchmark(
     onnx_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure every path of ``settings.paths`` on the same texts; returns the report dict."""
+    """Measure every path of ``settings.paths`` on the same texts; returns the report dict.
+
+    Args:
+        run: a run directory (its ``best/`` is used) or an HF-layout model directory.
+        onnx_dir: an export directory; default ``RUN/bench/onnx``, exported and
+            quantized (per-channel dynamic int8) when missing.
+    """
     import multiprocessing
 
     import torchformer
@@ -371,16 +402,12 @@ def run_benchmark(
         for w in workers.values():
             w.call("data", (inputs.batches, inputs.singles))
             w.call("warmup", settings.warmup_batches)
-        latencies = {p: [] for p in paths}
-        logits = {}
+        latencies: dict[str, list[float]] = {p: [] for p in paths}
+        logits: dict[str, list[np.ndarray]] = {p: [] for p in paths}
         for r in range(settings.rounds):
-            for p in paths[r % len(paths) :] + paths[: r % len(paths)]:
-                latencies[p] += workers[p].call("latency")
-                seconds, out = workers[p].call("throughput", r == 0)
-                results[p].throughput_rounds.append(len(texts) / seconds)
-                if out is not None:
-                    logits[p] = _in_sample_order(out, inputs)
-                log(f"round {r + 1}/{settings.rounds} {p:>12}: {len(texts) / seconds:8.1f} texts/s")
+            _measure_round(workers, inputs, r, results, latencies, logits)
+            log(f"round {r + 1}/{settings.rounds}: " + ", ".join(
+                f"{p} {results[p].throughput_rounds[-1]:.1f}" for p in paths) + " texts/s")  # fmt: skip
         for p, w in workers.items():
             results[p].peak_rss_mb = w.call("peak_rss")
             results[p].latency_ms = _percentiles(latencies[p])
@@ -388,7 +415,8 @@ def run_benchmark(
     finally:
         for w in workers.values():
             w.close()
-    _score(results, logits, gold, clf.labels)
+    ordered = {p: _in_sample_order(parts, inputs) for p, parts in logits.items()}
+    _score(results, ordered, gold, clf.labels)
     report = _report(run, model_dir, settings, threads, source, inputs, results, gold is not None)
     report["cpu"] = asdict(cpu_int8_support())
     report["pooling"] = read_config(model_dir).get("torchformer_pooling", "pooler")
@@ -402,6 +430,10 @@ def _report(run, model_dir, settings, threads, source, inputs, results, labelled
     for result in results.values():
         if reference is not None and reference.throughput > 0:
             result.speedup_vs_reference = result.throughput / reference.throughput
+            result.speedup_rounds = [
+                mine / ref
+                for mine, ref in zip(result.throughput_rounds, reference.throughput_rounds)
+            ]
     best = max(results.values(), key=lambda r: r.throughput)
     return {
         "run": str(run),
@@ -421,7 +453,8 @@ def _report(run, model_dir, settings, threads, source, inputs, results, labelled
             "model call only, on identical pre-tokenized inputs; latency: batch 1, one text per call, "
             f"first {len(inputs.singles)} texts, pooled over rounds; throughput: texts sorted by token "
             f"length, batches of {settings.batch_size} padded to their longest, one pass per round, "
-            "median over rounds; each path in its own process; paths rotated every round"
+            "median over rounds; each path in its own process; paths interleaved batch by batch "
+            "(text by text for latency), first path rotating"
         ),
         "results": {name: asdict(r) for name, r in results.items()},
         "best": best.name,
@@ -462,8 +495,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"CPU: {' '.join(report['cpu']['flags'])}",
     ]
     if report["best_vs_reference"] is not None:
+        best = report["best"]
+        rounds = report["results"][best].get("speedup_rounds") or []
+        paired = (
+            f" (paired, round by round: {', '.join(f'{x:.2f}×' for x in rounds)})" if rounds else ""
+        )
         lines.append(
-            f"best path: {report['best']} at {report['best_vs_reference']:.2f}× the throughput of transformers"
+            f"best path: {best} at {report['best_vs_reference']:.2f}× the throughput of "
+            f"transformers{paired}"
         )
     if report["pooling"] != "pooler":
         lines.append(

@@ -1,1 +1,9 @@
-"""torchformer.export."""
+"""Deployment artefacts: ONNX export checked against PyTorch, int8 behind an accuracy gate.
+
+- ``onnx``: ``export_classifier(clf, out_dir)`` writes ``model.onnx`` + tokenizer, settings,
+  labels and ``export.json``, after a parity grid against PyTorch (``ParityError`` beyond 1e-4).
+- ``quantize``: ``quantize_onnx``, ``accuracy_gate``, ``cpu_int8_support``.
+- ``runtime``: ``OnnxClassifier.from_dir(export_dir)`` — the ``TextClassifier.predict`` contract
+  on onnxruntime.
+- ``cli``: ``torchformer export`` and ``torchformer quantize``.
+"""

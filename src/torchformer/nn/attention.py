@@ -147,9 +147,6 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, inner, bias=bias)
         self.v_proj = nn.Linear(d_model, inner, bias=bias)
         self.out_proj = nn.Linear(inner, d_model, bias=bias)
-        # Inference-only cache of the concatenated q/k/v weights (see _fused_qkv_weights).
-        self._fused_qkv: tuple[Tensor, Tensor | None] | None = None
-        self._fused_from: list[tuple[Tensor, int]] = []
 
     def _split_heads(self, x: Tensor) -> Tensor:
         B, L, _ = x.shape
@@ -172,42 +169,29 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.append(k, v)  # (B, H, S_past + T, Dh)
         return k, v
 
-    def _qkv_params(self) -> list[Tensor]:
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        return [p for m in projections for p in (m.weight, m.bias) if p is not None]
-
     def _fused_qkv_weights(self) -> tuple[Tensor, Tensor | None]:
-        """The q/k/v weights concatenated, (3·H·Dh, D) and (3·H·Dh,), cached.
+        """The q/k/v weights concatenated, (3·H·Dh, D) and (3·H·Dh,).
 
-        The cache is rebuilt when a q/k/v parameter changes in place (its
-        version counter moves: ``load_state_dict``, optimiser steps) or gets
-        new storage (``.to()``, ``.data = ...``, a new Parameter). The cache
-        keeps detached aliases of the weights it was built from, which pin
-        their storage, so a new weight can never reuse an old address.
+        Built on every call: the copy is tiny next to the matmul it feeds, and
+        nothing cached can go stale when the weights change.
         """
-        params = self._qkv_params()
-        stale = self._fused_qkv is None or any(
-            p.data_ptr() != old.data_ptr() or p._version != version
-            for p, (old, version) in zip(params, self._fused_from, strict=True)
-        )
-        if stale:
-            q, k, v = self.q_proj, self.k_proj, self.v_proj
-            weight = torch.cat([q.weight, k.weight, v.weight])  # (3·H·Dh, D)
-            bias = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias])  # (3·H·Dh,)
-            self._fused_qkv = (weight, bias)
-            self._fused_from = [(p.detach(), p._version) for p in params]
-        return self._fused_qkv
+        q, k, v = self.q_proj, self.k_proj, self.v_proj
+        weight = torch.cat([q.weight, k.weight, v.weight])  # (3·H·Dh, D)
+        bias = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias])  # (3·H·Dh,)
+        return weight, bias
 
     def _use_fused_qkv(self) -> bool:
         """Inference on plain ``nn.Linear`` projections, outside autograd and tracing."""
-        if not all(type(m) is nn.Linear for m in (self.q_proj, self.k_proj, self.v_proj)):
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if not all(type(m) is nn.Linear for m in projections):
             return False  # e.g. quantized or adapter-wrapped projections
+        if len({m.bias is None for m in projections}) > 1:
+            return False  # biases on some projections only: nothing to concatenate
         return not (
             torch.is_grad_enabled()
             or torch.compiler.is_compiling()
             or torch.compiler.is_exporting()
             or torch.jit.is_tracing()
-            or torch.is_inference(self.q_proj.weight)  # inference tensors have no version counter
         )
 
     def forward(

@@ -176,6 +176,31 @@ def parse_texts(body: bytes, limits: ServeLimits) -> list[str]:
     return texts
 
 
+def _install_counting_and_errors(app: Any, metrics: ServerMetrics) -> None:
+    """Count every request (status, latency) and answer every error as JSON."""
+    from fastapi import Request
+    from starlette.exceptions import HTTPException
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path if request.url.path in ROUTES else "other"  # bounded label set
+        metrics.record_request(path, response.status_code, (time.perf_counter() - start) * 1000)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return error_response(
+            error.status_code, code, str(error.detail), getattr(error, "headers", None)
+        )
+
+
 def create_app(
     predictor: Any,
     *,
@@ -216,26 +241,7 @@ def create_app(
     )
     app.state.batcher, app.state.metrics, app.state.limits = batcher, metrics, limits
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path if request.url.path in ROUTES else "other"
-        metrics.record_request(path, response.status_code, (time.perf_counter() - start) * 1000)
-        return response
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError):
-        return error_response(error.status, error.code, error.message, error.headers)
-
-    from starlette.exceptions import HTTPException
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(
-            error.status_code, code, str(error.detail), getattr(error, "headers", None)
-        )
+    _install_counting_and_errors(app, metrics)
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -256,6 +262,7 @@ def create_app(
             "status": "ok" if batcher.healthy else "unhealthy",
             "backend": getattr(predictor, "backend", "pytorch"),
             "model": model_name,
+            "model_file": str(getattr(predictor, "path", None) or "") or None,  # ONNX: fp32 or int8
             "labels": list(predictor.labels),
             "queue_depth": batcher.queue_depth,
             "limits": asdict(limits),

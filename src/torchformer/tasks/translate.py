@@ -101,7 +101,7 @@ class TrainConfig:
     eval_every: int | None = None  # optimizer steps; None: once per epoch
     eval_max_tokens: int = 8192
     bleu_samples: int | None = None  # validation sentences decoded for the per-evaluation BLEU
-    metric: str = "bleu"  # "bleu" (greedy, validation) or "loss"
+    metric: str = "bleu"  # early stopping / best/: "bleu" or "chrf" (greedy, validation), "loss"
     patience: int = 5
     checkpoint_every: int | None = None  # optimizer steps; None: at each evaluation
     keep_checkpoints: int = 2
@@ -232,9 +232,7 @@ class Run:
         logger.info("step %d val loss %.4f, greedy BLEU %.2f %s", self.state.step, loss,
                     scores["bleu"], scores["bleu_signature"])  # fmt: skip
         if self.stopper.update(values[tc.metric], step=self.state.step):
-            t = (
-                self.translator
-            )  # written directly: Translator.save would not change the mode either
+            t = self.translator
             write_model_dir(self.run_dir / "best", self.model, t.src_tokenizer, t.tgt_tokenizer,
                             t.settings)  # fmt: skip
         self.state.stopped_early = self.stopper.should_stop
@@ -249,6 +247,8 @@ def _device(name: str) -> torch.device:
 def setup_run(config: TranslateConfig, *, resume: bool) -> Run:
     """Build (or restore) a run: data, tokenizers, model, Adam + warm-up, sampler, checkpoints."""
     tc = config.train
+    if tc.metric not in ("bleu", "chrf", "loss"):
+        raise ValueError(f"train.metric must be 'bleu', 'chrf' or 'loss', got {tc.metric!r}")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     run_dir = Path(config.run_dir)
@@ -331,7 +331,7 @@ def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
         state.train_seconds += elapsed
         state.train_cpu_seconds += time.process_time() - cpu0
         bar.update(1)
-        if state.step % 10 == 0 or state.step == 1:
+        if state.step % 10 == 0 or state.step in (1, run.total_steps):
             speed = window_tokens / max(elapsed, 1e-9)
             run.log.log({"loss": loss.item(), "lr": run.scheduler.lr, "grad_norm": float(grad_norm),
                          "tgt_tokens_per_s": speed},
@@ -372,7 +372,6 @@ def train(
         while state.epoch < tc.epochs and state.step < run.total_steps and not state.stopped_early:
             if run_epoch(run, bar, stop_at_step):
                 return run.run_dir
-            state = run.state
         bar.close()
         if not (run.run_dir / "best" / "config.json").is_file():  # max_steps came first
             run.evaluate_and_keep_best()

@@ -163,7 +163,7 @@ class Translator:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike, **overrides) -> Translator:
-        """Load a translation model directory (a run's ``best/``); ``overrides`` change
+        """Load a translation model directory (a run's ``best/``, or the run); ``overrides`` change
         ``Seq2SeqConfig`` fields (e.g. ``attn_impl``).
 
         Raises:
@@ -171,6 +171,8 @@ class Translator:
             CheckpointError: not an encoder–decoder model directory.
         """
         model_dir = resolve_model_dir(path)
+        if (model_dir / "best" / "config.json").is_file():  # a run directory
+            model_dir = model_dir / "best"
         model, _ = load_pretrained(model_dir, task="seq2seq_lm", **overrides)
         src_tok = Tokenizer.from_file(model_dir / SOURCE_TOKENIZER)
         tgt_tok = Tokenizer.from_file(model_dir / TARGET_TOKENIZER)
