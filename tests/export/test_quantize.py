@@ -152,3 +152,20 @@ def test_gate_reads_a_balanced_imdb_test_slice_by_default(tiny_export_dir, tmp_p
     )
     gate = read_metadata(out)["int8"]["gate"]
     assert gate["n"] == 20 and gate["source"].startswith("IMDB test, balanced sample of 20")
+
+
+def test_quantize_cli_reports_bad_validation_data_before_quantizing(
+    tiny_export_dir, tmp_path, capsys
+):
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"text": "a fine film", "label": "positive"}\n', encoding="utf-8")
+    out = tmp_path / "q"
+    assert (
+        main(["quantize", str(tiny_export_dir), "--out", str(out), "--val-file", str(wrong)]) == 1
+    )
+    assert "'positive'" in capsys.readouterr().err  # a label the model does not know, named
+    missing = tmp_path / "missing.jsonl"
+    assert (
+        main(["quantize", str(tiny_export_dir), "--out", str(out), "--val-file", str(missing)]) == 1
+    )
+    assert "missing.jsonl" in capsys.readouterr().err

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
+
+from torchformer.io import atomic_write_bytes, atomic_write_text
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -91,29 +92,13 @@ def read_weights(model_dir: Path) -> dict[str, Tensor]:
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory, then rename onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_model_dir(model_dir: Path, config: dict, weights: dict[str, Tensor]) -> None:
     """Write ``config.json`` and ``model.safetensors`` (each atomically)."""
     model_dir = Path(model_dir)
     # safetensors refuses tensors that share storage; tied weights are dropped by the key maps.
     weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    _atomic_write(model_dir / WEIGHTS_NAME, lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(model_dir / CONFIG_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write_bytes(model_dir / WEIGHTS_NAME, save(weights, metadata={"format": "pt"}))
+    atomic_write_text(model_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchformer.train.checkpoint import atomic_write_text
+from torchformer.io import atomic_write_text
 
 __all__ = [
     "StreamingClassificationMetrics",

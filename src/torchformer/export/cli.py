@@ -137,7 +137,7 @@ def _ensure_export(src: Path, out: Path) -> None:
 
 
 def quantize_command(args: argparse.Namespace) -> int:
-    from torchformer.export.onnx import read_metadata, sha256_of, write_metadata
+    from torchformer.export.onnx import read_metadata, write_metadata
     from torchformer.export.quantize import (
         accuracy_gate,
         cpu_int8_support,
@@ -150,32 +150,47 @@ def quantize_command(args: argparse.Namespace) -> int:
     print(support.summary())
     src, out = Path(args.src), Path(args.out)
     try:
+        texts, gold, source = validation_slice(
+            args.val_size,
+            file=args.val_file,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            seed=args.seed,
+        )
         _ensure_export(src, out)
         fp32 = OnnxClassifier.from_dir(out, threads=args.threads)
-    except (ParityError, ValueError) as e:
+        int8_path = quantize_onnx(
+            out / ONNX_NAME,
+            out / INT8_NAME,
+            per_channel=args.per_channel,
+            reduce_range=args.reduce_range,
+        )
+        int8 = OnnxClassifier.from_dir(out, int8=True, threads=args.threads, allow_unchecked=True)
+        gate = accuracy_gate(fp32, int8, texts, gold, threshold=args.threshold)
+    except (ParityError, FileNotFoundError, ValueError) as e:  # DataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
-    int8_path = quantize_onnx(
-        out / ONNX_NAME,
-        out / INT8_NAME,
-        per_channel=args.per_channel,
-        reduce_range=args.reduce_range,
-    )
-    int8 = OnnxClassifier.from_dir(out, int8=True, threads=args.threads, allow_unchecked=True)
-    texts, gold, source = validation_slice(
-        args.val_size,
-        file=args.val_file,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        seed=args.seed,
-    )
-    gate = accuracy_gate(fp32, int8, texts, gold, threshold=args.threshold)
     kept = int8_path if gate.passed else int8_path.replace(out / REJECTED_INT8_NAME)
     metadata = read_metadata(out)
-    metadata["int8"] = {
-        "file": kept.name,
-        "bytes": kept.stat().st_size,
-        "sha256": sha256_of(kept),
+    metadata["int8"] = _int8_metadata(kept, args, gate, source, support)
+    write_metadata(out, metadata)
+    print(gate.message())
+    if not gate.passed:
+        print(f"error: int8 model refused; kept for inspection as {kept}", file=sys.stderr)
+        return 1
+    fp32_mb, int8_mb = (out / ONNX_NAME).stat().st_size / 2**20, kept.stat().st_size / 2**20
+    print(f"wrote {kept} ({int8_mb:.1f} MiB, fp32 {fp32_mb:.1f} MiB)")
+    return 0
+
+
+def _int8_metadata(path: Path, args: argparse.Namespace, gate, source: str, support) -> dict:
+    """The ``int8`` entry of ``export.json``: file, how it was made, the gate, the CPU."""
+    from torchformer.export.onnx import sha256_of
+
+    return {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_of(path),
         "quantization": {
             "method": "onnxruntime quantize_dynamic",
             "weight_type": "QInt8",
@@ -186,11 +201,3 @@ def quantize_command(args: argparse.Namespace) -> int:
         "gate": {**gate.to_dict(), "source": source},
         "cpu": {"flags": support.flags, "int8_dot_product": support.int8_dot_product},
     }
-    write_metadata(out, metadata)
-    print(gate.message())
-    if not gate.passed:
-        print(f"error: int8 model refused; kept for inspection as {kept}", file=sys.stderr)
-        return 1
-    fp32_mb, int8_mb = (out / ONNX_NAME).stat().st_size / 2**20, kept.stat().st_size / 2**20
-    print(f"wrote {kept} ({int8_mb:.1f} MiB, fp32 {fp32_mb:.1f} MiB)")
-    return 0

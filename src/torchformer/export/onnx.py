@@ -10,12 +10,13 @@ absolute, on logits) the export fails, naming the worst cell.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript)
 with dynamic batch and sequence axes, opset 23 by default. At opset 23 the
-model's SDPA attention becomes one ONNX ``Attention`` node per layer (fused
-QK^T, mask, softmax and PV in onnxruntime's kernel): about 20% faster under
-onnxruntime than the readable ``reference`` path, whose masked_fill alone (a
-``Where`` over (B, H, T, S)) costs ~15% of the int8 model's time. Below opset
-23 SDPA is decomposed into a longer graph with NaN guards, so the reference
-path is exported instead. Either way the parity grid is the judge.
+model's SDPA attention becomes one ONNX ``Attention`` node per layer (QK^T,
+mask, softmax and PV in one onnxruntime kernel). Against the readable
+``reference`` path, whose masked_fill alone (a ``Where`` over (B, H, T, S))
+took 15% of the int8 model's time, it measured 13% faster in int8 and 7% in
+fp32 (MiniLM, batches of 32 × 128/256 tokens, 2 threads). Below opset 23 SDPA
+is decomposed into a longer graph with NaN guards, so ``auto`` exports the
+reference path there. Either way the parity grid is the judge.
 
 Shapes: B batch, T sequence length, C number of classes.
 """

@@ -25,15 +25,14 @@ from __future__ import annotations
 import collections
 import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import torch
 
+from torchformer.io import atomic_write_bytes, atomic_write_text
 from torchformer.train.seed import capture_rng_state, restore_rng_state
 
 __all__ = [
@@ -57,61 +56,6 @@ _SAFE_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.Tensor,
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or holds unsafe objects."""
-
-
-# ---------------------------------------------------------------------------
-# Atomic writes
-# ---------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename: fsync the directory entry (a no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_path_prefix(path: Path) -> str:
-    return f".{path.name}.tmp-"
-
-
-def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], object]
-) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``).
-
-    ``data`` is bytes, or a callable ``write(fileobj)`` that streams into the open file
-    (so large states are not held twice in memory).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_path_prefix(path), dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text (configs, manifests, reports)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from torchformer.config import config_to_dict
-from torchformer.train.checkpoint import atomic_write_text
+from torchformer.io import atomic_write_text
 
 __all__ = [
     "MetricsLogger",
