@@ -1,8 +1,8 @@
 """torchformer: transformers from the attention equation to a served model.
 
-    import torchformer as tf
-    clf = tf.load("runs/imdb-minilm/best")      # or any BERT-family HF directory
-    clf.predict(["great film", "dull"])
+import torchformer as tf
+clf = tf.load("runs/imdb-minilm/best")      # or any BERT-family HF directory
+clf.predict(["great film", "dull"])
 """
 
 from __future__ import annotations
@@ -36,6 +36,6 @@ def load(path: str | os.PathLike, **overrides: Any):
         from torchformer.tasks.classifier import TextClassifier
 
         return TextClassifier.from_dir(model_dir, **overrides)
-    from torchformer.tasks import translator  # noqa: F401  (raises if the task is absent)
+    from torchformer.tasks import translator
 
     return translator.Translator.from_dir(model_dir, **overrides)

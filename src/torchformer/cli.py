@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
         parser.print_help()
@@ -56,8 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
+    from torchformer.checkpoints.hf import CheckpointError
+    from torchformer.config import ConfigError
+    from torchformer.data.records import DataError
+
     try:
         return int(args.func(args) or 0)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+        # Bad input: the message names the file, record and field; no traceback needed.
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -72,5 +72,3 @@ def atomic_write_bytes(
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text (configs, manifests, reports)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
-
-

@@ -27,7 +27,9 @@ def toy_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for i in range(n):
         label = "pos" if i % 2 else "neg"
-        words = rng.choices(FILLER, k=rng.randint(3, 12)) + rng.choices(POS if label == "pos" else NEG, k=2)
+        words = rng.choices(FILLER, k=rng.randint(3, 12)) + rng.choices(
+            POS if label == "pos" else NEG, k=2
+        )
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     return rows
@@ -74,8 +76,17 @@ def newest_checkpoint(run_dir: Path) -> dict:
 
 def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
     run = train(tiny_config(tmp_path, **{"train.epochs": 8}))
-    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "best/config.json", "best/model.safetensors",
-                 "best/tokenizer.json", "best/torchformer.json", "eval/test/metrics.json", "eval/test/errors.jsonl"):
+    for name in (
+        "config.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "best/config.json",
+        "best/model.safetensors",
+        "best/tokenizer.json",
+        "best/torchformer.json",
+        "eval/test/metrics.json",
+        "eval/test/errors.jsonl",
+    ):
         assert (run / name).is_file(), name
     test_metrics = json.loads((run / "eval/test/metrics.json").read_text())
     assert test_metrics["accuracy"] >= 0.9  # the toy task is separable by keywords
@@ -90,10 +101,16 @@ def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
 def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path):
     # Both runs share one tokenizer file: WordPiece training breaks frequency ties
     # differently from one process to the next.
-    tok = Tokenizer.train_wordpiece([r["text"] for r in toy_rows(96, 0)], vocab_size=200, min_frequency=1)
+    tok = Tokenizer.train_wordpiece(
+        [r["text"] for r in toy_rows(96, 0)], vocab_size=200, min_frequency=1
+    )
     tok.save(tmp_path / "tokenizer.json")
-    overrides = {"train.checkpoint_every": 1, "train.eval_every": 4, "model.classifier_dropout": 0.3,
-                 "tokenizer.path": str(tmp_path / "tokenizer.json")}
+    overrides = {
+        "train.checkpoint_every": 1,
+        "train.eval_every": 4,
+        "model.classifier_dropout": 0.3,
+        "tokenizer.path": str(tmp_path / "tokenizer.json"),
+    }
     unbroken = train(tiny_config(tmp_path / "a", **overrides))
     cfg = tiny_config(tmp_path / "b", **overrides)
     train(cfg, stop_at_step=6)  # mid-epoch, between evaluations

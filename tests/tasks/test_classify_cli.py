@@ -8,6 +8,7 @@ import pytest
 from test_classify import toy_rows, write_csv
 
 from torchformer.cli import main
+from torchformer.config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -68,5 +69,7 @@ def test_demo_without_data_says_what_to_download(tmp_path, monkeypatch, capsys):
 
 def test_unknown_override_fails_with_the_key(tiny_run, capsys):
     run, _ = tiny_run
-    with pytest.raises(Exception, match="train.lrr"):
-        main(["train", str(run / "config.yaml"), "--train.lrr", "1"])
+    assert main(["train", str(run / "config.yaml"), "--train.lrr", "1"]) == 2
+    assert "train.lrr" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"train\.lrr"):  # -v shows the traceback
+        main(["-v", "train", str(run / "config.yaml"), "--train.lrr", "1"])

@@ -118,6 +118,7 @@ def run_hf(args, train_recs, held_out, workdir: Path) -> dict:
         save_strategy="no", report_to=[], logging_steps=max(1, args.steps // 4), use_cpu=True,
         bf16=args.hf_bf16, disable_tqdm=True,
     )  # fmt: skip
+
     class StepClock(TrainerCallback):
         """Times steps 2..N: from the end of the first step (one-time set-up and lazy
         initialisation land in it, for both loops) to the end of training."""
@@ -176,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--hf-bf16", action="store_true", help="Trainer with bf16=True (default: its fp32 default)"
     )
-    p.add_argument("--repeats", type=int, default=1, help="alternate the two runs this many times; medians reported")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternate the two runs this many times; medians reported",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     if args.steps * args.batch_size > args.samples:
@@ -188,19 +194,30 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"transformers.Trainer": run_hf, "torchformer": run_ours}
     runs: dict[str, list[dict]] = {name: [] for name in runners}
     for repeat in range(args.repeats):
-        order = list(runners) if repeat % 2 == 0 else list(reversed(runners))  # alternate who goes first
+        order = (
+            list(runners) if repeat % 2 == 0 else list(reversed(runners))
+        )  # alternate who goes first
         for name in order:
             with tempfile.TemporaryDirectory() as tmp:
                 runs[name].append(runners[name](args, train_recs, held_out, Path(tmp)))
     results = {name: _median_run(r) for name, r in runs.items()}
     ours, hf = results["torchformer"], results["transformers.Trainer"]
     ratio = ours["samples_per_s"] / hf["samples_per_s"]
-    print(f"{'':22}{'samples/s':>10}{'train s':>10}{'held-out loss':>15}   (median of {args.repeats})")
+    print(
+        f"{'':22}{'samples/s':>10}{'train s':>10}{'held-out loss':>15}   (median of {args.repeats})"
+    )
     for name, r in results.items():
-        print(f"{name:22}{r['samples_per_s']:10.2f}{r['train_seconds']:10.1f}{r['heldout_loss']:15.4f}")
-    paired = [o["samples_per_s"] / h["samples_per_s"] for o, h in zip(runs["torchformer"], runs["transformers.Trainer"])]
-    print(f"speed ratio torchformer / Trainer: {ratio:.2f}x (paired: {', '.join(f'{x:.2f}' for x in paired)}); "
-          f"held-out loss {'<=' if ours['heldout_loss'] <= hf['heldout_loss'] else '>'} Trainer's")
+        print(
+            f"{name:22}{r['samples_per_s']:10.2f}{r['train_seconds']:10.1f}{r['heldout_loss']:15.4f}"
+        )
+    paired = [
+        o["samples_per_s"] / h["samples_per_s"]
+        for o, h in zip(runs["torchformer"], runs["transformers.Trainer"])
+    ]
+    print(
+        f"speed ratio torchformer / Trainer: {ratio:.2f}x (paired: {', '.join(f'{x:.2f}' for x in paired)}); "
+        f"held-out loss {'<=' if ours['heldout_loss'] <= hf['heldout_loss'] else '>'} Trainer's"
+    )
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "results": results, "ratio": ratio,
            "paired_ratios": paired, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
     if args.json:

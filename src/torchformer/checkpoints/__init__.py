@@ -3,4 +3,10 @@
 from torchformer.checkpoints.hf import CheckpointError, LoadReport, resolve_model_dir
 from torchformer.checkpoints.registry import load_pretrained, save_pretrained
 
-__all__ = ["CheckpointError", "LoadReport", "load_pretrained", "resolve_model_dir", "save_pretrained"]
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "load_pretrained",
+    "resolve_model_dir",
+    "save_pretrained",
+]

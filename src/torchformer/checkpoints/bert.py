@@ -22,39 +22,43 @@ from torchformer.models.encoder import (
 
 MODEL_TYPES = ("bert",)
 
-ENCODER_MAP = KeyMap([
-    ("embeddings.token_embeddings.weight", "embeddings.word_embeddings.weight"),
-    ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
-    ("embeddings.token_type_embeddings.weight", "embeddings.token_type_embeddings.weight"),
-    ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
-    ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
-    *[
-        (f"layers.{{i}}.{ours}.{p}", f"encoder.layer.{{i}}.{theirs}.{p}")
-        for ours, theirs in [
-            ("self_attn.q_proj", "attention.self.query"),
-            ("self_attn.k_proj", "attention.self.key"),
-            ("self_attn.v_proj", "attention.self.value"),
-            ("self_attn.out_proj", "attention.output.dense"),
-            ("attn_norm", "attention.output.LayerNorm"),
-            ("ffn.up_proj", "intermediate.dense"),
-            ("ffn.down_proj", "output.dense"),
-            ("ffn_norm", "output.LayerNorm"),
-        ]
-        for p in ("weight", "bias")
-    ],
-    ("pooler.weight", "pooler.dense.weight"),
-    ("pooler.bias", "pooler.dense.bias"),
-])
+ENCODER_MAP = KeyMap(
+    [
+        ("embeddings.token_embeddings.weight", "embeddings.word_embeddings.weight"),
+        ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
+        ("embeddings.token_type_embeddings.weight", "embeddings.token_type_embeddings.weight"),
+        ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
+        ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+        *[
+            (f"layers.{{i}}.{ours}.{p}", f"encoder.layer.{{i}}.{theirs}.{p}")
+            for ours, theirs in [
+                ("self_attn.q_proj", "attention.self.query"),
+                ("self_attn.k_proj", "attention.self.key"),
+                ("self_attn.v_proj", "attention.self.value"),
+                ("self_attn.out_proj", "attention.output.dense"),
+                ("attn_norm", "attention.output.LayerNorm"),
+                ("ffn.up_proj", "intermediate.dense"),
+                ("ffn.down_proj", "output.dense"),
+                ("ffn_norm", "output.LayerNorm"),
+            ]
+            for p in ("weight", "bias")
+        ],
+        ("pooler.weight", "pooler.dense.weight"),
+        ("pooler.bias", "pooler.dense.bias"),
+    ]
+)
 
-HEAD_MAP = KeyMap([
-    ("classifier.weight", "classifier.weight"),
-    ("classifier.bias", "classifier.bias"),
-    ("mlm_head.dense.weight", "cls.predictions.transform.dense.weight"),
-    ("mlm_head.dense.bias", "cls.predictions.transform.dense.bias"),
-    ("mlm_head.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
-    ("mlm_head.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
-    ("mlm_head.bias", "cls.predictions.bias"),
-])
+HEAD_MAP = KeyMap(
+    [
+        ("classifier.weight", "classifier.weight"),
+        ("classifier.bias", "classifier.bias"),
+        ("mlm_head.dense.weight", "cls.predictions.transform.dense.weight"),
+        ("mlm_head.dense.bias", "cls.predictions.transform.dense.bias"),
+        ("mlm_head.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
+        ("mlm_head.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
+        ("mlm_head.bias", "cls.predictions.bias"),
+    ]
+)
 
 # Checkpoint keys that carry no parameter of ours: a buffer, the tied MLM
 # decoder (same tensor as the word embeddings) and the NSP head.
@@ -64,7 +68,9 @@ _DROPPED = ("embeddings.position_ids", "cls.predictions.decoder.", "cls.seq_rela
 def config_from_hf(hf: dict, *, source: str = "config.json") -> EncoderConfig:
     """An ``EncoderConfig`` from a BERT ``config.json`` dict."""
     if hf.get("model_type") not in MODEL_TYPES:
-        raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not a BERT-family model")
+        raise CheckpointError(
+            f"{source}: model_type {hf.get('model_type')!r} is not a BERT-family model"
+        )
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(
             f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not supported "
@@ -124,10 +130,14 @@ def config_to_hf(config: EncoderConfig, *, architecture: str = "BertModel") -> d
 
 def _rename_legacy(key: str) -> str:
     """Old TF-converted checkpoints name LayerNorm parameters gamma/beta."""
-    return key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    return key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+        "LayerNorm.beta", "LayerNorm.bias"
+    )
 
 
-def state_from_hf(hf_state: dict[str, Tensor], *, source: str, encoder_prefix: str) -> dict[str, Tensor]:
+def state_from_hf(
+    hf_state: dict[str, Tensor], *, source: str, encoder_prefix: str
+) -> dict[str, Tensor]:
     """Rename a BERT state dict to our names; ``encoder_prefix`` is "" or "encoder."."""
     ours: dict[str, Tensor] = {}
     for raw_key, value in hf_state.items():

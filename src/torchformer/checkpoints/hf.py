@@ -24,15 +24,24 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
 TOKENIZER_NAME = "tokenizer.json"
-HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json",
-             "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]
+HUB_FILES = [
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+]
 
 
 class CheckpointError(ValueError):
     """A checkpoint does not fit the model: names the file and the key."""
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Path:
+def resolve_model_dir(
+    name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """A local directory for a path or a Hugging Face Hub name.
 
     A path that exists is returned as is. Otherwise the name goes to
@@ -44,14 +53,18 @@ def resolve_model_dir(name_or_path: str | os.PathLike, *, cache_dir: str | os.Pa
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise FileNotFoundError(f"{path} is a file; expected a model directory with {CONFIG_NAME}")
+            raise FileNotFoundError(
+                f"{path} is a file; expected a model directory with {CONFIG_NAME}"
+            )
         return path
     name = str(name_or_path)
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.constants import HF_HUB_CACHE
     except ImportError as e:  # pragma: no cover - huggingface_hub is a core dependency
-        raise ImportError("loading by hub name needs huggingface_hub: pip install huggingface_hub") from e
+        raise ImportError(
+            "loading by hub name needs huggingface_hub: pip install huggingface_hub"
+        ) from e
     cache = Path(cache_dir) if cache_dir is not None else Path(HF_HUB_CACHE)
     try:
         return Path(snapshot_download(name, cache_dir=cache_dir, allow_patterns=HUB_FILES))
@@ -67,7 +80,9 @@ def read_config(model_dir: Path) -> dict:
     """``config.json`` as a dict, with the file named in any error."""
     path = Path(model_dir) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} has no {CONFIG_NAME}; is it a Hugging Face model directory?")
+        raise FileNotFoundError(
+            f"{model_dir} has no {CONFIG_NAME}; is it a Hugging Face model directory?"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -148,11 +163,15 @@ def load_state_strict(
     report.ignored_keys = [k for k in unexpected if ignore and k.startswith(ignore)]
     unexpected = [k for k in unexpected if k not in report.ignored_keys]
     if missing:
-        raise CheckpointError(f"{source}: weights missing for {', '.join(missing[:10])}"
-                              + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+        raise CheckpointError(
+            f"{source}: weights missing for {', '.join(missing[:10])}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected weights {', '.join(unexpected[:10])}"
-                              + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""))
+        raise CheckpointError(
+            f"{source}: unexpected weights {', '.join(unexpected[:10])}"
+            + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else "")
+        )
     for key, value in state.items():
         if key in ours and ours[key].shape != value.shape:
             raise CheckpointError(

@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchformer.models.outputs import ModelOutput
-from torchformer.nn import EncoderLayer, FeedForward, MultiHeadAttention, get_activation, padding_mask
+from torchformer.nn import (
+    EncoderLayer,
+    FeedForward,
+    MultiHeadAttention,
+    get_activation,
+    padding_mask,
+)
 
 Pooling = Literal["cls", "pooler", "mean"]
 
@@ -77,7 +83,9 @@ class EncoderEmbeddings(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.token_embeddings = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
+        self.token_embeddings = nn.Embedding(
+            config.vocab_size, config.d_model, padding_idx=config.pad_id
+        )
         self.position_embeddings = nn.Embedding(config.max_len, config.d_model)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.d_model)
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)

@@ -33,7 +33,9 @@ from torchformer.nn.cache import LayerCache
 AttnImpl = Literal["reference", "sdpa"]
 
 
-def _merge_mask_and_bias(mask: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+def _merge_mask_and_bias(
+    mask: Tensor | None, bias: Tensor | None, dtype: torch.dtype
+) -> Tensor | None:
     """One additive float mask from a boolean keep-mask and a float bias.
 
     A boolean mask is turned into an additive one too, so that a fully masked

@@ -41,7 +41,9 @@ def get_activation(name: str) -> Callable[[Tensor], Tensor]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+        raise ValueError(
+            f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
+        ) from None
 
 
 class FeedForward(nn.Module):
@@ -56,7 +58,13 @@ class FeedForward(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, d_ff: int, *, activation: str = "relu", dropout: float = 0.0, bias: bool = True
+        self,
+        d_model: int,
+        d_ff: int,
+        *,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.act = get_activation(activation)
@@ -72,7 +80,13 @@ class GatedFeedForward(nn.Module):
     """Gated FFN: down(act(gate(x)) * up(x)) (Shazeer 2020), as in T5 v1.1 / Flan-T5."""
 
     def __init__(
-        self, d_model: int, d_ff: int, *, activation: str = "gelu_new", dropout: float = 0.0, bias: bool = False
+        self,
+        d_model: int,
+        d_ff: int,
+        *,
+        activation: str = "gelu_new",
+        dropout: float = 0.0,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.act = get_activation(activation)

@@ -66,12 +66,18 @@ class EncoderLayer(nn.Module):
         """Returns (x (B, T, D), attention probabilities (B, H, T, S) or None)."""
         if self.norm_first:
             h, probs = self.self_attn(
-                self.attn_norm(x), mask=mask, bias=bias, cache=cache, return_attentions=return_attentions
+                self.attn_norm(x),
+                mask=mask,
+                bias=bias,
+                cache=cache,
+                return_attentions=return_attentions,
             )
             x = x + self.dropout(h)
             x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         else:
-            h, probs = self.self_attn(x, mask=mask, bias=bias, cache=cache, return_attentions=return_attentions)
+            h, probs = self.self_attn(
+                x, mask=mask, bias=bias, cache=cache, return_attentions=return_attentions
+            )
             x = self.attn_norm(x + self.dropout(h))
             x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, probs
@@ -134,13 +140,19 @@ class DecoderLayer(nn.Module):
         x, self_probs = self._block(
             x,
             self.attn_norm,
-            lambda h: self.self_attn(h, mask=mask, bias=bias, cache=cache, return_attentions=return_attentions),
+            lambda h: self.self_attn(
+                h, mask=mask, bias=bias, cache=cache, return_attentions=return_attentions
+            ),
         )
         x, cross_probs = self._block(
             x,
             self.cross_attn_norm,
             lambda h: self.cross_attn(
-                h, context=context, mask=context_mask, bias=context_bias, cache=cache,
+                h,
+                context=context,
+                mask=context_mask,
+                bias=context_bias,
+                cache=cache,
                 return_attentions=return_attentions,
             ),
         )

@@ -18,7 +18,9 @@ from torch import Tensor, nn
 def sinusoidal_table(max_len: int, d_model: int) -> Tensor:
     """The (max_len, D) sinusoid table; even columns sine, odd columns cosine."""
     position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (L, 1)
-    div_term = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    div_term = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )
     table = torch.zeros(max_len, d_model)
     table[:, 0::2] = torch.sin(position * div_term)
     table[:, 1::2] = torch.cos(position * div_term[: d_model // 2])

@@ -31,7 +31,9 @@ def relative_position_bucket(
     max_exact = num_buckets // 2
     is_small = distance < max_exact
     # Log-spaced buckets between max_exact and max_distance.
-    log_ratio = torch.log(distance.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact)
+    log_ratio = torch.log(distance.float().clamp(min=1) / max_exact) / math.log(
+        max_distance / max_exact
+    )
     large = max_exact + (log_ratio * (num_buckets - max_exact)).long()
     large = torch.clamp(large, max=num_buckets - 1)
     return buckets + torch.where(is_small, distance, large)
@@ -47,7 +49,14 @@ class RelativePositionBias(nn.Module):
         bidirectional: True for the encoder, False for the causal decoder.
     """
 
-    def __init__(self, n_heads: int, *, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True) -> None:
+    def __init__(
+        self,
+        n_heads: int,
+        *,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        bidirectional: bool = True,
+    ) -> None:
         super().__init__()
         self.num_buckets = num_buckets
         self.max_distance = max_distance

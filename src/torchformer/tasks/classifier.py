@@ -123,7 +123,9 @@ class TextClassifier:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             input_ids, attention_mask = self.encode([texts[i] for i in idx])
-            logits = self.model(input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            logits = self.model(
+                input_ids.to(device), attention_mask=attention_mask.to(device)
+            ).logits
             probs[idx] = logits.float().softmax(-1).cpu()
         return probs
 
@@ -137,9 +139,11 @@ class TextClassifier:
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
-            out.append({
-                "label": self.labels[best],
-                "confidence": row[best],
-                "probabilities": dict(zip(self.labels, row)),
-            })
+            out.append(
+                {
+                    "label": self.labels[best],
+                    "confidence": row[best],
+                    "probabilities": dict(zip(self.labels, row)),
+                }
+            )
         return out

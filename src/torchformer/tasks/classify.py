@@ -113,7 +113,9 @@ class TrainConfig:
     seed: int = 42
     threads: int | None = None
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-    precision: str = "fp32"  # "bf16": autocast matmuls to bfloat16 (fast on CPUs with AVX512-BF16/AMX)
+    precision: str = (
+        "fp32"  # "bf16": autocast matmuls to bfloat16 (fast on CPUs with AVX512-BF16/AMX)
+    )
     progress: bool = True
 
 
@@ -177,7 +179,9 @@ def build_model(
     return model, tokenizer
 
 
-def _batch(split: EncodedSplit, indices: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch(
+    split: EncodedSplit, indices: list[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     input_ids, attention_mask = pad_batch([split.input_ids[i] for i in indices], pad_id)  # (B, T)
     labels = torch.tensor([split.labels[i] for i in indices])  # (B,)
     return input_ids, attention_mask, labels
@@ -191,7 +195,9 @@ def evaluate_split(
     """Streaming metrics over a split (batches sorted by length; no logits kept)."""
     was_training = model.training
     model.eval()
-    metrics = StreamingClassificationMetrics(label_names, excerpt_chars=2000)  # long enough for attention views
+    metrics = StreamingClassificationMetrics(
+        label_names, excerpt_chars=2000
+    )  # long enough for attention views
     order = sorted(range(len(split)), key=lambda i: split.lengths[i])
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -312,7 +318,9 @@ def setup_run(config: ClassifyConfig, *, resume: bool) -> Run:
                    data_fingerprint=fingerprint_records(encoded["train"].texts),
                    extra={"sizes": {k: len(v) for k, v in encoded.items()}, "labels": label_names,
                           "skipped_rows": splits.skipped})  # fmt: skip
-    sampler = LengthBucketBatchSampler(encoded["train"].lengths, tc.batch_size, seed=tc.seed, shuffle=True)
+    sampler = LengthBucketBatchSampler(
+        encoded["train"].lengths, tc.batch_size, seed=tc.seed, shuffle=True
+    )
     total_steps = tc.max_steps or math.ceil(len(sampler) / tc.grad_accum) * tc.epochs
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
     mode = "min" if tc.metric == "loss" else "max"
@@ -330,7 +338,9 @@ def setup_run(config: ClassifyConfig, *, resume: bool) -> Run:
     )  # fmt: skip
     if resume and (ckpt := run.ckpts.latest()) is not None:
         run.restore(ckpt.state)
-        logger.info("resumed from %s (step %d, epoch %d)", ckpt.path, run.state.step, run.state.epoch)
+        logger.info(
+            "resumed from %s (step %d, epoch %d)", ckpt.path, run.state.step, run.state.epoch
+        )
     elif resume:
         logger.warning("no checkpoint in %s; starting from scratch", run.ckpts.directory)
     return run
@@ -341,12 +351,16 @@ def _forward_backward(run: Run, batch_idx: list[int], autocast) -> torch.Tensor:
     input_ids, attention_mask, labels = (t.to(run.device) for t in _batch(run.encoded["train"], batch_idx,
                                                                           run.tokenizer.pad_id))  # fmt: skip
     with autocast:
-        out = run.model(input_ids, attention_mask=attention_mask, labels=labels, class_weights=run.class_weights)
+        out = run.model(
+            input_ids, attention_mask=attention_mask, labels=labels, class_weights=run.class_weights
+        )
     try:
         check_finite(out.loss, run.state.step + 1)
     except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
         run.log.log({"error": str(e)}, step=run.state.step, epoch=run.state.epoch, split="train")
-        raise NonFiniteLossError(f"{e}; the last good checkpoint is kept in {run.ckpts.directory}") from e
+        raise NonFiniteLossError(
+            f"{e}; the last good checkpoint is kept in {run.ckpts.directory}"
+        ) from e
     (out.loss / run.config.train.grad_accum).backward()
     return out.loss.detach()
 
@@ -386,10 +400,16 @@ def run_epoch(run: Run, autocast, bar, postfix: ProgressPostfix, stop_at_step: i
                          "samples_per_s": window_samples / max(elapsed, 1e-9)},
                         step=state.step, epoch=state.epoch, split="train")  # fmt: skip
         state.epoch += end_of_epoch
-        evaluate_now = (tc.eval_every and state.step % tc.eval_every == 0) or (end_of_epoch and not tc.eval_every)
+        evaluate_now = (tc.eval_every and state.step % tc.eval_every == 0) or (
+            end_of_epoch and not tc.eval_every
+        )
         if evaluate_now:
             run.evaluate_and_keep_best()
-        if evaluate_now or end_of_epoch or (tc.checkpoint_every and state.step % tc.checkpoint_every == 0):
+        if (
+            evaluate_now
+            or end_of_epoch
+            or (tc.checkpoint_every and state.step % tc.checkpoint_every == 0)
+        ):
             run.checkpoint()
         if stop_at_step is not None and state.step >= stop_at_step:
             return True
@@ -419,7 +439,9 @@ def train(config: ClassifyConfig, *, resume: bool = False, stop_at_step: int | N
             if run_epoch(run, autocast, bar, postfix, stop_at_step):
                 return run.run_dir
         bar.close()
-        if not (run.run_dir / "best" / "config.json").is_file():  # never evaluated (max_steps came first)
+        if not (
+            run.run_dir / "best" / "config.json"
+        ).is_file():  # never evaluated (max_steps came first)
             run.evaluate_and_keep_best()
         run.log.log({"samples": state.samples, "train_seconds": state.train_seconds,
                      "train_samples_per_s": state.samples / max(state.train_seconds, 1e-9)},

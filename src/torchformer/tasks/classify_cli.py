@@ -27,9 +27,17 @@ def resolve_config(name: str | Path) -> Path:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model from a YAML config (+ --dotted.key value overrides)")
-    p.add_argument("config", type=resolve_config, help="YAML config file, or a shipped config name (see configs/)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p = sub.add_parser(
+        "train", help="train a model from a YAML config (+ --dotted.key value overrides)"
+    )
+    p.add_argument(
+        "config",
+        type=resolve_config,
+        help="YAML config file, or a shipped config name (see configs/)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's newest checkpoint"
+    )
     p.set_defaults(func=train_command, accepts_overrides=True)
 
     p = sub.add_parser("evaluate", help="evaluate a trained classifier on labelled data")
@@ -48,8 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.set_defaults(func=predict_command)
 
-    p = sub.add_parser("demo", help="the main job: fine-tune MiniLM on an IMDB sample (about 10 min on 2 cores)")
-    p.add_argument("--run-dir", default=None, help="where to write the run (default from the demo config)")
+    p = sub.add_parser(
+        "demo", help="the main job: fine-tune MiniLM on an IMDB sample (about 10 min on 2 cores)"
+    )
+    p.add_argument(
+        "--run-dir", default=None, help="where to write the run (default from the demo config)"
+    )
     p.set_defaults(func=demo_command, accepts_overrides=True)
 
 
@@ -65,11 +77,15 @@ def train_command(args: argparse.Namespace) -> int:
         from torchformer.tasks.translate import TranslateConfig
         from torchformer.tasks.translate import train as train_translation
 
-        run_dir = train_translation(load_config(TranslateConfig, args.config, args.overrides), resume=args.resume)
+        run_dir = train_translation(
+            load_config(TranslateConfig, args.config, args.overrides), resume=args.resume
+        )
     else:
         from torchformer.tasks.classify import ClassifyConfig, train
 
-        run_dir = train(load_config(ClassifyConfig, args.config, args.overrides), resume=args.resume)
+        run_dir = train(
+            load_config(ClassifyConfig, args.config, args.overrides), resume=args.resume
+        )
     print(f"run written to {run_dir}")
     return 0
 
@@ -81,7 +97,9 @@ def _read_labelled(args: argparse.Namespace):
         return read_imdb(find_imdb(), "test")
     from torchformer.data.tabular import read_table
 
-    return read_table(args.data, text_column=args.text_column, label_column=args.label_column).records
+    return read_table(
+        args.data, text_column=args.text_column, label_column=args.label_column
+    ).records
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -96,7 +114,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     records = _read_labelled(args)
     unknown = sorted({str(r.label) for r in records} - set(clf.labels))
     if unknown:
-        print(f"error: {args.data}: labels {unknown} are not among the model's labels {clf.labels}", file=sys.stderr)
+        print(
+            f"error: {args.data}: labels {unknown} are not among the model's labels {clf.labels}",
+            file=sys.stderr,
+        )
         return 2
     metrics = StreamingClassificationMetrics(clf.labels)
     for start in range(0, len(records), args.batch_size):
@@ -105,7 +126,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
         probs = clf.predict_proba([r.text for r in chunk], batch_size=args.batch_size)
         labels = torch.tensor([clf.labels.index(str(r.label)) for r in chunk])
-        metrics.update(probs.log(), labels, texts=[r.text for r in chunk], ids=[r.id for r in chunk])
+        metrics.update(
+            probs.log(), labels, texts=[r.text for r in chunk], ids=[r.id for r in chunk]
+        )
     result = metrics.compute()
     run_dir = args.run if (args.run / "best").is_dir() else args.run.parent
     name = args.name or Path(str(args.data)).stem.replace(".", "_")
@@ -120,7 +143,11 @@ def predict_command(args: argparse.Namespace) -> int:
 
     texts = list(args.texts)
     if args.file:
-        texts += [line.rstrip("\n") for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += [
+            line.rstrip("\n")
+            for line in args.file.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     if not texts:
         print("error: give texts or --file", file=sys.stderr)
         return 2
@@ -171,7 +198,9 @@ def _print_summary(run_dir: Path, minutes: float) -> None:
     for text, pred in zip(examples, clf.predict(examples)):
         print(f"  {pred['label']:>4} ({pred['confidence']:.2f})  {text}")
     print(f"\nThe model is in {run_dir / 'best'} (Hugging Face layout). Use it with:")
-    print(f"  torchformer predict {run_dir} \"What a great movie\"")
-    print(f"  python -c \"import torchformer; print(torchformer.load('{run_dir}').predict(['What a great movie']))\"")
+    print(f'  torchformer predict {run_dir} "What a great movie"')
+    print(
+        f"  python -c \"import torchformer; print(torchformer.load('{run_dir}').predict(['What a great movie']))\""
+    )
     if (run_dir / "report.html").is_file():
         print(f"Report: {run_dir / 'report.html'}")

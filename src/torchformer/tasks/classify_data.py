@@ -134,13 +134,22 @@ def load_splits(config: DataConfig, *, seed: int) -> Splits:
         train, val, test = imdb["train"], [], imdb["test"]
     else:
         train_table = _read_file(config.source, config, skipped, "train")
-        val_table = _read_file(config.validation_file, config, skipped, "val") if config.validation_file else None
-        test_table = _read_file(config.test_file, config, skipped, "test") if config.test_file else None
+        val_table = (
+            _read_file(config.validation_file, config, skipped, "val")
+            if config.validation_file
+            else None
+        )
+        test_table = (
+            _read_file(config.test_file, config, skipped, "test") if config.test_file else None
+        )
         train = train_table.records
         val = val_table.records if val_table else []
         test = test_table.records if test_table else []
     # check_labels also refuses training data with a single class.
-    for other, table, name in ((val, val_table, "validation data"), (test, test_table, "test data")):
+    for other, table, name in (
+        (val, val_table, "validation data"),
+        (test, test_table, "test data"),
+    ):
         if other:
             check_labels(train_table or train, table or other, name)
     if not val:
@@ -150,7 +159,9 @@ def load_splits(config: DataConfig, *, seed: int) -> Splits:
     test = _sample(test, config.test_samples, seed + 2)
     counts = label_counts(train)
     warn_if_imbalanced(counts)
-    return Splits(train=train, val=val, test=test, labels=LabelVocab.from_labels(counts), skipped=skipped)
+    return Splits(
+        train=train, val=val, test=test, labels=LabelVocab.from_labels(counts), skipped=skipped
+    )
 
 
 def loss_class_weights(splits: Splits) -> list[float]:
@@ -160,15 +171,26 @@ def loss_class_weights(splits: Splits) -> list[float]:
 
 
 def encode_split(
-    records: list[TextRecord], tokenizer: Tokenizer, cleaner: TextCleaner, labels: LabelVocab, config: DataConfig
+    records: list[TextRecord],
+    tokenizer: Tokenizer,
+    cleaner: TextCleaner,
+    labels: LabelVocab,
+    config: DataConfig,
 ) -> EncodedSplit:
     """Clean and tokenize every record once; records whose text cleans to nothing are errors."""
     texts = [cleaner(r.text) for r in records]
     for i, text in enumerate(texts):
         if not text.strip():
-            raise DataError(f"text is empty after cleaning (record id {records[i].id!r})", record=i, field="text")
+            raise DataError(
+                f"text is empty after cleaning (record id {records[i].id!r})",
+                record=i,
+                field="text",
+            )
     input_ids = tokenizer.encode_batch(
-        texts, max_length=config.max_length, truncation=config.truncation, head_tokens=config.head_tokens
+        texts,
+        max_length=config.max_length,
+        truncation=config.truncation,
+        head_tokens=config.head_tokens,
     )
     return EncodedSplit(
         input_ids=input_ids,
