@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from torchformer.export.session import make_session
-from torchformer.tasks.classifier import InferenceSettings, TextClassifier, validate_texts
+from torchformer.tasks.classifier import InferenceSettings, TextClassifier
 from torchformer.text.tokenizer import Tokenizer
 
 __all__ = ["OnnxClassifier", "make_session"]
@@ -42,15 +42,8 @@ class OnnxClassifier(TextClassifier):
         *,
         path: Path | None = None,
     ) -> None:
-        # Not calling TextClassifier.__init__: it reads labels from a PyTorch model.
-        from torchformer.text.cleaning import TextCleaner
-
-        self.model = None
+        super().__init__(None, tokenizer, settings, labels=labels)
         self.session = session
-        self.tokenizer = tokenizer
-        self.settings = settings
-        self.cleaner = TextCleaner(settings.cleaning)
-        self.labels = list(labels)
         self.path = path
 
     @classmethod
@@ -98,14 +91,6 @@ class OnnxClassifier(TextClassifier):
         }
         return self.session.run(["logits"], feed)[0]
 
-    def predict_proba(self, texts: list[str] | str, *, batch_size: int = 32) -> Tensor:
-        """Class probabilities (N, C), batched by length as ``TextClassifier`` does, in input order."""
-        texts = validate_texts(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        probs = torch.empty(len(texts), len(self.labels))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            input_ids, attention_mask = self.encode([texts[i] for i in idx])  # (B, T) each
-            logits = self.logits(input_ids.numpy(), attention_mask.numpy())  # (B, C)
-            probs[idx] = torch.from_numpy(logits).float().softmax(-1)
-        return probs
+    def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The session's logits for one padded batch (see ``TextClassifier._logits``)."""
+        return torch.from_numpy(self.logits(input_ids.numpy(), attention_mask.numpy()))  # (B, C)

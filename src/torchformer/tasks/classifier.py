@@ -76,16 +76,22 @@ class TextClassifier:
 
     def __init__(
         self,
-        model: EncoderForSequenceClassification,
+        model: EncoderForSequenceClassification | None,
         tokenizer: Tokenizer,
         settings: InferenceSettings | None = None,
+        *,
+        labels: list[str] | None = None,
     ) -> None:
-        self.model = model.eval()
+        """``model`` may be None for a subclass that overrides ``_logits`` (e.g. ONNX);
+        ``labels`` then names the classes (default: the model's id2label)."""
+        self.model = model.eval() if model is not None else None
         self.tokenizer = tokenizer
         self.settings = settings or InferenceSettings()
         self.cleaner = TextCleaner(self.settings.cleaning)
-        cfg = model.config
-        self.labels = [cfg.id2label.get(i, str(i)) for i in range(cfg.num_labels)]
+        if labels is None:
+            cfg = model.config
+            labels = [cfg.id2label.get(i, str(i)) for i in range(cfg.num_labels)]
+        self.labels = list(labels)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike, **overrides) -> TextClassifier:
@@ -112,6 +118,11 @@ class TextClassifier:
         )
         return pad_batch(ids, self.tokenizer.pad_id)
 
+    def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits (B, C) for one padded batch; the one step a backend replaces."""
+        device = next(self.model.parameters()).device
+        return self.model(input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+
     @torch.inference_mode()
     def predict_proba(self, texts: list[str] | str, *, batch_size: int = 32) -> Tensor:
         """Class probabilities (N, C), batched, in input order."""
@@ -119,14 +130,10 @@ class TextClassifier:
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         probs = torch.empty(len(texts), len(self.labels))
-        device = next(self.model.parameters()).device
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            input_ids, attention_mask = self.encode([texts[i] for i in idx])
-            logits = self.model(
-                input_ids.to(device), attention_mask=attention_mask.to(device)
-            ).logits
-            probs[idx] = logits.float().softmax(-1).cpu()
+            input_ids, attention_mask = self.encode([texts[i] for i in idx])  # (B, T) each
+            probs[idx] = self._logits(input_ids, attention_mask).float().softmax(-1).cpu()
         return probs
 
     def predict(self, texts: list[str] | str, *, batch_size: int = 32) -> list[dict]:
