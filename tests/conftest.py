@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from torchformer.data.paths import data_dir
@@ -19,3 +22,35 @@ def imdb_labeled() -> dict:
     except FileNotFoundError as error:
         pytest.skip(f"IMDB data absent (set TORCHFORMER_DATA): {error}")
     return read_imdb_splits(source, ("train", "test"))
+
+
+# --- tiny classifiers and exports for the deployment tests (export/, serve/, bench/) ----
+# Built once per session; the builders live in tests/export/deploy_fixtures.py, importable
+# from any test module (test folders are not packages).
+sys.path.insert(0, str(Path(__file__).parent / "export"))
+
+
+def _deploy_fixtures():
+    import deploy_fixtures
+
+    return deploy_fixtures
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier():
+    return _deploy_fixtures().tiny_classifier()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return _deploy_fixtures().tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(tmp_path_factory):
+    return _deploy_fixtures().tiny_export_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def val_file(tmp_path_factory):
+    return _deploy_fixtures().val_file(tmp_path_factory)
