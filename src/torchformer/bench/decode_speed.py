@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+
+from torchformer.bench.encoder_speed import machine
 
 
 def _sources(args: argparse.Namespace) -> list[str]:
@@ -43,16 +44,6 @@ def _timed(translator, texts: list[str], args: argparse.Namespace, use_cache: bo
     out = translator.translate(texts, beam_size=args.beam_size, batch_size=args.batch_size,
                                max_len=args.max_len, use_cache=use_cache)  # fmt: skip
     return time.perf_counter() - start, out
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -79,7 +70,7 @@ def run(args: argparse.Namespace) -> dict:
         "beam_size": args.beam_size,
         "batch_size": args.batch_size,
         "threads": args.threads,
-        "cpu": _cpu_model(),
+        "cpu": machine(),
         "load_average": list(os.getloadavg()),
         "seconds": times,
         "sentences_per_s": {k: len(texts) / statistics.median(v) for k, v in times.items()},
