@@ -46,6 +46,16 @@ def get_activation(name: str) -> Callable[[Tensor], Tensor]:
         ) from None
 
 
+# oneDNN's linear with a fused activation epilogue (the kernel torch.compile's CPU
+# freezing path uses): one pass over the (B, T, F) output instead of two.
+_ONEDNN_EPILOGUE = {"relu": ("relu", "none"), "gelu": ("gelu", "none"),
+                    "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh")}  # fmt: skip
+
+
+def _onednn_linear_act_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 class FeedForward(nn.Module):
     """Two linear maps with an activation between them.
 
@@ -68,11 +78,32 @@ class FeedForward(nn.Module):
     ) -> None:
         super().__init__()
         self.act = get_activation(activation)
+        self.epilogue = _ONEDNN_EPILOGUE.get(activation) if _onednn_linear_act_available() else None
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
+    def _fused_up(self, x: Tensor) -> bool:
+        """Inference in fp32 on the CPU, outside autograd, tracing and compilation."""
+        return not (
+            self.epilogue is None
+            or self.training  # dropout must run
+            or torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or type(self.up_proj) is not nn.Linear
+            or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()
+            or torch.jit.is_tracing()
+        )
+
     def forward(self, x: Tensor) -> Tensor:
+        if self._fused_up(x):
+            op, algorithm = self.epilogue
+            h = torch.ops.mkldnn._linear_pointwise(
+                x, self.up_proj.weight, self.up_proj.bias, op, [], algorithm
+            )
+            return self.down_proj(h)  # (B, T, D); eval mode: no dropout
         return self.down_proj(self.dropout(self.act(self.up_proj(x))))  # (B, T, D)
 
 
