@@ -182,3 +182,12 @@ def test_real_imdb_slice_from_archive_to_predict(tmp_path, imdb_labeled):
     assert clf.labels == ["neg", "pos"]
     preds = clf.predict([imdb_labeled["test"][0].text, imdb_labeled["test"][-1].text])
     assert all(p["label"] in ("neg", "pos") and 0.5 <= p["confidence"] <= 1 for p in preds)
+
+
+def test_resume_keeps_the_runs_trained_tokenizer(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.checkpoint_every": 2})
+    train(cfg, stop_at_step=2)
+    saved = Path(cfg.run_dir) / "tokenizer.json"
+    before = (saved.read_bytes(), saved.stat().st_mtime_ns)
+    train(cfg, resume=True)
+    assert (saved.read_bytes(), saved.stat().st_mtime_ns) == before  # loaded, not retrained

