@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=predict_command)
 
     p = sub.add_parser(
-        "demo", help="the main job: fine-tune MiniLM on an IMDB sample (about 10 min on 2 cores)"
+        "demo", help="the main job: fine-tune MiniLM on an IMDB sample (a few minutes on 2 CPU cores)"
     )
     p.add_argument(
         "--run-dir", default=None, help="where to write the run (default from the demo config)"
