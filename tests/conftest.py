@@ -54,3 +54,19 @@ def tiny_export_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def val_file(tmp_path_factory):
     return _deploy_fixtures().val_file(tmp_path_factory)
+
+
+# --- threads ------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run every test on one intra-op thread, restoring the setting after.
+
+    The tests use tiny models, where a second thread only adds hand-off cost, and on a
+    busy 2-core machine two-thread torch processes slow each other 10x or more.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

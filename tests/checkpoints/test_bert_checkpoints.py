@@ -39,14 +39,6 @@ from torchformer.models.encoder import (
 V = 100
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny(cls=Encoder, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return cls(preset("tiny", vocab_size=V, max_len=32, **overrides)).eval()

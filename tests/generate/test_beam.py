@@ -11,16 +11,6 @@ from torchformer.generate.beam import Hypothesis, beam_search
 from torchformer.generate.greedy import greedy_decode
 from torchformer.models.seq2seq import Seq2Seq, preset, shift_right
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: thread hand-offs cost more than they save (10x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 PAD, EOS = 0, 1  # T5 flavour; the decoder starts with PAD
 VOCAB = 16
 

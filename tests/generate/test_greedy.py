@@ -15,16 +15,6 @@ from torchformer.nn import KVCache
 V = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, which on a shared,
-    # loaded CPU makes each op milliseconds instead of microseconds.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def lm() -> DecoderForCausalLM:
     torch.manual_seed(0)

@@ -19,16 +19,6 @@ from torchformer.nn import KVCache
 V, D, L, H = 50, 32, 2, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, which on a shared,
-    # loaded CPU makes each op milliseconds instead of microseconds.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_config(**overrides) -> DecoderConfig:
     # A wide init so that logits differ clearly between tokens (the 0.02 default is nearly uniform).
     base = dict(

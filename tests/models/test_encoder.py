@@ -20,14 +20,6 @@ V, B, T = 100, 3, 9
 LENGTHS = [9, 6, 2]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny(**overrides) -> EncoderConfig:
     return preset("tiny", vocab_size=V, max_len=32, **overrides)
 

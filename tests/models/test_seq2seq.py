@@ -17,16 +17,6 @@ from torchformer.models.seq2seq import (
     shift_right,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: thread hand-offs cost more than they save (10x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 VARIANTS = {
     "transformer": dict(name="tiny"),
     "transformer-prenorm": dict(name="tiny", norm_first=True),

@@ -25,16 +25,6 @@ V = 97
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, which on a shared,
-    # loaded CPU makes each op milliseconds instead of microseconds.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def hf_config(**overrides):
     base = dict(
         n_embd=32,

@@ -21,15 +21,6 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: thread hand-offs cost more than they save (10x on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TOL = 1e-5
 VOCAB = 100
 

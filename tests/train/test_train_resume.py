@@ -28,15 +28,6 @@ from torchformer.train import (
 TOTAL_STEPS = 9
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run faster on one intra-op thread (and CI machines are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SAVE_EVERY = 3
 
 

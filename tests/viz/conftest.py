@@ -29,20 +29,14 @@ FILLER = ["the", "film", "plot", "actors", "was", "a", "story", "and", "movie", 
 
 @contextlib.contextmanager
 def one_thread():
-    """Tiny models: a second intra-op thread only adds contention (up to 100× slower on a
-    busy 2-core machine). The previous setting is restored."""
+    """One intra-op thread while a session fixture trains (the root conftest's autouse
+    ``one_thread`` covers tests, not session fixtures built before it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with one_thread():
-        yield
 
 
 def toy_texts(n: int, seed: int, *, flip: float = 0.0) -> list[tuple[str, int]]:
