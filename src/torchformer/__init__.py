@@ -28,9 +28,10 @@ def load(path: str | os.PathLike, **overrides: Any):
     """
     from torchformer.checkpoints.hf import read_config, resolve_model_dir
 
-    model_dir = resolve_model_dir(path)
-    if (model_dir / "best" / "config.json").is_file():  # a run directory
-        model_dir = model_dir / "best"
+    run_or_model = resolve_model_dir(path)
+    model_dir = (
+        run_or_model / "best" if (run_or_model / "best" / "config.json").is_file() else run_or_model
+    )
     model_type = read_config(Path(model_dir)).get("model_type")
     if model_type == "bert":
         from torchformer.tasks.classifier import TextClassifier
@@ -38,4 +39,5 @@ def load(path: str | os.PathLike, **overrides: Any):
         return TextClassifier.from_dir(model_dir, **overrides)
     from torchformer.tasks import translator
 
-    return translator.Translator.from_dir(model_dir, **overrides)
+    # A translation run directory may have selected averaged/ over best/ (from_dir reads that).
+    return translator.Translator.from_dir(run_or_model, **overrides)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, FileExistsError) as e:
         # Bad input: the message names the file, record and field; no traceback needed.
         if args.verbose:
             raise

@@ -9,12 +9,14 @@ layer may use it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "recover_dir", "replace_dir"]
 
 
 def _umask() -> int:
@@ -72,3 +74,47 @@ def atomic_write_bytes(
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text (configs, manifests, reports)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}.{suffix}")
+
+
+def recover_dir(path: str | os.PathLike[str]) -> Path:
+    """Finish an interrupted :func:`replace_dir`: if ``path`` is missing but its previous
+    version was set aside, put the previous version back. Returns ``path``."""
+    path = Path(path)
+    old = _sibling(path, "old")
+    if not path.exists() and old.is_dir():
+        old.rename(path)
+        _fsync_dir(path.parent)
+    return path
+
+
+@contextmanager
+def replace_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a directory (a model directory such as ``best/``) so that a crash leaves
+    either the old or the new version, never a half-written one.
+
+    Yields a temporary sibling directory to fill; on success the old directory is set
+    aside, the new one renamed into place and the old one deleted. If the process dies
+    between the two renames, :func:`recover_dir` (called by whoever reads ``path``)
+    restores the old version. On an exception the temporary directory is removed and
+    ``path`` is untouched.
+    """
+    path = Path(path)
+    recover_dir(path)
+    tmp, old = _sibling(path, "tmp"), _sibling(path, "old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)

@@ -14,8 +14,10 @@ import torchformer
 from torchformer.config import ConfigError, load_config
 from torchformer.data.records import DataError
 from torchformer.tasks.classify import ClassifyConfig, train
+from torchformer.tasks.classify_data import load_splits
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.checkpoint import load_checkpoint
+from torchformer.train.run_dir import RunDirError
 
 POS = ["great", "wonderful", "superb", "moving", "brilliant", "funny", "loved", "beautiful"]
 NEG = ["awful", "boring", "dull", "terrible", "worst", "bad", "hated", "tedious"]
@@ -180,8 +182,13 @@ def test_real_imdb_slice_from_archive_to_predict(tmp_path, imdb_labeled):
     assert manifest["extra"]["sizes"] == {"train": 32, "val": 16, "test": 16}
     clf = torchformer.load(run)
     assert clf.labels == ["neg", "pos"]
-    preds = clf.predict([imdb_labeled["test"][0].text, imdb_labeled["test"][-1].text])
-    assert all(p["label"] in ("neg", "pos") and 0.5 <= p["confidence"] <= 1 for p in preds)
+    # predict() (raw text in: cleaning, truncation, tokenizer from best/) agrees with the
+    # evaluation of the same 16 test reviews done inside training (encoded splits).
+    test = load_splits(cfg.data, seed=cfg.train.seed).test
+    preds = clf.predict([r.text for r in test])
+    accuracy = sum(p["label"] == str(r.label) for p, r in zip(preds, test)) / len(test)
+    evaluated = json.loads((run / "eval/test/metrics.json").read_text())
+    assert evaluated["num_examples"] == 16 and accuracy == pytest.approx(evaluated["accuracy"])
 
 
 def test_resume_keeps_the_runs_trained_tokenizer(tmp_path):
@@ -191,3 +198,31 @@ def test_resume_keeps_the_runs_trained_tokenizer(tmp_path):
     before = (saved.read_bytes(), saved.stat().st_mtime_ns)
     train(cfg, resume=True)
     assert (saved.read_bytes(), saved.stat().st_mtime_ns) == before  # loaded, not retrained
+
+
+def test_a_fresh_run_never_writes_into_an_earlier_run(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.epochs": 1})
+    run = train(cfg)
+    best = (run / "best" / "model.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match="--resume"):
+        train(cfg)
+    assert (run / "best" / "model.safetensors").read_bytes() == best  # nothing lost
+    assert train(cfg, overwrite=True) == run  # asked for: replaced
+    assert len(list((run / "checkpoints").glob("step-*.pt"))) == 1
+
+
+def test_the_last_step_is_always_evaluated(tmp_path):
+    # 72 training rows / batch 8 = 9 steps per epoch, 27 in all; evaluations every 10 steps
+    # would leave steps 21-27 unseen by model selection.
+    run = train(tiny_config(tmp_path, **{"train.eval_every": 10}))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["split"] == "val"] == [10, 20, 27]
+
+
+def test_scratch_tokenizer_learns_from_cleaned_text(tmp_path):
+    cfg = tiny_config(tmp_path, **{"data.cleaning": ["remove_urls", "normalize_whitespace"]})
+    rows = [dict(r, text=f"{r['text']} http://spam.example.com/zzqx") for r in toy_rows(96, 0)]
+    write_csv(Path(cfg.data.source), rows)
+    run = train(cfg)
+    vocab = Tokenizer.from_file(run / "tokenizer.json").backend.get_vocab()
+    assert "film" in vocab and not {"http", "zzqx", "spam"} & set(vocab)

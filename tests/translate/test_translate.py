@@ -16,10 +16,17 @@ from torchformer.cli import main
 from torchformer.config import load_config
 from torchformer.data.records import DataError
 from torchformer.models.seq2seq import PRESETS
-from torchformer.tasks.translate import TranslateConfig, average_checkpoints, train
-from torchformer.tasks.translator import Translator
+from torchformer.tasks.translate import (
+    TranslateConfig,
+    average_checkpoints,
+    averaging_window,
+    train,
+)
+from torchformer.tasks.translate_data import EncodedPairs, make_batch
+from torchformer.tasks.translator import Translator, generate_ids
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.checkpoint import load_checkpoint
+from torchformer.train.run_dir import RunDirError
 
 
 def records(run: Path, split: str) -> list[dict]:
@@ -132,9 +139,13 @@ def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path: Path) -> Non
     assert a["step"] == b["step"] > 5 and a["epoch"] == b["epoch"] == 3
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6, msg=key)
-    assert [r["bleu"] for r in records(unbroken, "val")] == [
-        r["bleu"] for r in records(resumed, "val")
-    ][-3:]
+    # Each step once in metrics.jsonl: what the stopped run logged after its checkpoint is gone.
+    assert [(r["step"], r["bleu"]) for r in records(unbroken, "val")] == [
+        (r["step"], r["bleu"]) for r in records(resumed, "val")
+    ]
+    assert [r["step"] for r in records(unbroken, "train")] == [
+        r["step"] for r in records(resumed, "train")
+    ]
     scores = [json.loads((run / "eval/val/scores.json").read_text()) for run in (unbroken, resumed)]
     assert scores[0]["beam3"]["bleu"] == scores[1]["beam3"]["bleu"]
 
@@ -202,3 +213,72 @@ def test_shipped_translation_configs_load() -> None:
         2048,
         0.1,
     )
+
+
+def test_run_selects_best_or_averaged_on_validation(trained_run: Path) -> None:
+    selection = json.loads((trained_run / "selected_model.json").read_text())
+    assert selection["model"] in ("best", "averaged") and "validation" in selection["by"]
+    scores = selection["validation"]
+    assert selection["model"] == max(scores, key=scores.get)
+    assert set(scores) == {"best", "averaged"}
+
+
+def test_load_of_a_run_follows_its_selection(trained_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / "selected_model.json").write_text('{"model": "averaged"}')
+    averaged = Translator.from_dir(run / "averaged").model.state_dict()
+    loaded = torchformer.load(run).model.state_dict()
+    key = "encoder.layers.0.ffn.up_proj.weight"
+    torch.testing.assert_close(loaded[key], averaged[key])
+
+
+def test_averaging_window_ends_at_the_best_checkpoint() -> None:
+    steps = [10, 20, 30, 40, 50, 60, 70]
+    assert averaging_window(steps, 3, best_step=40) == [20, 30, 40]  # early stop 3 evals later
+    assert averaging_window(steps, 3, best_step=None) == [50, 60, 70]
+    assert averaging_window(steps, 5, best_step=20) == [10, 20]
+
+
+def test_batch_counts_the_labels_the_decoder_predicts() -> None:
+    pairs = EncodedPairs(src_ids=[[1, 5, 2], [1, 5, 6, 7, 2]], tgt_ids=[[1, 8, 2], [1, 8, 9, 9, 2]],
+                         src_texts=["a", "b"], tgt_texts=["c", "d"])  # fmt: skip
+    batch = make_batch(pairs, [0, 1], pad_id=0)
+    assert batch.num_target_tokens == pairs.target_tokens == 2 + 4
+    assert batch.num_target_tokens == int(batch.labels.ne(0).sum())
+    assert batch.to(torch.device("cpu")).num_target_tokens == 6
+
+
+def test_decoding_never_emits_padding_start_or_unknown(trained_run: Path) -> None:
+    translator = torchformer.load(trained_run)
+    model, src = (
+        translator.model,
+        translator.src_tokenizer.encode_batch(reversal_pairs(8, 3)[0], max_length=16),
+    )
+    free = generate_ids(model, src, beam_size=1, max_new_tokens=6)
+    first = free[0][0]  # ban what the model wants most at step one
+    banned = generate_ids(model, src, beam_size=1, max_new_tokens=6, banned_ids=(first,))
+    assert banned[0][0] != first and all(first not in row for row in banned)
+    assert set(translator.banned_ids) >= {model.config.pad_id, model.config.decoder_start_id}
+    for beam in (1, 3):
+        rows = generate_ids(
+            model, src, beam_size=beam, max_new_tokens=6, banned_ids=translator.banned_ids
+        )
+        assert not {i for row in rows for i in row} & set(translator.banned_ids)
+
+
+def test_translate_file_keeps_blank_lines_aligned(trained_run: Path, tmp_path: Path) -> None:
+    src, tgt = reversal_pairs(64, 0)
+    src_file = write_lines(tmp_path / "in.txt", [src[0], "", src[1]])
+    out = tmp_path / "out.txt"
+    assert main(["translate", str(trained_run), "--file", str(src_file), "--out", str(out)]) == 0
+    assert out.read_text().splitlines() == [tgt[0], "", tgt[1]]
+
+
+def test_a_fresh_run_refuses_an_existing_run(trained_run: Path) -> None:
+    config = load_config(TranslateConfig, trained_run / "config.yaml")
+    before = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(config)
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == before

@@ -152,7 +152,7 @@ class StreamingClassificationMetrics:
 
     def _lengths(self, index: Tensor, texts: Any, lengths: Any) -> np.ndarray:
         if lengths is not None:
-            values = torch.as_tensor(lengths)[index]
+            values = torch.as_tensor(lengths).detach().cpu()[index]  # lengths may be on the GPU
             return values.numpy().astype(np.int32)
         if texts is not None:
             return np.array([len(texts[i]) for i in index.tolist()], dtype=np.int32)

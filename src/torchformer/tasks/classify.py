@@ -25,6 +25,7 @@ from torchformer.checkpoints import load_pretrained, save_pretrained
 from torchformer.config import config_to_dict, save_config
 from torchformer.data.batching import LengthBucketBatchSampler, pad_batch
 from torchformer.evaluate.classification import StreamingClassificationMetrics, write_evaluation
+from torchformer.io import recover_dir, replace_dir
 from torchformer.models.encoder import EncoderForSequenceClassification, preset
 from torchformer.tasks.classifier import InferenceSettings, TextClassifier
 from torchformer.tasks.classify_data import (
@@ -47,6 +48,7 @@ from torchformer.train.logging import (
     write_manifest,
 )
 from torchformer.train.optim import build_optimizer
+from torchformer.train.run_dir import claim_run_dir
 from torchformer.train.schedules import build_scheduler
 from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
 
@@ -115,6 +117,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     # "bf16": autocast matmuls to bfloat16 (fast on CPUs with AVX512-BF16/AMX).
     precision: str = "fp32"
+    # Validation and the final evaluation: "fp32", "bf16", or None for the training
+    # precision (then the model is chosen and reported with the same arithmetic).
+    eval_precision: str | None = None
     progress: bool = True
 
 
@@ -198,12 +203,13 @@ def evaluate_split(
     metrics = StreamingClassificationMetrics(
         label_names, excerpt_chars=2000
     )  # long enough for attention views
-    order = sorted(range(len(split)), key=lambda i: split.lengths[i])
+    lengths = split.lengths  # a property that builds the list: once, not per key
+    order = sorted(range(len(split)), key=lengths.__getitem__)
+    device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        device = next(model.parameters()).device
         input_ids, attention_mask, labels = (t.to(device) for t in _batch(split, idx, pad_id))
-        out = model(input_ids, attention_mask=attention_mask, labels=labels)
+        out = model(input_ids, attention_mask=attention_mask)  # per-example loss below
         metrics.update(out.logits, labels, texts=[split.texts[i] for i in idx], ids=[split.ids[i] for i in idx],
                        loss=torch.nn.functional.cross_entropy(out.logits, labels, reduction="none"),
                        lengths=attention_mask.sum(-1))  # fmt: skip
@@ -222,18 +228,24 @@ class LoopState:
     stopped_early: bool = False
 
 
+def _cleaner(config: ClassifyConfig, tokenizer_lowercases: bool) -> TextCleaner:
+    steps = check_cleaning_steps(config.data.cleaning, pretrained_tokenizer=config.model.base != "scratch",
+                                 tokenizer_lowercases=tokenizer_lowercases, force=config.data.force_cleaning)  # fmt: skip
+    return TextCleaner(steps)
+
+
 def prepare_run(config: ClassifyConfig, *, resume: bool = False):
     """Data, tokenizer, model and encoded splits for a run (deterministic under the seed)."""
     seed_everything(config.train.seed)
     splits = load_splits(config.data, seed=config.train.seed)
     label_names = [str(x) for x in splits.labels.to_list()]
-    model, tokenizer = build_model(
-        config, [r.text for r in splits.train], label_names, resume=resume
-    )
-    pretrained = config.model.base != "scratch"
-    steps = check_cleaning_steps(config.data.cleaning, pretrained_tokenizer=pretrained,
-                                 tokenizer_lowercases=tokenizer.lowercases, force=config.data.force_cleaning)  # fmt: skip
-    cleaner = TextCleaner(steps)
+    if config.model.base == "scratch":  # the tokenizer learns from the text the model will see
+        cleaner = _cleaner(config, config.tokenizer.lowercase)
+        texts = [cleaner(r.text) for r in splits.train]
+    else:
+        cleaner, texts = None, []
+    model, tokenizer = build_model(config, texts, label_names, resume=resume)
+    cleaner = cleaner or _cleaner(config, tokenizer.lowercases)
     encoded = {name: encode_split(records, tokenizer, cleaner, splits.labels, config.data)
                for name, records in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if records}  # fmt: skip
     return splits, label_names, model, tokenizer, encoded
@@ -286,10 +298,15 @@ class Run:
         restore_rng_state(ckpt["rng"])
         self.state = LoopState(**ckpt["loop"])
 
+    def eval_autocast(self) -> torch.autocast:
+        tc = self.config.train
+        precision = tc.eval_precision or tc.precision
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
     def evaluate_and_keep_best(self) -> None:
         """Validate; save ``best/`` on improvement; update early stopping and the plateau schedule."""
         tc = self.config.train
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+        with self.eval_autocast():
             result = evaluate_split(self.model, self.encoded["val"], self.label_names,
                                     pad_id=self.tokenizer.pad_id, batch_size=tc.eval_batch_size)  # fmt: skip
         values = {k: result[k] for k in ("loss", "accuracy", "macro_f1")}
@@ -298,20 +315,24 @@ class Run:
         self.scheduler.step_metric(result[tc.metric])
         if self.stopper.update(result[tc.metric], step=self.state.step):
             # Not through TextClassifier, which would switch the model to eval mode (no dropout).
-            save_pretrained(self.model, self.run_dir / "best", tokenizer=self.tokenizer)
-            self.settings.write(self.run_dir / "best")
+            with replace_dir(self.run_dir / "best") as tmp:  # a crash keeps the previous best/
+                save_pretrained(self.model, tmp, tokenizer=self.tokenizer)
+                self.settings.write(tmp)
         self.state.stopped_early = self.stopper.should_stop
 
 
-def setup_run(config: ClassifyConfig, *, resume: bool) -> Run:
+def setup_run(config: ClassifyConfig, *, resume: bool, overwrite: bool = False) -> Run:
     """Build (or restore) a run: data, model, optimizer, schedule, sampler, checkpoints."""
     tc = config.train
-    if tc.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {tc.precision!r}")
+    for key in ("precision", "eval_precision"):
+        if (value := getattr(tc, key)) not in ("fp32", "bf16") and not (
+            key == "eval_precision" and value is None
+        ):
+            raise ValueError(f"train.{key} must be 'fp32' or 'bf16', got {value!r}")
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite)
+    recover_dir(run_dir / "best")  # a crash while best/ was being replaced
     splits, label_names, model, tokenizer, encoded = prepare_run(config, resume=resume)
     device = _device(tc.device)
     model.to(device)  # before the optimizer and its restored state are created
@@ -340,6 +361,7 @@ def setup_run(config: ClassifyConfig, *, resume: bool) -> Run:
     )  # fmt: skip
     if resume and (ckpt := run.ckpts.latest()) is not None:
         run.restore(ckpt.state)
+        run.log.drop_after(run.state.step)  # the steps after the checkpoint are redone
         logger.info(
             "resumed from %s (step %d, epoch %d)", ckpt.path, run.state.step, run.state.epoch
         )
@@ -402,8 +424,11 @@ def run_epoch(run: Run, autocast, bar, postfix: ProgressPostfix, stop_at_step: i
                          "samples_per_s": window_samples / max(elapsed, 1e-9)},
                         step=state.step, epoch=state.epoch, split="train")  # fmt: skip
         state.epoch += end_of_epoch
-        evaluate_now = (tc.eval_every and state.step % tc.eval_every == 0) or (
-            end_of_epoch and not tc.eval_every
+        last_step = state.step >= run.total_steps  # always evaluated: it may be the best
+        evaluate_now = (
+            (tc.eval_every and state.step % tc.eval_every == 0)
+            or (end_of_epoch and not tc.eval_every)
+            or last_step
         )
         if evaluate_now:
             run.evaluate_and_keep_best()
@@ -421,16 +446,20 @@ def run_epoch(run: Run, autocast, bar, postfix: ProgressPostfix, stop_at_step: i
     return False
 
 
-def train(config: ClassifyConfig, *, resume: bool = False, stop_at_step: int | None = None) -> Path:
+def train(
+    config: ClassifyConfig, *, resume: bool = False, overwrite: bool = False,
+    stop_at_step: int | None = None,
+) -> Path:  # fmt: skip
     """Fine-tune, evaluate and save a classifier; returns the run directory.
 
     Args:
         config: the resolved run config.
         resume: continue from the newest loadable checkpoint in ``run_dir``.
+        overwrite: a fresh run may replace a run already in ``run_dir`` (else it refuses).
         stop_at_step: stop right after this optimizer step, as if the process had
             been interrupted (tests of exact resume use it with a checkpoint there).
     """
-    run = setup_run(config, resume=resume)
+    run = setup_run(config, resume=resume, overwrite=overwrite)
     tc, state = config.train, run.state
     autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     bar = progress_bar(run.total_steps, "train", disable=not tc.progress, initial=state.step)
@@ -462,10 +491,12 @@ def finish_run(run: Run, *, report: bool) -> None:
     for name in ("val", "test"):
         if name not in run.encoded:
             continue
-        result = evaluate_split(best.model, run.encoded[name], run.label_names, pad_id=best.tokenizer.pad_id,
-                                batch_size=run.config.train.eval_batch_size)  # fmt: skip
+        with run.eval_autocast():
+            result = evaluate_split(best.model, run.encoded[name], run.label_names, pad_id=best.tokenizer.pad_id,
+                                    batch_size=run.config.train.eval_batch_size)  # fmt: skip
+        result["precision"] = run.config.train.eval_precision or run.config.train.precision
         write_evaluation(run.run_dir / "eval" / name, result)
-        run.log.log({k: result[k] for k in ("loss", "accuracy", "macro_f1")},
+        run.log.log({k: result[k] for k in ("loss", "accuracy", "macro_f1", "precision")},
                     step=run.state.step, epoch=run.state.epoch, split=f"best_{name}")  # fmt: skip
     if report:
         try:

@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from the run's newest checkpoint"
     )
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a run already in the run directory (a fresh run refuses otherwise)",
+    )  # fmt: skip
     p.set_defaults(func=train_command, accepts_overrides=True)
 
     p = sub.add_parser("evaluate", help="evaluate a trained classifier on labelled data")
@@ -57,11 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=predict_command)
 
     p = sub.add_parser(
-        "demo", help="the main job: fine-tune MiniLM on an IMDB sample (a few minutes on 2 CPU cores)"
+        "demo",
+        help="the main job: fine-tune MiniLM on an IMDB sample (a few minutes on 2 CPU cores)",
     )
     p.add_argument(
-        "--run-dir", default=None, help="where to write the run (default from the demo config)"
-    )
+        "--run-dir", default=None,
+        help="where to write the run (default: the demo config's, or the next free "
+        "runs/imdb-demo-N when that one holds a run)",
+    )  # fmt: skip
     p.set_defaults(func=demo_command, accepts_overrides=True)
 
 
@@ -78,14 +85,16 @@ def train_command(args: argparse.Namespace) -> int:
         from torchformer.tasks.translate import train as train_translation
 
         run_dir = train_translation(
-            load_config(TranslateConfig, args.config, args.overrides), resume=args.resume
-        )
+            load_config(TranslateConfig, args.config, args.overrides),
+            resume=args.resume, overwrite=args.overwrite,
+        )  # fmt: skip
     else:
         from torchformer.tasks.classify import ClassifyConfig, train
 
         run_dir = train(
-            load_config(ClassifyConfig, args.config, args.overrides), resume=args.resume
-        )
+            load_config(ClassifyConfig, args.config, args.overrides),
+            resume=args.resume, overwrite=args.overwrite,
+        )  # fmt: skip
     print(f"run written to {run_dir}")
     return 0
 
@@ -165,6 +174,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from torchformer.config import load_config
     from torchformer.data.imdb import find_imdb
     from torchformer.tasks.classify import ClassifyConfig, train
+    from torchformer.train.run_dir import next_free_run_dir
 
     try:
         find_imdb()
@@ -173,6 +183,8 @@ def demo_command(args: argparse.Namespace) -> int:
         return 1
     overrides = list(args.overrides) + (["--run_dir", args.run_dir] if args.run_dir else [])
     config = load_config(ClassifyConfig, DEMO_CONFIG, overrides)
+    if not args.run_dir:  # never write over an earlier demo: take the next free name
+        config.run_dir = str(next_free_run_dir(config.run_dir))
     start = time.perf_counter()
     run_dir = train(config)
     minutes = (time.perf_counter() - start) / 60

@@ -16,6 +16,7 @@ chrF; signatures included) and the hypotheses are written into the run directory
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ import torch
 
 from torchformer.config import config_to_dict, save_config
 from torchformer.data.batching import TokenBudgetBatchSampler
+from torchformer.io import atomic_write_text, recover_dir, replace_dir
 from torchformer.models.seq2seq import Seq2Seq, preset, sequence_loss
 from torchformer.tasks.translate_data import (
     DataConfig,
@@ -36,6 +38,7 @@ from torchformer.tasks.translate_data import (
     special_ids,
 )
 from torchformer.tasks.translator import (
+    SELECTION_FILE,
     TranslationSettings,
     Translator,
     evaluate_translator,
@@ -58,6 +61,7 @@ from torchformer.train.logging import (
     progress_bar,
     write_manifest,
 )
+from torchformer.train.run_dir import claim_run_dir
 from torchformer.train.schedules import Scheduler, build_scheduler
 from torchformer.train.seed import seed_everything
 
@@ -233,8 +237,8 @@ class Run:
                     scores["bleu"], scores["bleu_signature"])  # fmt: skip
         if self.stopper.update(values[tc.metric], step=self.state.step):
             t = self.translator
-            write_model_dir(self.run_dir / "best", self.model, t.src_tokenizer, t.tgt_tokenizer,
-                            t.settings)  # fmt: skip
+            with replace_dir(self.run_dir / "best") as tmp:  # a crash keeps the previous best/
+                write_model_dir(tmp, self.model, t.src_tokenizer, t.tgt_tokenizer, t.settings)
         self.state.stopped_early = self.stopper.should_stop
 
 
@@ -244,15 +248,15 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_run(config: TranslateConfig, *, resume: bool) -> Run:
+def setup_run(config: TranslateConfig, *, resume: bool, overwrite: bool = False) -> Run:
     """Build (or restore) a run: data, tokenizers, model, Adam + warm-up, sampler, checkpoints."""
     tc = config.train
     if tc.metric not in ("bleu", "chrf", "loss"):
         raise ValueError(f"train.metric must be 'bleu', 'chrf' or 'loss', got {tc.metric!r}")
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite)
+    recover_dir(run_dir / "best")  # a crash while best/ was being replaced
     seed_everything(tc.seed)
     data = prepare_data(config.data, config.tokenizer, run_dir, seed=tc.seed)
     device = _device(tc.device)
@@ -277,12 +281,15 @@ def setup_run(config: TranslateConfig, *, resume: bool) -> Run:
                                   total_steps=total_steps, d_model=model.config.d_model, scale=tc.lr),
         stopper=EarlyStopping(tc.metric, mode="min" if tc.metric == "loss" else "max",
                               patience=tc.patience),
+        # Averaging takes the checkpoints up to the best one, which early stopping leaves
+        # `patience` evaluations behind the newest: keep that many more.
         ckpts=CheckpointManager(run_dir / "checkpoints",
-                                keep_last=max(tc.keep_checkpoints, tc.average_last)),
+                                keep_last=max(tc.keep_checkpoints, tc.average_last + tc.patience)),
         log=MetricsLogger(run_dir),
     )  # fmt: skip
     if resume and (ckpt := run.ckpts.latest()) is not None:
         run.restore(ckpt.state)
+        run.log.drop_after(run.state.step)  # the steps after the checkpoint are redone
         logger.info("resumed from %s (step %d)", ckpt.path, run.state.step)
     elif resume:
         logger.warning("no checkpoint in %s; starting from scratch", run.ckpts.directory)
@@ -354,17 +361,19 @@ def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
 
 
 def train(
-    config: TranslateConfig, *, resume: bool = False, stop_at_step: int | None = None
-) -> Path:
+    config: TranslateConfig, *, resume: bool = False, overwrite: bool = False,
+    stop_at_step: int | None = None,
+) -> Path:  # fmt: skip
     """Train, evaluate and save a translation model; returns the run directory.
 
     Args:
         config: the resolved run config.
         resume: continue from the newest loadable checkpoint in ``run_dir``.
+        overwrite: a fresh run may replace a run already in ``run_dir`` (else it refuses).
         stop_at_step: stop right after this optimizer step, as if the process had been
             interrupted (tests of exact resume use it with a checkpoint there).
     """
-    run = setup_run(config, resume=resume)
+    run = setup_run(config, resume=resume, overwrite=overwrite)
     tc, state = config.train, run.state
     bar = progress_bar(run.total_steps, "train", disable=not tc.progress, initial=state.step)
     run.model.train()  # the Translator switched it to eval mode
@@ -396,23 +405,38 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     }
 
 
+def averaging_window(steps: list[int], n: int, best_step: int | None) -> list[int]:
+    """The checkpoint steps to average: the last ``n`` up to and including ``best_step``
+    (after early stopping, the newest checkpoints are the evaluations that did not improve)."""
+    upto = [s for s in steps if best_step is None or s <= best_step]
+    return upto[-n:]
+
+
 def _averaged_model(run: Run, best: Translator) -> Translator | None:
-    """``averaged/``: the mean of the last ``average_last`` checkpoints (None when off)."""
-    n, steps = run.config.train.average_last, run.ckpts.steps()
-    if n < 2 or len(steps) < 2:
+    """``averaged/``: the mean of the ``average_last`` checkpoints ending at the best one
+    (None when off or fewer than two are there)."""
+    n = run.config.train.average_last
+    window = averaging_window(run.ckpts.steps(), n, run.stopper.best_step)
+    if n < 2 or len(window) < 2:
         return None
     model = Seq2Seq(best.model.config)
-    model.load_state_dict(average_checkpoints([run.ckpts.path_for(s) for s in steps[-n:]]))
-    out = write_model_dir(run.run_dir / "averaged", model, best.src_tokenizer, best.tgt_tokenizer,
-                          best.settings)  # fmt: skip
-    return Translator.from_dir(out)
+    model.load_state_dict(average_checkpoints([run.ckpts.path_for(s) for s in window]))
+    with replace_dir(run.run_dir / "averaged") as tmp:
+        write_model_dir(tmp, model, best.src_tokenizer, best.tgt_tokenizer, best.settings)
+    logger.info("averaged checkpoints of steps %s", window)
+    return Translator.from_dir(run.run_dir / "averaged")
 
 
 def finish_run(run: Run) -> None:
-    """Score the best (and the averaged) model on validation and test; write ``eval/``."""
+    """Score the best and the averaged model on validation and test (greedy and beam);
+    write ``eval/``; select the one with the better validation beam score
+    (``selected_model.json``, what ``torchformer.load(run)`` and the CLI then use)."""
     e, state = run.config.eval, run.state
+    metric = "chrf" if run.config.train.metric == "chrf" else "bleu"
+    beam = f"beam{e.beam_size}"
     best = Translator.from_dir(run.run_dir / "best")
     models = {"best": best, "averaged": _averaged_model(run, best)}
+    val_scores: dict[str, float] = {}
     for model_name, translator in models.items():
         if translator is None:
             continue
@@ -429,3 +453,9 @@ def finish_run(run: Run) -> None:
             for k in decodings:
                 logger.info("%s %s %s: BLEU %.2f %s, chrF %.2f", model_name, split, k,
                             result[k]["bleu"], result[k]["bleu_signature"], result[k]["chrf"])  # fmt: skip
+            if split == "val":
+                val_scores[model_name] = result[beam][metric]
+    selected = max(val_scores, key=val_scores.__getitem__)  # ties: best (inserted first)
+    selection = {"model": selected, "by": f"validation {beam} {metric}", "validation": val_scores}
+    atomic_write_text(run.run_dir / SELECTION_FILE, json.dumps(selection, indent=2) + "\n")
+    logger.info("selected %s/ (%s)", selected, selection["by"])

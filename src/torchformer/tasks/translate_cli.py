@@ -72,20 +72,19 @@ def _load(run: Path):
 
 
 def translate_command(args: argparse.Namespace) -> int:
-    texts = list(args.texts)
+    lines = list(args.texts)
     if args.file:
-        texts += [
-            line.strip()
-            for line in args.file.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
+        lines += [line.strip() for line in args.file.read_text(encoding="utf-8").splitlines()]
+    texts = [line for line in lines if line]
     if not texts:
         print("error: give sentences or --file", file=sys.stderr)
         return 2
     translator = _load(args.run)
     start = time.perf_counter()
-    translations = translator.translate(texts, **_decoding(args))
+    translated = iter(translator.translate(texts, **_decoding(args)))
     seconds = time.perf_counter() - start
+    # A blank input line stays a blank output line: --out lines up with --file.
+    translations = [next(translated) if line else "" for line in lines]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(translations) + "\n", encoding="utf-8")

@@ -129,18 +129,13 @@ class Batch:
     tgt_in: torch.Tensor  # (B, T) <s> tokens
     tgt_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T) tokens </s>, padding = pad_id
-
-    @property
-    def num_target_tokens(self) -> int:
-        return int(self.tgt_mask.sum())
+    # Labels that are not padding: the tokens the decoder predicts. (Not tgt_mask.sum():
+    # a row shorter than the longest also feeds its </s> as an input, with a padding label.)
+    num_target_tokens: int
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(
-            *(
-                t.to(device)
-                for t in (self.src, self.src_mask, self.tgt_in, self.tgt_mask, self.labels)
-            )
-        )
+        tensors = (self.src, self.src_mask, self.tgt_in, self.tgt_mask, self.labels)
+        return Batch(*(t.to(device) for t in tensors), self.num_target_tokens)
 
 
 def make_batch(pairs: EncodedPairs, indices: list[int], pad_id: int) -> Batch:
@@ -148,7 +143,8 @@ def make_batch(pairs: EncodedPairs, indices: list[int], pad_id: int) -> Batch:
     src, src_mask = pad_batch([pairs.src_ids[i] for i in indices], pad_id)  # (B, S)
     tgt, tgt_mask = pad_batch([pairs.tgt_ids[i] for i in indices], pad_id)  # (B, T + 1)
     # Inputs drop the last column, labels the first: input t predicts label t.
-    return Batch(src, src_mask, tgt[:, :-1], tgt_mask[:, :-1], tgt[:, 1:])  # (B, T) each
+    return Batch(src, src_mask, tgt[:, :-1], tgt_mask[:, :-1], tgt[:, 1:],  # (B, T) each
+                 num_target_tokens=int(tgt_mask[:, 1:].sum()))  # fmt: skip
 
 
 # --- reading ------------------------------------------------------------------------------

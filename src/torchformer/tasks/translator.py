@@ -103,6 +103,17 @@ def uncached_step(model: Seq2Seq, context: Tensor, src_mask: Tensor | None):
     return step
 
 
+def _banning(step, banned: torch.Tensor):
+    """``step`` with the ``banned`` token ids' logits set to -inf."""
+
+    def banned_step(last_ids: Tensor, cache) -> Tensor:
+        logits = step(last_ids, cache)  # (N, V)
+        logits[:, banned] = float("-inf")
+        return logits
+
+    return banned_step
+
+
 @torch.inference_mode()
 def generate_ids(
     model: Seq2Seq,
@@ -112,10 +123,13 @@ def generate_ids(
     max_new_tokens: int,
     length_penalty: float = 1.0,
     use_cache: bool = True,
+    banned_ids: tuple[int, ...] = (),
 ) -> list[list[int]]:
     """Translate a batch of source id sequences; returns target ids without ``<s>``/``</s>``.
 
-    ``beam_size`` 1 is greedy decoding. The model should be in eval mode.
+    ``beam_size`` 1 is greedy decoding. The model should be in eval mode. ``banned_ids``
+    (padding, start, unknown) are never generated: label smoothing gives them a little
+    probability, and a hypothesis spending a step on one would lose a word on decoding.
     """
     cfg = model.config
     device = next(model.parameters()).device
@@ -129,6 +143,8 @@ def generate_ids(
         step, cache = model.make_step(context, src_mask), model.new_cache()
     else:
         step, cache = uncached_step(model, context, src_mask), _PrefixCache()
+    if banned_ids:
+        step = _banning(step, torch.tensor(sorted(set(banned_ids) - {cfg.eos_id}), device=device))
     if beam_size == 1:
         out = greedy_decode(step, start, max_new_tokens=max_new_tokens, eos_id=cfg.eos_id, pad_id=cfg.pad_id,
                             cache=cache)  # fmt: skip
@@ -170,13 +186,17 @@ class Translator:
             FileNotFoundError: a tokenizer file is missing.
             CheckpointError: not an encoder–decoder model directory.
         """
-        model_dir = resolve_model_dir(path)
-        if (model_dir / "best" / "config.json").is_file():  # a run directory
-            model_dir = model_dir / "best"
+        model_dir = run_model_dir(resolve_model_dir(path))
         model, _ = load_pretrained(model_dir, task="seq2seq_lm", **overrides)
         src_tok = Tokenizer.from_file(model_dir / SOURCE_TOKENIZER)
         tgt_tok = Tokenizer.from_file(model_dir / TARGET_TOKENIZER)
         return cls(model, src_tok, tgt_tok, TranslationSettings.read(model_dir))
+
+    @property
+    def banned_ids(self) -> tuple[int, ...]:
+        """Target ids a translation never contains: padding, the start token, unknown."""
+        cfg, unk = self.model.config, self.tgt_tokenizer.unk_id
+        return tuple(i for i in (cfg.pad_id, cfg.decoder_start_id, unk) if i is not None)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write model, both tokenizers and the settings (see the module docstring)."""
@@ -228,10 +248,28 @@ class Translator:
             idx = order[start : start + batch_size]
             batch = [sources[i] for i in idx]
             ids = generate_ids(self.model, batch, beam_size=beam, max_new_tokens=self.max_new_tokens(batch, max_len),
-                               length_penalty=alpha, use_cache=use_cache)  # fmt: skip
+                               length_penalty=alpha, use_cache=use_cache, banned_ids=self.banned_ids)  # fmt: skip
             for i, text in zip(idx, self.tgt_tokenizer.decode_batch(ids)):
                 outputs[i] = text
         return outputs[0] if single else outputs
+
+
+SELECTION_FILE = "selected_model.json"
+
+
+def run_model_dir(path: Path) -> Path:
+    """The model directory of ``path``: itself when it is one; for a run directory, the model
+    the run selected on validation (``selected_model.json``: ``best`` or ``averaged``),
+    else ``best/``."""
+    if not (path / "best" / "config.json").is_file():
+        return path
+    selection = path / SELECTION_FILE
+    name = (
+        json.loads(selection.read_text(encoding="utf-8"))["model"]
+        if selection.is_file()
+        else "best"
+    )
+    return path / name
 
 
 def write_model_dir(

@@ -32,6 +32,7 @@ from torchformer.train.logging import (
     write_manifest,
 )
 from torchformer.train.optim import build_optimizer, param_groups
+from torchformer.train.run_dir import RunDirError, claim_run_dir, next_free_run_dir
 from torchformer.train.schedules import SCHEDULES, Scheduler, build_scheduler, lr_multiplier
 from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
 
@@ -44,6 +45,7 @@ __all__ = [
     "MetricsLogger",
     "NonFiniteLossError",
     "ProgressPostfix",
+    "RunDirError",
     "Scheduler",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -51,10 +53,12 @@ __all__ = [
     "build_scheduler",
     "capture_rng_state",
     "check_finite",
+    "claim_run_dir",
     "fingerprint_records",
     "is_accumulation_boundary",
     "load_checkpoint",
     "lr_multiplier",
+    "next_free_run_dir",
     "optimizer_step",
     "param_groups",
     "progress_bar",

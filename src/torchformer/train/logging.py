@@ -98,6 +98,28 @@ class MetricsLogger:
         self._file.flush()
         return record
 
+    def drop_after(self, step: int) -> int:
+        """Remove the records of steps after ``step`` (those a resumed run will redo, so the
+        file holds each step once); returns how many were removed. Rewritten atomically."""
+        if self._file is None:
+            raise ValueError(f"MetricsLogger for {self.path} is closed")
+        self._file.close()
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill: drop it
+                dropped += 1
+                continue
+            if int(record.get("step", 0)) > step:
+                dropped += 1
+            else:
+                kept.append(line)
+        if dropped:
+            atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+        self._file = self.path.open("a", encoding="utf-8")
+        return dropped
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

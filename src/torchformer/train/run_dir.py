@@ -1,0 +1,76 @@
+"""The run directory: claimed by a fresh run, reopened by a resumed one.
+
+A fresh run never writes into a directory that holds another run: its checkpoints
+would be pruned against the old ones by step number, its tokenizer silently reused and
+its metrics appended to the old file. It refuses (naming what is there) unless told to
+overwrite; ``torchformer demo`` takes the next free name instead (``runs/imdb-demo-2``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["RunDirError", "claim_run_dir", "next_free_run_dir", "run_contents"]
+
+# What a run leaves behind (a directory with only other files is not a run).
+RUN_MARKERS = (
+    "checkpoints",
+    "best",
+    "averaged",
+    "eval",
+    "metrics.jsonl",
+    "tokenizer.json",
+    "source_tokenizer.json",
+    "target_tokenizer.json",
+)
+
+
+class RunDirError(FileExistsError):
+    """A fresh run was pointed at a directory that already holds a run."""
+
+
+def run_contents(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The run files present in ``run_dir`` (empty when it is not a run)."""
+    run_dir = Path(run_dir)
+    present = []
+    for name in RUN_MARKERS:
+        p = run_dir / name
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+            present.append(name)
+    return present
+
+
+def claim_run_dir(
+    run_dir: str | os.PathLike[str], *, resume: bool, overwrite: bool = False
+) -> Path:
+    """Create ``run_dir`` for a run and return it.
+
+    Args:
+        resume: the run continues; whatever is in the directory is its own.
+        overwrite: a fresh run may delete the run already in the directory.
+
+    Raises:
+        RunDirError: a fresh run, ``overwrite`` off, and the directory holds a run.
+    """
+    run_dir = Path(run_dir)
+    if not resume and (present := run_contents(run_dir)):
+        if not overwrite:
+            raise RunDirError(
+                f"{run_dir} already holds a run ({', '.join(present)}); pass --resume to "
+                "continue it, --overwrite to replace it, or set --run_dir to a new directory"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def next_free_run_dir(run_dir: str | os.PathLike[str]) -> Path:
+    """``run_dir`` if it holds no run, else the first of ``run_dir-2``, ``-3``, ... that does not."""
+    run_dir = Path(run_dir)
+    candidate, n = run_dir, 1
+    while run_contents(candidate):
+        n += 1
+        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+    return candidate

@@ -1,0 +1,95 @@
+"""The run directory guard, atomic directory replacement and metrics trimming on resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from torchformer.io import recover_dir, replace_dir
+from torchformer.train.logging import MetricsLogger, read_metrics
+from torchformer.train.run_dir import RunDirError, claim_run_dir, next_free_run_dir
+
+
+def make_run(run_dir: Path) -> Path:
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-00000010.pt").write_bytes(b"weights")
+    (run_dir / "metrics.jsonl").write_text('{"step": 10}\n')
+    return run_dir
+
+
+def test_a_fresh_run_refuses_a_directory_holding_a_run(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    with pytest.raises(RunDirError) as err:
+        claim_run_dir(run_dir, resume=False)
+    message = str(err.value)
+    assert str(run_dir) in message and "checkpoints" in message and "--resume" in message
+    assert (run_dir / "checkpoints" / "step-00000010.pt").read_bytes() == b"weights"  # untouched
+
+
+def test_resume_keeps_and_overwrite_replaces(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    assert claim_run_dir(run_dir, resume=True) == run_dir
+    assert (run_dir / "metrics.jsonl").is_file()
+    claim_run_dir(run_dir, resume=False, overwrite=True)
+    assert run_dir.is_dir() and not any(run_dir.iterdir())
+
+
+def test_a_directory_without_run_files_is_free(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    (tmp_path / "run" / "checkpoints").mkdir()  # empty: nothing to lose
+    assert claim_run_dir(tmp_path / "run", resume=False) == tmp_path / "run"
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_next_free_run_dir_counts_up(tmp_path):
+    assert next_free_run_dir(tmp_path / "demo") == tmp_path / "demo"
+    make_run(tmp_path / "demo")
+    make_run(tmp_path / "demo-2")
+    assert next_free_run_dir(tmp_path / "demo") == tmp_path / "demo-3"
+
+
+def test_replace_dir_swaps_in_the_new_version(tmp_path):
+    target = tmp_path / "best"
+    with replace_dir(target) as tmp:
+        (tmp / "model").write_text("v1")
+    with replace_dir(target) as tmp:
+        (tmp / "model").write_text("v2")
+    assert (target / "model").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no leftovers
+
+
+def test_replace_dir_keeps_the_old_version_when_writing_fails(tmp_path):
+    target = tmp_path / "best"
+    with replace_dir(target) as tmp:
+        (tmp / "model").write_text("v1")
+    with pytest.raises(OSError), replace_dir(target) as tmp:
+        (tmp / "model").write_text("half")
+        raise OSError("disk full")
+    assert (target / "model").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_recover_dir_restores_a_version_set_aside_by_a_crash(tmp_path):
+    target = tmp_path / "best"
+    with replace_dir(target) as tmp:
+        (tmp / "model").write_text("v1")
+    target.rename(tmp_path / ".best.old")  # killed between the two renames
+    assert recover_dir(target) == target
+    assert (target / "model").read_text() == "v1"
+
+
+def test_drop_after_removes_the_steps_a_resume_redoes(tmp_path):
+    with MetricsLogger(tmp_path) as log:
+        for step in (10, 20, 30):
+            log.log({"loss": 1.0 / step}, step=step)
+        with (tmp_path / "metrics.jsonl").open("a") as f:
+            f.write('{"step": 40, "lo')  # killed mid-line
+        assert log.drop_after(20) == 2
+        log.log({"loss": 0.04}, step=30)
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [10, 20, 30]
+    assert records[-1]["loss"] == 0.04
+    json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
