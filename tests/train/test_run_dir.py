@@ -93,3 +93,22 @@ def test_drop_after_removes_the_steps_a_resume_redoes(tmp_path):
     assert [r["step"] for r in records] == [10, 20, 30]
     assert records[-1]["loss"] == 0.04
     json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_resume_refuses_changed_settings_but_not_runtime_ones(tmp_path):
+    from torchformer.config import ConfigError, load_config, save_config
+    from torchformer.tasks.classify import ClassifyConfig
+    from torchformer.train.run_dir import check_resume_config
+
+    config = load_config(ClassifyConfig, None, {"run_dir": str(tmp_path), "train.epochs": 3})
+    save_config(config, tmp_path / "config.yaml")
+    check_resume_config(tmp_path, config)  # unchanged
+    runtime = load_config(ClassifyConfig, None, {"run_dir": str(tmp_path), "train.epochs": 3,
+                                                 "train.threads": 1, "train.progress": False})  # fmt: skip
+    check_resume_config(tmp_path, runtime)
+    changed = load_config(ClassifyConfig, None, {"run_dir": str(tmp_path), "train.epochs": 5,
+                                                 "train.lr": 1e-3})  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        check_resume_config(tmp_path, changed)
+    message = str(err.value)
+    assert "config.yaml" in message and "train.epochs: 3 -> 5" in message and "train.lr" in message

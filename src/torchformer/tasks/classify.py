@@ -48,7 +48,7 @@ from torchformer.train.logging import (
     write_manifest,
 )
 from torchformer.train.optim import build_optimizer
-from torchformer.train.run_dir import claim_run_dir
+from torchformer.train.run_dir import check_resume_config, claim_run_dir
 from torchformer.train.schedules import build_scheduler
 from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
 
@@ -333,6 +333,8 @@ def setup_run(config: ClassifyConfig, *, resume: bool, overwrite: bool = False) 
         torch.set_num_threads(tc.threads)
     run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite)
     recover_dir(run_dir / "best")  # a crash while best/ was being replaced
+    if resume:
+        check_resume_config(run_dir, config)
     splits, label_names, model, tokenizer, encoded = prepare_run(config, resume=resume)
     device = _device(tc.device)
     model.to(device)  # before the optimizer and its restored state are created

@@ -61,7 +61,7 @@ from torchformer.train.logging import (
     progress_bar,
     write_manifest,
 )
-from torchformer.train.run_dir import claim_run_dir
+from torchformer.train.run_dir import check_resume_config, claim_run_dir
 from torchformer.train.schedules import Scheduler, build_scheduler
 from torchformer.train.seed import seed_everything
 
@@ -257,6 +257,8 @@ def setup_run(config: TranslateConfig, *, resume: bool, overwrite: bool = False)
         torch.set_num_threads(tc.threads)
     run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite)
     recover_dir(run_dir / "best")  # a crash while best/ was being replaced
+    if resume:
+        check_resume_config(run_dir, config)
     seed_everything(tc.seed)
     data = prepare_data(config.data, config.tokenizer, run_dir, seed=tc.seed)
     device = _device(tc.device)

@@ -11,8 +11,24 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RunDirError", "claim_run_dir", "next_free_run_dir", "run_contents"]
+import yaml
+
+from torchformer.config import ConfigError, config_to_dict
+
+__all__ = [
+    "RunDirError",
+    "check_resume_config",
+    "claim_run_dir",
+    "next_free_run_dir",
+    "run_contents",
+]
+
+# Settings that change how a run executes, not what it computes: free to differ on resume.
+RUNTIME_KEYS = frozenset(
+    {"train.threads", "train.device", "train.progress", "data.data_dir", "run_dir"}
+)
 
 # What a run leaves behind (a directory with only other files is not a run).
 RUN_MARKERS = (
@@ -74,3 +90,41 @@ def next_free_run_dir(run_dir: str | os.PathLike[str]) -> Path:
         n += 1
         candidate = run_dir.with_name(f"{run_dir.name}-{n}")
     return candidate
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def check_resume_config(run_dir: str | os.PathLike[str], config: Any) -> None:
+    """Refuse to resume a run with settings other than those it was started with.
+
+    Exact resume restores the optimizer, schedule and sampler of the saved run; a changed
+    ``train.epochs`` or ``train.lr`` would silently give another schedule. Runtime
+    settings (threads, device, progress bar, data directory) may change.
+
+    Raises:
+        ConfigError: names the saved config file and each changed key with both values.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    # Through YAML, so both sides have the same types (tuples as lists, and so on).
+    current = _flatten(yaml.safe_load(yaml.safe_dump(config_to_dict(config))))
+    changed = [
+        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if key not in RUNTIME_KEYS and saved.get(key) != current.get(key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"{path}: --resume with settings that differ from the run's "
+            f"({'; '.join(changed)}); resume with the run's own config "
+            f"(torchformer train {path} --resume) or start a new run"
+        )
