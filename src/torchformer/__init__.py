@@ -27,8 +27,10 @@ def load(path: str | os.PathLike, **overrides: Any):
         CheckpointError: the model type is not supported.
     """
     from torchformer.checkpoints.hf import read_config, resolve_model_dir
+    from torchformer.io import recover_dir
 
     run_or_model = resolve_model_dir(path)
+    recover_dir(run_or_model / "best")  # a crash while the run replaced best/
     model_dir = (
         run_or_model / "best" if (run_or_model / "best" / "config.json").is_file() else run_or_model
     )

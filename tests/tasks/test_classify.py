@@ -226,3 +226,11 @@ def test_scratch_tokenizer_learns_from_cleaned_text(tmp_path):
     run = train(cfg)
     vocab = Tokenizer.from_file(run / "tokenizer.json").backend.get_vocab()
     assert "film" in vocab and not {"http", "zzqx", "spam"} & set(vocab)
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.checkpoint_every": 2})
+    train(cfg, stop_at_step=2)
+    changed = tiny_config(tmp_path, **{"train.checkpoint_every": 2, "train.lr": 1e-4})
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.003 -> 0\.0001"):
+        train(changed, resume=True)

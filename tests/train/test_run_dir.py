@@ -28,12 +28,25 @@ def test_a_fresh_run_refuses_a_directory_holding_a_run(tmp_path):
     assert (run_dir / "checkpoints" / "step-00000010.pt").read_bytes() == b"weights"  # untouched
 
 
-def test_resume_keeps_and_overwrite_replaces(tmp_path):
+def test_resume_keeps_and_overwrite_replaces_only_the_run(tmp_path):
     run_dir = make_run(tmp_path / "run")
+    (run_dir / "train.csv").write_text("text,label\n")  # the user's file, not the run's
+    (run_dir / "config.yaml").write_text("task: classification\n")
     assert claim_run_dir(run_dir, resume=True) == run_dir
     assert (run_dir / "metrics.jsonl").is_file()
     claim_run_dir(run_dir, resume=False, overwrite=True)
-    assert run_dir.is_dir() and not any(run_dir.iterdir())
+    assert sorted(p.name for p in run_dir.iterdir()) == ["train.csv"]
+    with pytest.raises(ValueError, match="pick one"):
+        claim_run_dir(run_dir, resume=True, overwrite=True)
+
+
+def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "best").mkdir(parents=True)
+    (run_dir / "best" / "config.json").write_text("{}")  # evaluated, killed before the checkpoint
+    (run_dir / "metrics.jsonl").write_text('{"step": 5}\n')
+    claim_run_dir(run_dir, resume=True)
+    assert not any(run_dir.iterdir())
 
 
 def test_a_directory_without_run_files_is_free(tmp_path):
@@ -85,12 +98,19 @@ def test_drop_after_removes_the_steps_a_resume_redoes(tmp_path):
     with MetricsLogger(tmp_path) as log:
         for step in (10, 20, 30):
             log.log({"loss": 1.0 / step}, step=step)
+        log.log({"accuracy": 0.9}, step=20, split="val")  # evaluation, then checkpoint 20
+        log.log({"accuracy": 0.9}, step=20, split="best_test")  # the end of the run
         with (tmp_path / "metrics.jsonl").open("a") as f:
             f.write('{"step": 40, "lo')  # killed mid-line
-        assert log.drop_after(20) == 2
+        assert log.drop_after(20) == 3  # step 30, the cut line, the end-of-run record
         log.log({"loss": 0.04}, step=30)
     records = read_metrics(tmp_path)
-    assert [r["step"] for r in records] == [10, 20, 30]
+    assert [(r["step"], r["split"]) for r in records] == [
+        (10, "train"),
+        (20, "train"),
+        (20, "val"),
+        (30, "train"),
+    ]
     assert records[-1]["loss"] == 0.04
     json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
 

@@ -282,3 +282,29 @@ def test_a_fresh_run_refuses_an_existing_run(trained_run: Path) -> None:
     with pytest.raises(RunDirError, match="already holds a run"):
         train(config)
     assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == before
+
+
+def test_translate_bans_padding_start_and_unknown(trained_run: Path, monkeypatch) -> None:
+    from torchformer.tasks import translator as module
+
+    seen = []
+    real = module.generate_ids
+    monkeypatch.setattr(module, "generate_ids", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    translator = torchformer.load(trained_run)
+    translator.translate(["one two"], beam_size=2)
+    assert seen and seen[0]["banned_ids"] == translator.banned_ids != ()
+
+
+def test_a_selection_naming_a_missing_model_falls_back_to_best(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from torchformer.tasks.translator import run_model_dir
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / "selected_model.json").write_text('{"model": "../elsewhere"}')
+    assert run_model_dir(run) == run / "best"
+    (run / "selected_model.json").write_text('{"model": "averaged"}')
+    shutil.rmtree(run / "averaged")
+    assert run_model_dir(run) == run / "best"

