@@ -132,3 +132,19 @@ def test_resume_refuses_changed_settings_but_not_runtime_ones(tmp_path):
         check_resume_config(tmp_path, changed)
     message = str(err.value)
     assert "config.yaml" in message and "train.epochs: 3 -> 5" in message and "train.lr" in message
+
+
+def test_claim_recovers_model_dirs_and_checks_the_resume_config(tmp_path):
+    from torchformer.config import ConfigError, load_config, save_config
+    from torchformer.tasks.classify import ClassifyConfig
+
+    run_dir = make_run(tmp_path / "run")
+    (run_dir / ".best.old").mkdir()  # killed between the two renames of replace_dir
+    (run_dir / ".best.old" / "config.json").write_text("{}")
+    config = load_config(ClassifyConfig, None, {"run_dir": str(run_dir), "train.lr": 1e-4})
+    save_config(config, run_dir / "config.yaml")
+    assert claim_run_dir(run_dir, resume=True, config=config) == run_dir
+    assert (run_dir / "best" / "config.json").is_file()
+    changed = load_config(ClassifyConfig, None, {"run_dir": str(run_dir), "train.lr": 1e-3})
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        claim_run_dir(run_dir, resume=True, config=changed)

@@ -20,6 +20,7 @@ from torchformer.tasks.translate import (
     TranslateConfig,
     average_checkpoints,
     averaging_window,
+    select_model,
     train,
 )
 from torchformer.tasks.translate_data import EncodedPairs, make_batch
@@ -308,3 +309,10 @@ def test_a_selection_naming_a_missing_model_falls_back_to_best(
     (run / "selected_model.json").write_text('{"model": "averaged"}')
     shutil.rmtree(run / "averaged")
     assert run_model_dir(run) == run / "best"
+
+
+def test_selection_takes_the_better_validation_score_and_keeps_best_on_ties() -> None:
+    assert select_model({"best": 40.45, "averaged": 40.26}) == "best"
+    assert select_model({"best": 40.26, "averaged": 40.45}) == "averaged"
+    assert select_model({"averaged": 40.0, "best": 40.0}) == "best"
+    assert select_model({}) == "best"

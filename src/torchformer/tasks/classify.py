@@ -25,7 +25,7 @@ from torchformer.checkpoints import load_pretrained, save_pretrained
 from torchformer.config import config_to_dict, save_config
 from torchformer.data.batching import LengthBucketBatchSampler, pad_batch
 from torchformer.evaluate.classification import StreamingClassificationMetrics, write_evaluation
-from torchformer.io import recover_dir, replace_dir
+from torchformer.io import replace_dir
 from torchformer.models.encoder import EncoderForSequenceClassification, preset
 from torchformer.tasks.classifier import InferenceSettings, TextClassifier
 from torchformer.tasks.classify_data import (
@@ -48,7 +48,7 @@ from torchformer.train.logging import (
     write_manifest,
 )
 from torchformer.train.optim import build_optimizer
-from torchformer.train.run_dir import check_resume_config, claim_run_dir
+from torchformer.train.run_dir import claim_run_dir
 from torchformer.train.schedules import build_scheduler
 from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
 
@@ -302,10 +302,14 @@ class Run:
         restore_rng_state(ckpt["rng"])
         self.state = LoopState(**ckpt["loop"])
 
+    @property
+    def eval_precision(self) -> str:
+        """Validation's and the final evaluation's precision (default: training's)."""
+        return self.config.train.eval_precision or self.config.train.precision
+
     def eval_autocast(self) -> torch.autocast:
-        tc = self.config.train
-        precision = tc.eval_precision or tc.precision
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        bf16 = self.eval_precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def evaluate_and_keep_best(self) -> None:
         """Validate; save ``best/`` on improvement; update early stopping and the plateau schedule."""
@@ -336,10 +340,7 @@ def setup_run(config: ClassifyConfig, *, resume: bool, overwrite: bool = False) 
         )
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite)
-    recover_dir(run_dir / "best")  # a crash while best/ was being replaced
-    if resume:
-        check_resume_config(run_dir, config)
+    run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite, config=config)
     splits, label_names, model, tokenizer, encoded = prepare_run(config, resume=resume)
     device = _device(tc.device)
     model.to(device)  # before the optimizer and its restored state are created
@@ -501,7 +502,7 @@ def finish_run(run: Run, *, report: bool) -> None:
         with run.eval_autocast():
             result = evaluate_split(best.model, run.encoded[name], run.label_names, pad_id=best.tokenizer.pad_id,
                                     batch_size=run.config.train.eval_batch_size)  # fmt: skip
-        result["precision"] = run.config.train.eval_precision or run.config.train.precision
+        result["precision"] = run.eval_precision
         write_evaluation(run.run_dir / "eval" / name, result)
         run.log.log({k: result[k] for k in ("loss", "accuracy", "macro_f1", "precision")},
                     step=run.state.step, epoch=run.state.epoch, split=f"best_{name}")  # fmt: skip

@@ -27,7 +27,7 @@ import torch
 
 from torchformer.config import config_to_dict, save_config
 from torchformer.data.batching import TokenBudgetBatchSampler
-from torchformer.io import atomic_write_text, recover_dir, replace_dir
+from torchformer.io import atomic_write_text, replace_dir
 from torchformer.models.seq2seq import Seq2Seq, preset, sequence_loss
 from torchformer.tasks.translate_data import (
     DataConfig,
@@ -61,7 +61,7 @@ from torchformer.train.logging import (
     progress_bar,
     write_manifest,
 )
-from torchformer.train.run_dir import check_resume_config, claim_run_dir
+from torchformer.train.run_dir import claim_run_dir
 from torchformer.train.schedules import Scheduler, build_scheduler
 from torchformer.train.seed import seed_everything
 
@@ -255,10 +255,7 @@ def setup_run(config: TranslateConfig, *, resume: bool, overwrite: bool = False)
         raise ValueError(f"train.metric must be 'bleu', 'chrf' or 'loss', got {tc.metric!r}")
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite)
-    recover_dir(run_dir / "best")  # a crash while best/ was being replaced
-    if resume:
-        check_resume_config(run_dir, config)
+    run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite, config=config)
     seed_everything(tc.seed)
     data = prepare_data(config.data, config.tokenizer, run_dir, seed=tc.seed)
     device = _device(tc.device)
@@ -432,6 +429,12 @@ def _averaged_model(run: Run, best: Translator) -> Translator | None:
     return Translator.from_dir(run.run_dir / "averaged")
 
 
+def select_model(val_scores: dict[str, float]) -> str:
+    """The model with the higher validation score; ties (and no scores) keep ``best``."""
+    names = sorted(val_scores, key=lambda name: name != "best")  # best/ first: wins ties
+    return max(names, key=val_scores.__getitem__) if names else "best"
+
+
 def finish_run(run: Run) -> None:
     """Score the best and the averaged model on validation and test (greedy and beam);
     write ``eval/``; select the one with the better validation beam score
@@ -460,8 +463,7 @@ def finish_run(run: Run) -> None:
                             result[k]["bleu"], result[k]["bleu_signature"], result[k]["chrf"])  # fmt: skip
             if split == "val":
                 val_scores[model_name] = result[beam][metric]
-    # Ties (and a run without validation) keep best/, inserted first.
-    selected = max(val_scores, key=val_scores.__getitem__) if val_scores else "best"
+    selected = select_model(val_scores)
     selection = {"model": selected, "by": f"validation {beam} {metric}", "validation": val_scores}
     atomic_write_text(run.run_dir / SELECTION_FILE, json.dumps(selection, indent=2) + "\n")
     logger.info("selected %s/ (%s)", selected, selection["by"])

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from torchformer.config import ConfigError, config_to_dict
+from torchformer.io import recover_dir
 
 __all__ = [
     "RunDirError",
@@ -79,17 +80,21 @@ def clear_run(run_dir: str | os.PathLike[str]) -> None:
 
 
 def claim_run_dir(
-    run_dir: str | os.PathLike[str], *, resume: bool, overwrite: bool = False
-) -> Path:
-    """Create ``run_dir`` for a run and return it.
+    run_dir: str | os.PathLike[str], *, resume: bool, overwrite: bool = False,
+    config: Any = None,
+) -> Path:  # fmt: skip
+    """Create ``run_dir`` for a run and return it, with its model directories whole.
 
     Args:
         resume: the run continues from its newest checkpoint. When it has none (killed
             before the first), what it wrote is cleared and it starts afresh.
         overwrite: a fresh run may replace the run already in the directory.
+        config: the run's config; a resumed run must have the settings it started with
+            (:func:`check_resume_config`).
 
     Raises:
         RunDirError: a fresh run, ``overwrite`` off, and the directory holds a run.
+        ConfigError: resuming with changed settings.
         ValueError: both ``resume`` and ``overwrite``.
     """
     run_dir = Path(run_dir)
@@ -107,6 +112,10 @@ def claim_run_dir(
             )
         clear_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("best", "averaged"):  # a crash while one of them was being replaced
+        recover_dir(run_dir / name)
+    if resume and config is not None:
+        check_resume_config(run_dir, config)
     return run_dir
 
 
