@@ -58,17 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     from torchformer.checkpoints.hf import CheckpointError
-    from torchformer.config import ConfigError
-    from torchformer.data.records import DataError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, FileExistsError) as e:
-        # Bad input: the message names the file, record and field; no traceback needed.
+    except (ValueError, CheckpointError, FileNotFoundError, FileExistsError) as e:
+        # Bad input (ConfigError and DataError are ValueErrors): the message names the
+        # file, record and field; a traceback would only hide it. -v shows one.
         if args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}\n(run with -v for the traceback)", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a NaN/inf loss stopped training; checkpoints are kept
+        if args.verbose:
+            raise
+        print(f"error: training stopped: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

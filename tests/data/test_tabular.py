@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from torchformer.data.records import DataError, TextRecord
-from torchformer.data.tabular import read_table
+from torchformer.data.tabular import read_lines, read_table
 
 
 def _write(path: Path, content: str | bytes) -> Path:
@@ -132,7 +132,21 @@ def test_skip_bad_rows_returns_and_logs_a_summary(
     assert table.line_numbers == [2, 6]
     assert [line for line, _ in table.skipped] == [3, 4, 5]
     assert "field 'label': missing label" in table.skipped[2][1]
-    assert "skipped 3 of 5 rows (text: 2, label: 1)" in caplog.text
+    assert table.skip_counts() == {
+        "field 'text': empty text": 1,
+        "field 'text': undecodable bytes": 1,
+        "field 'label': missing": 1,
+    }
+    assert "skipped 3 of 5 rows (field 'text': empty text: 1, " in caplog.text
+    assert caplog.text.count("skipped 3 of 5 rows") == 1
+
+
+def test_read_lines_names_the_line_of_undecodable_bytes(tmp_path: Path) -> None:
+    path = _write(tmp_path / "texts.txt", b"first\r\nsecond\ncaf\xe9\n")
+    with pytest.raises(DataError, match="expected UTF-8") as info:
+        read_lines(path)
+    assert info.value.file == path and info.value.line == 3
+    assert read_lines(_write(tmp_path / "ok.txt", b"first\r\nsecond\n")) == ["first", "second"]
 
 
 def test_format_detection_errors(tmp_path: Path) -> None:

@@ -142,7 +142,8 @@ def test_unknown_label_in_test_file_names_file_and_record(tmp_path):
     write_csv(Path(cfg.data.test_file), rows)
     with pytest.raises(DataError) as err:
         train(cfg)
-    assert "test.csv" in str(err.value) and "neutral" in str(err.value)
+    assert "test.csv:7" in str(err.value) and "neutral" in str(err.value)  # rows[5]: line 7
+    assert err.value.line == 7 and err.value.field == "label"
 
 
 def test_missing_column_is_named(tmp_path):

@@ -73,3 +73,22 @@ def test_unknown_override_fails_with_the_key(tiny_run, capsys):
     assert "train.lrr" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"train\.lrr"):  # -v shows the traceback
         main(["-v", "train", str(run / "config.yaml"), "--train.lrr", "1"])
+
+
+def test_evaluate_names_rows_by_file_and_line(tiny_run, capsys):
+    run, tmp = tiny_run
+    rows = toy_rows(20, 5)
+    for row in rows[:10]:  # wrong labels: the model gets these "wrong", so errors exist
+        row["label"] = "pos" if row["label"] == "neg" else "neg"
+    assert main(["evaluate", str(run), "--data", str(write_csv(tmp / "lines.csv", rows))]) == 0
+    errors = [
+        json.loads(x) for x in (run / "eval" / "lines" / "errors.jsonl").read_text().splitlines()
+    ]
+    assert errors
+    for error in errors:  # the id leads back to the row: "lines.csv:<line>", header = line 1
+        line = int(error["id"].removeprefix("lines.csv:"))
+        assert rows[line - 2]["text"] == error["text"] and rows[line - 2]["label"] == error["true"]
+    rows[3]["text"] = "<div></div>"
+    assert main(["evaluate", str(run), "--data", str(write_csv(tmp / "html.csv", rows))]) == 2
+    err = capsys.readouterr().err
+    assert "lines.csv" not in err and "html.csv:5" in err and "field 'text'" in err

@@ -44,6 +44,18 @@ def test_optimizer_step_without_clipping_measures_only():
     assert optimizer_step(model, optimizer, None).item() == pytest.approx(5.0)
 
 
+def test_optimizer_step_refuses_a_non_finite_gradient_before_the_update():
+    model = nn.Linear(2, 1, bias=False)
+    before = model.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = build_scheduler(optimizer, "linear", total_steps=4)
+    model.weight.grad = torch.tensor([[float("inf"), 1.0]])
+    with pytest.raises(NonFiniteLossError, match=r"grad_norm .* at step 7") as err:
+        optimizer_step(model, optimizer, scheduler, max_grad_norm=1.0, check_step=7)
+    assert err.value.quantity == "grad_norm"
+    assert torch.equal(model.weight.detach(), before) and scheduler.last_step == 0
+
+
 def test_accumulation_boundaries():
     assert [is_accumulation_boundary(i, 3) for i in range(1, 7)] == [
         False, False, True, False, False, True,

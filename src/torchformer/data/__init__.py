@@ -23,6 +23,7 @@ from torchformer.data.imdb import (
 from torchformer.data.labels import (
     LabelVocab,
     check_labels,
+    check_training_labels,
     class_weights,
     label_counts,
     stratified_split,
@@ -51,6 +52,7 @@ __all__ = [
     "TokenizedDataset",
     "balanced_sample",
     "check_labels",
+    "check_training_labels",
     "class_weights",
     "data_dir",
     "download_imdb",

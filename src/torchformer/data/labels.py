@@ -25,6 +25,7 @@ from torchformer.data.tabular import TableData
 __all__ = [
     "LabelVocab",
     "check_labels",
+    "check_training_labels",
     "class_weights",
     "label_counts",
     "stratified_split",
@@ -182,21 +183,11 @@ def _unpack(data: TableData | Sequence[TextRecord]) -> tuple[list[TextRecord], P
     return list(data), None
 
 
-def check_labels(
-    train: TableData | Sequence[TextRecord],
-    other: TableData | Sequence[TextRecord],
-    other_name: str = "validation data",
-) -> None:
-    """Check that ``other`` (validation/test) labels all occur in ``train``.
-
-    Args:
-        train: the training data.
-        other: validation or test data.
-        other_name: how to call ``other`` in messages (when it is not a ``TableData``).
+def check_training_labels(train: TableData | Sequence[TextRecord], *, field: str = "label") -> None:
+    """Refuse training data with fewer than two classes, naming the file and label field.
 
     Raises:
-        DataError: training data with fewer than two classes; a label of ``other``
-            absent from training (names the file and the first offending record).
+        DataError: a single class (or none).
     """
     train_records, train_path = _unpack(train)
     counts = label_counts(train_records)
@@ -205,7 +196,32 @@ def check_labels(
             f"training data has a single class {dict(counts)}; a classifier needs at least "
             "two classes (is the label column right?)",
             file=train_path,
+            field=field,
         )
+
+
+def check_labels(
+    train: TableData | Sequence[TextRecord],
+    other: TableData | Sequence[TextRecord],
+    other_name: str = "validation data",
+    *,
+    field: str = "label",
+) -> None:
+    """Check that ``other`` (validation/test) labels all occur in ``train``.
+
+    Args:
+        train: the training data.
+        other: validation or test data.
+        other_name: how to call ``other`` in messages (when it is not a ``TableData``).
+        field: the label column, named in the error.
+
+    Raises:
+        DataError: training data with fewer than two classes; a label of ``other``
+            absent from training (names the file and the first offending record).
+    """
+    check_training_labels(train, field=field)
+    train_records, _ = _unpack(train)
+    counts = label_counts(train_records)
     other_records, other_path = _unpack(other)
     unseen = [i for i, record in enumerate(other_records) if record.label not in counts]
     if not unseen:
@@ -219,7 +235,7 @@ def check_labels(
         f"{list(counts)}); {len(unseen)} record(s) of {other_name} have unseen labels "
         f"{', '.join(unseen_labels)}",
         file=other_path if other_path is not None else other_name,
-        field="label",
+        field=field,
         **location,
     )
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from torchformer.data.records import DataError, Label, TextRecord
 
-__all__ = ["TableData", "read_table"]
+__all__ = ["TableData", "read_lines", "read_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,19 @@ _EXTENSIONS: dict[str, Format] = {
 _INTEGER_RE = re.compile(r"[+-]?\d+")
 # Undecodable bytes survive decoding as lone surrogates (errors="surrogateescape").
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
-_SKIP_KIND_RE = re.compile(r"field '([^']*)'")
+_SKIP_FIELD_RE = re.compile(r"field '([^']*)': ")
+# The kind of problem behind a skipped row, from its message: (phrase in it, kind).
+_SKIP_KINDS = (
+    ("undecodable bytes", "undecodable bytes"),
+    ("malformed JSON", "malformed JSON"),
+    ("missing label", "missing"),
+    ("missing", "missing"),
+    ("empty text", "empty text"),
+    ("string or integer label", "label not a string or integer"),
+    ("expected a string", "not a string"),
+    ("expected a JSON object", "not a JSON object"),
+    ("fields (", "too many fields"),
+)
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -77,21 +89,29 @@ class TableData:
         """``{"line": n}`` or ``{"record": n}`` for record ``index``, for ``DataError``."""
         return {self.unit: self.line_numbers[index]}
 
+    def skip_counts(self) -> dict[str, int]:
+        """How many rows were skipped for each reason, e.g. ``{"field 'label': missing": 2}``."""
+        return dict(Counter(_reason_kind(reason) for _, reason in self.skipped).most_common())
+
     def skip_summary(self) -> str:
         """One line: how many rows were skipped and why (empty when none)."""
         if not self.skipped:
             return ""
-        kinds = Counter(
-            match.group(1) if (match := _SKIP_KIND_RE.match(reason)) else "format"
-            for _, reason in self.skipped
-        )
-        detail = ", ".join(f"{kind}: {count}" for kind, count in kinds.most_common())
+        detail = ", ".join(f"{kind}: {count}" for kind, count in self.skip_counts().items())
         first_line, first_reason = self.skipped[0]
         total = len(self.skipped) + len(self.records)
         return (
             f"{self.path}: skipped {len(self.skipped)} of {total} rows ({detail}); "
             f"first at {self.unit} {first_line}: {first_reason}"
         )
+
+
+def _reason_kind(reason: str) -> str:
+    """``"field 'text': empty text"``: the field and the kind of problem of a skip reason."""
+    match = _SKIP_FIELD_RE.match(reason)
+    rest = reason[match.end() :] if match else reason
+    kind = next((name for phrase, name in _SKIP_KINDS if phrase in rest), rest.split(";")[0])
+    return f"field {match.group(1)!r}: {kind}" if match else kind
 
 
 @dataclass
@@ -153,6 +173,21 @@ def _decode_lines(path: Path, raw: bytes) -> tuple[list[str], dict[int, str]]:
             lines.append(line.decode("utf-8", errors="surrogateescape"))
         offset += len(line)
     return lines, bad
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (``.gz`` allowed), without line ends.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataError: undecodable bytes, naming the file, the line and the byte offset.
+    """
+    path = Path(path)
+    lines, bad = _decode_lines(path, _read_bytes(path))
+    if bad:
+        number, message = next(iter(bad.items()))
+        raise DataError(message, file=path, line=number)
+    return [line.rstrip("\r\n") for line in lines]
 
 
 def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[_Row]:

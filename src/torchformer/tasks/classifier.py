@@ -107,11 +107,24 @@ class TextClassifier:
         self.settings.write(out)
         return out
 
-    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """Clean, tokenize with the run's truncation, pad: (input_ids, attention_mask), each (B, T)."""
+    def clean(self, texts: list[str]) -> list[str]:
+        """The run's cleaning steps applied to each text; a text that cleans to nothing
+        (e.g. only HTML) raises ``ValueError`` naming its index in ``texts``."""
         cleaned = [self.cleaner(t) for t in texts]
+        for i, text in enumerate(cleaned):
+            if not text.strip():
+                raise ValueError(
+                    f"texts[{i}] is empty after the cleaning steps {list(self.cleaner.steps)}: "
+                    f"{texts[i][:80]!r}"
+                )
+        return cleaned
+
+    def encode(self, texts: list[str], *, cleaned: bool = False) -> tuple[Tensor, Tensor]:
+        """Clean (unless ``cleaned``), tokenize with the run's truncation, pad:
+        (input_ids, attention_mask), each (B, T)."""
+        cleaned_texts = texts if cleaned else self.clean(texts)
         ids = self.tokenizer.encode_batch(
-            cleaned,
+            cleaned_texts,
             max_length=self.settings.max_length,
             truncation=self.settings.truncation,
             head_tokens=self.settings.head_tokens,
@@ -126,13 +139,13 @@ class TextClassifier:
     @torch.inference_mode()
     def predict_proba(self, texts: list[str] | str, *, batch_size: int = 32) -> Tensor:
         """Class probabilities (N, C), batched, in input order."""
-        texts = validate_texts(texts)
+        texts = self.clean(validate_texts(texts))  # errors name the caller's index
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         probs = torch.empty(len(texts), len(self.labels))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            input_ids, attention_mask = self.encode([texts[i] for i in idx])  # (B, T) each
+            input_ids, attention_mask = self.encode([texts[i] for i in idx], cleaned=True)  # (B, T)
             probs[idx] = self._logits(input_ids, attention_mask).float().softmax(-1).cpu()
         return probs
 
@@ -140,7 +153,8 @@ class TextClassifier:
         """For each text: ``{"label", "confidence", "probabilities": {label: p}}``.
 
         Raises:
-            TypeError / ValueError: a non-string or empty text, naming its index.
+            TypeError / ValueError: a non-string text, or one that is empty (or empty
+                after the run's cleaning), naming its index.
         """
         probs = self.predict_proba(texts, batch_size=batch_size)
         out = []

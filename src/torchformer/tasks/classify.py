@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -37,6 +38,7 @@ from torchformer.tasks.classify_data import (
 )
 from torchformer.text.cleaning import TextCleaner, check_cleaning_steps
 from torchformer.text.tokenizer import Tokenizer
+from torchformer.train.accumulation import optimizer_step
 from torchformer.train.checkpoint import CheckpointManager
 from torchformer.train.early_stopping import EarlyStopping
 from torchformer.train.guards import NonFiniteLossError, check_finite
@@ -49,7 +51,7 @@ from torchformer.train.logging import (
 )
 from torchformer.train.optim import build_optimizer
 from torchformer.train.run_dir import claim_run_dir
-from torchformer.train.schedules import build_scheduler
+from torchformer.train.schedules import ScheduleName, build_scheduler
 from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -73,10 +75,10 @@ class ModelConfig:
 
     base: str = PACKAGED_MINILM
     preset: str = "bert-mini"
-    pooling: str = "pooler"
+    pooling: Literal["cls", "pooler", "mean"] = "pooler"
     freeze_encoder: bool = False
     classifier_dropout: float | None = None
-    attn_impl: str = "sdpa"
+    attn_impl: Literal["sdpa", "reference"] = "sdpa"
 
 
 @dataclass
@@ -103,12 +105,12 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-5
     weight_decay: float = 0.01
-    schedule: str = "linear"
+    schedule: ScheduleName = "linear"
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     eval_every: int | None = None  # optimizer steps; None: once per epoch
     eval_batch_size: int = 64
-    metric: str = "accuracy"
+    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # early stopping and best/
     patience: int = 2
     checkpoint_every: int | None = None  # optimizer steps; None: at each evaluation
     keep_checkpoints: int = 2
@@ -116,10 +118,10 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     # "bf16": autocast matmuls to bfloat16 (fast on CPUs with AVX512-BF16/AMX).
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"
     # Validation and the final evaluation: "fp32", "bf16", or None for the training
     # precision (then the model is chosen and reported with the same arithmetic).
-    eval_precision: str | None = None
+    eval_precision: Literal["fp32", "bf16"] | None = None
     progress: bool = True
 
 
@@ -153,16 +155,15 @@ def scratch_tokenizer_to_train(config: ClassifyConfig, *, resume: bool) -> bool:
 def scratch_tokenizer(config: ClassifyConfig, texts: list[str], *, resume: bool) -> Tokenizer:
     """The run's WordPiece tokenizer: the given file, when resuming the one the first start
     of this run saved (training is not reproducible across processes, so a resumed run
-    must keep its vocabulary), else a new one trained on ``texts``."""
+    must keep its vocabulary), else a new one trained on ``texts`` (``prepare_run`` saves
+    it in the run once the data has been encoded without error)."""
     t = config.tokenizer
     saved = Path(config.run_dir) / "tokenizer.json"
     if not scratch_tokenizer_to_train(config, resume=resume):
         return Tokenizer.from_file(t.path or saved)
-    tokenizer = Tokenizer.train_wordpiece(
+    return Tokenizer.train_wordpiece(
         texts, vocab_size=t.vocab_size, min_frequency=t.min_frequency, lowercase=t.lowercase
     )
-    tokenizer.save(saved)
-    return tokenizer
 
 
 def build_model(
@@ -233,8 +234,11 @@ class LoopState:
     stopped_early: bool = False
 
 
-def _cleaner(config: ClassifyConfig, tokenizer_lowercases: bool) -> TextCleaner:
-    steps = check_cleaning_steps(config.data.cleaning, pretrained_tokenizer=config.model.base != "scratch",
+def _cleaner(config: ClassifyConfig, tokenizer_lowercases: bool | None) -> TextCleaner:
+    """The run's cleaning; lowercasing/punctuation removal are refused before a tokenizer
+    trained elsewhere (a pretrained base, or ``tokenizer.path``) unless forced."""
+    trained_elsewhere = config.model.base != "scratch" or config.tokenizer.path is not None
+    steps = check_cleaning_steps(config.data.cleaning, pretrained_tokenizer=trained_elsewhere,
                                  tokenizer_lowercases=tokenizer_lowercases, force=config.data.force_cleaning)  # fmt: skip
     return TextCleaner(steps)
 
@@ -245,13 +249,19 @@ def prepare_run(config: ClassifyConfig, *, resume: bool = False):
     splits = load_splits(config.data, seed=config.train.seed)
     label_names = [str(x) for x in splits.labels.to_list()]
     cleaner, texts = None, []
-    if scratch_tokenizer_to_train(config, resume=resume):  # it learns the text the model sees
+    train_tokenizer = scratch_tokenizer_to_train(config, resume=resume)
+    if train_tokenizer:  # it learns the text the model sees
         cleaner = _cleaner(config, config.tokenizer.lowercase)
         texts = [cleaner(r.text) for r in splits.train]
     model, tokenizer = build_model(config, texts, label_names, resume=resume)
     cleaner = cleaner or _cleaner(config, tokenizer.lowercases)
     encoded = {name: encode_split(records, tokenizer, cleaner, splits.labels, config.data)
                for name, records in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if records}  # fmt: skip
+    for name, split in encoded.items():
+        if split.skipped_empty:
+            splits.skipped.setdefault(name, {})["empty after cleaning"] = split.skipped_empty
+    if train_tokenizer:  # only now: a run that failed on its data leaves no tokenizer behind
+        tokenizer.save(Path(config.run_dir) / "tokenizer.json")
     return splits, label_names, model, tokenizer, encoded
 
 
@@ -390,20 +400,26 @@ def _forward_backward(run: Run, batch_idx: list[int], autocast) -> torch.Tensor:
         check_finite(out.loss, run.state.step + 1)
     except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
         run.log.log({"error": str(e)}, step=run.state.step, epoch=run.state.epoch, split="train")
-        raise NonFiniteLossError(
-            f"{e}; the last good checkpoint is kept in {run.ckpts.directory}"
-        ) from e
+        raise NonFiniteLossError(e.step, e.value, e.quantity, note=_kept_checkpoint(run)) from e
     (out.loss / run.config.train.grad_accum).backward()
     return out.loss.detach()
 
 
+def _kept_checkpoint(run: Run) -> str:
+    steps = run.ckpts.steps()
+    if not steps:
+        return f"no checkpoint had been written yet (nothing in {run.ckpts.directory})"
+    return f"the last good checkpoint (step {steps[-1]}) is kept in {run.ckpts.directory}"
+
+
 def _optimizer_step(run: Run) -> torch.Tensor:
-    params = [p for p in run.model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, run.config.train.max_grad_norm)
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+    """Clip (``max_grad_norm <= 0``: measure only), check the norm is finite, step."""
+    try:
+        return optimizer_step(run.model, run.optimizer, run.scheduler,
+                              max_grad_norm=run.config.train.max_grad_norm, check_step=run.state.step + 1)  # fmt: skip
+    except NonFiniteLossError as e:  # a bf16 overflow with a finite loss; weights untouched
+        run.log.log({"error": str(e)}, step=run.state.step, epoch=run.state.epoch, split="train")
+        raise NonFiniteLossError(e.step, e.value, e.quantity, note=_kept_checkpoint(run)) from e
 
 
 def run_epoch(run: Run, autocast, bar, postfix: ProgressPostfix, stop_at_step: int | None) -> bool:

@@ -105,10 +105,10 @@ def _read_labelled(args: argparse.Namespace):
 
         return read_imdb(find_imdb(), "test")
     from torchformer.data.tabular import read_table
+    from torchformer.tasks.classify_data import located_records
 
-    return read_table(
-        args.data, text_column=args.text_column, label_column=args.label_column
-    ).records
+    table = read_table(args.data, text_column=args.text_column, label_column=args.label_column)
+    return located_records(table)  # ids "file:line": errors.jsonl leads back to the row
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -128,6 +128,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    empty = [r.id for r in records if not clf.cleaner(r.text).strip()]
+    if empty:
+        from torchformer.data.records import DataError
+
+        raise DataError(
+            f"the text of record {empty[0]!r} is empty after the model's cleaning steps "
+            f"{list(clf.cleaner.steps)} ({len(empty)} such record(s))",
+            file=args.data,
+            field=args.text_column,
+        )
     metrics = StreamingClassificationMetrics(clf.labels)
     for start in range(0, len(records), args.batch_size):
         chunk = records[start : start + args.batch_size]
@@ -152,11 +162,9 @@ def predict_command(args: argparse.Namespace) -> int:
 
     texts = list(args.texts)
     if args.file:
-        texts += [
-            line.rstrip("\n")
-            for line in args.file.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
+        from torchformer.data.tabular import read_lines
+
+        texts += [line for line in read_lines(args.file) if line.strip()]
     if not texts:
         print("error: give texts or --file", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -62,7 +63,7 @@ from torchformer.train.logging import (
     write_manifest,
 )
 from torchformer.train.run_dir import claim_run_dir
-from torchformer.train.schedules import Scheduler, build_scheduler
+from torchformer.train.schedules import ScheduleName, Scheduler, build_scheduler
 from torchformer.train.seed import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class ModelConfig:
     preset: str = "transformer-small-cpu"
     dropout: float | None = None
     norm_first: bool | None = None
-    attn_impl: str = "sdpa"
+    attn_impl: Literal["sdpa", "reference"] = "sdpa"
 
 
 @dataclass
@@ -94,7 +95,7 @@ class TrainConfig:
     max_steps: int | None = None
     max_tokens: int = 4096  # padded tokens (longer side) per micro-batch
     grad_accum: int = 1
-    schedule: str = "noam"
+    schedule: ScheduleName = "noam"
     lr: float = 1.0
     warmup_steps: int = 4000
     adam_betas: tuple[float, float] = (0.9, 0.98)
@@ -105,7 +106,7 @@ class TrainConfig:
     eval_every: int | None = None  # optimizer steps; None: once per epoch
     eval_max_tokens: int = 8192
     bleu_samples: int | None = None  # validation sentences decoded for the per-evaluation BLEU
-    metric: str = "bleu"  # early stopping / best/: "bleu" or "chrf" (greedy, validation), "loss"
+    metric: Literal["bleu", "chrf", "loss"] = "bleu"  # early stopping, best/ (greedy, val)
     patience: int = 5
     checkpoint_every: int | None = None  # optimizer steps; None: at each evaluation
     keep_checkpoints: int = 2
@@ -329,8 +330,12 @@ def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
         end_of_epoch = micro == remaining
         if not is_accumulation_boundary(micro, tc.grad_accum, last=end_of_epoch):
             continue
-        grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler,
-                                   max_grad_norm=tc.max_grad_norm)  # fmt: skip
+        try:  # the gradient norm is checked too: an overflow never reaches the weights
+            grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler,
+                                       max_grad_norm=tc.max_grad_norm, check_step=state.step + 1)  # fmt: skip
+        except NonFiniteLossError as e:
+            run.log.log({"error": str(e)}, step=state.step, epoch=state.epoch, split="train")
+            raise
         elapsed = time.perf_counter() - t0
         state.step += 1
         state.target_tokens += window_tokens

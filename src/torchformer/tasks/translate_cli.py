@@ -74,7 +74,9 @@ def _load(run: Path):
 def translate_command(args: argparse.Namespace) -> int:
     lines = list(args.texts)
     if args.file:
-        lines += [line.strip() for line in args.file.read_text(encoding="utf-8").splitlines()]
+        from torchformer.data.tabular import read_lines
+
+        lines += [line.strip() for line in read_lines(args.file)]
     texts = [line for line in lines if line]
     if not texts:
         print("error: give sentences or --file", file=sys.stderr)

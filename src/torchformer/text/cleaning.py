@@ -201,7 +201,8 @@ def check_cleaning_steps(
     if not force:
         raise ValueError(
             f"cleaning steps {unsafe} refused for a pretrained tokenizer: {message}. "
-            "Remove them, or pass force=True to apply them anyway."
+            "Remove them, or force them: data.force_cleaning: true in a run config "
+            "(--data.force_cleaning true on the command line), force=True in Python."
         )
     warnings.warn(
         f"applying {unsafe} before a pretrained tokenizer (force=True): {message}",

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from torchformer.train.guards import check_finite
 from torchformer.train.schedules import Scheduler
 
 __all__ = ["is_accumulation_boundary", "optimizer_step", "sync_gradients"]
@@ -53,6 +54,7 @@ def optimizer_step(
     *,
     max_grad_norm: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    check_step: int | None = None,
 ) -> torch.Tensor:
     """Clip, step the optimizer and the scheduler, and clear the gradients.
 
@@ -62,6 +64,9 @@ def optimizer_step(
         scaler: an fp16 ``GradScaler``; gradients are unscaled before clipping and a step
             with non-finite gradients is skipped by the scaler
             (and then the scheduler does not advance either).
+        check_step: without a scaler, raise ``NonFiniteLossError`` (naming this step)
+            *before* the update when the gradient norm is NaN/inf, so that an overflow
+            never reaches the weights (one host sync per optimizer step).
 
     Returns:
         The total gradient norm *before* clipping, as a 0-d tensor on the parameters'
@@ -72,6 +77,8 @@ def optimizer_step(
     params = [p for p in model.parameters() if p.grad is not None]
     limit = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, limit) if params else torch.tensor(0.0)
+    if check_step is not None and scaler is None:
+        check_finite(grad_norm, check_step, quantity="grad_norm")
     stepped = True
     if scaler is not None:
         scale_before = scaler.get_scale()

@@ -18,12 +18,12 @@ class NonFiniteLossError(FloatingPointError):
         quantity: what was checked (``"loss"``, ``"grad_norm"``).
     """
 
-    def __init__(self, step: int, value: float, quantity: str = "loss"):
+    def __init__(self, step: int, value: float, quantity: str = "loss", *, note: str | None = None):
         self.step, self.value, self.quantity = step, value, quantity
         super().__init__(
             f"non-finite {quantity} ({value}) at step {step}; the weights from before this "
             "step are intact: lower the learning rate, check the data near this step, or "
-            "enable gradient clipping"
+            "enable gradient clipping" + (f"; {note}" if note else "")
         )
 
 
