@@ -199,3 +199,39 @@ def test_cli_prints_input_errors_without_a_traceback(tmp_path, capsys):
     assert main(["predict", str(run), "--file", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "latin1.txt:2" in err and "UTF-8" in err
+
+
+def _initial_weights(monkeypatch) -> dict:
+    build, initial = classify.build_model, {}
+
+    def recording(*args, **kwargs):
+        model, tokenizer = build(*args, **kwargs)
+        initial.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model, tokenizer
+
+    monkeypatch.setattr(classify, "build_model", recording)
+    return initial
+
+
+def test_freeze_encoder_trains_only_the_head(tmp_path, monkeypatch):
+    initial = _initial_weights(monkeypatch)
+    run = train(tiny_config(tmp_path, **{"train.epochs": 1, "model.freeze_encoder": True}))
+    final = load_checkpoint(sorted((run / "checkpoints").glob("step-*.pt"))[-1])["model"]
+    moved = {k for k in final if not torch.equal(final[k], initial[k])}
+    assert moved == {"classifier.weight", "classifier.bias"}
+
+
+def test_class_weights_follow_inverse_frequency_and_plateau_schedule_runs(tmp_path):
+    rows = toy_rows(96, 0)
+    rows = [r for i, r in enumerate(rows) if r["label"] == "pos" or i % 4 == 0]  # 48 pos, 24 neg
+    cfg = tiny_config(tmp_path, **{
+        "data.source": str(write_csv(tmp_path / "imb.csv", rows)), "data.class_weights": True,
+        "train.epochs": 2, "train.schedule": "plateau",
+    })  # fmt: skip
+    with pytest.warns(UserWarning, match="imbalanced"):
+        run = classify.setup_run(cfg, resume=False)
+    weights = dict(zip(run.label_names, run.class_weights.tolist()))
+    assert weights["neg"] == pytest.approx(2 * weights["pos"])  # 2x rarer, 2x the weight
+    run.log.close()
+    with pytest.warns(UserWarning, match="imbalanced"):
+        assert (train(cfg, overwrite=True) / "eval" / "test" / "metrics.json").is_file()
