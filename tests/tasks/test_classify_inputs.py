@@ -170,14 +170,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_zero_max_grad_norm_measures_without_clipping(tmp_path, monkeypatch):
     """max_grad_norm <= 0 means "no clipping" (clipping to 0 would zero every gradient;
     then biases, which get no weight decay, would never move)."""
-    build, initial = classify.build_model, {}
-
-    def recording(*args, **kwargs):
-        model, tokenizer = build(*args, **kwargs)
-        initial.update({k: v.clone() for k, v in model.state_dict().items()})
-        return model, tokenizer
-
-    monkeypatch.setattr(classify, "build_model", recording)
+    initial = _initial_weights(monkeypatch)
     run = train(tiny_config(tmp_path, **{"train.epochs": 1, "train.max_grad_norm": 0}))
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["grad_norm"] for r in logged if "grad_norm" in r]
