@@ -67,7 +67,9 @@ def test_report_attention_examples_are_wrong_and_correct(report, tiny_run, tiny_
     top_error = json.loads((tiny_run / "eval/test/errors.jsonl").read_text().splitlines()[0])
     att = attention_for_text(clf, top_error["text"])
     shown = torch.tensor(payloads["tf-data-ex0"]["pages"][0]["attn"], dtype=torch.float64)
-    assert (shown - att.attentions.double()).abs().max() <= 0.5e-4 + 1e-12
+    # The page rounds weights to 4 decimals (error <= 0.5e-4); two float32 forward passes
+    # of the same text may differ by ~1e-8 more (seen: 5.0015e-05 on a fresh clone).
+    assert (shown - att.attentions.double()).abs().max() <= 0.5e-4 + 1e-6
 
 
 def test_report_of_an_incomplete_run_says_what_is_missing(tiny_run, tmp_path):
