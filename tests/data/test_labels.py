@@ -71,7 +71,9 @@ def test_check_labels_on_plain_records_names_the_record() -> None:
 def test_check_labels_rejects_a_single_training_class(tmp_path: Path) -> None:
     train = tmp_path / "train.jsonl"
     train.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1}\n')
-    with pytest.raises(DataError, match=r"train\.jsonl: field 'label': training data has a single class \{1: 2\}"):
+    with pytest.raises(
+        DataError, match=r"train\.jsonl: field 'label': training data has a single class \{1: 2\}"
+    ):
         check_labels(read_table(train), _records([1]))
 
 

@@ -141,6 +141,14 @@ def test_skip_bad_rows_returns_and_logs_a_summary(
     assert caplog.text.count("skipped 3 of 5 rows") == 1
 
 
+def test_skipped_rows_are_counted_by_the_kind_the_reader_gave_them(tmp_path: Path) -> None:
+    # The header names a "missing_note" column: the kind comes from the reader, not from
+    # words that happen to be in the message.
+    content = b"text,label,missing_note\na,pos,x\nb,neg,y,extra\n,neg,z\n"
+    table = read_table(_write(tmp_path / "d.csv", content), skip_bad_rows=True)
+    assert table.skip_counts() == {"too many fields": 1, "field 'text': empty text": 1}
+
+
 def test_read_lines_names_the_line_of_undecodable_bytes(tmp_path: Path) -> None:
     path = _write(tmp_path / "texts.txt", b"first\r\nsecond\ncaf\xe9\n")
     with pytest.raises(DataError, match="expected UTF-8") as info:

@@ -316,3 +316,25 @@ def test_selection_takes_the_better_validation_score_and_keeps_best_on_ties() ->
     assert select_model({"best": 40.26, "averaged": 40.45}) == "averaged"
     assert select_model({"averaged": 40.0, "best": 40.0}) == "best"
     assert select_model({}) == "best"
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from torchformer.tasks import translate
+    from torchformer.train.guards import NonFiniteLossError
+
+    loss, calls = translate.sequence_loss, []
+
+    def nan_at_call_4(*args, **kwargs):
+        calls.append(1)
+        value = loss(*args, **kwargs)
+        return value * float("nan") if len(calls) == 4 else value
+
+    monkeypatch.setattr(translate, "sequence_loss", nan_at_call_4)
+    config = tiny_config(tmp_path, **{"train.max_steps": 10, "train.max_tokens": 100,
+                                      "train.checkpoint_every": 1, "train.eval_every": 10**6})  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* at step 4") as err:
+        train(config)
+    assert "last good checkpoint (step 3)" in str(err.value)
+    assert "last good checkpoint (step 3)" in records(Path(config.run_dir), "train")[-1]["error"]

@@ -23,6 +23,8 @@ class DataError(ValueError):
         line: 1-based line number (text formats).
         record: 1-based record number (formats without lines, e.g. a JSON array).
         field: the column / key at fault.
+        kind: a short, stable name for the kind of problem ("empty text", "missing"), by
+            which skipped rows are counted.
     """
 
     def __init__(
@@ -33,8 +35,10 @@ class DataError(ValueError):
         line: int | None = None,
         record: int | None = None,
         field: str | None = None,
+        kind: str | None = None,
     ) -> None:
         self.reason = message
+        self.kind = kind
         self.file = file
         self.line = line
         self.record = record

@@ -47,19 +47,6 @@ _EXTENSIONS: dict[str, Format] = {
 _INTEGER_RE = re.compile(r"[+-]?\d+")
 # Undecodable bytes survive decoding as lone surrogates (errors="surrogateescape").
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
-_SKIP_FIELD_RE = re.compile(r"field '([^']*)': ")
-# The kind of problem behind a skipped row, from its message: (phrase in it, kind).
-_SKIP_KINDS = (
-    ("undecodable bytes", "undecodable bytes"),
-    ("malformed JSON", "malformed JSON"),
-    ("missing label", "missing"),
-    ("missing", "missing"),
-    ("empty text", "empty text"),
-    ("string or integer label", "label not a string or integer"),
-    ("expected a string", "not a string"),
-    ("expected a JSON object", "not a JSON object"),
-    ("fields (", "too many fields"),
-)
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -73,6 +60,8 @@ class TableData:
         line_numbers: for each record, its line (or its record number when
             ``unit == "record"``), to name it in later errors.
         skipped: ``(line, reason)`` of each skipped row (``skip_bad_rows=True``).
+        skip_kinds: for each skipped row, its field and kind of problem
+            (``"field 'text': empty text"``), by which they are counted.
         unit: ``"line"``, or ``"record"`` for a JSON array.
     """
 
@@ -80,6 +69,7 @@ class TableData:
     records: list[TextRecord]
     line_numbers: list[int]
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    skip_kinds: list[str] = field(default_factory=list)
     unit: Literal["line", "record"] = "line"
 
     def __len__(self) -> int:
@@ -91,7 +81,7 @@ class TableData:
 
     def skip_counts(self) -> dict[str, int]:
         """How many rows were skipped for each reason, e.g. ``{"field 'label': missing": 2}``."""
-        return dict(Counter(_reason_kind(reason) for _, reason in self.skipped).most_common())
+        return dict(Counter(self.skip_kinds).most_common())
 
     def skip_summary(self) -> str:
         """One line: how many rows were skipped and why (empty when none)."""
@@ -104,14 +94,6 @@ class TableData:
             f"{self.path}: skipped {len(self.skipped)} of {total} rows ({detail}); "
             f"first at {self.unit} {first_line}: {first_reason}"
         )
-
-
-def _reason_kind(reason: str) -> str:
-    """``"field 'text': empty text"``: the field and the kind of problem of a skip reason."""
-    match = _SKIP_FIELD_RE.match(reason)
-    rest = reason[match.end() :] if match else reason
-    kind = next((name for phrase, name in _SKIP_KINDS if phrase in rest), rest.split(";")[0])
-    return f"field {match.group(1)!r}: {kind}" if match else kind
 
 
 @dataclass
@@ -218,6 +200,7 @@ def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[_Row]:
                 "quote fields that contain the delimiter",
                 file=path,
                 line=first,
+                kind="too many fields",
             )
             yield _Row(None, first, previous, error)
             continue
@@ -240,11 +223,13 @@ def _jsonl_rows(path: Path, lines: list[str]) -> Iterator[_Row]:
             value = json.loads(line)
         except json.JSONDecodeError as error:
             message = f"malformed JSON: {error.msg} at column {error.colno}"
-            yield _Row(None, number, number, DataError(message, file=path, line=number))
+            error = DataError(message, file=path, line=number, kind="malformed JSON")
+            yield _Row(None, number, number, error)
             continue
         if not isinstance(value, dict):
             message = f"expected a JSON object, got {type(value).__name__}"
-            yield _Row(None, number, number, DataError(message, file=path, line=number))
+            error = DataError(message, file=path, line=number, kind="not a JSON object")
+            yield _Row(None, number, number, error)
             continue
         yield _Row(value, number, number)
 
@@ -261,7 +246,10 @@ def _json_array_rows(path: Path, text: str) -> Iterator[_Row]:
     for number, value in enumerate(values, start=1):
         if not isinstance(value, dict):
             error = DataError(
-                f"expected a JSON object, got {type(value).__name__}", file=path, record=number
+                f"expected a JSON object, got {type(value).__name__}",
+                file=path,
+                record=number,
+                kind="not a JSON object",
             )
             yield _Row(None, number, number, error)
         else:
@@ -281,20 +269,30 @@ def _validate(
     present = ", ".join(map(str, fields))
     text = fields.get(text_column)
     if text is None:
-        raise DataError(f"missing (row has: {present})", field=text_column, **where)
+        raise DataError(f"missing (row has: {present})", field=text_column, kind="missing", **where)
     if not isinstance(text, str):
-        raise DataError(f"expected a string, got {type(text).__name__}", field=text_column, **where)
+        raise DataError(
+            f"expected a string, got {type(text).__name__}",
+            field=text_column,
+            kind="not a string",
+            **where,
+        )
     if not text.strip():
-        raise DataError("empty text; expected non-empty text", field=text_column, **where)
+        raise DataError(
+            "empty text; expected non-empty text", field=text_column, kind="empty text", **where
+        )
     label: Label | None = None
     if label_column is not None:
         label = fields.get(label_column)
         if label is None or label == "":
-            raise DataError(f"missing label (row has: {present})", field=label_column, **where)
+            raise DataError(
+                f"missing label (row has: {present})", field=label_column, kind="missing", **where
+            )
         if isinstance(label, bool) or not isinstance(label, str | int):
             raise DataError(
                 f"expected a string or integer label, got {type(label).__name__} {label!r}",
                 field=label_column,
+                kind="not a string or integer",
                 **where,
             )
     record_id = fields.get(id_column) if id_column is not None else None
@@ -373,6 +371,7 @@ def read_table(
     records: list[TextRecord] = []
     numbers: list[int] = []
     skipped: list[tuple[int, str]] = []
+    skip_kinds: list[str] = []
     columns = (text_column, label_column, id_column)
     for row in rows:
         try:
@@ -385,11 +384,12 @@ def read_table(
                 raise
             prefix = f"field {error.field!r}: " if error.field else ""
             skipped.append((row.first_line, prefix + error.reason))
+            skip_kinds.append(prefix + (error.kind or error.reason))
             continue
         records.append(record)
         numbers.append(row.first_line)
     records = _check_label_types(path, unit, _integer_labels(records), numbers, label_column)
-    table = TableData(path, records, numbers, skipped, unit)
+    table = TableData(path, records, numbers, skipped, skip_kinds, unit)
     if skipped:
         logger.warning(table.skip_summary())
     if not records:
@@ -407,7 +407,9 @@ def _raise_if_undecodable(row: _Row, path: Path, bad_lines: Mapping[int, str]) -
         (str(k) for k, v in fields.items() if isinstance(v, str) and _SURROGATE_RE.search(v)),
         None,
     )
-    raise DataError(bad_lines[bad[0]], file=path, line=bad[0], field=column)
+    raise DataError(
+        bad_lines[bad[0]], file=path, line=bad[0], field=column, kind="undecodable bytes"
+    )
 
 
 def _check_label_types(

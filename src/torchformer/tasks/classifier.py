@@ -110,13 +110,13 @@ class TextClassifier:
     def clean(self, texts: list[str]) -> list[str]:
         """The run's cleaning steps applied to each text; a text that cleans to nothing
         (e.g. only HTML) raises ``ValueError`` naming its index in ``texts``."""
-        cleaned = [self.cleaner(t) for t in texts]
-        for i, text in enumerate(cleaned):
-            if not text.strip():
-                raise ValueError(
-                    f"texts[{i}] is empty after the cleaning steps {list(self.cleaner.steps)}: "
-                    f"{texts[i][:80]!r}"
-                )
+        cleaned, empty = self.cleaner.clean_and_find_empty(texts)
+        if empty:
+            i = empty[0]
+            raise ValueError(
+                f"texts[{i}] is empty after the cleaning steps {list(self.cleaner.steps)}: "
+                f"{texts[i][:80]!r}"
+            )
         return cleaned
 
     def encode(self, texts: list[str], *, cleaned: bool = False) -> tuple[Tensor, Tensor]:
@@ -137,9 +137,14 @@ class TextClassifier:
         return self.model(input_ids.to(device), attention_mask=attention_mask.to(device)).logits
 
     @torch.inference_mode()
-    def predict_proba(self, texts: list[str] | str, *, batch_size: int = 32) -> Tensor:
-        """Class probabilities (N, C), batched, in input order."""
-        texts = self.clean(validate_texts(texts))  # errors name the caller's index
+    def predict_proba(
+        self, texts: list[str] | str, *, batch_size: int = 32, cleaned: bool = False
+    ) -> Tensor:
+        """Class probabilities (N, C), batched, in input order (``cleaned``: the texts
+        have been through ``clean()`` already)."""
+        texts = validate_texts(texts)
+        if not cleaned:
+            texts = self.clean(texts)  # errors name the caller's index
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         probs = torch.empty(len(texts), len(self.labels))

@@ -41,7 +41,7 @@ from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.accumulation import optimizer_step
 from torchformer.train.checkpoint import CheckpointManager
 from torchformer.train.early_stopping import EarlyStopping
-from torchformer.train.guards import NonFiniteLossError, check_finite
+from torchformer.train.guards import check_finite, stop_on_non_finite
 from torchformer.train.logging import (
     MetricsLogger,
     ProgressPostfix,
@@ -396,30 +396,23 @@ def _forward_backward(run: Run, batch_idx: list[int], autocast) -> torch.Tensor:
         out = run.model(
             input_ids, attention_mask=attention_mask, labels=labels, class_weights=run.class_weights
         )
-    try:
+    with _stop_on_non_finite(run):  # before the bad gradient touches the weights
         check_finite(out.loss, run.state.step + 1)
-    except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
-        run.log.log({"error": str(e)}, step=run.state.step, epoch=run.state.epoch, split="train")
-        raise NonFiniteLossError(e.step, e.value, e.quantity, note=_kept_checkpoint(run)) from e
     (out.loss / run.config.train.grad_accum).backward()
     return out.loss.detach()
 
 
-def _kept_checkpoint(run: Run) -> str:
-    steps = run.ckpts.steps()
-    if not steps:
-        return f"no checkpoint had been written yet (nothing in {run.ckpts.directory})"
-    return f"the last good checkpoint (step {steps[-1]}) is kept in {run.ckpts.directory}"
+def _stop_on_non_finite(run: Run):
+    return stop_on_non_finite(
+        run.log, step=run.state.step, epoch=run.state.epoch, note=run.ckpts.kept_note
+    )
 
 
 def _optimizer_step(run: Run) -> torch.Tensor:
     """Clip (``max_grad_norm <= 0``: measure only), check the norm is finite, step."""
-    try:
+    with _stop_on_non_finite(run):  # e.g. a bf16 overflow with a finite loss
         return optimizer_step(run.model, run.optimizer, run.scheduler,
                               max_grad_norm=run.config.train.max_grad_norm, check_step=run.state.step + 1)  # fmt: skip
-    except NonFiniteLossError as e:  # a bf16 overflow with a finite loss; weights untouched
-        run.log.log({"error": str(e)}, step=run.state.step, epoch=run.state.epoch, split="train")
-        raise NonFiniteLossError(e.step, e.value, e.quantity, note=_kept_checkpoint(run)) from e
 
 
 def run_epoch(run: Run, autocast, bar, postfix: ProgressPostfix, stop_at_step: int | None) -> bool:

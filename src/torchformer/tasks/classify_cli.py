@@ -128,13 +128,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    empty = [r.id for r in records if not clf.cleaner(r.text).strip()]
+    cleaned, empty = clf.cleaner.clean_and_find_empty(r.text for r in records)  # once
     if empty:
         from torchformer.data.records import DataError
 
         raise DataError(
-            f"the text of record {empty[0]!r} is empty after the model's cleaning steps "
-            f"{list(clf.cleaner.steps)} ({len(empty)} such record(s))",
+            f"the text of record {records[empty[0]].id!r} is empty after the model's "
+            f"cleaning steps {list(clf.cleaner.steps)} ({len(empty)} such record(s))",
             file=args.data,
             field=args.text_column,
         )
@@ -143,7 +143,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
         chunk = records[start : start + args.batch_size]
         import torch
 
-        probs = clf.predict_proba([r.text for r in chunk], batch_size=args.batch_size)
+        probs = clf.predict_proba(
+            cleaned[start : start + args.batch_size], batch_size=args.batch_size, cleaned=True
+        )
         labels = torch.tensor([clf.labels.index(str(r.label)) for r in chunk])
         metrics.update(
             probs.log(), labels, texts=[r.text for r in chunk], ids=[r.id for r in chunk]

@@ -228,8 +228,7 @@ def encode_split(
     A text that cleans to nothing (e.g. only HTML) is an error naming the record and the
     cleaning steps, or with ``config.skip_bad_rows`` the record is dropped and counted.
     """
-    texts = [cleaner(r.text) for r in records]
-    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    texts, empty = cleaner.clean_and_find_empty(r.text for r in records)
     if empty and not config.skip_bad_rows:
         first = records[empty[0]]
         raise DataError(

@@ -55,7 +55,7 @@ from torchformer.train.checkpoint import (
     training_state,
 )
 from torchformer.train.early_stopping import EarlyStopping
-from torchformer.train.guards import NonFiniteLossError, check_finite
+from torchformer.train.guards import check_finite, stop_on_non_finite
 from torchformer.train.logging import (
     MetricsLogger,
     fingerprint_records,
@@ -306,14 +306,16 @@ def _forward_backward(run: Run, indices: list[int]) -> tuple[torch.Tensor, int]:
     out = model(b.src, b.tgt_in, src_mask=b.src_mask, tgt_mask=b.tgt_mask)  # logits (B, T, V)
     loss = sequence_loss(out.logits, b.labels, pad_id=model.config.pad_id,
                          label_smoothing=tc.label_smoothing)  # fmt: skip
-    try:
+    with _stop_on_non_finite(run):  # before the bad gradient touches the weights
         check_finite(loss, run.state.step + 1)
-    except NonFiniteLossError as e:  # stop before the bad gradient touches the weights
-        message = f"{e}; the last good checkpoint is in {run.ckpts.directory}"
-        run.log.log({"error": message}, step=run.state.step, epoch=run.state.epoch, split="train")
-        raise
     (loss / tc.grad_accum).backward()
     return loss.detach(), b.num_target_tokens
+
+
+def _stop_on_non_finite(run: Run):
+    return stop_on_non_finite(
+        run.log, step=run.state.step, epoch=run.state.epoch, note=run.ckpts.kept_note
+    )
 
 
 def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
@@ -330,12 +332,10 @@ def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
         end_of_epoch = micro == remaining
         if not is_accumulation_boundary(micro, tc.grad_accum, last=end_of_epoch):
             continue
-        try:  # the gradient norm is checked too: an overflow never reaches the weights
+        # The gradient norm is checked too: an overflow never reaches the weights.
+        with _stop_on_non_finite(run):
             grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler,
                                        max_grad_norm=tc.max_grad_norm, check_step=state.step + 1)  # fmt: skip
-        except NonFiniteLossError as e:
-            run.log.log({"error": str(e)}, step=state.step, epoch=state.epoch, split="train")
-            raise
         elapsed = time.perf_counter() - t0
         state.step += 1
         state.target_tokens += window_tokens

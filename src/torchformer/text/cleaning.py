@@ -138,6 +138,12 @@ class TextCleaner:
         """Clean every text of ``texts``."""
         return [self(text) for text in texts]
 
+    def clean_and_find_empty(self, texts: Iterable[str]) -> tuple[list[str], list[int]]:
+        """Clean every text; also the indices of those left empty (e.g. only HTML), which
+        the caller names in its error or skips."""
+        cleaned = self.clean_batch(texts)
+        return cleaned, [i for i, text in enumerate(cleaned) if not text.strip()]
+
     def __repr__(self) -> str:
         return f"TextCleaner({self.steps!r})"
 

@@ -256,6 +256,13 @@ class CheckpointManager:
         found = (self._pattern.match(p.name) for p in self.directory.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
+    def kept_note(self) -> str:
+        """Which checkpoint a stopped run leaves to resume from, for its error message."""
+        steps = self.steps()
+        if not steps:
+            return f"no checkpoint had been written yet (nothing in {self.directory})"
+        return f"the last good checkpoint (step {steps[-1]}) is kept in {self.directory}"
+
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Atomically write ``state`` for ``step``, then delete all but the newest ``keep_last``."""
         path = save_checkpoint(self.path_for(step), state)

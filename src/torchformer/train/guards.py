@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 
-__all__ = ["NonFiniteLossError", "check_finite"]
+__all__ = ["NonFiniteLossError", "check_finite", "stop_on_non_finite"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,3 +39,18 @@ def check_finite(value: float | torch.Tensor, step: int, *, quantity: str = "los
     number = float(value.detach().float().item()) if isinstance(value, torch.Tensor) else value
     if not math.isfinite(number):
         raise NonFiniteLossError(step, number, quantity)
+
+
+@contextmanager
+def stop_on_non_finite(
+    log: Any, *, step: int, epoch: int, note: Callable[[], str]
+) -> Iterator[None]:
+    """Let a :class:`NonFiniteLossError` raised inside stop the run, with ``note()`` (e.g.
+    which checkpoint is kept) added to its message and the message logged as the
+    ``error`` of a train record of ``log`` (a ``MetricsLogger``)."""
+    try:
+        yield
+    except NonFiniteLossError as e:
+        stopped = NonFiniteLossError(e.step, e.value, e.quantity, note=note())
+        log.log({"error": str(stopped)}, step=step, epoch=epoch, split="train")
+        raise stopped from e
