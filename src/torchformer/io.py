@@ -8,15 +8,27 @@ layer may use it.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "recover_dir", "replace_dir"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_json_settings",
+    "recover_dir",
+    "replace_dir",
+    "write_json_settings",
+]
+
+
+T = TypeVar("T")
 
 
 def _umask() -> int:
@@ -118,3 +130,27 @@ def replace_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.rename(path)
     _fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json_settings(cls: type[T], path: str | os.PathLike[str]) -> T:
+    """A settings dataclass ``cls`` from the JSON object in ``path`` (a model directory's
+    sidecar): its defaults when the file is absent, keys it does not know ignored.
+
+    Raises:
+        ValueError: the file is not a JSON object (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return cls()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def write_json_settings(settings: Any, path: str | os.PathLike[str]) -> Path:
+    """Atomically write a settings dataclass as indented JSON."""
+    return atomic_write_text(path, json.dumps(dataclasses.asdict(settings), indent=2) + "\n")

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from torchformer.cli import main
+from torchformer.cli.serve import is_loopback
 from torchformer.serve.app import ServeLimits, create_app, load_predictor
 from torchformer.serve.batching import MicroBatcher, QueueFullError
-from torchformer.serve.cli import is_loopback
 
 KEY = {"X-API-Key": "s3cret"}
 

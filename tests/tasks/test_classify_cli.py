@@ -1,14 +1,20 @@
-"""The classification CLI: train with overrides, predict, evaluate, demo without data."""
+"""The classification CLI: train with overrides, predict, evaluate, demo without data;
+``train`` dispatching through the task registry; ``python -m torchformer``."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
 
 import pytest
 from test_classify import toy_rows, write_csv
 
 from torchformer.cli import main
 from torchformer.config import ConfigError
+from torchformer.tasks import registry
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +98,50 @@ def test_evaluate_names_rows_by_file_and_line(tiny_run, capsys):
     assert main(["evaluate", str(run), "--data", str(write_csv(tmp / "html.csv", rows))]) == 2
     err = capsys.readouterr().err
     assert "lines.csv" not in err and "html.csv:5" in err and "field 'text'" in err
+
+
+def test_train_dispatches_through_the_task_registry(tmp_path, monkeypatch, capsys):
+    @dataclass
+    class EchoConfig:
+        task: str = "echo"
+        run_dir: str = "runs/echo"
+        steps: int = 1
+
+    calls = []
+
+    def train(config, *, resume, overwrite):
+        calls.append((config, resume, overwrite))
+        return tmp_path / "echo-run"
+
+    module = types.ModuleType("echo_task")
+    module.CONFIG, module.train = EchoConfig, train
+    monkeypatch.setitem(sys.modules, "echo_task", module)
+    monkeypatch.setitem(
+        registry.TASKS, "echo", registry.TaskEntry("echo", "echo_task", "echo.json")
+    )
+    config = tmp_path / "echo.yaml"
+    config.write_text("task: echo\nsteps: 3\n")
+    assert main(["train", str(config), "--steps", "5", "--resume"]) == 0
+    assert calls == [(EchoConfig(steps=5), True, False)]  # file, then the override on top
+    assert f"run written to {tmp_path / 'echo-run'}" in capsys.readouterr().out
+
+
+def test_train_with_an_unknown_task_names_the_file_and_the_known_tasks(tmp_path, capsys):
+    config = tmp_path / "summarise.yaml"
+    config.write_text("task: summarisation\nrun_dir: runs/x\n")
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "'summarisation'" in err
+    assert "known tasks: classification, translation" in err
+
+
+def test_python_dash_m_torchformer_runs_the_command_and_exits_with_its_code():
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "torchformer", *args], capture_output=True, text=True
+        )
+
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("torchformer ")
+    no_command = run()  # main() prints the help and returns 2
+    assert no_command.returncode == 2 and "usage: torchformer" in no_command.stdout

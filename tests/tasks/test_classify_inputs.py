@@ -158,7 +158,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
         train(cfg)
     assert "last good checkpoint (step 4)" in str(err.value)
     run = Path(cfg.run_dir)
-    assert load_checkpoint(run / "checkpoints" / "step-000004.pt")["loop"]["step"] == 4
+    assert load_checkpoint(run / "checkpoints" / "step-000004.pt")["step"] == 4
     assert not (run / "checkpoints" / "step-000005.pt").exists()
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("non-finite loss" in r.get("error", "") for r in logged)
@@ -222,10 +222,10 @@ def test_class_weights_follow_inverse_frequency_and_plateau_schedule_runs(tmp_pa
         "train.epochs": 2, "train.schedule": "plateau",
     })  # fmt: skip
     with pytest.warns(UserWarning, match="imbalanced"):
-        run = classify.setup_run(cfg, resume=False)
-    weights = dict(zip(run.label_names, run.class_weights.tolist()))
+        task = classify.ClassificationTask(cfg)
+        task.prepare(Path(cfg.run_dir), resume=False, main=True)
+    weights = dict(zip(task.label_names, task.class_weights.tolist()))
     assert weights["neg"] == pytest.approx(2 * weights["pos"])  # 2x rarer, 2x the weight
-    run.log.close()
     with pytest.warns(UserWarning, match="imbalanced"):
         out = train(cfg, overwrite=True)
     # plateau: after warm-up the lr holds (halved at most once in 2 evaluations with

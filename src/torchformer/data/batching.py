@@ -17,6 +17,13 @@ Both are seeded per epoch (``seed``, ``epoch``), advance the epoch after each fu
 so that after ``load_state_dict`` the next pass yields exactly the remaining batches of
 the interrupted epoch. Use them as ``DataLoader(dataset, batch_sampler=sampler, ...)``.
 
+Under distributed training both are rank-aware: every rank builds the same *global*
+batches from the same seed (a config's batch size is the global batch), iterates them
+in step, and trains on its own disjoint part, ``sampler.shard(batch)``
+(``batch[rank::num_replicas]``). The resume state counts global batches, so it does not
+depend on the number of processes: a run saved with 2 processes resumes with 1 (or 4)
+and sees exactly the examples an unbroken run would.
+
 With ``num_workers > 0`` a DataLoader draws batches from the sampler ahead of the
 training loop (prefetching), so the sampler's count runs ahead of the batches actually
 trained on. For exact resume, save the number of batches the loop *consumed* in the
@@ -61,10 +68,22 @@ class _EpochBatchSampler(Sampler[list[int]]):
     ``(seed, epoch)``, and describe their settings in ``_settings()`` (checked on load).
     """
 
-    def __init__(self, lengths: Sequence[int], *, seed: int, shuffle: bool) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        *,
+        seed: int,
+        shuffle: bool,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
         self.lengths = _as_lengths(lengths)
         self.seed = seed
         self.shuffle = shuffle
+        self.num_replicas = num_replicas
+        self.rank = rank
         self._epoch = 0
         self._yielded = 0  # batches of the current epoch already handed out
         self._resume = False  # next __iter__ continues from _yielded (after a load)
@@ -79,6 +98,15 @@ class _EpochBatchSampler(Sampler[list[int]]):
             "seed": self.seed,
             "shuffle": self.shuffle,
         }
+
+    def shard(self, batch: Sequence[int]) -> list[int]:
+        """This rank's part of a global batch: disjoint across ranks, together the batch.
+
+        Strided (``batch[rank::num_replicas]``), so that in a length-sorted batch every
+        rank gets a similar mix of lengths. Empty when the batch has fewer examples than
+        there are ranks (the loop then runs a zero-weighted step to keep ranks in step).
+        """
+        return list(batch[self.rank :: self.num_replicas])
 
     def _rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch])
@@ -140,6 +168,7 @@ class LengthBucketBatchSampler(_EpochBatchSampler):
         drop_last: drop the final incomplete batch.
         bucket_size_multiplier: mega-batch size in batches; larger = less padding,
             less randomness.
+        num_replicas / rank: the distributed world; see ``shard``.
     """
 
     def __init__(
@@ -151,10 +180,12 @@ class LengthBucketBatchSampler(_EpochBatchSampler):
         shuffle: bool = True,
         drop_last: bool = False,
         bucket_size_multiplier: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if batch_size < 1 or bucket_size_multiplier < 1:
             raise ValueError("batch_size and bucket_size_multiplier must be at least 1")
-        super().__init__(lengths, seed=seed, shuffle=shuffle)
+        super().__init__(lengths, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank)
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.bucket_size_multiplier = bucket_size_multiplier
@@ -206,6 +237,7 @@ class TokenBudgetBatchSampler(_EpochBatchSampler):
         seed: base seed; epoch ``e`` uses ``(seed, e)``.
         shuffle: shuffle ties and the batch order.
         max_batch_size: optional cap on examples per batch.
+        num_replicas / rank: the distributed world; see ``shard``.
 
     Raises:
         ValueError: an example longer than ``max_tokens`` (named by index).
@@ -219,8 +251,10 @@ class TokenBudgetBatchSampler(_EpochBatchSampler):
         seed: int,
         shuffle: bool = True,
         max_batch_size: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
-        super().__init__(lengths, seed=seed, shuffle=shuffle)
+        super().__init__(lengths, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank)
         too_long = np.flatnonzero(self.lengths > max_tokens)
         if len(too_long):
             index = int(too_long[0])

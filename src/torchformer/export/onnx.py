@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from torchformer.tasks.classifier import TextClassifier
+from torchformer.api import TextClassifier
 
 logger = logging.getLogger(__name__)
 

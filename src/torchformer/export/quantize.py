@@ -231,8 +231,8 @@ def validation_slice(
 
 def copy_export(src: Path, dst: Path) -> None:
     """Copy an export directory's files (not a previous int8 model) to ``dst``."""
+    from torchformer.api import SIDECAR_NAME
     from torchformer.export.onnx import LABELS_NAME, METADATA_NAME, ONNX_NAME, TOKENIZER_NAME
-    from torchformer.tasks.classifier import SIDECAR_NAME
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in (ONNX_NAME, TOKENIZER_NAME, SIDECAR_NAME, LABELS_NAME, METADATA_NAME):

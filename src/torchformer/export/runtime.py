@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torchformer.api import InferenceSettings, TextClassifier
 from torchformer.export.session import make_session
-from torchformer.tasks.classifier import InferenceSettings, TextClassifier
 from torchformer.text.tokenizer import Tokenizer
 
 __all__ = ["OnnxClassifier", "make_session"]

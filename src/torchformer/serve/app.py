@@ -103,11 +103,11 @@ def load_predictor(
         )
     import torch
 
-    import torchformer
+    from torchformer.api import load
 
     if threads:
         torch.set_num_threads(threads)
-    return torchformer.load(directory)
+    return load(directory)
 
 
 def _check_key(request: Any, api_key: str | None) -> None:

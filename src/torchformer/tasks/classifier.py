@@ -9,9 +9,8 @@ BERT-family directory from the Hub.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from torch import Tensor
 from torchformer.checkpoints import load_pretrained, save_pretrained
 from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import pad_batch
+from torchformer.io import read_json_settings, write_json_settings
 from torchformer.models.encoder import EncoderForSequenceClassification
 from torchformer.text.cleaning import TextCleaner
 from torchformer.text.tokenizer import Tokenizer
@@ -39,16 +39,10 @@ class InferenceSettings:
 
     @classmethod
     def read(cls, model_dir: Path) -> InferenceSettings:
-        path = Path(model_dir) / SIDECAR_NAME
-        if not path.is_file():
-            return cls()
-        data = json.loads(path.read_text(encoding="utf-8"))
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return read_json_settings(cls, Path(model_dir) / SIDECAR_NAME)
 
     def write(self, model_dir: Path) -> None:
-        path = Path(model_dir) / SIDECAR_NAME
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        write_json_settings(self, Path(model_dir) / SIDECAR_NAME)
 
 
 def validate_texts(texts: object) -> list[str]:

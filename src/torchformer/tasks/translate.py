@@ -1,12 +1,11 @@
 """Train an encoder–decoder Transformer from scratch for translation (Multi30k de→en).
 
-One readable loop, top to bottom, built from the pieces in ``train/``: token-budget
-batches of similar lengths, teacher forcing, label-smoothed cross-entropy that ignores
-padding, Adam (β 0.9/0.98, eps 1e-9) with the Noam or inverse-square-root warm-up
-schedule, gradient accumulation and clipping, validation loss and greedy BLEU after
-every epoch with early stopping, the best model in ``best/``, optional averaging of the
-last N checkpoints, and atomic checkpoints from which a resumed run ends with the same
-weights as an unbroken one. At the end the best model is scored on the validation and
+The translation task of the one training loop (``train.loop``): token-budget batches
+of similar lengths, teacher forcing, label-smoothed cross-entropy that ignores padding,
+Adam (β 0.9/0.98, eps 1e-9) with the Noam or inverse-square-root warm-up schedule,
+validation loss and greedy BLEU at each evaluation, the best model in ``best/``, and
+optional averaging of the last N checkpoints. Steps, accumulation, clipping, early
+stopping, checkpoints with exact resume and distribution are the loop's. At the end the best model is scored on the validation and
 test sets with greedy decoding and beam search (sacreBLEU, cased, detokenized, 13a, and
 chrF; signatures included) and the hypotheses are written into the run directory.
 
@@ -19,15 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from torchformer.config import config_to_dict, save_config
 from torchformer.data.batching import TokenBudgetBatchSampler
+from torchformer.evaluate.bleu import corpus_scores
 from torchformer.io import atomic_write_text, replace_dir
 from torchformer.models.seq2seq import Seq2Seq, preset, sequence_loss
 from torchformer.tasks.translate_data import (
@@ -43,28 +42,14 @@ from torchformer.tasks.translator import (
     TranslationSettings,
     Translator,
     evaluate_translator,
-    translate_split,
     write_model_dir,
 )
 from torchformer.text.tokenizer import Tokenizer
-from torchformer.train.accumulation import is_accumulation_boundary, optimizer_step
-from torchformer.train.checkpoint import (
-    CheckpointManager,
-    load_checkpoint,
-    restore_training_state,
-    training_state,
-)
-from torchformer.train.early_stopping import EarlyStopping
-from torchformer.train.guards import check_finite, stop_on_non_finite
-from torchformer.train.logging import (
-    MetricsLogger,
-    fingerprint_records,
-    progress_bar,
-    write_manifest,
-)
-from torchformer.train.run_dir import claim_run_dir
+from torchformer.train.checkpoint import load_checkpoint
+from torchformer.train.distributed import World
+from torchformer.train.logging import fingerprint_records
+from torchformer.train.loop import LoopConfig, Run, fit
 from torchformer.train.schedules import ScheduleName, Scheduler, build_scheduler
-from torchformer.train.seed import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -84,37 +69,28 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation, evaluation and checkpointing.
+class TrainConfig(LoopConfig):
+    """The loop's settings (``train.loop.LoopConfig``) plus translation's batching and Adam.
 
     ``lr`` is the Noam ``scale`` (peak rate ``lr * (d_model * warmup_steps) ** -0.5``) or the
-    peak rate of ``inverse_sqrt``.
+    peak rate of ``inverse_sqrt``. ``max_tokens`` is the global batch: under torchrun each
+    of N processes trains on its share of every batch.
     """
 
     epochs: int = 20
-    max_steps: int | None = None
-    max_tokens: int = 4096  # padded tokens (longer side) per micro-batch
-    grad_accum: int = 1
     schedule: ScheduleName = "noam"
     lr: float = 1.0
+    weight_decay: float = 0.0
+    metric: Literal["bleu", "chrf", "loss"] = "bleu"  # early stopping, best/ (greedy, val)
+    patience: int = 5
+    max_tokens: int = 4096  # padded tokens (longer side) per micro-batch
     warmup_steps: int = 4000
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-9
-    weight_decay: float = 0.0
     label_smoothing: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_every: int | None = None  # optimizer steps; None: once per epoch
     eval_max_tokens: int = 8192
     bleu_samples: int | None = None  # validation sentences decoded for the per-evaluation BLEU
-    metric: Literal["bleu", "chrf", "loss"] = "bleu"  # early stopping, best/ (greedy, val)
-    patience: int = 5
-    checkpoint_every: int | None = None  # optimizer steps; None: at each evaluation
-    keep_checkpoints: int = 2
     average_last: int = 0  # >= 2: also write averaged/ from the last N checkpoints
-    seed: int = 42
-    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-    threads: int | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -146,261 +122,194 @@ def build_model(config: TranslateConfig, src_tok: Tokenizer, tgt_tok: Tokenizer)
     pad_id, start_id, eos_id = special_ids(tgt_tok)
     joint = config.tokenizer.joint
     overrides = {"dropout": m.dropout, "norm_first": m.norm_first}
-    cfg = preset(m.preset, vocab_size=tgt_tok.vocab_size, src_vocab_size=None if joint else src_tok.vocab_size,
-                 share_embeddings=joint, tie_output=True, max_len=config.data.max_length, pad_id=pad_id,
-                 decoder_start_id=start_id, eos_id=eos_id, attn_impl=m.attn_impl,
-                 **{k: v for k, v in overrides.items() if v is not None})  # fmt: skip
+    cfg = preset(
+        m.preset,
+        vocab_size=tgt_tok.vocab_size,
+        src_vocab_size=None if joint else src_tok.vocab_size,
+        share_embeddings=joint,
+        tie_output=True,
+        max_len=config.data.max_length,
+        pad_id=pad_id,
+        decoder_start_id=start_id,
+        eos_id=eos_id,
+        attn_impl=m.attn_impl,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
     return Seq2Seq(cfg)
 
 
 def settings_of(config: TranslateConfig) -> TranslationSettings:
     e = config.eval
-    return TranslationSettings(src_lang=config.data.src_lang, tgt_lang=config.data.tgt_lang, beam_size=e.beam_size,
-                               length_penalty=e.length_penalty, max_len_offset=e.max_len_offset)  # fmt: skip
-
-
-@torch.inference_mode()
-def validation_loss(model: Seq2Seq, pairs: EncodedPairs, *, max_tokens: int) -> float:
-    """Mean token cross-entropy (no label smoothing) over a split, padding ignored."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    budget = max(max_tokens, max(pairs.lengths))
-    for indices in TokenBudgetBatchSampler(pairs.lengths, budget, seed=0, shuffle=False):
-        b = make_batch(pairs, indices, model.config.pad_id).to(device)
-        out = model(b.src, b.tgt_in, src_mask=b.src_mask, tgt_mask=b.tgt_mask, labels=b.labels)
-        total += out.loss.item() * b.num_target_tokens
-        tokens += b.num_target_tokens
-    model.train(was_training)
-    return total / max(tokens, 1)
-
-
-@dataclass
-class LoopState:
-    """Counters saved in checkpoints (as ``training_state`` metadata)."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # epochs completed
-    target_tokens: int = 0  # tokens the decoder was trained to predict
-    train_seconds: float = 0.0  # time in forward/backward/optimizer steps only
-    train_cpu_seconds: float = 0.0  # CPU time of those (all threads): speed on a shared machine
-    stopped_early: bool = False
-
-
-@dataclass
-class Run:
-    """Everything a training run holds; ``checkpoint()`` writes what ``restore()`` reads."""
-
-    config: TranslateConfig
-    run_dir: Path
-    translator: Translator  # the model being trained, with its tokenizers
-    encoded: dict[str, EncodedPairs]
-    device: torch.device
-    optimizer: torch.optim.Optimizer
-    scheduler: Scheduler
-    sampler: TokenBudgetBatchSampler
-    stopper: EarlyStopping
-    ckpts: CheckpointManager
-    log: MetricsLogger
-    total_steps: int
-    state: LoopState = field(default_factory=LoopState)
-
-    @property
-    def model(self) -> Seq2Seq:
-        return self.translator.model
-
-    def checkpoint(self) -> None:
-        state = training_state(
-            step=self.state.step, epoch=self.state.epoch, model=self.model,
-            optimizer=self.optimizer, scheduler=self.scheduler, sampler=self.sampler,
-            early_stopping=self.stopper, metadata=asdict(self.state),
-        )  # fmt: skip
-        self.ckpts.save(self.state.step, state)
-
-    def restore(self, ckpt: dict) -> None:
-        restore_training_state(
-            ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            sampler=self.sampler, early_stopping=self.stopper,
-        )  # fmt: skip
-        self.state = LoopState(**ckpt["metadata"])
-
-    def evaluate_and_keep_best(self) -> None:
-        """Validation loss and greedy BLEU; ``best/`` on improvement; early stopping."""
-        tc, start = self.config.train, time.perf_counter()
-        val = self.encoded["val"]
-        loss = validation_loss(self.model, val, max_tokens=tc.eval_max_tokens)
-        _, scores = translate_split(self.translator, val, beam_size=1, limit=tc.bleu_samples)
-        values = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": scores["bleu"],
-                  "chrf": scores["chrf"], "eval_s": time.perf_counter() - start}  # fmt: skip
-        self.log.log(values, step=self.state.step, epoch=self.state.epoch, split="val")
-        logger.info("step %d val loss %.4f, greedy BLEU %.2f %s", self.state.step, loss,
-                    scores["bleu"], scores["bleu_signature"])  # fmt: skip
-        if self.stopper.update(values[tc.metric], step=self.state.step):
-            t = self.translator
-            with replace_dir(self.run_dir / "best") as tmp:  # a crash keeps the previous best/
-                write_model_dir(tmp, self.model, t.src_tokenizer, t.tgt_tokenizer, t.settings)
-        self.state.stopped_early = self.stopper.should_stop
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def setup_run(config: TranslateConfig, *, resume: bool, overwrite: bool = False) -> Run:
-    """Build (or restore) a run: data, tokenizers, model, Adam + warm-up, sampler, checkpoints."""
-    tc = config.train
-    if tc.metric not in ("bleu", "chrf", "loss"):
-        raise ValueError(f"train.metric must be 'bleu', 'chrf' or 'loss', got {tc.metric!r}")
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    run_dir = claim_run_dir(config.run_dir, resume=resume, overwrite=overwrite, config=config)
-    seed_everything(tc.seed)
-    data = prepare_data(config.data, config.tokenizer, run_dir, seed=tc.seed)
-    device = _device(tc.device)
-    model = build_model(config, data.src_tok, data.tgt_tok).to(device)  # before the optimizer
-    train_set = data.encoded["train"]
-    save_config(config, run_dir / "config.yaml")
-    write_manifest(
-        run_dir, config=config_to_dict(config), seed=tc.seed,
-        data_fingerprint=fingerprint_records(train_set.src_texts + train_set.tgt_texts),
-        extra={"sizes": {k: len(v) for k, v in data.encoded.items()}, "dropped_long": data.dropped,
-               "parameters": sum(p.numel() for p in model.parameters())},
-    )  # fmt: skip
-    sampler = TokenBudgetBatchSampler(train_set.lengths, tc.max_tokens, seed=tc.seed)
-    total_steps = tc.max_steps or math.ceil(len(sampler) / tc.grad_accum) * tc.epochs
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas),
-                                 eps=tc.adam_eps, weight_decay=tc.weight_decay)  # fmt: skip
-    run = Run(
-        config=config, run_dir=run_dir, encoded=data.encoded, device=device,
-        translator=Translator(model, data.src_tok, data.tgt_tok, settings_of(config)),
-        optimizer=optimizer, sampler=sampler, total_steps=total_steps,
-        scheduler=build_scheduler(optimizer, tc.schedule, warmup_steps=tc.warmup_steps,
-                                  total_steps=total_steps, d_model=model.config.d_model, scale=tc.lr),
-        stopper=EarlyStopping(tc.metric, mode="min" if tc.metric == "loss" else "max",
-                              patience=tc.patience),
-        # Averaging takes the checkpoints up to the best one, which early stopping leaves
-        # `patience` evaluations behind the newest: keep that many more.
-        ckpts=CheckpointManager(run_dir / "checkpoints", keep_last=max(
-            tc.keep_checkpoints, tc.average_last + tc.patience if tc.average_last >= 2 else 0)),
-        log=MetricsLogger(run_dir),
-    )  # fmt: skip
-    if resume and (ckpt := run.ckpts.latest()) is not None:
-        run.restore(ckpt.state)
-        run.log.drop_after(run.state.step)  # the steps after the checkpoint are redone
-        logger.info("resumed from %s (step %d)", ckpt.path, run.state.step)
-    elif resume:
-        logger.warning("no checkpoint in %s; starting from scratch", run.ckpts.directory)
-    return run
-
-
-def _forward_backward(run: Run, indices: list[int]) -> tuple[torch.Tensor, int]:
-    """One micro-batch: teacher forcing, label-smoothed loss, finite check, scaled backward.
-
-    Returns the loss (detached) and the number of target tokens predicted.
-    """
-    tc, model = run.config.train, run.model
-    b = make_batch(run.encoded["train"], indices, model.config.pad_id).to(run.device)
-    out = model(b.src, b.tgt_in, src_mask=b.src_mask, tgt_mask=b.tgt_mask)  # logits (B, T, V)
-    loss = sequence_loss(out.logits, b.labels, pad_id=model.config.pad_id,
-                         label_smoothing=tc.label_smoothing)  # fmt: skip
-    with _stop_on_non_finite(run):  # before the bad gradient touches the weights
-        check_finite(loss, run.state.step + 1)
-    (loss / tc.grad_accum).backward()
-    return loss.detach(), b.num_target_tokens
-
-
-def _stop_on_non_finite(run: Run):
-    return stop_on_non_finite(
-        run.log, step=run.state.step, epoch=run.state.epoch, note=run.ckpts.kept_note
+    return TranslationSettings(
+        src_lang=config.data.src_lang,
+        tgt_lang=config.data.tgt_lang,
+        beam_size=e.beam_size,
+        length_penalty=e.length_penalty,
+        max_len_offset=e.max_len_offset,
     )
 
 
-def run_epoch(run: Run, bar, stop_at_step: int | None) -> bool:
-    """Train to the end of the current epoch (or a stop); True when stopped by ``stop_at_step``."""
-    tc, state, sampler = run.config.train, run.state, run.sampler
-    if sampler.epoch != state.epoch:  # equal on a fresh start and when resuming mid-epoch
-        sampler.set_epoch(state.epoch)
-    remaining = len(sampler) - sampler.state_dict()["batches_yielded"]
-    micro, window_tokens, t0, cpu0 = 0, 0, time.perf_counter(), time.process_time()
-    for indices in sampler:
-        micro += 1
-        loss, n_tokens = _forward_backward(run, indices)
-        window_tokens += n_tokens
-        end_of_epoch = micro == remaining
-        if not is_accumulation_boundary(micro, tc.grad_accum, last=end_of_epoch):
-            continue
-        # The gradient norm is checked too: an overflow never reaches the weights.
-        with _stop_on_non_finite(run):
-            grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler,
-                                       max_grad_norm=tc.max_grad_norm, check_step=state.step + 1)  # fmt: skip
-        elapsed = time.perf_counter() - t0
-        state.step += 1
-        state.target_tokens += window_tokens
-        state.train_seconds += elapsed
-        state.train_cpu_seconds += time.process_time() - cpu0
-        bar.update(1)
-        if state.step % 10 == 0 or state.step in (1, run.total_steps):
-            speed = window_tokens / max(elapsed, 1e-9)
-            run.log.log({"loss": loss.item(), "lr": run.scheduler.lr, "grad_norm": float(grad_norm),
-                         "tgt_tokens_per_s": speed},
-                        step=state.step, epoch=state.epoch, split="train")  # fmt: skip
-            bar.set_postfix(loss=f"{loss.item():.3f}", tgt_tok_s=f"{speed:.0f}", refresh=False)
-        state.epoch += end_of_epoch
-        every, last_step = tc.eval_every, state.step >= run.total_steps
-        # The last step is always evaluated: it may be the best.
-        evaluate_now = (
-            (every and state.step % every == 0) or (end_of_epoch and not every) or last_step
+@torch.inference_mode()
+def example_losses(
+    model: Seq2Seq,
+    pairs: EncodedPairs,
+    indices: list[int],
+    *,
+    max_tokens: int,
+    device: torch.device | str = "cpu",
+) -> dict[int, tuple[float, int]]:
+    """``{index: (summed token cross-entropy, target tokens)}`` (no label smoothing)."""
+    if not indices:
+        return {}
+    pad_id = model.config.pad_id
+    lengths = [pairs.lengths[i] for i in indices]
+    out: dict[int, tuple[float, int]] = {}
+    sampler = TokenBudgetBatchSampler(lengths, max(max_tokens, max(lengths)), seed=0, shuffle=False)
+    for positions in sampler:
+        idx = [indices[p] for p in positions]
+        b = make_batch(pairs, idx, pad_id).to(device)
+        logits = model(
+            b.src, b.tgt_in, src_mask=b.src_mask, tgt_mask=b.tgt_mask
+        ).logits  # (B, T, V)
+        targets = b.labels.masked_fill(b.labels == pad_id, -100)  # (B, T)
+        token_losses = torch.nn.functional.cross_entropy(
+            logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+        )  # (B, T)
+        sums, counts = token_losses.sum(-1).tolist(), (targets != -100).sum(-1).tolist()
+        out.update(zip(idx, zip(sums, counts)))
+    return out
+
+
+class TranslationTask:
+    """Translation's side of the one training loop (``train.loop.Task``)."""
+
+    units = "tgt_tokens"
+
+    def __init__(self, config: TranslateConfig) -> None:
+        self.config = config
+
+    def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> Seq2Seq:
+        # Rank 0 trains the tokenizers and saves them in the run; the others load them.
+        c = self.config
+        data = prepare_data(c.data, c.tokenizer, run_dir, seed=c.train.seed)
+        self.data, self.encoded = data, data.encoded
+        model = build_model(c, data.src_tok, data.tgt_tok)
+        self.translator = Translator(model, data.src_tok, data.tgt_tok, settings_of(c))
+        self._target_tokens = [len(t) - 1 for t in self.encoded["train"].tgt_ids]
+        return model
+
+    def manifest(self) -> dict[str, Any]:
+        train_set, model = self.encoded["train"], self.translator.model
+        return {
+            "data_fingerprint": fingerprint_records(train_set.src_texts + train_set.tgt_texts),
+            "extra": {
+                "sizes": {k: len(v) for k, v in self.encoded.items()},
+                "dropped_long": self.data.dropped,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+        }
+
+    def train_sampler(self, world: World) -> TokenBudgetBatchSampler:
+        tc, lengths = self.config.train, self.encoded["train"].lengths
+        return TokenBudgetBatchSampler(lengths, tc.max_tokens, seed=tc.seed, **world.sampler_args)
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        tc = self.config.train
+        return torch.optim.Adam(
+            model.parameters(),
+            lr=tc.lr,
+            betas=tuple(tc.adam_betas),
+            eps=tc.adam_eps,
+            weight_decay=tc.weight_decay,
         )
-        if evaluate_now:
-            run.evaluate_and_keep_best()
-        save_now = tc.checkpoint_every and state.step % tc.checkpoint_every == 0
-        if evaluate_now or end_of_epoch or save_now:
-            run.checkpoint()
-        if stop_at_step is not None and state.step >= stop_at_step:
-            return True
-        if state.stopped_early or state.step >= run.total_steps:
-            return False
-        window_tokens, t0, cpu0 = 0, time.perf_counter(), time.process_time()
-    return False
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
+        tc = self.config.train
+        return build_scheduler(
+            optimizer,
+            tc.schedule,
+            warmup_steps=tc.warmup_steps,
+            total_steps=total_steps,
+            d_model=self.translator.model.config.d_model,
+            scale=tc.lr,
+        )
+
+    def checkpoints_to_keep(self) -> int:
+        # Averaging takes the checkpoints up to the best one, which early stopping leaves
+        # `patience` evaluations behind the newest: keep that many more.
+        tc = self.config.train
+        return max(
+            tc.keep_checkpoints, tc.average_last + tc.patience if tc.average_last >= 2 else 0
+        )
+
+    def batch_units(self, indices: list[int]) -> float:
+        """Target tokens the decoder predicts (what the token cross-entropy averages over)."""
+        return float(sum(self._target_tokens[i] for i in indices))
+
+    def batch_loss(
+        self, model: torch.nn.Module, indices: list[int], device: torch.device
+    ) -> torch.Tensor:
+        """Teacher forcing, label-smoothed token cross-entropy, padding ignored."""
+        pad_id = self.translator.model.config.pad_id
+        b = make_batch(self.encoded["train"], indices, pad_id).to(device)
+        out = model(b.src, b.tgt_in, src_mask=b.src_mask, tgt_mask=b.tgt_mask)  # logits (B, T, V)
+        return sequence_loss(
+            out.logits, b.labels, pad_id=pad_id, label_smoothing=self.config.train.label_smoothing
+        )
+
+    def split_size(self, split: str) -> int:
+        return len(self.encoded[split]) if split in self.encoded else 0
+
+    def evaluate(
+        self, model, split: str, indices: list[int], device: torch.device
+    ) -> dict[int, Any]:
+        """Per pair: (loss sum, target tokens, greedy hypothesis or None past ``bleu_samples``)."""
+        tc, pairs = self.config.train, self.encoded[split]
+        losses = example_losses(model, pairs, indices, max_tokens=tc.eval_max_tokens, device=device)
+        limit = len(pairs) if tc.bleu_samples is None else tc.bleu_samples
+        decode = [i for i in indices if i < limit]
+        hyps = self.translator.translate(
+            [pairs.src_texts[i] for i in decode], beam_size=1, batch_size=64
+        )
+        found = dict(zip(decode, hyps))
+        return {i: (*losses[i], found.get(i)) for i in indices}
+
+    def summarize(self, split: str, outputs: dict[int, Any]) -> dict[str, float]:
+        """Token cross-entropy and perplexity over the split, greedy BLEU and chrF."""
+        order, pairs = sorted(outputs), self.encoded[split]
+        total, tokens = sum(outputs[i][0] for i in order), sum(outputs[i][1] for i in order)
+        loss = total / max(tokens, 1)
+        decoded = [i for i in order if outputs[i][2] is not None]
+        scores = corpus_scores(
+            [outputs[i][2] for i in decoded], [pairs.tgt_texts[i] for i in decoded]
+        )
+        logger.info("%s greedy BLEU %.2f %s", split, scores["bleu"], scores["bleu_signature"])
+        return {
+            "loss": loss,
+            "ppl": math.exp(min(loss, 50.0)),
+            "bleu": scores["bleu"],
+            "chrf": scores["chrf"],
+        }
+
+    def save_best(self, model: torch.nn.Module, directory: Path) -> None:
+        t = self.translator
+        write_model_dir(directory, model, t.src_tokenizer, t.tgt_tokenizer, t.settings)
+
+    def finish(self, run: Run) -> None:
+        finish_run(run, self.config)
 
 
-def train(
-    config: TranslateConfig, *, resume: bool = False, overwrite: bool = False,
-    stop_at_step: int | None = None,
-) -> Path:  # fmt: skip
+def train(config: TranslateConfig, **options: Any) -> Path:
     """Train, evaluate and save a translation model; returns the run directory.
 
-    Args:
-        config: the resolved run config.
-        resume: continue from the newest loadable checkpoint in ``run_dir``.
-        overwrite: a fresh run may replace a run already in ``run_dir`` (else it refuses).
-        stop_at_step: stop right after this optimizer step, as if the process had been
-            interrupted (tests of exact resume use it with a checkpoint there).
+    ``options``: ``resume``, ``overwrite``, ``stop_at_step`` (see ``train.loop.fit``).
     """
-    run = setup_run(config, resume=resume, overwrite=overwrite)
-    tc, state = config.train, run.state
-    bar = progress_bar(run.total_steps, "train", disable=not tc.progress, initial=state.step)
-    run.model.train()  # the Translator switched it to eval mode
-    try:
-        while state.epoch < tc.epochs and state.step < run.total_steps and not state.stopped_early:
-            if run_epoch(run, bar, stop_at_step):
-                return run.run_dir
-        bar.close()
-        if not (run.run_dir / "best" / "config.json").is_file():  # max_steps came first
-            run.evaluate_and_keep_best()
-        tokens, seconds, cpu = state.target_tokens, state.train_seconds, state.train_cpu_seconds
-        run.log.log({"target_tokens": tokens, "train_seconds": seconds, "train_cpu_seconds": cpu,
-                     "train_tgt_tokens_per_s": tokens / max(seconds, 1e-9),
-                     "train_tgt_tokens_per_cpu_s": tokens / max(cpu, 1e-9)},
-                    step=state.step, epoch=state.epoch, split="summary")  # fmt: skip
-        finish_run(run)
-    finally:
-        bar.close()
-        run.log.close()
-    return run.run_dir
+    return fit(TranslationTask(config), **options)
+
+
+def load(path: str | os.PathLike, **overrides: Any) -> Translator:
+    """A trained translator: a run directory (the model it selected) or a model directory."""
+    return Translator.from_dir(path, **overrides)
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -422,7 +331,7 @@ def averaging_window(steps: list[int], n: int, best_step: int | None) -> list[in
 def _averaged_model(run: Run, best: Translator) -> Translator | None:
     """``averaged/``: the mean of the ``average_last`` checkpoints ending at the best one
     (None when off or fewer than two are there)."""
-    n = run.config.train.average_last
+    n = run.config.average_last
     window = averaging_window(run.ckpts.steps(), n, run.stopper.best_step)
     if n < 2 or len(window) < 2:
         return None
@@ -440,35 +349,51 @@ def select_model(val_scores: dict[str, float]) -> str:
     return max(names, key=val_scores.__getitem__) if names else "best"
 
 
-def finish_run(run: Run) -> None:
+def finish_run(run: Run, config: TranslateConfig) -> None:
     """Score the best and the averaged model on validation and test (greedy and beam);
     write ``eval/``; select the one with the better validation beam score
     (``selected_model.json``, what ``torchformer.load(run)`` and the CLI then use)."""
-    e, state = run.config.eval, run.state
-    metric = "chrf" if run.config.train.metric == "chrf" else "bleu"
+    e, state = config.eval, run.state
+    metric = "chrf" if config.train.metric == "chrf" else "bleu"
     beam = f"beam{e.beam_size}"
     best = Translator.from_dir(run.run_dir / "best")
     models = {"best": best, "averaged": _averaged_model(run, best)}
     val_scores: dict[str, float] = {}
+    encoded = run.task.encoded
     for model_name, translator in models.items():
         if translator is None:
             continue
         translator.model.to(run.device)
         for split in ("val", "test"):
-            if split not in run.encoded:
+            if split not in encoded:
                 continue
             name = split if model_name == "best" else f"{model_name}_{split}"
-            result = evaluate_translator(translator, run.encoded[split], run.run_dir / "eval" / name,
-                                         beam_size=e.beam_size, batch_size=e.batch_size)  # fmt: skip
+            result = evaluate_translator(
+                translator,
+                encoded[split],
+                run.run_dir / "eval" / name,
+                beam_size=e.beam_size,
+                batch_size=e.batch_size,
+            )
             decodings = [k for k in result if k != "num_sentences"]
             flat = {f"{k}_{m}": result[k][m] for k in decodings for m in ("bleu", "chrf")}
             run.log.log(flat, step=state.step, epoch=state.epoch, split=f"{model_name}_{split}")
             for k in decodings:
-                logger.info("%s %s %s: BLEU %.2f %s, chrF %.2f", model_name, split, k,
-                            result[k]["bleu"], result[k]["bleu_signature"], result[k]["chrf"])  # fmt: skip
+                logger.info(
+                    "%s %s %s: BLEU %.2f %s, chrF %.2f",
+                    model_name,
+                    split,
+                    k,
+                    result[k]["bleu"],
+                    result[k]["bleu_signature"],
+                    result[k]["chrf"],
+                )
             if split == "val":
                 val_scores[model_name] = result[beam][metric]
     selected = select_model(val_scores)
     selection = {"model": selected, "by": f"validation {beam} {metric}", "validation": val_scores}
     atomic_write_text(run.run_dir / SELECTION_FILE, json.dumps(selection, indent=2) + "\n")
     logger.info("selected %s/ (%s)", selected, selection["by"])
+
+
+CONFIG = TranslateConfig

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from torchformer.data.batching import pad_batch
 from torchformer.evaluate.bleu import corpus_scores
 from torchformer.generate.beam import beam_search
 from torchformer.generate.greedy import greedy_decode
-from torchformer.io import recover_dir
+from torchformer.io import read_json_settings, recover_dir, write_json_settings
 from torchformer.models.seq2seq import Seq2Seq
 from torchformer.tasks.classifier import validate_texts
 from torchformer.tasks.translate_data import SOURCE_TOKENIZER, TARGET_TOKENIZER, EncodedPairs
@@ -61,15 +61,10 @@ class TranslationSettings:
 
     @classmethod
     def read(cls, model_dir: Path) -> TranslationSettings:
-        path = Path(model_dir) / SETTINGS_NAME
-        if not path.is_file():
-            return cls()
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        return read_json_settings(cls, Path(model_dir) / SETTINGS_NAME)
 
     def write(self, model_dir: Path) -> None:
-        path = Path(model_dir) / SETTINGS_NAME
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        write_json_settings(self, Path(model_dir) / SETTINGS_NAME)
 
 
 class _PrefixCache:

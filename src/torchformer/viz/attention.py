@@ -158,7 +158,7 @@ def attention_for_translation(
     teacher-forced pass of the model's ``decode(..., return_attentions=True)`` over
     ``[start] + output`` gives the attention behind each predicted token.
     """
-    from torchformer.tasks.translator import generate_ids
+    from torchformer.api import generate_ids
 
     model = translator.model
     cfg = model.config

@@ -187,9 +187,9 @@ def write_explain(
     max_values: int = EXPLAIN_MAX_VALUES,
 ) -> Path:
     """Load a run (or model directory) with ``torchformer.load`` and write its explain page for ``text``."""
-    import torchformer
+    from torchformer.api import load
 
-    model = torchformer.load(model_path)
+    model = load(model_path)
     if hasattr(model, "predict"):
         document = explain_html(model, text, window=window, max_values=max_values)
     else:

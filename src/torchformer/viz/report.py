@@ -409,9 +409,9 @@ def _attention_examples(run_dir: Path, e: EvalFiles | None, n_examples: int) -> 
         return _note("No stored examples (errors.jsonl) to explain.")
     if not (run_dir / "best" / "config.json").is_file():
         return _note("No best/ model to compute attention with.")
-    import torchformer
+    from torchformer.api import load
 
-    model = torchformer.load(run_dir)
+    model = load(run_dir)
     if not hasattr(model, "predict"):
         return _note("Attention views are shown for classification runs.")
     chosen = _pick_examples(e, n_examples)

@@ -99,10 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    import torchformer
+    from torchformer.api import load
     from torchformer.export.onnx import export_classifier
 
-    clf = torchformer.load(args.run)
+    clf = load(args.run)
     try:
         result = export_classifier(
             clf,
@@ -129,10 +129,10 @@ def _ensure_export(src: Path, out: Path) -> None:
         if src.resolve() != out.resolve():
             copy_export(src, out)
         return
-    import torchformer
+    from torchformer.api import load
     from torchformer.export.onnx import export_classifier
 
-    result = export_classifier(torchformer.load(src), out, source=str(src))
+    result = export_classifier(load(src), out, source=str(src))
     print(f"exported {result.onnx_path}; parity {result.parity.summary()}")
 
 

@@ -1,4 +1,5 @@
-"""CLI of the classification task: ``train``, ``evaluate``, ``predict`` and ``demo``."""
+"""``torchformer train`` (every task, through the task registry) and the classification
+commands ``evaluate``, ``predict`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # src/torchformer/configs
 DEMO_CONFIG = CONFIG_DIR / "imdb-demo.yaml"
 
 
@@ -73,30 +74,47 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _task_of(path: Path) -> str:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return data.get("task", "classification") if isinstance(data, dict) else "classification"
+    """The ``task:`` a YAML config names ("classification" when it names none)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    task = data.get("task", "classification") if isinstance(data, dict) else "classification"
+    if not isinstance(task, str):
+        raise ValueError(f"{path}: task: expected a task name, found {task!r}")
+    return task
 
 
 def train_command(args: argparse.Namespace) -> int:
+    """Train the task the config names: registry → ``CONFIG`` → ``train``."""
     from torchformer.config import load_config
+    from torchformer.tasks.registry import task_module
 
-    if _task_of(args.config) == "translation":
-        from torchformer.tasks.translate import TranslateConfig
-        from torchformer.tasks.translate import train as train_translation
-
-        run_dir = train_translation(
-            load_config(TranslateConfig, args.config, args.overrides),
-            resume=args.resume, overwrite=args.overwrite,
-        )  # fmt: skip
-    else:
-        from torchformer.tasks.classify import ClassifyConfig, train
-
-        run_dir = train(
-            load_config(ClassifyConfig, args.config, args.overrides),
-            resume=args.resume, overwrite=args.overwrite,
-        )  # fmt: skip
+    name = _task_of(args.config)
+    try:
+        mod = task_module(name)
+    except ValueError as e:  # names the known tasks; say which file asked for it
+        raise ValueError(f"{args.config}: task: {e}") from None
+    config = load_config(mod.CONFIG, args.config, args.overrides)
+    run_dir = mod.train(config, resume=args.resume, overwrite=args.overwrite)
+    write_run_report(run_dir, config)
     print(f"run written to {run_dir}")
     return 0
+
+
+def write_run_report(run_dir: Path, config) -> None:
+    """``report.html`` for a finished run whose config asks for one (rank 0 only)."""
+    from torchformer.train.distributed import is_main_process
+
+    finished = (Path(run_dir) / "eval").is_dir()  # not a run stopped early for a test
+    if not (getattr(config, "report", False) and finished and is_main_process()):
+        return
+    try:
+        from torchformer.viz.report import write_report
+    except ImportError as e:  # viz extra (matplotlib) not installed
+        print(f"no report written: {e} (pip install 'torchformer[viz]')", file=sys.stderr)
+        return
+    write_report(run_dir)
 
 
 def _read_labelled(args: argparse.Namespace):
@@ -112,14 +130,14 @@ def _read_labelled(args: argparse.Namespace):
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    import torchformer
+    from torchformer.api import load
     from torchformer.evaluate.classification import (
         StreamingClassificationMetrics,
         classification_report_text,
         write_evaluation,
     )
 
-    clf = torchformer.load(args.run)
+    clf = load(args.run)
     records = _read_labelled(args)
     unknown = sorted({str(r.label) for r in records} - set(clf.labels))
     if unknown:
@@ -160,7 +178,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    import torchformer
+    from torchformer.api import load
 
     texts = list(args.texts)
     if args.file:
@@ -170,7 +188,7 @@ def predict_command(args: argparse.Namespace) -> int:
     if not texts:
         print("error: give texts or --file", file=sys.stderr)
         return 2
-    clf = torchformer.load(args.run)
+    clf = load(args.run)
     for text, pred in zip(texts, clf.predict(texts)):
         if args.json:
             print(json.dumps({"text": text, **pred}))
@@ -197,20 +215,21 @@ def demo_command(args: argparse.Namespace) -> int:
         config.run_dir = str(next_free_run_dir(config.run_dir))
     start = time.perf_counter()
     run_dir = train(config)
+    write_run_report(run_dir, config)
     minutes = (time.perf_counter() - start) / 60
     _print_summary(Path(run_dir), minutes)
     return 0
 
 
 def _print_summary(run_dir: Path, minutes: float) -> None:
-    import torchformer
+    from torchformer.api import load
 
     metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text(encoding="utf-8"))
     report = (run_dir / "eval" / "test" / "classification_report.txt").read_text(encoding="utf-8")
     print(f"\nFine-tuned in {minutes:.1f} min. Test set ({metrics.get('num_examples', '?')} reviews "
           "not seen in training):\n")  # fmt: skip
     print(report)
-    clf = torchformer.load(run_dir / "best")
+    clf = load(run_dir / "best")
     examples = [
         "One of the best films I have seen this year: moving, funny and beautifully shot.",
         "A tedious, badly acted mess. I wanted my two hours back.",
@@ -222,7 +241,7 @@ def _print_summary(run_dir: Path, minutes: float) -> None:
     print(f"\nThe model is in {run_dir / 'best'} (Hugging Face layout). Use it with:")
     print(f'  torchformer predict {run_dir} "What a great movie"')
     print(
-        f"  python -c \"import torchformer; print(torchformer.load('{run_dir}').predict(['What a great movie']))\""
+        f"  python -c \"import torchformer; print(load('{run_dir}').predict(['What a great movie']))\""
     )
     if (run_dir / "report.html").is_file():
         print(f"Report: {run_dir / 'report.html'}")

@@ -1,8 +1,10 @@
 """The ``torchformer`` command: one entry point, each subcommand a plain function.
 
-Each command module exposes ``register(subparsers)`` which adds its
-subcommand(s) and sets ``func`` on the parser; modules are imported lazily so
-that ``torchformer --help`` stays fast and optional extras stay optional.
+The top floor of the package (DESIGN.md, "Layers"): the modules of this package
+may import anything below them and nothing imports them. Each command module
+exposes ``register(subparsers)`` which adds its subcommand(s) and sets ``func``
+on the parser; modules are imported lazily so that ``torchformer --help`` stays
+fast and optional extras stay optional.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import sys
 
 # Modules that contribute subcommands, in help order.
 COMMAND_MODULES = [
-    "torchformer.tasks.classify_cli",
-    "torchformer.tasks.translate_cli",
-    "torchformer.export.cli",
-    "torchformer.bench.cli",
-    "torchformer.serve.cli",
-    "torchformer.viz.cli",
+    "torchformer.cli.classify",
+    "torchformer.cli.translate",
+    "torchformer.cli.export",
+    "torchformer.cli.bench",
+    "torchformer.cli.serve",
+    "torchformer.cli.viz",
 ]
 
 

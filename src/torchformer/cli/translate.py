@@ -1,7 +1,7 @@
 """CLI of the translation task: ``translate`` and ``evaluate-translation``.
 
 Training goes through the shared ``torchformer train CONFIG`` (a YAML with
-``task: translation`` is dispatched to ``tasks.translate``).
+``task: translation`` goes through the task registry to ``tasks.translate``).
 
     torchformer translate runs/multi30k-small "Ein Hund läuft im Park."
     torchformer translate runs/multi30k-small --file src.de --out hyp.en --beam-size 5
@@ -66,9 +66,9 @@ def _decoding(args: argparse.Namespace) -> dict:
 
 
 def _load(run: Path):
-    import torchformer
+    from torchformer.api import load
 
-    return torchformer.load(run)
+    return load(run)
 
 
 def translate_command(args: argparse.Namespace) -> int:

@@ -1,0 +1,515 @@
+"""The one training loop: every task trains through ``fit(task)``.
+
+What every task shares lives here, readable top to bottom: steps and epochs, gradient
+accumulation, clipping, schedules, precision (fp32 / bf16 autocast), evaluation
+cadence, early stopping, ``best/``, atomic checkpoints with exact resume, the NaN/inf
+guard, the progress bar, ``metrics.jsonl``, the manifest, and distribution over
+``torchrun`` processes. A task (``torchformer.tasks.*``) supplies only what differs,
+through the small :class:`Task` contract below.
+
+Distributed training (``torchrun --nproc_per_node N -m torchformer train CONFIG``):
+
+- the sampler builds the same *global* batches on every rank (a config's batch size is
+  the global batch) and each rank trains on its disjoint shard;
+- each rank's loss is weighted by its share of the global batch's units (examples,
+  target tokens, class weights), so after DDP averages the gradients they equal the
+  gradient of the whole batch in one process: the same config trains the same model
+  on 1, 2 or N processes, also when the batch does not divide by N;
+- accumulation micro-steps skip the all-reduce (``no_sync``): one per optimizer step;
+- evaluation is sharded (every example once, no padding duplicates), the per-example
+  outputs gathered, and the metrics computed from all of them, so they equal the
+  single-process ones and every rank takes the same early-stopping decision;
+- only rank 0 writes (run directory, logs, checkpoints, ``best/``, report).
+
+    run_dir = fit(task, resume=False)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+from torchformer.config import config_to_dict, save_config
+from torchformer.io import replace_dir
+from torchformer.train.accumulation import (
+    is_accumulation_boundary,
+    optimizer_step,
+    sync_gradients,
+)
+from torchformer.train.checkpoint import (
+    CheckpointManager,
+    restore_training_state,
+    training_state,
+    unwrap_model,
+)
+from torchformer.train.distributed import (
+    World,
+    gather_objects,
+    init_distributed,
+    main_process_first,
+    shutdown_distributed,
+    wrap_model,
+)
+from torchformer.train.early_stopping import EarlyStopping
+from torchformer.train.guards import check_finite, stop_on_non_finite
+from torchformer.train.logging import MetricsLogger, ProgressPostfix, progress_bar, write_manifest
+from torchformer.train.run_dir import claim_run_dir
+from torchformer.train.schedules import ScheduleName, Scheduler
+from torchformer.train.seed import seed_everything
+
+__all__ = ["LoopConfig", "LoopState", "Run", "Task", "fit"]
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass
+class LoopConfig:
+    """The ``train:`` settings every task shares (a task's ``TrainConfig`` extends it).
+
+    Attributes:
+        epochs / max_steps: stop after this many epochs or optimizer steps.
+        grad_accum: micro-batches per optimizer step.
+        eval_every: evaluate every N optimizer steps (None: at the end of each epoch);
+            the last step is always evaluated.
+        metric: the validation metric for early stopping and ``best/``.
+        checkpoint_every: also checkpoint every N optimizer steps (None: at evaluations
+            and epoch ends).
+        precision: "bf16" autocasts matmuls to bfloat16 (fast on AVX512-BF16/AMX CPUs
+            and on GPUs); eval_precision: validation's and the final evaluation's
+            (None: the training precision).
+        threads: torch intra-op threads per process (None: torch's default).
+        device: "auto" (CUDA when available, ``cuda:LOCAL_RANK`` under torchrun), "cpu",
+            "cuda", "cuda:1", ...
+    """
+
+    epochs: int = 3
+    max_steps: int | None = None
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    schedule: ScheduleName = "linear"
+    max_grad_norm: float = 1.0
+    eval_every: int | None = None
+    metric: str = "loss"
+    patience: int = 2
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    seed: int = 42
+    threads: int | None = None
+    device: str = "auto"
+    precision: Precision = "fp32"
+    eval_precision: Precision | None = None
+    progress: bool = True
+
+
+@dataclass
+class LoopState:
+    """Counters saved in every checkpoint (its ``metadata``)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs completed
+    samples: int = 0  # examples trained on (all ranks)
+    units: float = 0.0  # what the loss is averaged over: examples, target tokens, ...
+    train_seconds: float = 0.0  # time in forward/backward/optimizer steps only
+    train_cpu_seconds: float = 0.0  # CPU time of those (rank 0, all threads)
+    stopped_early: bool = False
+
+
+class Task(Protocol):
+    """What a task supplies to the loop; everything else is the loop's.
+
+    ``config`` is the task's config dataclass: ``run_dir``, a ``train`` section that
+    extends :class:`LoopConfig`, and the task's own sections. ``units`` names what
+    ``batch_units`` counts ("samples", "tgt_tokens"): it names the throughput in
+    ``metrics.jsonl`` (``samples_per_s``, ``tgt_tokens_per_s``).
+    """
+
+    config: Any
+    units: str
+
+    def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> nn.Module:
+        """Read and encode the data, build (or load) tokenizers and the model (on the CPU).
+
+        ``main`` is True on rank 0, which runs first and may write files into
+        ``run_dir`` (a trained tokenizer); the other ranks then read them.
+        """
+        ...
+
+    def manifest(self) -> dict[str, Any]:
+        """``data_fingerprint`` and ``extra`` (sizes, labels, ...) for ``manifest.json``."""
+        ...
+
+    def train_sampler(self, world: World) -> Any:
+        """The rank-aware batch sampler of the training split (``data.batching``)."""
+        ...
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer: ...
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler: ...
+
+    def checkpoints_to_keep(self) -> int:
+        """How many step checkpoints to keep (e.g. more for checkpoint averaging)."""
+        ...
+
+    def batch_units(self, indices: list[int]) -> float:
+        """What the loss of these training examples is averaged over (its weight)."""
+        ...
+
+    def batch_loss(
+        self, model: nn.Module, indices: list[int], device: torch.device
+    ) -> torch.Tensor:
+        """The mean loss of these training examples (averaged over their ``batch_units``)."""
+        ...
+
+    def split_size(self, split: str) -> int:
+        """Examples in an evaluation split ("val"); 0 when the run has none."""
+        ...
+
+    def evaluate(
+        self, model: nn.Module, split: str, indices: list[int], device: torch.device
+    ) -> dict[int, Any]:
+        """Per-example outputs of ``model`` (in eval mode) on these examples, by index."""
+        ...
+
+    def summarize(self, split: str, outputs: dict[int, Any]) -> dict[str, float]:
+        """Metrics (including ``train.metric``) from the outputs of every example."""
+        ...
+
+    def save_best(self, model: nn.Module, directory: Path) -> None:
+        """Write the model directory ``best/`` holds (model, tokenizer, settings)."""
+        ...
+
+    def finish(self, run: Run) -> None:
+        """After training, on rank 0: final evaluation of ``best/``, files, report."""
+        ...
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0: they write nothing."""
+
+    def log(self, values: Any, **where: Any) -> dict:
+        return {}
+
+    def drop_after(self, step: int) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; ``checkpoint()`` writes what ``restore()`` reads."""
+
+    task: Task
+    world: World
+    run_dir: Path
+    model: nn.Module  # what the loop trains: the task's model, or DDP around it
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    sampler: Any
+    stopper: EarlyStopping
+    ckpts: CheckpointManager
+    log: MetricsLogger | _NoLog
+    total_steps: int
+    state: LoopState = field(default_factory=LoopState)
+
+    @property
+    def config(self) -> LoopConfig:
+        return self.task.config.train
+
+    @property
+    def module(self) -> nn.Module:
+        """The task's model itself (without the DDP wrapper)."""
+        return unwrap_model(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.world.device
+
+    @property
+    def eval_precision(self) -> str:
+        return self.config.eval_precision or self.config.precision
+
+    def autocast(self, precision: str) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def checkpoint(self) -> None:
+        if not self.world.is_main:
+            return
+        state = training_state(
+            step=self.state.step,
+            epoch=self.state.epoch,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            sampler=self.sampler,
+            early_stopping=self.stopper,
+            metadata=asdict(self.state),
+        )
+        self.ckpts.save(self.state.step, state)
+
+    def restore(self, ckpt: dict) -> None:
+        restore_training_state(
+            ckpt,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            sampler=self.sampler,
+            early_stopping=self.stopper,
+        )
+        self.state = LoopState(**ckpt["metadata"])
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics of the model on ``split``: each rank evaluates every N-th example,
+        the outputs are gathered, and every rank computes the same metrics."""
+        module, world = self.module, self.world
+        indices = list(range(world.rank, self.task.split_size(split), world.size))
+        was_training = module.training
+        module.eval()
+        with torch.inference_mode(), self.autocast(self.eval_precision):
+            outputs = self.task.evaluate(module, split, indices, self.device)
+        module.train(was_training)
+        merged: dict[int, Any] = {}
+        for part in gather_objects(world, outputs):
+            merged.update(part)
+        return self.task.summarize(split, merged)
+
+    def evaluate_and_keep_best(self) -> None:
+        """Validate; save ``best/`` on improvement; update early stopping and the plateau schedule."""
+        start, metric = time.perf_counter(), self.config.metric
+        values = self.evaluate("val")
+        values["eval_s"] = time.perf_counter() - start
+        self.log.log(values, step=self.state.step, epoch=self.state.epoch, split="val")
+        logger.info(
+            "step %d val %s",
+            self.state.step,
+            {k: round(v, 4) for k, v in values.items() if isinstance(v, float)},
+        )
+        self.scheduler.step_metric(values[metric])
+        if self.stopper.update(values[metric], step=self.state.step) and self.world.is_main:
+            with replace_dir(self.run_dir / "best") as tmp:  # a crash keeps the previous best/
+                self.task.save_best(self.module, tmp)
+        self.state.stopped_early = self.stopper.should_stop
+
+    def stop_on_non_finite(self) -> AbstractContextManager:
+        s = self.state
+        return stop_on_non_finite(self.log, step=s.step, epoch=s.epoch, note=self.ckpts.kept_note)
+
+
+def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
+    """Claim the run directory (rank 0), prepare data and model (rank 0 first), build the
+    optimizer, schedule, sampler and checkpoints, and restore the newest checkpoint."""
+    config, tc = task.config, task.config.train
+
+    def prepare(main: bool) -> tuple[Path, nn.Module, CheckpointManager]:
+        if main:
+            run_dir = claim_run_dir(
+                config.run_dir, resume=resume, overwrite=overwrite, config=config
+            )
+        else:
+            run_dir = Path(config.run_dir)
+        seed_everything(tc.seed)
+        model = task.prepare(run_dir, resume=resume, main=main)
+        if main:
+            save_config(config, run_dir / "config.yaml")
+            info = task.manifest()
+            write_manifest(
+                run_dir,
+                config=config_to_dict(config),
+                seed=tc.seed,
+                data_fingerprint=info.get("data_fingerprint"),
+                extra={**info.get("extra", {}), "task": config.task, "world_size": world.size},
+            )
+        ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=task.checkpoints_to_keep())
+        return run_dir, model, ckpts
+
+    run_dir, model, ckpts = main_process_first(world, prepare)
+    model.to(world.device)  # before the optimizer and its restored state are created
+    model = wrap_model(model, world)
+    sampler = task.train_sampler(world)
+    total_steps = tc.max_steps or math.ceil(len(sampler) / tc.grad_accum) * tc.epochs
+    optimizer = task.build_optimizer(unwrap_model(model))
+    run = Run(
+        task=task,
+        world=world,
+        run_dir=run_dir,
+        model=model,
+        optimizer=optimizer,
+        scheduler=task.build_scheduler(optimizer, total_steps),
+        sampler=sampler,
+        stopper=EarlyStopping(
+            tc.metric, mode="min" if tc.metric == "loss" else "max", patience=tc.patience
+        ),
+        ckpts=ckpts,
+        log=MetricsLogger(run_dir) if world.is_main else _NoLog(),
+        total_steps=total_steps,
+    )
+    if resume and (ckpt := ckpts.latest()) is not None:
+        run.restore(ckpt.state)
+        run.log.drop_after(run.state.step)  # the steps after the checkpoint are redone
+        logger.info(
+            "resumed from %s (step %d, epoch %d)", ckpt.path, run.state.step, run.state.epoch
+        )
+    elif resume:
+        logger.warning("no checkpoint in %s; starting from scratch", ckpts.directory)
+    return run
+
+
+def _forward_backward(run: Run, batch: list[int], sync: bool) -> torch.Tensor:
+    """One micro-batch (a global batch): this rank's shard forward under autocast, the
+    finite check, and the backward of its loss weighted by its share of the batch."""
+    task, world, tc = run.task, run.world, run.config
+    local = run.sampler.shard(batch)
+    # A batch smaller than the world leaves some ranks without examples: they still take
+    # part in the all-reduce, with a zero-weighted copy of the first example.
+    weight = task.batch_units(local) / task.batch_units(batch) if local else 0.0
+    with sync_gradients(run.model, sync=sync):
+        with run.autocast(tc.precision):
+            loss = task.batch_loss(run.model, local or batch[:1], run.device)
+        if not world.distributed:  # (several ranks: the synced gradient norm is checked)
+            with run.stop_on_non_finite():  # before the bad gradient touches the weights
+                check_finite(loss, run.state.step + 1)
+        # DDP averages over ranks, hence the world size: sum over ranks = the batch's mean.
+        (loss * (weight * world.size / tc.grad_accum)).backward()
+    return loss.detach()
+
+
+def _evaluate_now(run: Run, end_of_epoch: bool) -> bool:
+    every, step = run.config.eval_every, run.state.step
+    last_step = step >= run.total_steps  # always evaluated: it may be the best
+    return bool((every and step % every == 0) or (end_of_epoch and not every) or last_step)
+
+
+def run_epoch(run: Run, bar, postfix: ProgressPostfix, stop_at_step: int | None) -> bool:
+    """Train to the end of the current epoch (or a stop); True when stopped by ``stop_at_step``."""
+    tc, state, sampler, task = run.config, run.state, run.sampler, run.task
+    if sampler.epoch != state.epoch:  # equal on a fresh start and when resuming mid-epoch
+        sampler.set_epoch(state.epoch)
+    remaining = len(sampler) - sampler.state_dict()["batches_yielded"]
+    micro, window_samples, window_units = 0, 0, 0.0
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for batch in sampler:
+        micro += 1
+        end_of_epoch = micro == remaining
+        boundary = is_accumulation_boundary(micro, tc.grad_accum, last=end_of_epoch)
+        loss = _forward_backward(run, batch, sync=boundary)
+        window_samples += len(batch)
+        window_units += task.batch_units(batch)
+        if not boundary:
+            continue
+        with run.stop_on_non_finite():  # e.g. a bf16 overflow with a finite loss
+            grad_norm = optimizer_step(
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                max_grad_norm=tc.max_grad_norm,
+                check_step=state.step + 1,
+            )
+        elapsed = time.perf_counter() - t0
+        state.step += 1
+        state.samples += window_samples
+        state.units += window_units
+        state.train_seconds += elapsed
+        state.train_cpu_seconds += time.process_time() - cpu0
+        bar.update(1)
+        postfix.update(loss=loss, lr=run.scheduler.lr, samples=window_samples)
+        if state.step % 10 == 0 or state.step in (1, run.total_steps):
+            run.log.log(
+                {
+                    "loss": loss.item(),
+                    "lr": run.scheduler.lr,
+                    "grad_norm": float(grad_norm),
+                    f"{task.units}_per_s": window_units / max(elapsed, 1e-9),
+                },
+                step=state.step,
+                epoch=state.epoch,
+                split="train",
+            )
+        state.epoch += end_of_epoch
+        evaluate_now = _evaluate_now(run, end_of_epoch)
+        if evaluate_now:
+            run.evaluate_and_keep_best()
+        save_now = tc.checkpoint_every and state.step % tc.checkpoint_every == 0
+        if evaluate_now or end_of_epoch or save_now:
+            run.checkpoint()
+        if stop_at_step is not None and state.step >= stop_at_step:
+            return True
+        if state.stopped_early or state.step >= run.total_steps:
+            return False
+        window_samples, window_units = 0, 0.0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+    return False
+
+
+def _log_summary(run: Run) -> None:
+    s, units = run.state, run.task.units
+    seconds, cpu = max(s.train_seconds, 1e-9), max(s.train_cpu_seconds, 1e-9)
+    run.log.log(
+        {
+            "samples": s.samples,
+            units: s.units,
+            "train_seconds": s.train_seconds,
+            "train_cpu_seconds": s.train_cpu_seconds,
+            "world_size": run.world.size,
+            "train_samples_per_s": s.samples / seconds,
+            f"train_{units}_per_s": s.units / seconds,
+            f"train_{units}_per_cpu_s": s.units / cpu,
+        },
+        step=s.step,
+        epoch=s.epoch,
+        split="summary",
+    )
+
+
+def fit(
+    task: Task, *, resume: bool = False, overwrite: bool = False, stop_at_step: int | None = None
+) -> Path:
+    """Train ``task`` to the end, evaluate ``best/`` and write the run; returns the run directory.
+
+    Args:
+        task: the task, holding its resolved config.
+        resume: continue from the newest loadable checkpoint in ``run_dir``.
+        overwrite: a fresh run may replace a run already in ``run_dir`` (else it refuses).
+        stop_at_step: stop right after this optimizer step, as if the process had been
+            interrupted (tests of exact resume use it with a checkpoint there).
+    """
+    tc = task.config.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    world = init_distributed(tc.device)
+    try:
+        run = _setup(task, world, resume=resume, overwrite=overwrite)
+        state = run.state
+        show = tc.progress and world.is_main
+        bar = progress_bar(run.total_steps, "train", disable=not show, initial=state.step)
+        postfix = ProgressPostfix(bar)
+        run.model.train()
+        try:
+            while (
+                state.epoch < tc.epochs and state.step < run.total_steps and not state.stopped_early
+            ):
+                if run_epoch(run, bar, postfix, stop_at_step):
+                    return run.run_dir
+            bar.close()
+            if run.stopper.best_step is None:  # never evaluated: max_steps came first
+                run.evaluate_and_keep_best()
+            _log_summary(run)
+            if world.is_main:
+                task.finish(run)
+        finally:
+            bar.close()
+            run.log.close()
+        return run.run_dir
+    finally:
+        shutdown_distributed(world)
