@@ -226,6 +226,20 @@ def test_class_weights_follow_inverse_frequency_and_plateau_schedule_runs(tmp_pa
         task.prepare(Path(cfg.run_dir), resume=False, main=True)
     weights = dict(zip(task.label_names, task.class_weights.tolist()))
     assert weights["neg"] == pytest.approx(2 * weights["pos"])  # 2x rarer, 2x the weight
+    # The weights are in the loss the loop trains on, and in the units it averages over.
+    split, idx = task.encoded["train"], list(range(12))
+    labels = torch.tensor([split.labels[i] for i in idx])
+    task.model.eval()
+    with torch.no_grad():
+        loss = task.batch_loss(task.model, idx, torch.device("cpu"))
+        ids, mask = classify._batch(split, idx, task.tokenizer.pad_id)[:2]
+        logits = task.model(ids, attention_mask=mask).logits
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=task.class_weights)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) != pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-3
+    )
+    assert task.batch_units(idx) == pytest.approx(float(task.class_weights[labels].sum()))
     with pytest.warns(UserWarning, match="imbalanced"):
         out = train(cfg, overwrite=True)
     # plateau: after warm-up the lr holds (halved at most once in 2 evaluations with

@@ -241,7 +241,7 @@ def _print_summary(run_dir: Path, minutes: float) -> None:
     print(f"\nThe model is in {run_dir / 'best'} (Hugging Face layout). Use it with:")
     print(f'  torchformer predict {run_dir} "What a great movie"')
     print(
-        f"  python -c \"import torchformer; print(load('{run_dir}').predict(['What a great movie']))\""
+        f"  python -c \"import torchformer; print(torchformer.load('{run_dir}').predict(['What a great movie']))\""
     )
     if (run_dir / "report.html").is_file():
         print(f"Report: {run_dir / 'report.html'}")

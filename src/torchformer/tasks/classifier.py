@@ -21,7 +21,7 @@ from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import pad_batch
 from torchformer.io import read_json_settings, write_json_settings
 from torchformer.models.encoder import EncoderForSequenceClassification
-from torchformer.text.cleaning import TextCleaner
+from torchformer.text.preprocessor import TextPreprocessor
 from torchformer.text.tokenizer import Tokenizer
 
 SIDECAR_NAME = "torchformer.json"
@@ -36,6 +36,11 @@ class InferenceSettings:
     truncation: str = "head+tail"
     head_tokens: int | None = None
     cleaning: list[str] = field(default_factory=lambda: ["strip_html", "normalize_whitespace"])
+
+    def preprocessor(self, tokenizer: Tokenizer) -> TextPreprocessor:
+        """The text preprocessor these settings describe, around ``tokenizer``."""
+        return TextPreprocessor(tokenizer, cleaning=self.cleaning, max_length=self.max_length,
+                                truncation=self.truncation, head_tokens=self.head_tokens)  # fmt: skip
 
     @classmethod
     def read(cls, model_dir: Path) -> InferenceSettings:
@@ -81,7 +86,8 @@ class TextClassifier:
         self.model = model.eval() if model is not None else None
         self.tokenizer = tokenizer
         self.settings = settings or InferenceSettings()
-        self.cleaner = TextCleaner(self.settings.cleaning)
+        self.preprocessor = self.settings.preprocessor(tokenizer)  # the one training used
+        self.cleaner = self.preprocessor.cleaner
         if labels is None:
             cfg = model.config
             labels = [cfg.id2label.get(i, str(i)) for i in range(cfg.num_labels)]
@@ -104,7 +110,7 @@ class TextClassifier:
     def clean(self, texts: list[str]) -> list[str]:
         """The run's cleaning steps applied to each text; a text that cleans to nothing
         (e.g. only HTML) raises ``ValueError`` naming its index in ``texts``."""
-        cleaned, empty = self.cleaner.clean_and_find_empty(texts)
+        cleaned, empty = self.preprocessor.clean(texts)
         if empty:
             i = empty[0]
             raise ValueError(
@@ -117,13 +123,7 @@ class TextClassifier:
         """Clean (unless ``cleaned``), tokenize with the run's truncation, pad:
         (input_ids, attention_mask), each (B, T)."""
         cleaned_texts = texts if cleaned else self.clean(texts)
-        ids = self.tokenizer.encode_batch(
-            cleaned_texts,
-            max_length=self.settings.max_length,
-            truncation=self.settings.truncation,
-            head_tokens=self.settings.head_tokens,
-        )
-        return pad_batch(ids, self.tokenizer.pad_id)
+        return pad_batch(self.preprocessor.encode(cleaned_texts), self.tokenizer.pad_id)
 
     def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Logits (B, C) for one padded batch; the one step a backend replaces."""

@@ -261,14 +261,29 @@ def _cleaner(config: ClassifyConfig, tokenizer_lowercases: bool | None) -> TextC
     return TextCleaner(steps)
 
 
-def prepare_run(config: ClassifyConfig, *, resume: bool = False):
+@dataclass
+class PreparedRun:
+    """What a classification run trains on: data, model, and the text preprocessor."""
+
+    splits: Any  # classify_data.Splits: records, labels, skipped-row counts
+    label_names: list[str]
+    model: EncoderForSequenceClassification
+    tokenizer: Tokenizer
+    settings: InferenceSettings  # the preprocessor's settings, saved in best/
+    encoded: dict[str, EncodedSplit]
+
+
+def prepare_run(config: ClassifyConfig, *, resume: bool = False) -> PreparedRun:
     """Data, tokenizer, model and encoded splits for a run (deterministic under the seed).
 
-    ``resume``: reuse the run's saved ``tokenizer.json`` (a resumed run, or a rank other
-    than 0, which reads what rank 0 trained) instead of training one.
+    Every split is encoded by the preprocessor that ``best/`` saves (its settings) and
+    ``torchformer.load()`` rebuilds, so training and use cannot skew. ``resume``: reuse
+    the run's saved ``tokenizer.json`` (a resumed run, or a rank other than 0, which
+    reads what rank 0 trained) instead of training one.
     """
     seed_everything(config.train.seed)
-    splits = load_splits(config.data, seed=config.train.seed)
+    d = config.data
+    splits = load_splits(d, seed=config.train.seed)
     label_names = [str(x) for x in splits.labels.to_list()]
     cleaner, texts = None, []
     train_tokenizer = scratch_tokenizer_to_train(config, resume=resume)
@@ -277,17 +292,23 @@ def prepare_run(config: ClassifyConfig, *, resume: bool = False):
         texts = [cleaner(r.text) for r in splits.train]
     model, tokenizer = build_model(config, texts, label_names, resume=resume)
     cleaner = cleaner or _cleaner(config, tokenizer.lowercases)
+    settings = InferenceSettings(
+        max_length=d.max_length, truncation=d.truncation, head_tokens=d.head_tokens,
+        cleaning=list(cleaner.steps),
+    )  # fmt: skip
+    preprocessor = settings.preprocessor(tokenizer)
+    records = {"train": splits.train, "val": splits.val, "test": splits.test}
     encoded = {
-        name: encode_split(records, tokenizer, cleaner, splits.labels, config.data)
-        for name, records in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-        if records
+        name: encode_split(rows, preprocessor, splits.labels, d)
+        for name, rows in records.items()
+        if rows
     }
     for name, split in encoded.items():
         if split.skipped_empty:
             splits.skipped.setdefault(name, {})["empty after cleaning"] = split.skipped_empty
     if train_tokenizer:  # only now: a run that failed on its data leaves no tokenizer behind
         tokenizer.save(Path(config.run_dir) / "tokenizer.json")
-    return splits, label_names, model, tokenizer, encoded
+    return PreparedRun(splits, label_names, model, tokenizer, settings, encoded)
 
 
 class ClassificationTask:
@@ -301,22 +322,14 @@ class ClassificationTask:
     def prepare(
         self, run_dir: Path, *, resume: bool, main: bool
     ) -> EncoderForSequenceClassification:
-        c = self.config
-        self.splits, self.label_names, model, self.tokenizer, self.encoded = prepare_run(
-            c, resume=resume or not main
-        )
-        self.model = model
+        run = prepare_run(self.config, resume=resume or not main)
+        self.splits, self.label_names, self.model = run.splits, run.label_names, run.model
+        self.tokenizer, self.settings, self.encoded = run.tokenizer, run.settings, run.encoded
         self.class_weights = None
-        if c.data.class_weights:
+        if self.config.data.class_weights:
             self.class_weights = torch.tensor(loss_class_weights(self.splits))
             self._label_weights = self.class_weights.tolist()
-        self.settings = InferenceSettings(
-            max_length=c.data.max_length,
-            truncation=c.data.truncation,
-            head_tokens=c.data.head_tokens,
-            cleaning=list(c.data.cleaning),
-        )
-        return model
+        return self.model
 
     def manifest(self) -> dict[str, Any]:
         return {

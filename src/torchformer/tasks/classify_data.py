@@ -25,8 +25,8 @@ from torchformer.data.labels import (
 from torchformer.data.paths import data_dir
 from torchformer.data.records import DataError, TextRecord
 from torchformer.data.tabular import TableData, read_table
-from torchformer.text.cleaning import TextCleaner
-from torchformer.text.tokenizer import Tokenizer, Truncation
+from torchformer.text.preprocessor import TextPreprocessor
+from torchformer.text.tokenizer import Truncation
 
 logger = logging.getLogger(__name__)
 
@@ -218,22 +218,21 @@ def loss_class_weights(splits: Splits) -> list[float]:
 
 def encode_split(
     records: list[TextRecord],
-    tokenizer: Tokenizer,
-    cleaner: TextCleaner,
+    preprocessor: TextPreprocessor,
     labels: LabelVocab,
     config: DataConfig,
 ) -> EncodedSplit:
-    """Clean and tokenize every record once.
+    """Clean and tokenize every record once, with the preprocessor the model is saved with.
 
     A text that cleans to nothing (e.g. only HTML) is an error naming the record and the
     cleaning steps, or with ``config.skip_bad_rows`` the record is dropped and counted.
     """
-    texts, empty = cleaner.clean_and_find_empty(r.text for r in records)
+    texts, empty = preprocessor.clean(r.text for r in records)
     if empty and not config.skip_bad_rows:
         first = records[empty[0]]
         raise DataError(
             f"the text of record {first.id!r} is empty after the cleaning steps "
-            f"{list(cleaner.steps)} ({len(empty)} such record(s); set data.skip_bad_rows "
+            f"{list(preprocessor.cleaner.steps)} ({len(empty)} such record(s); set data.skip_bad_rows "
             "to skip them)",
             field=config.text_column,
         )
@@ -243,12 +242,7 @@ def encode_split(
         dropped = set(empty)
         keep = [i for i in range(len(records)) if i not in dropped]
         records, texts = [records[i] for i in keep], [texts[i] for i in keep]
-    input_ids = tokenizer.encode_batch(
-        texts,
-        max_length=config.max_length,
-        truncation=config.truncation,
-        head_tokens=config.head_tokens,
-    )
+    input_ids = preprocessor.encode(texts)
     return EncodedSplit(
         input_ids=input_ids,
         labels=[labels.encode(r.label) for r in records],

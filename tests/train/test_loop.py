@@ -1,0 +1,223 @@
+"""The one training loop (train.loop.fit), tested by its effects on a scripted task.
+
+The task below is a linear classifier on random vectors whose validation "score" is
+scripted by step, so that when early stopping fires, which evaluation becomes best/,
+and what a resumed run does are all known in advance. Each test fails when the loop's
+wiring breaks (early stopping ignored or not restored, best/ rewritten at every
+evaluation, the loss not divided by the accumulation steps, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from torchformer.data.batching import LengthBucketBatchSampler
+from torchformer.train.checkpoint import load_checkpoint
+from torchformer.train.guards import NonFiniteLossError
+from torchformer.train.loop import LoopConfig, fit
+from torchformer.train.schedules import build_scheduler
+
+N_TRAIN, N_VAL = 32, 8
+
+
+@dataclass
+class ScriptedConfig:
+    task: str = "scripted"
+    run_dir: str = "runs/scripted"
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+
+class ScriptedTask:
+    """A linear model on seeded random data; validation scores come from ``scores[step]``."""
+
+    units = "samples"
+
+    def __init__(self, config: ScriptedConfig, scores: dict[int, float], *, batch_size: int = 8,
+                 optimizer: str = "sgd", nan_at_call: int | None = None) -> None:  # fmt: skip
+        self.config, self.scores, self.batch_size = config, scores, batch_size
+        self.optimizer, self.nan_at_call = optimizer, nan_at_call
+        self.saved_best: list[int] = []  # the step of each best/ write
+        self.finished = False
+        self.loss_calls = 0
+        self.current_step = 0
+
+    def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> nn.Module:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(N_TRAIN + N_VAL, 4, generator=g)
+        self.y = (self.x[:, 0] > 0).long()
+        self.model = nn.Linear(4, 2)
+        return self.model
+
+    def manifest(self) -> dict[str, Any]:
+        return {"data_fingerprint": "scripted", "extra": {}}
+
+    def train_sampler(self, world):
+        # Equal lengths and no shuffling: batches are [0..B-1], [B..2B-1], ...
+        lengths = [1] * N_TRAIN
+        return LengthBucketBatchSampler(
+            lengths, self.batch_size, seed=0, shuffle=False, **world.sampler_args
+        )
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        lr = self.config.train.lr
+        if self.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.SGD(model.parameters(), lr=lr)
+
+    def build_scheduler(self, optimizer, total_steps: int):
+        return build_scheduler(optimizer, "constant", total_steps=total_steps)
+
+    def checkpoints_to_keep(self) -> int:
+        return 100
+
+    def batch_units(self, indices: list[int]) -> float:
+        return float(len(indices))
+
+    def batch_loss(self, model: nn.Module, indices: list[int], device) -> torch.Tensor:
+        self.loss_calls += 1
+        loss = nn.functional.cross_entropy(model(self.x[indices]), self.y[indices])
+        return loss * float("nan") if self.loss_calls == self.nan_at_call else loss
+
+    def split_size(self, split: str) -> int:
+        return N_VAL if split == "val" else 0
+
+    def evaluate(self, model: nn.Module, split: str, indices: list[int], device) -> dict[int, Any]:
+        assert not model.training  # the loop evaluates in eval mode
+        logits = model(self.x[[N_TRAIN + i for i in indices]])
+        return {i: float(logits[j, 0]) for j, i in enumerate(indices)}
+
+    def summarize(self, split: str, outputs: dict[int, Any]) -> dict[str, float]:
+        assert sorted(outputs) == list(range(N_VAL))  # every example once
+        step = self.current_step
+        return {"accuracy": self.scores[step], "loss": -self.scores[step]}
+
+    def save_best(self, model: nn.Module, directory: Path) -> None:
+        self.saved_best.append(self.current_step)
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            directory / "model.safetensors",
+        )
+        (directory / "config.json").write_text(json.dumps({"step": self.current_step}))
+
+    def finish(self, run) -> None:
+        self.finished = True
+
+
+@pytest.fixture(autouse=True)
+def _track_step(monkeypatch):
+    """Let the scripted task read the step being evaluated (the loop passes the run)."""
+    from torchformer.train import loop
+
+    evaluate = loop.Run.evaluate
+
+    def evaluate_with_step(run, split):
+        run.task.current_step = run.state.step
+        return evaluate(run, split)
+
+    monkeypatch.setattr(loop.Run, "evaluate", evaluate_with_step)
+
+
+def scripted(tmp_path: Path, scores: dict[int, float], **train) -> tuple[ScriptedConfig, dict]:
+    options = {k: train.pop(k) for k in ("batch_size", "optimizer", "nan_at_call") if k in train}
+    values = {"epochs": 10, "lr": 0.1, "metric": "accuracy", "patience": 2, "progress": False,
+              "max_grad_norm": 0.0, **train}  # fmt: skip
+    return ScriptedConfig(run_dir=str(tmp_path / "run"), train=LoopConfig(**values)), options
+
+
+def evaluations(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == "val"]
+
+
+# 4 batches of 8 per epoch: one evaluation per epoch at steps 4, 8, 12, ...
+SCORES = {4: 0.5, 8: 0.7, 12: 0.6, 16: 0.65, 20: 0.69, 24: 0.9, 28: 0.95}
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path):
+    config, options = scripted(tmp_path, SCORES)
+    task = ScriptedTask(config, SCORES, **options)
+    run_dir = fit(task)
+    # best at step 8; steps 12 and 16 do not improve; patience 2 -> stop at 16, never 20.
+    assert [e["step"] for e in evaluations(run_dir)] == [4, 8, 12, 16]
+    assert task.finished
+
+
+def test_best_is_written_only_on_improvement_and_holds_the_best_weights(tmp_path):
+    config, options = scripted(tmp_path, SCORES)
+    task = ScriptedTask(config, SCORES, **options)
+    run_dir = fit(task)
+    assert task.saved_best == [4, 8]
+    best = load_file(run_dir / "best" / "model.safetensors")
+    at_8 = load_checkpoint(run_dir / "checkpoints" / "step-000008.pt")["model"]
+    assert all(torch.equal(best[k], at_8[k]) for k in at_8)
+    assert json.loads((run_dir / "best" / "config.json").read_text()) == {"step": 8}
+
+
+def test_early_stopping_state_survives_a_resume(tmp_path):
+    config, options = scripted(tmp_path, SCORES)
+    fit(
+        ScriptedTask(config, SCORES, **options), stop_at_step=12
+    )  # one evaluation without improvement
+    resumed = ScriptedTask(config, SCORES, **options)
+    run_dir = fit(resumed, resume=True)
+    # Restored: best 0.7 at step 8 and one bad evaluation, so step 16 stops the run. A
+    # dropped state would take 0.65 at 16 as a new best and run on to 24.
+    assert [e["step"] for e in evaluations(run_dir)] == [4, 8, 12, 16]
+    assert resumed.saved_best == []
+
+
+def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(tmp_path):
+    scores = dict.fromkeys(range(4, 100, 4), 0.5) | {4: 0.9}
+    config, options = scripted(tmp_path / "a", scores, epochs=3, patience=10, optimizer="adam")
+    unbroken = fit(ScriptedTask(config, scores, **options))
+    config_b, _ = scripted(tmp_path / "b", scores, epochs=3, patience=10, checkpoint_every=1)
+    fit(ScriptedTask(config_b, scores, **options), stop_at_step=6)  # mid-epoch
+    resumed = fit(ScriptedTask(config_b, scores, **options), resume=True)
+    a = load_checkpoint(unbroken / "checkpoints" / "step-000012.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "step-000012.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"] == 12
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
+    """grad_accum 2 x batch 4 == batch 8: the loss is divided by the accumulation steps."""
+    scores = {s: 0.5 for s in range(1, 20)}
+    big, o = scripted(tmp_path / "big", scores, epochs=1, batch_size=8, eval_every=100)
+    small, o2 = scripted(
+        tmp_path / "small", scores, epochs=1, batch_size=4, grad_accum=2, eval_every=100
+    )
+    a, b = fit(ScriptedTask(big, scores, **o)), fit(ScriptedTask(small, scores, **o2))
+    wa = load_checkpoint(a / "checkpoints" / "step-000004.pt")["model"]
+    wb = load_checkpoint(b / "checkpoints" / "step-000004.pt")["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    # and the accumulated run took 4 optimizer steps for its 8 micro-batches
+    assert load_checkpoint(b / "checkpoints" / "step-000004.pt")["metadata"]["samples"] == N_TRAIN
+
+
+def test_max_steps_stops_and_the_last_step_is_evaluated(tmp_path):
+    scores = {s: 0.5 for s in range(1, 40)}
+    config, options = scripted(tmp_path, scores, max_steps=6, eval_every=4)
+    task = ScriptedTask(config, scores, **options)
+    run_dir = fit(task)
+    assert [e["step"] for e in evaluations(run_dir)] == [4, 6]
+    summary = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert (
+        summary["split"] == "summary" and summary["samples"] == 6 * 8 and summary["world_size"] == 1
+    )
+
+
+def test_a_non_finite_loss_stops_before_the_update_and_names_the_kept_checkpoint(tmp_path):
+    scores = {s: 0.5 for s in range(1, 40)}
+    config, options = scripted(tmp_path, scores, checkpoint_every=2, nan_at_call=5)
+    with pytest.raises(NonFiniteLossError, match="step 5") as err:
+        fit(ScriptedTask(config, scores, **options))
+    assert "last good checkpoint (step 4)" in str(err.value)
+    assert not (Path(config.run_dir) / "checkpoints" / "step-000005.pt").exists()
