@@ -43,8 +43,8 @@ def main() -> None:
         allreduces.append(1)
         return default_hooks.allreduce_hook(state, bucket)
 
-    def wrap_and_count(model, world):
-        wrapped = wrap(model, world)
+    def wrap_and_count(model, world, *strategy):
+        wrapped = wrap(model, world, *strategy)
         if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
             wrapped.register_comm_hook(None, counting_hook)
         return wrapped

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+import torchformer
 from torchformer.config import config_to_dict
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.checkpoint import load_checkpoint
@@ -39,13 +40,18 @@ pytestmark = pytest.mark.skipif(
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    """The processes import the torchformer this test imported (under mutation testing,
+    the mutated copy), with one thread each."""
+    source = str(Path(torchformer.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=path)
     env.pop("WORLD_SIZE", None)
     return env
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
-    done = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+def _run(cmd: list[str]) -> None:
+    # (in the test's own directory: under mutation testing, where mutmut's config is)
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
 
 
@@ -69,7 +75,7 @@ def drive(
         cmd = [sys.executable, *args]
     else:
         cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), *args]
-    _run(cmd, cwd=config.parent)
+    _run(cmd)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -153,7 +159,6 @@ def test_two_nodes_on_loopback_train_the_same_model(classify_setup):
                 "train",
                 str(config),
             ],
-            cwd=root,
             env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -202,3 +207,30 @@ def test_translation_on_two_processes_equals_one(tmp_path):
     assert two[0]["optimizer_steps"] == one[0]["optimizer_steps"] >= 2
     assert all(r["allreduces"] == r["optimizer_steps"] for r in two)
     assert sorted(two[0]["seen"] + two[1]["seen"]) == sorted(one[0]["seen"])
+
+
+def test_fsdp2_on_two_processes_trains_the_same_model_and_its_sharded_checkpoints_load_in_one(
+    classify_setup,
+):
+    """FSDP2 (fully_shard, gloo on CPU): sharded step checkpoints (one .dcp directory,
+    written by both ranks) consolidate into a plain state dict equal to the 1-process
+    run's weights; a resume from them on 1 process finishes with the same weights; best/
+    is whole."""
+    from torchformer.train.fsdp import consolidate
+
+    root, config_at, _ = classify_setup
+    path = config_at("fsdp2")
+    config = yaml.safe_load(path.read_text())
+    config["train"]["distributed"] = "fsdp"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    drive(path, root / "fsdp2-a", nproc=2, extra=["--stop-at-step", "1"])
+    assert sorted(p.name for p in (root / "fsdp2" / "checkpoints").iterdir()) == ["step-000001.dcp"]
+    drive(path, root / "fsdp2-b", nproc=1, extra=["--resume"])  # DCP reshards 2 -> 1
+    steps = sorted((root / "fsdp2" / "checkpoints").glob("step-*.dcp"))
+    assert steps[-1].name == "step-000003.dcp" and (steps[-1] / "loop.pt").is_file()
+    single = newest_weights(root / "single")
+    assert max_abs_diff(single, consolidate(steps[-1])) <= 1e-5
+    best = torchformer.load(root / "fsdp2")  # whole weights in HF layout
+    reference = torchformer.load(root / "single")
+    texts = ["a superb and moving film", "dull, boring and bad"]
+    assert torch.allclose(best.predict_proba(texts), reference.predict_proba(texts), atol=1e-5)

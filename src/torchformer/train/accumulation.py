@@ -38,7 +38,16 @@ def is_accumulation_boundary(micro_step: int, accum_steps: int, *, last: bool = 
 
 @contextlib.contextmanager
 def sync_gradients(model: nn.Module, *, sync: bool) -> Iterator[None]:
-    """Inside, a ``DistributedDataParallel`` model skips its all-reduce unless ``sync``."""
+    """Inside, a distributed model skips its gradient reduction unless ``sync``: DDP's
+    all-reduce (``no_sync``), FSDP2's reduce-scatter (``set_requires_gradient_sync``)."""
+    set_sync = getattr(model, "set_requires_gradient_sync", None)  # FSDP2 (fully_shard)
+    if set_sync is not None and not sync:
+        set_sync(False)
+        try:
+            yield
+        finally:
+            set_sync(True)
+        return
     no_sync = getattr(model, "no_sync", None)
     if sync or no_sync is None:
         yield
@@ -77,6 +86,8 @@ def optimizer_step(
     params = [p for p in model.parameters() if p.grad is not None]
     limit = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, limit) if params else torch.tensor(0.0)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
     if check_step is not None and scaler is None:
         check_finite(grad_norm, check_step, quantity="grad_norm")
     stepped = True

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,23 +239,35 @@ class CheckpointManager:
         manager.save(step, state)
     """
 
-    _pattern = re.compile(r"^step-(\d+)\.pt$")
-
-    def __init__(self, directory: str | os.PathLike[str], *, keep_last: int = 3):
+    def __init__(
+        self, directory: str | os.PathLike[str], *, keep_last: int = 3, sharded: bool = False
+    ):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.directory = Path(directory)
         self.keep_last = keep_last
+        # Sharded (FSDP2) checkpoints are ``step-000123.dcp`` directories (``train.fsdp``).
+        self.suffix = ".dcp" if sharded else ".pt"
+        self._pattern = re.compile(rf"^step-(\d+){re.escape(self.suffix)}$")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
 
     def path_for(self, step: int) -> Path:
-        return self.directory / f"step-{step:06d}.pt"
+        return self.directory / f"step-{step:06d}{self.suffix}"
 
     def steps(self) -> list[int]:
-        """Steps of the complete checkpoint files present, oldest first."""
+        """Steps of the complete checkpoints present, oldest first."""
         found = (self._pattern.match(p.name) for p in self.directory.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
+
+    def prune(self) -> None:
+        """Delete all but the newest ``keep_last`` checkpoints."""
+        for old in self.steps()[: -self.keep_last]:
+            path = self.path_for(old)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def kept_note(self) -> str:
         """Which checkpoint a stopped run leaves to resume from, for its error message."""
@@ -266,8 +279,7 @@ class CheckpointManager:
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Atomically write ``state`` for ``step``, then delete all but the newest ``keep_last``."""
         path = save_checkpoint(self.path_for(step), state)
-        for old in self.steps()[: -self.keep_last]:
-            self.path_for(old).unlink(missing_ok=True)
+        self.prune()
         return path
 
     def latest(self) -> Checkpoint | None:
@@ -287,3 +299,5 @@ class CheckpointManager:
     def _remove_stale_temp_files(self) -> None:
         for tmp in self.directory.glob(".step-*.pt.tmp-*"):
             tmp.unlink(missing_ok=True)
+        for tmp in self.directory.glob(".step-*.dcp.tmp"):  # a sharded save cut short
+            shutil.rmtree(tmp, ignore_errors=True)

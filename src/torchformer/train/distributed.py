@@ -14,7 +14,7 @@ single-process one:
 - :func:`main_process_first` — rank 0 runs a step that writes files (claiming the run
   directory, training a tokenizer), then the others run it and read what it wrote; an
   error on rank 0 is raised on every rank instead of leaving them waiting;
-- :func:`wrap_model` — ``DistributedDataParallel``;
+- :func:`wrap_model` — ``DistributedDataParallel``, or FSDP2 sharding;
 - :func:`gather_objects` — per-example evaluation outputs from every rank.
 """
 
@@ -24,7 +24,7 @@ import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+Strategy = Literal["ddp", "fsdp"]
 
 
 @dataclass(frozen=True)
@@ -164,16 +165,21 @@ def main_process_first(world: World, fn: Callable[[bool], T]) -> T:
     return result
 
 
-def wrap_model(model: nn.Module, world: World) -> nn.Module:
-    """The model as the loop trains it: itself (one process) or ``DistributedDataParallel``.
+def wrap_model(model: nn.Module, world: World, strategy: Strategy = "ddp") -> nn.Module:
+    """The model as the loop trains it: itself (one process), ``DistributedDataParallel``,
+    or sharded in place with FSDP2 (``strategy="fsdp"``, see ``train.fsdp``).
 
-    One gradient all-reduce per optimizer step: the loop skips it on accumulation
-    micro-steps with ``no_sync`` (``train.accumulation.sync_gradients``). Parameters
-    that get no gradient (BERT's pooler when the head pools by mean) are allowed; they
-    keep ``grad=None`` on every rank, as in one process.
+    One gradient reduction per optimizer step: the loop skips it on accumulation
+    micro-steps (``train.accumulation.sync_gradients``). With DDP, parameters that get
+    no gradient (BERT's pooler when the head pools by mean) are allowed; they keep
+    ``grad=None`` on every rank, as in one process.
     """
     if not world.distributed:
         return model
+    if strategy == "fsdp":
+        from torchformer.train.fsdp import shard_model
+
+        return shard_model(model)
     device_ids = [world.device.index] if world.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
         model, device_ids=device_ids, find_unused_parameters=True

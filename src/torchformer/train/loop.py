@@ -26,6 +26,7 @@ Distributed training (``torchrun --nproc_per_node N -m torchformer train CONFIG`
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -59,11 +60,12 @@ from torchformer.train.distributed import (
     wrap_model,
 )
 from torchformer.train.early_stopping import EarlyStopping
+from torchformer.train.fsdp import full_model_state_dict, load_sharded, save_sharded
 from torchformer.train.guards import check_finite, stop_on_non_finite
 from torchformer.train.logging import MetricsLogger, ProgressPostfix, progress_bar, write_manifest
 from torchformer.train.run_dir import claim_run_dir
 from torchformer.train.schedules import ScheduleName, Scheduler
-from torchformer.train.seed import seed_everything
+from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = ["LoopConfig", "LoopState", "Run", "Task", "fit"]
 
@@ -90,6 +92,10 @@ class LoopConfig:
         threads: torch intra-op threads per process (None: torch's default).
         device: "auto" (CUDA when available, ``cuda:LOCAL_RANK`` under torchrun), "cpu",
             "cuda", "cuda:1", ...
+        distributed: under torchrun, "ddp" (a full model per process; gradients
+            all-reduced) or "fsdp" (FSDP2: parameters, gradients and optimizer state
+            sharded across processes, for models that do not fit one device; sharded
+            checkpoints, see ``train.fsdp``; evaluation replicated on every rank).
     """
 
     epochs: int = 3
@@ -110,6 +116,7 @@ class LoopConfig:
     precision: Precision = "fp32"
     eval_precision: Precision | None = None
     progress: bool = True
+    distributed: Literal["ddp", "fsdp"] = "ddp"
 
 
 @dataclass
@@ -223,6 +230,18 @@ class Run:
     log: MetricsLogger | _NoLog
     total_steps: int
     state: LoopState = field(default_factory=LoopState)
+    replica: nn.Module | None = None  # FSDP: rank 0's unsharded CPU copy, for best/
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2 over several processes: parameters and optimizer state are sharded."""
+        return self.world.distributed and self.config.distributed == "fsdp"
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """An FSDP run writes DCP checkpoints at any world size (so that it resumes from
+        them on 1 process, or on another number: DCP reshards)."""
+        return self.config.distributed == "fsdp"
 
     @property
     def config(self) -> LoopConfig:
@@ -245,6 +264,12 @@ class Run:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def checkpoint(self) -> None:
+        if self.sharded_checkpoints:  # every rank writes its shards
+            save_sharded(self.ckpts.path_for(self.state.step), self.model, self.optimizer,
+                         self._loop_state())  # fmt: skip
+            if self.world.is_main:
+                self.ckpts.prune()
+            return
         if not self.world.is_main:
             return
         state = training_state(
@@ -259,6 +284,21 @@ class Run:
         )
         self.ckpts.save(self.state.step, state)
 
+    def _loop_state(self) -> dict[str, Any]:
+        """What a sharded checkpoint holds besides the model and optimizer shards."""
+        return {"step": self.state.step, "epoch": self.state.epoch,
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "early_stopping": self.stopper.state_dict(), "rng": capture_rng_state(),
+                "metadata": asdict(self.state)}  # fmt: skip
+
+    def restore_sharded(self, path: Path) -> None:
+        loop = load_sharded(path, self.model, self.optimizer)
+        self.scheduler.load_state_dict(loop["scheduler"])
+        self.sampler.load_state_dict(loop["sampler"])
+        self.stopper.load_state_dict(loop["early_stopping"])
+        restore_rng_state(loop["rng"])
+        self.state = LoopState(**loop["metadata"])
+
     def restore(self, ckpt: dict) -> None:
         restore_training_state(
             ckpt,
@@ -272,16 +312,18 @@ class Run:
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of the model on ``split``: each rank evaluates every N-th example,
-        the outputs are gathered, and every rank computes the same metrics."""
-        module, world = self.module, self.world
-        indices = list(range(world.rank, self.task.split_size(split), world.size))
+        the outputs are gathered, and every rank computes the same metrics. (FSDP: every
+        forward is a collective, so every rank evaluates every example.)"""
+        module, world, n = self.module, self.world, self.task.split_size(split)
+        shards = 1 if self.sharded else world.size
+        indices = list(range(world.rank % shards, n, shards))
         was_training = module.training
         module.eval()
         with torch.inference_mode(), self.autocast(self.eval_precision):
             outputs = self.task.evaluate(module, split, indices, self.device)
         module.train(was_training)
         merged: dict[int, Any] = {}
-        for part in gather_objects(world, outputs):
+        for part in [outputs] if self.sharded else gather_objects(world, outputs):
             merged.update(part)
         return self.task.summarize(split, merged)
 
@@ -297,10 +339,21 @@ class Run:
             {k: round(v, 4) for k, v in values.items() if isinstance(v, float)},
         )
         self.scheduler.step_metric(values[metric])
-        if self.stopper.update(values[metric], step=self.state.step) and self.world.is_main:
-            with replace_dir(self.run_dir / "best") as tmp:  # a crash keeps the previous best/
-                self.task.save_best(self.module, tmp)
+        if self.stopper.update(values[metric], step=self.state.step):
+            self.save_best()
         self.state.stopped_early = self.stopper.should_stop
+
+    def save_best(self) -> None:
+        """``best/`` from rank 0 (FSDP: the shards gathered into rank 0's CPU replica)."""
+        module = self.module
+        if self.sharded:
+            full = full_model_state_dict(self.model)  # a collective: every rank takes part
+            if self.world.is_main:
+                self.replica.load_state_dict(full)
+                module = self.replica
+        if self.world.is_main:
+            with replace_dir(self.run_dir / "best") as tmp:  # a crash keeps the previous best/
+                self.task.save_best(module, tmp)
 
     def stop_on_non_finite(self) -> AbstractContextManager:
         s = self.state
@@ -331,12 +384,16 @@ def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
                 data_fingerprint=info.get("data_fingerprint"),
                 extra={**info.get("extra", {}), "task": config.task, "world_size": world.size},
             )
-        ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=task.checkpoints_to_keep())
+        ckpts = CheckpointManager(
+            run_dir / "checkpoints", keep_last=task.checkpoints_to_keep(), sharded=sharded
+        )
         return run_dir, model, ckpts
 
+    sharded = tc.distributed == "fsdp"  # checkpoint format; the model is sharded on N > 1
     run_dir, model, ckpts = main_process_first(world, prepare)
+    replica = copy.deepcopy(model) if sharded and world.distributed and world.is_main else None
     model.to(world.device)  # before the optimizer and its restored state are created
-    model = wrap_model(model, world)
+    model = wrap_model(model, world, tc.distributed)
     sampler = task.train_sampler(world)
     total_steps = tc.max_steps or math.ceil(len(sampler) / tc.grad_accum) * tc.epochs
     optimizer = task.build_optimizer(unwrap_model(model))
@@ -354,8 +411,13 @@ def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
         ckpts=ckpts,
         log=MetricsLogger(run_dir) if world.is_main else _NoLog(),
         total_steps=total_steps,
+        replica=replica,
     )
-    if resume and (ckpt := ckpts.latest()) is not None:
+    if resume and sharded and ckpts.steps():
+        run.restore_sharded(ckpts.path_for(ckpts.steps()[-1]))
+        run.log.drop_after(run.state.step)
+        logger.info("resumed from sharded step %d, epoch %d", run.state.step, run.state.epoch)
+    elif resume and not sharded and (ckpt := ckpts.latest()) is not None:
         run.restore(ckpt.state)
         run.log.drop_after(run.state.step)  # the steps after the checkpoint are redone
         logger.info(

@@ -101,7 +101,9 @@ def claim_run_dir(
     if resume and overwrite:
         raise ValueError("--resume continues the run in run_dir, --overwrite replaces it: pick one")
     present = run_contents(run_dir)
-    if resume and present and not any((run_dir / "checkpoints").glob("step-*.pt")):
+    checkpoints = run_dir / "checkpoints"
+    has_checkpoint = any(checkpoints.glob("step-*.pt")) or any(checkpoints.glob("step-*.dcp"))
+    if resume and present and not has_checkpoint:
         logger.warning("%s has no checkpoint to resume from: starting the run afresh", run_dir)
         clear_run(run_dir)
     elif not resume and present:
