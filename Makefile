@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # The CPU wheel; an unpinned torch pulls several GB of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup test test-all lint format demo bench clean
+.PHONY: setup test test-all lint format demo bench mutate clean
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,16 @@ format:
 
 demo:
 	$(BIN)/torchformer demo
+
+# Mutation testing of the loop, the tasks, generation and evaluation (slow: not in CI).
+# mutmut 3 (config in pyproject.toml); survivors and why they are harmless: docs/mutation.md.
+mutate:
+	$(BIN)/pip install -q "mutmut>=3.8"
+	rm -rf mutants
+	TORCHFORMER_DATA=$${TORCHFORMER_DATA:-$(CURDIR)/../shared/data} OMP_NUM_THREADS=1 \
+		$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import torchformer
 from torchformer.config import ConfigError, load_config
@@ -160,14 +161,18 @@ def test_unknown_config_key_names_key_and_file(tmp_path):
     assert "train.lrr" in str(err.value) and "bad.yaml" in str(err.value)
 
 
-def test_shipped_configs_load():
+def test_shipped_configs_load_through_the_task_registry():
+    from torchformer.tasks.registry import TASKS, task_module
+
     shipped = sorted((Path(torchformer.__file__).parent / "configs").glob("*.yaml"))
     assert shipped, "no shipped configs found"
+    seen = set()
     for path in shipped:
-        if "task: translation" in path.read_text():
-            continue  # loaded by the translation tests
-        cfg = load_config(ClassifyConfig, path)
-        assert cfg.task == "classification" and cfg.run_dir
+        name = yaml.safe_load(path.read_text())["task"]
+        cfg = load_config(task_module(name).CONFIG, path)
+        assert cfg.task == name and cfg.run_dir and cfg.train.epochs >= 1
+        seen.add(name)
+    assert seen == set(TASKS)  # every registered task ships a config
 
 
 @pytest.mark.data

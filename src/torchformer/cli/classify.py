@@ -136,7 +136,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
         classification_report_text,
         write_evaluation,
     )
+    from torchformer.tasks.registry import task_of_model_dir
 
+    best = args.run / "best" if (args.run / "best").is_dir() else args.run
+    task = task_of_model_dir(best)
+    if task != "classification":  # each task evaluates with its own command
+        hint = {"translation": "torchformer evaluate-translation RUN --multi30k test_2016_flickr"}
+        print(f"error: {args.run} is a {task} run: {hint.get(task, 'see torchformer --help')}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     clf = load(args.run)
     records = _read_labelled(args)
     unknown = sorted({str(r.label) for r in records} - set(clf.labels))
