@@ -96,7 +96,7 @@ def test_labels_typed_per_file_do_not_make_false_unseen_labels(tmp_path):
     val_rows = [{"text": f"other {i}", "label": ["1", "2"][i % 2]} for i in range(6)]
     cfg = tiny_config(tmp_path, **{
         "data.source": str(write_csv(tmp_path / "t.csv", train_rows)),
-        "data.validation_file": str(write_csv(tmp_path / "v.csv", val_rows)),
+        "data.val_file": str(write_csv(tmp_path / "v.csv", val_rows)),
         "data.test_file": None,
     })  # fmt: skip
     splits = load_splits(cfg.data, seed=0)

@@ -63,7 +63,7 @@ def run_ours(args, train_recs, held_out, workdir: Path) -> dict:
     config = task_config("classification", None, {
         "run_dir": str(workdir / "ours"), "report": False,
         "data.source": str(_write_csv(workdir / "train.csv", train_recs)),
-        "data.validation_file": str(_write_csv(workdir / "heldout.csv", held_out)),
+        "data.val_file": str(_write_csv(workdir / "heldout.csv", held_out)),
         "data.max_length": args.max_length, "data.truncation": "head",
         "model.base": "minilm", "model.pooling": "pooler",
         "train.max_steps": args.steps, "train.epochs": 1000, "train.batch_size": args.batch_size,

@@ -38,7 +38,9 @@ class DataConfig:
     Attributes:
         source: "imdb", or the path of a CSV/TSV/JSONL training file.
         imdb_dir: IMDB archive or folder (default: found under the data directory).
-        validation_file / test_file: optional separate files (same columns).
+        val_file / test_file: optional separate files (same columns); the same names as
+            translation's (``validation_file`` is still read, as an older name of
+            ``val_file``).
         text_column / label_column: column names of tabular files.
         id_column: optional column of record ids, shown in ``errors.jsonl`` (None: each
             record is named by its file and line, e.g. ``"train.csv:17"``).
@@ -59,8 +61,9 @@ class DataConfig:
 
     source: str = "imdb"
     imdb_dir: str | None = None
-    validation_file: str | None = None
+    val_file: str | None = None
     test_file: str | None = None
+    validation_file: str | None = None  # older name of val_file
     text_column: str = "text"
     label_column: str = "label"
     id_column: str | None = None
@@ -174,8 +177,8 @@ def load_splits(config: DataConfig, *, seed: int) -> Splits:
     else:
         train_table = _read_file(config.source, config, skipped, "train")
         val_table = (
-            _read_file(config.validation_file, config, skipped, "val")
-            if config.validation_file
+            _read_file(config.val_file or config.validation_file, config, skipped, "val")
+            if config.val_file or config.validation_file
             else None
         )
         test_table = (
@@ -198,7 +201,7 @@ def load_splits(config: DataConfig, *, seed: int) -> Splits:
         train, val = stratified_split(train, config.val_fraction, seed)
     train = _sample(train, config.train_samples, seed, "train_samples", train_source)
     val = _sample(
-        val, config.val_samples, seed + 1, "val_samples", config.validation_file or train_source
+        val, config.val_samples, seed + 1, "val_samples", config.val_file or config.validation_file or train_source
     )
     test = _sample(test, config.test_samples, seed + 2, "test_samples", test_source)
     return Splits(

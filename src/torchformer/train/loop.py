@@ -428,14 +428,15 @@ def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
     return run
 
 
-def _forward_backward(run: Run, batch: list[int], sync: bool) -> torch.Tensor:
+def _forward_backward(run: Run, batch: list[int], sync: bool) -> tuple[torch.Tensor, float]:
     """One micro-batch (a global batch): this rank's shard forward under autocast, the
-    finite check, and the backward of its loss weighted by its share of the batch."""
+    finite check, and the backward of its loss weighted by its share of the batch.
+    Returns the loss and the batch's units."""
     task, world, tc = run.task, run.world, run.config
-    local = run.sampler.shard(batch)
+    local, units = run.sampler.shard(batch), task.batch_units(batch)
     # A batch smaller than the world leaves some ranks without examples: they still take
     # part in the all-reduce, with a zero-weighted copy of the first example.
-    weight = task.batch_units(local) / task.batch_units(batch) if local else 0.0
+    weight = task.batch_units(local) / units if local else 0.0
     with sync_gradients(run.model, sync=sync):
         with run.autocast(tc.precision):
             loss = task.batch_loss(run.model, local or batch[:1], run.device)
@@ -444,7 +445,7 @@ def _forward_backward(run: Run, batch: list[int], sync: bool) -> torch.Tensor:
                 check_finite(loss, run.state.step + 1)
         # DDP averages over ranks, hence the world size: sum over ranks = the batch's mean.
         (loss * (weight * world.size / tc.grad_accum)).backward()
-    return loss.detach()
+    return loss.detach(), units
 
 
 def _evaluate_now(run: Run, end_of_epoch: bool) -> bool:
@@ -465,9 +466,9 @@ def run_epoch(run: Run, bar, postfix: ProgressPostfix, stop_at_step: int | None)
         micro += 1
         end_of_epoch = micro == remaining
         boundary = is_accumulation_boundary(micro, tc.grad_accum, last=end_of_epoch)
-        loss = _forward_backward(run, batch, sync=boundary)
+        loss, units = _forward_backward(run, batch, sync=boundary)
         window_samples += len(batch)
-        window_units += task.batch_units(batch)
+        window_units += units
         if not boundary:
             continue
         with run.stop_on_non_finite():  # e.g. a bf16 overflow with a finite loss
@@ -519,8 +520,8 @@ def _log_summary(run: Run) -> None:
     seconds, cpu = max(s.train_seconds, 1e-9), max(s.train_cpu_seconds, 1e-9)
     run.log.log(
         {
-            "samples": s.samples,
             units: s.units,
+            "samples": s.samples,
             "train_seconds": s.train_seconds,
             "train_cpu_seconds": s.train_cpu_seconds,
             "world_size": run.world.size,
