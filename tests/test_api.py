@@ -13,11 +13,20 @@ from torchformer.tasks.registry import TASKS, task_module
 
 
 def test_a_directory_of_no_task_is_a_clear_error_not_a_translator(tmp_path):
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "num_layers": 2}))
+    with pytest.raises(ValueError, match=r"'t5' model directory records no torchformer task"):
+        torchformer.load(t5)
+
+
+def test_a_plain_gpt2_directory_is_a_language_model_not_a_translator(tmp_path):
+    from torchformer.tasks.registry import task_of_model_dir
+
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
-    with pytest.raises(ValueError, match=r"'gpt2' model directory records no torchformer task"):
-        torchformer.load(gpt2)
+    assert task_of_model_dir(gpt2) == "language_model"
 
 
 def test_a_run_loads_its_best_model_restoring_one_set_aside_by_a_crash(tmp_path, tiny_model_dir):
@@ -68,6 +77,6 @@ def test_load_dispatches_on_the_recorded_task_not_the_model_type(tmp_path, loade
 
 def test_an_unknown_recorded_task_names_the_known_ones(tmp_path, loaders):
     odd = _model_dir(tmp_path / "odd", "torchformer.json", "summarisation", "bert")
-    with pytest.raises(ValueError, match=r"'summarisation'.*classification, translation"):
+    with pytest.raises(ValueError, match=r"'summarisation'.*classification, language_model, translation"):
         torchformer.load(odd)
     assert loaders == []

@@ -201,7 +201,11 @@ def load_splits(config: DataConfig, *, seed: int) -> Splits:
         train, val = stratified_split(train, config.val_fraction, seed)
     train = _sample(train, config.train_samples, seed, "train_samples", train_source)
     val = _sample(
-        val, config.val_samples, seed + 1, "val_samples", config.val_file or config.validation_file or train_source
+        val,
+        config.val_samples,
+        seed + 1,
+        "val_samples",
+        config.val_file or config.validation_file or train_source,
     )
     test = _sample(test, config.test_samples, seed + 2, "test_samples", test_source)
     return Splits(

@@ -51,6 +51,12 @@ TASKS: dict[str, TaskEntry] = {
     for entry in (
         TaskEntry("classification", "torchformer.tasks.classify", "torchformer.json", ("bert",)),
         TaskEntry(
+            "language_model",
+            "torchformer.tasks.language_model",
+            "language_model.json",
+            ("gpt2",),
+        ),
+        TaskEntry(
             "translation",
             "torchformer.tasks.translate",
             "translation.json",

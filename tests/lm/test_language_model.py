@@ -1,0 +1,121 @@
+"""The language-model task on the one loop: tiny runs on a made-up corpus (tier 1) and on
+Tiny Shakespeare (tier 3)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchformer
+from torchformer.config import load_config
+from torchformer.tasks.language_model import LanguageModelConfig, train
+from torchformer.tasks.lm_generator import LanguageModel
+from torchformer.train.checkpoint import load_checkpoint
+
+WORDS = ["the king", "a rose", "my lord", "sweet love", "good night", "fair queen"]
+
+
+def tiny_corpus(path: Path, lines: int = 400) -> Path:
+    if path.is_file():  # rewriting it would change its fingerprint (mtime)
+        return path
+    rng = random.Random(0)
+    text = "\n".join(f"{rng.choice(WORDS)} and {rng.choice(WORDS)}." for _ in range(lines))
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_config(tmp_path: Path, **overrides) -> LanguageModelConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    values = {
+        "run_dir": str(tmp_path / "run"),
+        "data.source": str(tiny_corpus(tmp_path / "corpus.txt")),
+        "data.split": "line",
+        "data.block_size": 16,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "model.d_model": 32,
+        "model.n_layers": 2,
+        "model.n_heads": 4,
+        "train.batch_size": 8,
+        "train.batches_per_epoch": 20,
+        "train.epochs": 3,
+        "train.eval_every": 20,
+        "train.warmup_steps": 5,
+        "train.lr": 1e-2,
+        "train.progress": False,
+        "train.threads": 1,
+        "samples.max_new_tokens": 12,
+        "samples.prompt": "the ",
+    }
+    values.update(overrides)
+    return load_config(LanguageModelConfig, None, values)
+
+
+def records(run_dir: Path, split: str) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == split]
+
+
+def test_a_char_model_learns_and_its_run_generates(tmp_path):
+    run = train(tiny_config(tmp_path))
+    val = records(run, "val")
+    assert [r["step"] for r in val] == [20, 40, 60]
+    assert (
+        val[-1]["loss"] < 0.7 * val[0]["loss"] and val[-1]["loss"] < 1.3
+    )  # it learned (ln V ~ 3.2)
+    assert val[-1]["bpc"] == pytest.approx(val[-1]["loss"] / 0.6931471805599453)
+    best = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    assert best["loss"] == pytest.approx(min(r["loss"] for r in val), rel=1e-4)
+    lm = torchformer.load(run)
+    assert isinstance(lm, LanguageModel)
+    text = lm.generate("the ", max_new_tokens=10, seed=1)
+    assert text.startswith("the ") and len(text) == 14  # a character model: 10 characters
+    assert text == lm.generate("the ", max_new_tokens=10, seed=1)  # seeded: reproducible
+    assert set(text) <= set("".join(WORDS) + " .\nand")  # only characters it was trained on
+    samples = sorted((run / "samples").glob("*.txt"))
+    assert len(samples) >= 2 and (run / "samples" / "best.txt").read_text()
+
+
+def test_resume_gives_the_weights_of_an_unbroken_run(tmp_path):
+    unbroken = train(tiny_config(tmp_path / "a", **{"train.epochs": 2}))
+    cfg = tiny_config(tmp_path / "b", **{"train.epochs": 2, "train.checkpoint_every": 5})
+    train(cfg, stop_at_step=25)  # mid-epoch
+    resumed = train(cfg, resume=True)
+    a = load_checkpoint(unbroken / "checkpoints" / "step-000040.pt")["model"]
+    b = load_checkpoint(resumed / "checkpoints" / "step-000040.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_token_files_are_reused_by_a_second_run(tmp_path):
+    first = train(tiny_config(tmp_path / "a", **{"train.epochs": 1}))
+    cache = Path(tiny_config(tmp_path / "a").data.cache_dir)
+    made = {p: p.stat().st_mtime_ns for p in cache.glob("*.bin")}
+    assert len(made) == 2  # train and val
+    train(tiny_config(tmp_path / "a", **{"train.epochs": 1, "run_dir": str(tmp_path / "r2")}))
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.bin")} == made
+    assert json.loads((first / "manifest.json").read_text())["extra"]["tokens"]["train"] > 0
+
+
+@pytest.mark.data
+def test_shakespeare_char_from_the_real_file(tmp_path):
+    try:
+        from torchformer.data.corpus import find_tinyshakespeare
+
+        find_tinyshakespeare()
+    except FileNotFoundError as e:
+        pytest.skip(f"Tiny Shakespeare absent (set TORCHFORMER_DATA): {e}")
+    shipped = Path(torchformer.__file__).parent / "configs" / "shakespeare-char.yaml"
+    cfg = load_config(LanguageModelConfig, shipped, {
+        "run_dir": str(tmp_path / "run"), "data.cache_dir": str(tmp_path / "cache"),
+        "train.max_steps": 5, "train.warmup_steps": 2, "train.eval_every": 5,
+        "data.val_max_blocks": 20,
+        "train.progress": False, "samples.max_new_tokens": 5,
+    })  # fmt: skip
+    run = train(cfg)
+    manifest = json.loads((run / "manifest.json").read_text())["extra"]
+    assert manifest["tokens"] == {"train": 1_003_854, "val": 111_540}
+    assert manifest["vocab_size"] == 65
+    assert records(run, "val")[-1]["loss"] < 4.2  # ln 65 = 4.17: a start
