@@ -119,3 +119,16 @@ def test_shakespeare_char_from_the_real_file(tmp_path):
     assert manifest["tokens"] == {"train": 1_003_854, "val": 111_540}
     assert manifest["vocab_size"] == 65
     assert records(run, "val")[-1]["loss"] < 4.2  # ln 65 = 4.17: a start
+
+
+@pytest.mark.parity
+def test_a_model_trained_as_transformers_gpt2_loads_as_ours_with_equal_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny_config(tmp_path, **{"train.epochs": 1, "model.implementation": "transformers"})
+    run = train(cfg)
+    ours = torchformer.load(run).model
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(run / "best").eval()
+    ids = torch.randint(0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
+    assert records(run, "val")  # the loop trained and validated it like ours

@@ -97,6 +97,9 @@ class ModelConfig:
     d_ff: int | None = None  # None: 4 * d_model
     dropout: float = 0.0
     attn_impl: Literal["sdpa", "reference"] = "sdpa"
+    # "transformers": the same network as Hugging Face's GPT2LMHeadModel (a reference for
+    # speed benchmarks: trained by this loop, saved in the same layout, loaded as ours).
+    implementation: Literal["torchformer", "transformers"] = "torchformer"
 
 
 @dataclass
@@ -204,7 +207,27 @@ def build_model(config: LanguageModelConfig, tokenizer: Tokenizer) -> DecoderFor
         embd_dropout=m.dropout, attn_impl=m.attn_impl, bos_id=tokenizer.eos_id,
         eos_id=tokenizer.eos_id, pad_id=None,
     )  # fmt: skip
+    if m.implementation == "transformers":
+        return _hf_gpt2(cfg)
     return DecoderForCausalLM(cfg)
+
+
+def _hf_gpt2(cfg) -> torch.nn.Module:
+    """``transformers.GPT2LMHeadModel`` of the same sizes (benchmark reference)."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError as e:
+        raise ImportError(
+            "model.implementation: transformers needs `pip install transformers`"
+        ) from e
+    hf = GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
+        n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff, resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.embd_dropout, attn_pdrop=cfg.attn_dropout, activation_function=cfg.activation,
+        layer_norm_epsilon=cfg.norm_eps, bos_token_id=cfg.bos_id, eos_token_id=cfg.eos_id,
+    )  # fmt: skip
+    hf._attn_implementation = "sdpa" if cfg.attn_impl == "sdpa" else "eager"
+    return GPT2LMHeadModel(hf)
 
 
 def val_block_starts(num_tokens: int, block_size: int, limit: int | None) -> list[int]:
@@ -320,10 +343,16 @@ class LanguageModelTask:
 
     def save_best(self, model: torch.nn.Module, directory: Path) -> None:
         """``best/`` (GPT-2 layout + tokenizer + settings) and, in the run, a sample of it."""
-        save_pretrained(model, directory, tokenizer=self.tokenizer)
+        if isinstance(model, DecoderForCausalLM):
+            save_pretrained(model, directory, tokenizer=self.tokenizer)
+        else:  # transformers' GPT-2: its own writer, the same layout
+            model.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save(directory / TOKENIZER_FILE)
         self.settings.write(directory)
         self.saved += 1  # (the model directory is written next to its final place)
-        self.write_sample(model, directory.parent / "samples" / f"best-{self.saved:03d}.txt")
+        sample = directory.parent / "samples" / f"best-{self.saved:03d}.txt"
+        ours = model if isinstance(model, DecoderForCausalLM) else None
+        self.write_sample(ours or LanguageModel.from_dir(directory).model, sample)
 
     def write_sample(self, model: torch.nn.Module, path: Path) -> str:
         """Generate from the configured prompt with ``model`` and write it to ``path``."""
