@@ -38,7 +38,7 @@ class ScriptedConfig:
 class ScriptedTask:
     """A linear model on seeded random data; validation scores come from ``scores[step]``."""
 
-    units = "samples"
+    units = "examples"
 
     def __init__(self, config: ScriptedConfig, scores: dict[int, float], *, batch_size: int = 8,
                  optimizer: str = "sgd", nan_at_call: int | None = None) -> None:  # fmt: skip
@@ -48,6 +48,7 @@ class ScriptedTask:
         self.finished = False
         self.loss_calls = 0
         self.current_step = 0
+        self.autocast_seen: set[tuple[str, bool, torch.dtype]] = set()  # (where, on, dtype)
 
     def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> nn.Module:
         g = torch.Generator().manual_seed(0)
@@ -81,7 +82,13 @@ class ScriptedTask:
     def batch_units(self, indices: list[int]) -> float:
         return float(len(indices))
 
+    def _note_autocast(self, where: str, device) -> None:
+        assert isinstance(device, torch.device)
+        on = torch.is_autocast_enabled("cpu")
+        self.autocast_seen.add((where, on, torch.get_autocast_dtype("cpu") if on else None))
+
     def batch_loss(self, model: nn.Module, indices: list[int], device) -> torch.Tensor:
+        self._note_autocast("train", device)
         self.loss_calls += 1
         loss = nn.functional.cross_entropy(model(self.x[indices]), self.y[indices])
         return loss * float("nan") if self.loss_calls == self.nan_at_call else loss
@@ -90,7 +97,8 @@ class ScriptedTask:
         return N_VAL if split == "val" else 0
 
     def evaluate(self, model: nn.Module, split: str, indices: list[int], device) -> dict[int, Any]:
-        assert not model.training  # the loop evaluates in eval mode
+        assert not model.training and split == "val"  # the loop evaluates in eval mode
+        self._note_autocast("eval", device)
         logits = model(self.x[[N_TRAIN + i for i in indices]])
         return {i: float(logits[j, 0]) for j, i in enumerate(indices)}
 
@@ -221,3 +229,107 @@ def test_a_non_finite_loss_stops_before_the_update_and_names_the_kept_checkpoint
         fit(ScriptedTask(config, scores, **options))
     assert "last good checkpoint (step 4)" in str(err.value)
     assert not (Path(config.run_dir) / "checkpoints" / "step-000005.pt").exists()
+
+
+def test_the_run_records_what_happened(tmp_path):
+    """metrics.jsonl (train every 10 steps, the first and the last; val; summary),
+    config.yaml and manifest.json, with the loop's counters."""
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=3, patience=10)
+    run_dir = fit(ScriptedTask(config, scores, **options))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 10, 12]
+    assert all(r["lr"] == 0.1 and r["loss"] > 0 and r["grad_norm"] > 0 for r in train)
+    assert all(r["examples_per_s"] > 0 and r["epoch"] in (0, 1, 2) for r in train)
+    val = [r for r in rows if r["split"] == "val"]
+    assert [(r["step"], r["epoch"]) for r in val] == [(4, 1), (8, 2), (12, 3)]
+    assert all(0 < r["eval_s"] < 60 for r in val)
+    summary = rows[-1]
+    assert summary["split"] == "summary" and summary["epoch"] == 3 and summary["step"] == 12
+    assert summary["samples"] == summary["examples"] == 3 * N_TRAIN and summary["world_size"] == 1
+    assert 0 < summary["train_seconds"] < 60 and summary["train_cpu_seconds"] > 0
+    assert summary["train_samples_per_s"] == pytest.approx(3 * N_TRAIN / summary["train_seconds"])
+    assert summary["train_examples_per_s"] == pytest.approx(summary["train_samples_per_s"])
+    assert summary["train_examples_per_cpu_s"] == pytest.approx(
+        3 * N_TRAIN / summary["train_cpu_seconds"]
+    )
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["extra"]["task"] == "scripted" and manifest["extra"]["world_size"] == 1
+    assert manifest["data_fingerprint"] == "scripted" and manifest["seed"] == 42
+    assert (run_dir / "config.yaml").read_text().startswith("task: scripted")
+
+
+def test_precision_autocasts_training_and_evaluation(tmp_path):
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    for precision, eval_precision, expect in [
+        ("fp32", None, {("train", False, None), ("eval", False, None)}),
+        ("bf16", None, {("train", True, torch.bfloat16), ("eval", True, torch.bfloat16)}),
+        ("bf16", "fp32", {("train", True, torch.bfloat16), ("eval", False, None)}),
+    ]:
+        config, options = scripted(tmp_path / f"{precision}-{eval_precision}", scores, epochs=1,
+                                   precision=precision, eval_precision=eval_precision)  # fmt: skip
+        task = ScriptedTask(config, scores, **options)
+        fit(task)
+        assert task.autocast_seen == expect, (precision, eval_precision)
+
+
+def test_checkpoints_at_every_n_steps_evaluations_and_epoch_ends_and_stop_at_step(tmp_path):
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=2, eval_every=3, checkpoint_every=5)
+    run_dir = fit(ScriptedTask(config, scores, **options), stop_at_step=7)
+    steps = sorted(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("*.pt"))
+    assert steps == [3, 4, 5, 6]  # evaluations 3, 6; epoch end 4; every 5; stopped after 7
+    assert not (run_dir / "eval").exists()
+
+
+def test_a_resumed_schedule_continues_where_it_stopped(tmp_path):
+    """With a decaying schedule, a resume that lost the scheduler's state would restart
+    the decay: the resumed run's lrs and weights would differ from the unbroken run's."""
+
+    class Decaying(ScriptedTask):
+        def build_scheduler(self, optimizer, total_steps):
+            return build_scheduler(optimizer, "linear", total_steps=total_steps, warmup_steps=2)
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path / "a", scores, epochs=2, patience=10)
+    unbroken = fit(Decaying(config, scores, **options))
+    config_b, _ = scripted(tmp_path / "b", scores, epochs=2, patience=10, checkpoint_every=1)
+    fit(Decaying(config_b, scores, **options), stop_at_step=5)
+    resumed = fit(Decaying(config_b, scores, **options), resume=True)
+    a = load_checkpoint(unbroken / "checkpoints" / "step-000008.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "step-000008.pt")
+    assert a["scheduler"] == b["scheduler"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_fresh_run_refuses_an_existing_run_unless_overwrite_and_resume_checks_settings(tmp_path):
+    from torchformer.config import ConfigError
+    from torchformer.train.run_dir import RunDirError
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=1)
+    fit(ScriptedTask(config, scores, **options))
+    with pytest.raises(RunDirError, match="already holds a run"):
+        fit(ScriptedTask(config, scores, **options))
+    fit(ScriptedTask(config, scores, **options), overwrite=True)
+    config.train.lr = 0.2
+    with pytest.raises(ConfigError, match=r"train.lr: 0.1 -> 0.2"):
+        fit(ScriptedTask(config, scores, **options), resume=True)
+
+
+def test_a_loss_metric_is_minimised(tmp_path):
+    """metric "loss": lower is better (the scripted loss is minus the score)."""
+    scores = {4: 0.5, 8: 0.4, 12: 0.3, 16: 0.2}  # loss rises: -0.5, -0.4, ...
+    config, options = scripted(tmp_path, scores, metric="loss", epochs=4, patience=2)
+    task = ScriptedTask(config, scores, **options)
+    fit(task)
+    assert task.saved_best == [4]
+
+
+def test_total_steps_count_optimizer_steps_with_accumulation(tmp_path):
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=2, grad_accum=3, patience=10)
+    run_dir = fit(ScriptedTask(config, scores, **options))
+    # 4 micro-batches an epoch, accumulation 3: steps of 3 and 1 micro-batches, 2 per epoch.
+    assert [e["step"] for e in evaluations(run_dir)] == [2, 4]
