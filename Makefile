@@ -31,8 +31,8 @@ format:
 demo:
 	$(BIN)/torchformer demo
 
-# Mutation testing of the loop, the tasks, generation and evaluation (slow: not in CI).
-# mutmut 3 (config in pyproject.toml); survivors and why they are harmless: docs/mutation.md.
+# Mutation testing (not in CI): mutmut 3, configured in pyproject.toml ([tool.mutmut]);
+# the result and the survivors, with why each is harmless or what kills it: docs/mutation.md.
 mutate:
 	$(BIN)/pip install -q "mutmut>=3.8"
 	rm -rf mutants
