@@ -10,6 +10,7 @@ evaluation, the loss not divided by the accumulation steps, ...).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ class ScriptedTask:
     units = "examples"
 
     def __init__(self, config: ScriptedConfig, scores: dict[int, float], *, batch_size: int = 8,
-                 optimizer: str = "sgd", nan_at_call: int | None = None) -> None:  # fmt: skip
+                 optimizer: str = "sgd", nan_at_call: int | None = None,
+                 nan_grad_at_call: int | None = None, shuffle: bool = True) -> None:  # fmt: skip
         self.config, self.scores, self.batch_size = config, scores, batch_size
-        self.optimizer, self.nan_at_call = optimizer, nan_at_call
+        self.optimizer, self.nan_at_call, self.shuffle = optimizer, nan_at_call, shuffle
+        self.nan_grad_at_call = nan_grad_at_call
         self.saved_best: list[int] = []  # the step of each best/ write
         self.finished = False
         self.loss_calls = 0
@@ -51,6 +54,8 @@ class ScriptedTask:
         self.autocast_seen: set[tuple[str, bool, torch.dtype]] = set()  # (where, on, dtype)
 
     def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> nn.Module:
+        assert run_dir == Path(self.config.run_dir) and run_dir.is_dir()
+        assert isinstance(resume, bool) and main is True  # one process: rank 0
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(N_TRAIN + N_VAL, 4, generator=g)
         self.y = (self.x[:, 0] > 0).long()
@@ -58,13 +63,13 @@ class ScriptedTask:
         return self.model
 
     def manifest(self) -> dict[str, Any]:
-        return {"data_fingerprint": "scripted", "extra": {}}
+        return {"data_fingerprint": "scripted", "extra": {"examples": N_TRAIN}}
 
     def train_sampler(self, world):
-        # Equal lengths and no shuffling: batches are [0..B-1], [B..2B-1], ...
+        # Equal lengths; without shuffling the batches are [0..B-1], [B..2B-1], ...
         lengths = [1] * N_TRAIN
         return LengthBucketBatchSampler(
-            lengths, self.batch_size, seed=0, shuffle=False, **world.sampler_args
+            lengths, self.batch_size, seed=0, shuffle=self.shuffle, **world.sampler_args
         )
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -77,7 +82,7 @@ class ScriptedTask:
         return build_scheduler(optimizer, "constant", total_steps=total_steps)
 
     def checkpoints_to_keep(self) -> int:
-        return 100
+        return self.config.train.keep_checkpoints
 
     def batch_units(self, indices: list[int]) -> float:
         return float(len(indices))
@@ -91,6 +96,9 @@ class ScriptedTask:
         self._note_autocast("train", device)
         self.loss_calls += 1
         loss = nn.functional.cross_entropy(model(self.x[indices]), self.y[indices])
+        if self.loss_calls == self.nan_grad_at_call:  # a finite loss whose gradient is NaN
+            w = next(model.parameters())
+            loss = loss + torch.where(w > 1e9, torch.sqrt(-w.abs() - 1), torch.zeros_like(w)).sum()
         return loss * float("nan") if self.loss_calls == self.nan_at_call else loss
 
     def split_size(self, split: str) -> int:
@@ -103,7 +111,7 @@ class ScriptedTask:
         return {i: float(logits[j, 0]) for j, i in enumerate(indices)}
 
     def summarize(self, split: str, outputs: dict[int, Any]) -> dict[str, float]:
-        assert sorted(outputs) == list(range(N_VAL))  # every example once
+        assert split == "val" and sorted(outputs) == list(range(N_VAL))  # every example once
         step = self.current_step
         return {"accuracy": self.scores[step], "loss": -self.scores[step]}
 
@@ -116,6 +124,7 @@ class ScriptedTask:
         (directory / "config.json").write_text(json.dumps({"step": self.current_step}))
 
     def finish(self, run) -> None:
+        assert (run.run_dir / "best" / "model.safetensors").is_file()
         self.finished = True
 
 
@@ -134,9 +143,10 @@ def _track_step(monkeypatch):
 
 
 def scripted(tmp_path: Path, scores: dict[int, float], **train) -> tuple[ScriptedConfig, dict]:
-    options = {k: train.pop(k) for k in ("batch_size", "optimizer", "nan_at_call") if k in train}
+    names = ("batch_size", "optimizer", "nan_at_call", "nan_grad_at_call", "shuffle")
+    options = {k: train.pop(k) for k in names if k in train}
     values = {"epochs": 10, "lr": 0.1, "metric": "accuracy", "patience": 2, "progress": False,
-              "max_grad_norm": 0.0, **train}  # fmt: skip
+              "max_grad_norm": 0.0, "keep_checkpoints": 100, **train}  # fmt: skip
     return ScriptedConfig(run_dir=str(tmp_path / "run"), train=LoopConfig(**values)), options
 
 
@@ -198,9 +208,17 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(tmp_path):
 def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
     """grad_accum 2 x batch 4 == batch 8: the loss is divided by the accumulation steps."""
     scores = {s: 0.5 for s in range(1, 20)}
-    big, o = scripted(tmp_path / "big", scores, epochs=1, batch_size=8, eval_every=100)
+    big, o = scripted(
+        tmp_path / "big", scores, epochs=1, batch_size=8, eval_every=100, shuffle=False
+    )
     small, o2 = scripted(
-        tmp_path / "small", scores, epochs=1, batch_size=4, grad_accum=2, eval_every=100
+        tmp_path / "small",
+        scores,
+        epochs=1,
+        batch_size=4,
+        grad_accum=2,
+        eval_every=100,
+        shuffle=False,
     )
     a, b = fit(ScriptedTask(big, scores, **o)), fit(ScriptedTask(small, scores, **o2))
     wa = load_checkpoint(a / "checkpoints" / "step-000004.pt")["model"]
@@ -227,8 +245,53 @@ def test_a_non_finite_loss_stops_before_the_update_and_names_the_kept_checkpoint
     config, options = scripted(tmp_path, scores, checkpoint_every=2, nan_at_call=5)
     with pytest.raises(NonFiniteLossError, match="step 5") as err:
         fit(ScriptedTask(config, scores, **options))
+    assert err.value.quantity == "loss" and err.value.step == 5
     assert "last good checkpoint (step 4)" in str(err.value)
     assert not (Path(config.run_dir) / "checkpoints" / "step-000005.pt").exists()
+    rows = [
+        json.loads(x) for x in (Path(config.run_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    stop = [r for r in rows if "error" in r]
+    assert len(stop) == 1 and stop[0]["step"] == 4 and stop[0]["epoch"] == 1
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_stops_before_the_update(tmp_path):
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, checkpoint_every=2, nan_grad_at_call=7)
+    with pytest.raises(NonFiniteLossError, match="step 7") as err:
+        fit(ScriptedTask(config, scores, **options))
+    assert err.value.quantity == "grad_norm" and err.value.step == 7
+    assert "last good checkpoint (step 6)" in str(err.value)
+
+
+def test_gradients_are_clipped_to_max_grad_norm(tmp_path):
+    """SGD with lr 0.1 and a clip of 1e-3 moves the weights by at most 1e-4 a step."""
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=1, max_grad_norm=1e-3, checkpoint_every=1)
+    run_dir = fit(ScriptedTask(config, scores, **options))
+    a = load_checkpoint(run_dir / "checkpoints" / "step-000001.pt")["model"]
+    b = load_checkpoint(run_dir / "checkpoints" / "step-000002.pt")["model"]
+    moved = torch.sqrt(sum(((b[k] - a[k]) ** 2).sum() for k in a))
+    assert 0 < float(moved) <= 0.1 * 1e-3 * 1.0001
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 1e-3 for r in rows if r["split"] == "train")  # norm before clipping
+
+
+def test_a_plateau_schedule_hears_the_validation_metric(tmp_path):
+    """The loop reports each evaluation's metric to the schedule: on a plateau the lr halves."""
+
+    class Plateau(ScriptedTask):
+        def build_scheduler(self, optimizer, total_steps):
+            return build_scheduler(
+                optimizer, "plateau", total_steps=total_steps, plateau_patience=1
+            )
+
+    scores = dict.fromkeys(range(1, 100), 0.5)  # never improves after the first evaluation
+    config, options = scripted(tmp_path, scores, epochs=4, patience=10, eval_every=2)
+    run_dir = fit(Plateau(config, scores, **options))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["split"] == "train"]
+    assert lrs[0] == 0.1 and lrs[-1] < 0.1 / 4
 
 
 def test_the_run_records_what_happened(tmp_path):
@@ -241,21 +304,25 @@ def test_the_run_records_what_happened(tmp_path):
     train = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train] == [1, 10, 12]
     assert all(r["lr"] == 0.1 and r["loss"] > 0 and r["grad_norm"] > 0 for r in train)
-    assert all(r["examples_per_s"] > 0 and r["epoch"] in (0, 1, 2) for r in train)
+    # a step of 8 examples takes milliseconds here: far more than 100 examples a second
+    assert all(r["examples_per_s"] > 100 and r["epoch"] in (0, 1, 2) for r in train)
     val = [r for r in rows if r["split"] == "val"]
     assert [(r["step"], r["epoch"]) for r in val] == [(4, 1), (8, 2), (12, 3)]
     assert all(0 < r["eval_s"] < 60 for r in val)
     summary = rows[-1]
     assert summary["split"] == "summary" and summary["epoch"] == 3 and summary["step"] == 12
     assert summary["samples"] == summary["examples"] == 3 * N_TRAIN and summary["world_size"] == 1
-    assert 0 < summary["train_seconds"] < 60 and summary["train_cpu_seconds"] > 0
+    assert 0 < summary["train_seconds"] < 60 and summary["total_steps"] == 12
+    # CPU time: positive, and at most all cores busy the whole time (plus timer slack)
+    cores = os.cpu_count() or 1
+    assert 0 < summary["train_cpu_seconds"] <= cores * summary["train_seconds"] + 0.5
     assert summary["train_samples_per_s"] == pytest.approx(3 * N_TRAIN / summary["train_seconds"])
     assert summary["train_examples_per_s"] == pytest.approx(summary["train_samples_per_s"])
     assert summary["train_examples_per_cpu_s"] == pytest.approx(
         3 * N_TRAIN / summary["train_cpu_seconds"]
     )
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["extra"]["task"] == "scripted" and manifest["extra"]["world_size"] == 1
+    assert manifest["extra"] == {"examples": N_TRAIN, "task": "scripted", "world_size": 1}
     assert manifest["data_fingerprint"] == "scripted" and manifest["seed"] == 42
     assert (run_dir / "config.yaml").read_text().startswith("task: scripted")
 
@@ -300,6 +367,9 @@ def test_a_resumed_schedule_continues_where_it_stopped(tmp_path):
     a = load_checkpoint(unbroken / "checkpoints" / "step-000008.pt")
     b = load_checkpoint(resumed / "checkpoints" / "step-000008.pt")
     assert a["scheduler"] == b["scheduler"]
+    lrs = [json.loads(x).get("lr") for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    lrs = [lr for lr in lrs if lr is not None]
+    assert lrs[-1] < lrs[0] / 2  # the schedule decayed (it is stepped every optimizer step)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
@@ -333,3 +403,26 @@ def test_total_steps_count_optimizer_steps_with_accumulation(tmp_path):
     run_dir = fit(ScriptedTask(config, scores, **options))
     # 4 micro-batches an epoch, accumulation 3: steps of 3 and 1 micro-batches, 2 per epoch.
     assert [e["step"] for e in evaluations(run_dir)] == [2, 4]
+    summary = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert summary["total_steps"] == 4 and summary["examples"] == summary["samples"] == 2 * N_TRAIN
+
+
+def test_an_fsdp_run_in_one_process_writes_sharded_checkpoints_and_resumes_from_them(tmp_path):
+    """train.distributed: fsdp writes DCP checkpoints at any world size (so that a run
+    started on N processes resumes on 1): here the whole path in one process."""
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    base = {"epochs": 3, "patience": 10, "optimizer": "adam", "distributed": "fsdp",
+            "keep_checkpoints": 2}  # fmt: skip
+    config, options = scripted(tmp_path / "a", scores, **base)
+    unbroken = fit(ScriptedTask(config, scores, **options))
+    config_b, _ = scripted(tmp_path / "b", scores, checkpoint_every=1, **base)
+    fit(ScriptedTask(config_b, scores, **options), stop_at_step=6)
+    names = sorted(p.name for p in (Path(config_b.run_dir) / "checkpoints").iterdir())
+    assert names == ["step-000005.dcp", "step-000006.dcp"]  # keep_last counts directories
+    resumed = fit(ScriptedTask(config_b, scores, **options), resume=True)
+    from torchformer.train.fsdp import consolidate
+
+    a = consolidate(unbroken / "checkpoints" / "step-000012.dcp")
+    b = consolidate(resumed / "checkpoints" / "step-000012.dcp")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert evaluations(resumed) == evaluations(resumed)[:3] and len(evaluations(resumed)) == 3

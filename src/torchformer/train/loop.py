@@ -525,6 +525,7 @@ def _log_summary(run: Run) -> None:
             "train_seconds": s.train_seconds,
             "train_cpu_seconds": s.train_cpu_seconds,
             "world_size": run.world.size,
+            "total_steps": run.total_steps,
             "train_samples_per_s": s.samples / seconds,
             f"train_{units}_per_s": s.units / seconds,
             f"train_{units}_per_cpu_s": s.units / cpu,
