@@ -136,3 +136,37 @@ def test_fsdp_shards_the_model_in_place(one_process_group):
     model = nn.Sequential(nn.Linear(2, 2))
     sharded = wrap_model(model, World(rank=0, size=2), "fsdp")
     assert sharded is model and hasattr(model, "set_requires_gradient_sync")
+
+
+def test_main_process_first_on_another_rank_runs_with_main_false(one_process_group):
+    calls = []
+    result = main_process_first(World(rank=1, size=2), lambda main: calls.append(main) or "mine")
+    assert result == "mine" and calls == [False]  # rank 0 reported success first
+
+
+class _Block(nn.Module):
+    """Stands in for an EncoderLayer/DecoderLayer (matched by the class name's end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+_Block.__name__ = "TinyLayer"
+
+
+def test_fsdp_shards_each_layer_and_the_root(one_process_group):
+    from torchformer.train.fsdp import full_model_state_dict, shard_model
+
+    model = nn.Sequential(_Block(), _Block(), nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shard_model(model)
+    sharded = [name for name, m in model.named_modules() if type(m).__name__.startswith("FSDP")]
+    assert sharded == ["", "0", "1"]  # the root and each *Layer, not the plain Linear
+    full = full_model_state_dict(model)  # whole tensors on rank 0's CPU
+    assert full.keys() == before.keys()
+    assert all(type(v) is torch.Tensor and v.device.type == "cpu" for v in full.values())
+    assert all(torch.equal(full[k], before[k]) for k in before)

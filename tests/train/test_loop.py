@@ -29,6 +29,18 @@ from torchformer.train.schedules import build_scheduler
 N_TRAIN, N_VAL = 32, 8
 
 
+class WithUnused(nn.Module):
+    """A linear model with a parameter that never gets a gradient (like BERT's pooler
+    under mean pooling): it has no optimizer state in a checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.unused = nn.Linear(4, 2), nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
 @dataclass
 class ScriptedConfig:
     task: str = "scripted"
@@ -43,10 +55,11 @@ class ScriptedTask:
 
     def __init__(self, config: ScriptedConfig, scores: dict[int, float], *, batch_size: int = 8,
                  optimizer: str = "sgd", nan_at_call: int | None = None,
-                 nan_grad_at_call: int | None = None, shuffle: bool = True) -> None:  # fmt: skip
+                 nan_grad_at_call: int | None = None, shuffle: bool = True,
+                 unused: bool = False) -> None:  # fmt: skip
         self.config, self.scores, self.batch_size = config, scores, batch_size
         self.optimizer, self.nan_at_call, self.shuffle = optimizer, nan_at_call, shuffle
-        self.nan_grad_at_call = nan_grad_at_call
+        self.nan_grad_at_call, self.unused = nan_grad_at_call, unused
         self.saved_best: list[int] = []  # the step of each best/ write
         self.finished = False
         self.loss_calls = 0
@@ -59,7 +72,7 @@ class ScriptedTask:
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(N_TRAIN + N_VAL, 4, generator=g)
         self.y = (self.x[:, 0] > 0).long()
-        self.model = nn.Linear(4, 2)
+        self.model = WithUnused() if self.unused else nn.Linear(4, 2)
         return self.model
 
     def manifest(self) -> dict[str, Any]:
@@ -143,7 +156,7 @@ def _track_step(monkeypatch):
 
 
 def scripted(tmp_path: Path, scores: dict[int, float], **train) -> tuple[ScriptedConfig, dict]:
-    names = ("batch_size", "optimizer", "nan_at_call", "nan_grad_at_call", "shuffle")
+    names = ("batch_size", "optimizer", "nan_at_call", "nan_grad_at_call", "shuffle", "unused")
     options = {k: train.pop(k) for k in names if k in train}
     values = {"epochs": 10, "lr": 0.1, "metric": "accuracy", "patience": 2, "progress": False,
               "max_grad_norm": 0.0, "keep_checkpoints": 100, **train}  # fmt: skip
@@ -407,18 +420,33 @@ def test_total_steps_count_optimizer_steps_with_accumulation(tmp_path):
     assert summary["total_steps"] == 4 and summary["examples"] == summary["samples"] == 2 * N_TRAIN
 
 
-def test_an_fsdp_run_in_one_process_writes_sharded_checkpoints_and_resumes_from_them(tmp_path):
+@pytest.fixture
+def process_group(tmp_path):
+    """A one-process gloo group, as torchrun leaves for rank 0 (the sharded save writes
+    loop.pt from rank 0 of the group)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_an_fsdp_run_in_one_process_writes_sharded_checkpoints_and_resumes_from_them(
+    tmp_path, process_group
+):
     """train.distributed: fsdp writes DCP checkpoints at any world size (so that a run
-    started on N processes resumes on 1): here the whole path in one process."""
+    started on N processes resumes on 1): here the whole path in one process, with a
+    parameter that never had a gradient (no optimizer state to load for it)."""
     scores = dict.fromkeys(range(1, 100), 0.5)
     base = {"epochs": 3, "patience": 10, "optimizer": "adam", "distributed": "fsdp",
-            "keep_checkpoints": 2}  # fmt: skip
+            "keep_checkpoints": 2, "unused": True}  # fmt: skip
     config, options = scripted(tmp_path / "a", scores, **base)
     unbroken = fit(ScriptedTask(config, scores, **options))
     config_b, _ = scripted(tmp_path / "b", scores, checkpoint_every=1, **base)
     fit(ScriptedTask(config_b, scores, **options), stop_at_step=6)
     names = sorted(p.name for p in (Path(config_b.run_dir) / "checkpoints").iterdir())
     assert names == ["step-000005.dcp", "step-000006.dcp"]  # keep_last counts directories
+    assert (Path(config_b.run_dir) / "checkpoints" / "step-000006.dcp" / "loop.pt").is_file()
     resumed = fit(ScriptedTask(config_b, scores, **options), resume=True)
     from torchformer.train.fsdp import consolidate
 
