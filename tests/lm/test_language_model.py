@@ -128,7 +128,9 @@ def test_a_model_trained_as_transformers_gpt2_loads_as_ours_with_equal_logits(tm
     run = train(cfg)
     ours = torchformer.load(run).model
     theirs = transformers.GPT2LMHeadModel.from_pretrained(run / "best").eval()
-    ids = torch.randint(0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
     assert records(run, "val")  # the loop trained and validated it like ours
