@@ -150,6 +150,8 @@ def quantize_command(args: argparse.Namespace) -> int:
     print(support.summary())
     src, out = Path(args.src), Path(args.out)
     try:
+        _ensure_export(src, out)
+        fp32 = OnnxClassifier.from_dir(out, threads=args.threads)  # refuses a failed parity check
         texts, gold, source = validation_slice(
             args.val_size,
             file=args.val_file,
@@ -157,8 +159,6 @@ def quantize_command(args: argparse.Namespace) -> int:
             label_column=args.label_column,
             seed=args.seed,
         )
-        _ensure_export(src, out)
-        fp32 = OnnxClassifier.from_dir(out, threads=args.threads)
         int8_path = quantize_onnx(
             out / ONNX_NAME,
             out / INT8_NAME,
