@@ -134,3 +134,13 @@ def test_a_model_trained_as_transformers_gpt2_loads_as_ours_with_equal_logits(tm
     with torch.no_grad():
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
     assert records(run, "val")  # the loop trained and validated it like ours
+
+
+def test_a_split_without_one_block_is_an_error_naming_the_settings(tmp_path):
+    from torchformer.data.records import DataError
+
+    one = tmp_path / "one.txt"
+    one.write_text("a single short document\n", encoding="utf-8")
+    cfg = tiny_config(tmp_path, **{"data.source": str(one), "data.split": "file"})
+    with pytest.raises(DataError, match=r"data.split='file'; every data.val_every=10-th"):
+        train(cfg)

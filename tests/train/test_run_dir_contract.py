@@ -79,12 +79,17 @@ def test_next_free_run_dir_takes_dash_2_first(tmp_path):
     assert next_free_run_dir(tmp_path / "demo") == tmp_path / "demo-4"
 
 
-def test_resume_check_reports_keys_present_on_one_side_only(tmp_path):
+def test_resume_check_reports_a_removed_key_but_not_one_added_since(tmp_path):
+    """A key the saved config lacks is a setting added since the run started (the run had
+    its default): resuming a run from an earlier version is not refused for it."""
     (tmp_path / "config.yaml").write_text(
         yaml.safe_dump({"train": {"lr": 0.1, "old_option": 1}, "threads": 2})
     )
     current = {"train": {"lr": 0.1, "warmup": 5}, "threads": 2}
     with pytest.raises(ConfigError) as err:
         check_resume_config(tmp_path, current)
-    assert f"({'train.old_option: 1 -> None; train.warmup: None -> 5'})" in str(err.value)
+    assert "(train.old_option: 1 -> None)" in str(err.value)
+    check_resume_config(
+        tmp_path, {"train": {"lr": 0.1, "old_option": 1, "warmup": 5}, "threads": 2}
+    )
     check_resume_config(tmp_path, {"train": {"lr": 0.1, "old_option": 1}, "threads": 2})

@@ -34,6 +34,7 @@ from torchformer.data.corpus import (
     text_corpus,
 )
 from torchformer.data.paths import data_dir
+from torchformer.data.records import DataError
 from torchformer.data.token_file import PackedBlockSampler, TokenFile, build_token_file, read_blocks
 from torchformer.io import atomic_write_text
 from torchformer.models.decoder import DecoderForCausalLM, preset
@@ -258,18 +259,41 @@ class LanguageModelTask:
             self.tokenizer = build_tokenizer(c, parts)
             self.tokenizer.save(saved)
         cache = token_cache_dir(c.data.cache_dir)
-        self.files: dict[str, TokenFile] = {
-            name: build_token_file(corpus, self.tokenizer, cache_dir=cache)
-            for name, corpus in parts.items()
-        }
+        try:
+            self.files: dict[str, TokenFile] = {
+                name: build_token_file(corpus, self.tokenizer, cache_dir=cache)
+                for name, corpus in parts.items()
+            }
+        except DataError as e:  # e.g. a split with no document at all
+            raise DataError(f"{e} ({self._split_settings()})", file=c.data.source,
+                            field="data.source") from e  # fmt: skip
+        self._check_sizes()
         self.val_starts = val_block_starts(
             len(self.files["val"].tokens), c.data.block_size, c.data.val_max_blocks
         )
+        self.saved = len(list((run_dir / "samples").glob("best-*.txt")))  # resumed: go on
         self.model = build_model(c, self.tokenizer)
         self.settings = LMSettings(
             tokenizer_kind=c.tokenizer.kind, block_size=c.data.block_size, **vars(c.samples),
         )  # fmt: skip
         return self.model
+
+    def _check_sizes(self) -> None:
+        """Both splits hold at least one block (else training or validation means nothing)."""
+        d = self.config.data
+        for name, file in self.files.items():
+            if len(file.tokens) < d.block_size + 1:
+                raise DataError(
+                    f"the {name} split has {len(file.tokens)} tokens, fewer than one block of "
+                    f"data.block_size + 1 = {d.block_size + 1} ({self._split_settings()})",
+                    file=d.source,
+                    field="data.source",
+                )
+
+    def _split_settings(self) -> str:
+        d = self.config.data
+        return (f"one document per data.split={d.split!r}; every data.val_every={d.val_every}-th "
+                "document is held out")  # fmt: skip
 
     def manifest(self) -> dict[str, Any]:
         return {

@@ -47,6 +47,7 @@ from torchformer.tasks.translator import (
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.checkpoint import load_checkpoint
 from torchformer.train.distributed import World
+from torchformer.train.fsdp import consolidate
 from torchformer.train.logging import fingerprint_records
 from torchformer.train.loop import LoopConfig, Run, fit
 from torchformer.train.schedules import ScheduleName, Scheduler, build_scheduler
@@ -191,7 +192,7 @@ class TranslationTask:
     def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> Seq2Seq:
         # Rank 0 trains the tokenizers and saves them in the run; the others load them.
         c = self.config
-        data = prepare_data(c.data, c.tokenizer, run_dir, seed=c.train.seed)
+        data = prepare_data(c.data, c.tokenizer, run_dir, seed=c.train.seed, write=main)
         self.data, self.encoded = data, data.encoded
         model = build_model(c, data.src_tok, data.tgt_tok)
         self.translator = Translator(model, data.src_tok, data.tgt_tok, settings_of(c))
@@ -314,7 +315,7 @@ def load(path: str | os.PathLike, **overrides: Any) -> Translator:
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     """The element-wise mean of the model weights in ``paths`` (Vaswani et al. 2017, 6.1)."""
-    states = [load_checkpoint(p)["model"] for p in paths]
+    states = [consolidate(p) if p.suffix == ".dcp" else load_checkpoint(p)["model"] for p in paths]
     return {
         k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype)
         for k, v in states[0].items()

@@ -23,6 +23,7 @@ import torch
 from torchformer.data.batching import pad_batch
 from torchformer.data.parallel import SentencePair, read_multi30k, read_parallel, read_parallel_tsv
 from torchformer.data.records import DataError
+from torchformer.io import atomic_write_text
 from torchformer.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -228,10 +229,11 @@ def _train_tokenizer(config: TokenizerConfig, texts: list[str]) -> Tokenizer:
 
 
 def load_or_train_tokenizers(
-    config: TokenizerConfig, run_dir: Path, train: list[SentencePair]
+    config: TokenizerConfig, run_dir: Path, train: list[SentencePair], *, write: bool = True
 ) -> tuple[Tokenizer, Tokenizer]:
     """The run's (source, target) tokenizers: given files, those a previous start of this run
-    saved, or new ones trained on ``train``; saved in ``run_dir`` either way.
+    saved, or new ones trained on ``train``; saved in ``run_dir`` when ``write`` (rank 0;
+    the other ranks of a distributed run read what it saved) and not there yet.
 
     Raises:
         ValueError: the two tokenizers disagree on the padding id (the model has one).
@@ -251,8 +253,9 @@ def load_or_train_tokenizers(
             _train_tokenizer(config, [p.src for p in train]),
             _train_tokenizer(config, [p.tgt for p in train]),
         )
-    src_tok.save(saved[0])
-    tgt_tok.save(saved[1])
+    if write and not all(p.is_file() for p in saved):
+        for tokenizer, path in zip((src_tok, tgt_tok), saved):
+            atomic_write_text(path, tokenizer.backend.to_str())
     if special_ids(src_tok)[0] != special_ids(tgt_tok)[0]:
         raise ValueError(
             f"source and target tokenizers have different padding ids ({src_tok.pad_id}, {tgt_tok.pad_id})"
@@ -306,11 +309,11 @@ class PreparedData:
 
 
 def prepare_data(
-    data: DataConfig, tok_config: TokenizerConfig, run_dir: Path, *, seed: int
+    data: DataConfig, tok_config: TokenizerConfig, run_dir: Path, *, seed: int, write: bool = True
 ) -> PreparedData:
     """Read, tokenize (training or reloading the tokenizers) and encode every split."""
     pairs = load_pairs(data, seed=seed)
-    src_tok, tgt_tok = load_or_train_tokenizers(tok_config, run_dir, pairs["train"])
+    src_tok, tgt_tok = load_or_train_tokenizers(tok_config, run_dir, pairs["train"], write=write)
     encoded, dropped = {}, {}
     for split, split_pairs in pairs.items():
         if split_pairs:

@@ -32,6 +32,7 @@ from torch import nn
 
 __all__ = [
     "World",
+    "broadcast_object",
     "gather_objects",
     "init_distributed",
     "is_main_process",
@@ -184,6 +185,15 @@ def wrap_model(model: nn.Module, world: World, strategy: Strategy = "ddp") -> nn
     return nn.parallel.DistributedDataParallel(
         model, device_ids=device_ids, find_unused_parameters=True
     )
+
+
+def broadcast_object(world: World, obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (itself in a world of one)."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_objects(world: World, obj: T) -> list[T]:

@@ -59,6 +59,13 @@ def shard_model(model: nn.Module) -> nn.Module:
         if module is not model and type(module).__name__.endswith("Layer"):
             fully_shard(module)
     fully_shard(model)
+    # Methods other than forward that run the model (a seq2seq model's encode/decode, used
+    # by beam search and greedy decoding) must gather the root's parameters as well.
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    for name in ("encode", "decode"):
+        if callable(getattr(model, name, None)):
+            register_fsdp_forward_method(model, name)
     return model
 
 

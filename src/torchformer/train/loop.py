@@ -46,6 +46,7 @@ from torchformer.train.accumulation import (
     sync_gradients,
 )
 from torchformer.train.checkpoint import (
+    CheckpointError,
     CheckpointManager,
     restore_training_state,
     training_state,
@@ -53,6 +54,7 @@ from torchformer.train.checkpoint import (
 )
 from torchformer.train.distributed import (
     World,
+    broadcast_object,
     gather_objects,
     init_distributed,
     main_process_first,
@@ -325,7 +327,10 @@ class Run:
         merged: dict[int, Any] = {}
         for part in [outputs] if self.sharded else gather_objects(world, outputs):
             merged.update(part)
-        return self.task.summarize(split, merged)
+        values = self.task.summarize(split, merged)
+        # FSDP ranks computed their metrics apart: take rank 0's, so that every rank makes
+        # the same early-stopping and best/ decision (best/ is gathered collectively).
+        return broadcast_object(world, values) if self.sharded else values
 
     def evaluate_and_keep_best(self) -> None:
         """Validate; save ``best/`` on improvement; update early stopping and the plateau schedule."""
@@ -418,6 +423,11 @@ def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
         run.log.drop_after(run.state.step)
         logger.info("resumed from sharded step %d, epoch %d", run.state.step, run.state.epoch)
     elif resume and not sharded and (ckpt := ckpts.latest()) is not None:
+        if "metadata" not in ckpt.state:
+            raise CheckpointError(
+                f"{ckpt.path}: written by an earlier torchformer (no 'metadata' entry); it "
+                "cannot be resumed by this version: start a new run (--overwrite)"
+            )
         run.restore(ckpt.state)
         run.log.drop_after(run.state.step)  # the steps after the checkpoint are redone
         logger.info(
@@ -493,7 +503,12 @@ def run_epoch(run: Run, bar, postfix: ProgressPostfix, stop_at_step: int | None)
                     "loss": loss.item(),
                     "lr": run.scheduler.lr,
                     "grad_norm": float(grad_norm),
-                    f"{task.units}_per_s": window_units / max(elapsed, 1e-9),
+                    "samples_per_s": window_samples / max(elapsed, 1e-9),
+                    **(
+                        {f"{task.units}_per_s": window_units / max(elapsed, 1e-9)}
+                        if task.units != "samples"  # (then units may be loss weights)
+                        else {}
+                    ),
                 },
                 step=state.step,
                 epoch=state.epoch,
@@ -516,24 +531,24 @@ def run_epoch(run: Run, bar, postfix: ProgressPostfix, stop_at_step: int | None)
 
 
 def _log_summary(run: Run) -> None:
+    """Totals and throughput: examples, and the task's units when it counts others (target
+    tokens); a task whose units are "samples" may weight them (class weights), so its
+    throughput counts examples."""
     s, units = run.state, run.task.units
     seconds, cpu = max(s.train_seconds, 1e-9), max(s.train_cpu_seconds, 1e-9)
-    run.log.log(
-        {
-            units: s.units,
-            "samples": s.samples,
-            "train_seconds": s.train_seconds,
-            "train_cpu_seconds": s.train_cpu_seconds,
-            "world_size": run.world.size,
-            "total_steps": run.total_steps,
-            "train_samples_per_s": s.samples / seconds,
-            f"train_{units}_per_s": s.units / seconds,
-            f"train_{units}_per_cpu_s": s.units / cpu,
-        },
-        step=s.step,
-        epoch=s.epoch,
-        split="summary",
-    )
+    values: dict[str, Any] = {
+        "samples": s.samples,
+        "train_seconds": s.train_seconds,
+        "train_cpu_seconds": s.train_cpu_seconds,
+        "world_size": run.world.size,
+        "total_steps": run.total_steps,
+        "train_samples_per_s": s.samples / seconds,
+        "train_samples_per_cpu_s": s.samples / cpu,
+    }
+    if units != "samples":
+        values |= {units: s.units, f"train_{units}_per_s": s.units / seconds,
+                   f"train_{units}_per_cpu_s": s.units / cpu}  # fmt: skip
+    run.log.log(values, step=s.step, epoch=s.epoch, split="summary")
 
 
 def fit(

@@ -156,9 +156,11 @@ def check_resume_config(run_dir: str | os.PathLike[str], config: Any) -> None:
     saved = _flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     # Through YAML, so both sides have the same types (tuples as lists, and so on).
     current = _flatten(yaml.safe_load(yaml.safe_dump(config_to_dict(config))))
+    # A key the saved config lacks is a setting added since the run started: its default
+    # is what the run had (only keys both have, or keys removed since, can differ).
     changed = [
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
-        for key in sorted(set(saved) | set(current))
+        for key in sorted(saved)
         if key not in RUNTIME_KEYS and saved.get(key) != current.get(key)
     ]
     if changed:
