@@ -170,3 +170,41 @@ def test_fsdp_shards_each_layer_and_the_root(one_process_group):
     assert full.keys() == before.keys()
     assert all(type(v) is torch.Tensor and v.device.type == "cpu" for v in full.values())
     assert all(torch.equal(full[k], before[k]) for k in before)
+
+
+def test_broadcast_object_gives_every_rank_rank_zeros_value(one_process_group):
+    from torchformer.train.distributed import broadcast_object
+
+    value = {"loss": 0.5, "accuracy": 0.75}
+    assert broadcast_object(World(), value) is value  # a world of one: itself
+    assert broadcast_object(World(rank=0, size=2), dict(value)) == value  # through the group
+
+
+class _Seq2Seq(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.layer = _Block()
+
+    def encode(self, x):
+        return self.layer(self.embed(x))
+
+    def decode(self, x):
+        return self.embed(x)
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+def test_fsdp_registers_a_seq2seq_models_encode_and_decode(one_process_group):
+    """Decoding calls encode()/decode(), not forward(): they must gather the root's
+    parameters too, so shard_model registers them with FSDP2."""
+    from torchformer.train.fsdp import shard_model
+
+    model = _Seq2Seq()
+    plain = {name: getattr(model, name) for name in ("encode", "decode")}
+    shard_model(model)
+    for name, before in plain.items():
+        assert getattr(model, name) != before  # wrapped by register_fsdp_forward_method
+    x = torch.randn(2, 4)
+    assert model.decode(model.encode(x)).shape == (2, 4)  # runs on the sharded model

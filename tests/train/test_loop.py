@@ -331,6 +331,10 @@ def test_the_run_records_what_happened(tmp_path):
     assert 0 < summary["train_cpu_seconds"] <= cores * summary["train_seconds"] + 0.5
     assert summary["train_samples_per_s"] == pytest.approx(3 * N_TRAIN / summary["train_seconds"])
     assert summary["train_examples_per_s"] == pytest.approx(summary["train_samples_per_s"])
+    assert summary["train_samples_per_cpu_s"] == pytest.approx(
+        3 * N_TRAIN / summary["train_cpu_seconds"]
+    )
+    assert all(r["samples_per_s"] == pytest.approx(r["examples_per_s"]) for r in train)
     assert summary["train_examples_per_cpu_s"] == pytest.approx(
         3 * N_TRAIN / summary["train_cpu_seconds"]
     )
@@ -454,3 +458,25 @@ def test_an_fsdp_run_in_one_process_writes_sharded_checkpoints_and_resumes_from_
     b = consolidate(resumed / "checkpoints" / "step-000012.dcp")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert evaluations(resumed) == evaluations(resumed)[:3] and len(evaluations(resumed)) == 3
+
+
+def test_a_task_counting_samples_logs_example_throughput_only(tmp_path):
+    """Units named "samples" may be loss weights (class weights): throughput then counts
+    examples, and no second, weighted, samples figure is logged."""
+
+    class Weighted(ScriptedTask):
+        units = "samples"
+
+        def batch_units(self, indices):
+            return 2.5 * len(indices)  # e.g. class weights
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=1)
+    run_dir = fit(Weighted(config, scores, **options))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = rows[-1]
+    assert summary["samples"] == N_TRAIN and "samples_per_cpu_s" not in summary
+    assert set(summary) >= {"train_samples_per_s", "train_samples_per_cpu_s"}
+    assert summary["train_samples_per_s"] == pytest.approx(N_TRAIN / summary["train_seconds"])
+    train = [r for r in rows if r["split"] == "train"]
+    assert train and all(set(r) & {"samples_per_s"} and "examples_per_s" not in r for r in train)
