@@ -480,3 +480,39 @@ def test_a_task_counting_samples_logs_example_throughput_only(tmp_path):
     assert summary["train_samples_per_s"] == pytest.approx(N_TRAIN / summary["train_seconds"])
     train = [r for r in rows if r["split"] == "train"]
     assert train and all(set(r) & {"samples_per_s"} and "examples_per_s" not in r for r in train)
+
+
+def test_a_checkpoint_from_an_earlier_version_is_refused_naming_the_file(tmp_path):
+    from torchformer.train.checkpoint import CheckpointError, save_checkpoint
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=1)
+    fit(ScriptedTask(config, scores, **options), stop_at_step=2)
+    old = Path(config.run_dir) / "checkpoints" / "step-000009.pt"
+    save_checkpoint(old, {"model": {}, "loop": {"step": 9}})  # the per-task format before
+    with pytest.raises(CheckpointError, match=r"step-000009\.pt: written by an earlier"):
+        fit(ScriptedTask(config, scores, **options), resume=True)
+
+
+def test_rank_zero_of_an_fsdp_run_shards_evaluates_everything_and_gathers_best(
+    tmp_path, process_group, monkeypatch
+):
+    """Rank 0's side of a 2-process FSDP run, in one process (a one-process group stands
+    in for the other rank's collectives): the model is sharded, every rank evaluates every
+    validation example (each forward is a collective), the metrics are rank 0's, and best/
+    holds the whole weights gathered into rank 0's CPU replica."""
+    from safetensors.torch import load_file
+
+    from torchformer.train import distributed, loop
+    from torchformer.train.fsdp import consolidate
+
+    monkeypatch.setattr(loop, "init_distributed", lambda device="auto": distributed.World(size=2))
+    scores = {4: 0.5, 8: 0.7, 12: 0.6}
+    config, options = scripted(tmp_path, scores, epochs=3, distributed="fsdp", patience=10)
+    task = ScriptedTask(config, scores, **options)
+    run_dir = fit(task)
+    assert type(task.model).__name__.startswith("FSDP")  # sharded in place
+    assert task.saved_best == [4, 8] and task.finished
+    best = load_file(run_dir / "best" / "model.safetensors")
+    at_8 = consolidate(run_dir / "checkpoints" / "step-000008.dcp")
+    assert best.keys() == at_8.keys() and all(torch.equal(best[k], at_8[k]) for k in best)
