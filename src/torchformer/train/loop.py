@@ -498,6 +498,7 @@ def run_epoch(run: Run, bar, postfix: ProgressPostfix, stop_at_step: int | None)
         bar.update(1)
         postfix.update(loss=loss, lr=run.scheduler.lr, samples=window_samples)
         if state.step % 10 == 0 or state.step in (1, run.total_steps):
+            # (under torchrun "loss" is rank 0's: its share of the step's last micro-batch)
             run.log.log(
                 {
                     "loss": loss.item(),
