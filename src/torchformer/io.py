@@ -16,9 +16,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, ClassVar, TypeVar
 
 __all__ = [
+    "JsonSettings",
     "atomic_write_bytes",
     "atomic_write_text",
     "read_json_settings",
@@ -130,6 +131,20 @@ def replace_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.rename(path)
     _fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class JsonSettings:
+    """Mixin for a settings dataclass kept as one JSON file (``FILE_NAME``) in a model
+    directory: ``Settings.read(model_dir)`` and ``settings.write(model_dir)``."""
+
+    FILE_NAME: ClassVar[str]
+
+    @classmethod
+    def read(cls, model_dir: str | os.PathLike[str]) -> Any:
+        return read_json_settings(cls, Path(model_dir) / cls.FILE_NAME)
+
+    def write(self, model_dir: str | os.PathLike[str]) -> Path:
+        return write_json_settings(self, Path(model_dir) / self.FILE_NAME)
 
 
 def read_json_settings(cls: type[T], path: str | os.PathLike[str]) -> T:

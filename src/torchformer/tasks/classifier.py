@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -19,7 +20,7 @@ from torch import Tensor
 from torchformer.checkpoints import load_pretrained, save_pretrained
 from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import pad_batch
-from torchformer.io import read_json_settings, write_json_settings
+from torchformer.io import JsonSettings
 from torchformer.models.encoder import EncoderForSequenceClassification
 from torchformer.text.preprocessor import TextPreprocessor
 from torchformer.text.tokenizer import Tokenizer
@@ -28,9 +29,10 @@ SIDECAR_NAME = "torchformer.json"
 
 
 @dataclass
-class InferenceSettings:
+class InferenceSettings(JsonSettings):
     """How raw text becomes model input; saved next to the weights as ``torchformer.json``."""
 
+    FILE_NAME: ClassVar[str] = SIDECAR_NAME
     task: str = "classification"
     max_length: int = 256
     truncation: str = "head+tail"
@@ -41,13 +43,6 @@ class InferenceSettings:
         """The text preprocessor these settings describe, around ``tokenizer``."""
         return TextPreprocessor(tokenizer, cleaning=self.cleaning, max_length=self.max_length,
                                 truncation=self.truncation, head_tokens=self.head_tokens)  # fmt: skip
-
-    @classmethod
-    def read(cls, model_dir: Path) -> InferenceSettings:
-        return read_json_settings(cls, Path(model_dir) / SIDECAR_NAME)
-
-    def write(self, model_dir: Path) -> None:
-        write_json_settings(self, Path(model_dir) / SIDECAR_NAME)
 
 
 def validate_texts(texts: object) -> list[str]:

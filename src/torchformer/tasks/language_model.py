@@ -38,7 +38,7 @@ from torchformer.data.records import DataError
 from torchformer.data.token_file import PackedBlockSampler, TokenFile, build_token_file, read_blocks
 from torchformer.io import atomic_write_text
 from torchformer.models.decoder import DecoderForCausalLM, preset
-from torchformer.tasks.lm_generator import LanguageModel, LMSettings
+from torchformer.tasks.lm_generator import LanguageModel, LMSettings, SampleConfig
 from torchformer.text.cleaning import TextCleaner
 from torchformer.text.lm_tokenizers import train_byte_level_bpe, train_char_tokenizer
 from torchformer.text.tokenizer import Tokenizer
@@ -123,17 +123,6 @@ class TrainConfig(LoopConfig):
     adam_betas: tuple[float, float] = (0.9, 0.99)
     eval_batch_size: int = 64
     metric: Literal["loss"] = "loss"
-
-
-@dataclass
-class SampleConfig:
-    """Text generated from the model at each evaluation and at the end (``samples/``)."""
-
-    prompt: str = "\n"
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 200
-    seed: int = 0
 
 
 @dataclass

@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from torchformer.checkpoints import load_pretrained
 from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.generate.greedy import generate
-from torchformer.io import read_json_settings, write_json_settings
+from torchformer.io import JsonSettings
 from torchformer.models.decoder import DecoderForCausalLM
 from torchformer.text.tokenizer import Tokenizer
 
@@ -26,24 +26,25 @@ SETTINGS_NAME = "language_model.json"
 
 
 @dataclass
-class LMSettings:
-    """How the model was trained and how it samples by default; ``language_model.json``."""
+class SampleConfig:
+    """How text is sampled: at each new best model and at the end of a run (``samples/``),
+    and by default in ``LanguageModel.generate``."""
 
-    task: str = "language_model"
-    tokenizer_kind: str = "bpe"
-    block_size: int = 1024
     prompt: str = "\n"
     max_new_tokens: int = 200
     temperature: float = 0.8
     top_k: int | None = 200
     seed: int = 0
 
-    @classmethod
-    def read(cls, model_dir: Path) -> LMSettings:
-        return read_json_settings(cls, Path(model_dir) / SETTINGS_NAME)
 
-    def write(self, model_dir: Path) -> None:
-        write_json_settings(self, Path(model_dir) / SETTINGS_NAME)
+@dataclass
+class LMSettings(SampleConfig, JsonSettings):
+    """How the model was trained, and its sampling defaults; ``language_model.json``."""
+
+    FILE_NAME: ClassVar[str] = SETTINGS_NAME
+    task: str = "language_model"
+    tokenizer_kind: str = "bpe"
+    block_size: int = 1024
 
 
 class LanguageModel:

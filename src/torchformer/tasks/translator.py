@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -33,7 +34,7 @@ from torchformer.data.batching import pad_batch
 from torchformer.evaluate.bleu import corpus_scores
 from torchformer.generate.beam import beam_search
 from torchformer.generate.greedy import greedy_decode
-from torchformer.io import read_json_settings, recover_dir, write_json_settings
+from torchformer.io import JsonSettings, recover_dir
 from torchformer.models.seq2seq import Seq2Seq
 from torchformer.tasks.classifier import validate_texts
 from torchformer.tasks.translate_data import SOURCE_TOKENIZER, TARGET_TOKENIZER, EncodedPairs
@@ -45,26 +46,20 @@ SETTINGS_NAME = "translation.json"
 
 
 @dataclass
-class TranslationSettings:
+class TranslationSettings(JsonSettings):
     """Languages and decoding defaults; saved next to the weights as ``translation.json``.
 
     ``max_len_offset``: an output may have at most (longest source in the batch +
     this) tokens, capped by the model's ``max_len`` (Vaswani et al. 2017, 6.1: input + 50).
     """
 
+    FILE_NAME: ClassVar[str] = SETTINGS_NAME
     task: str = "translation"
     src_lang: str | None = None
     tgt_lang: str | None = None
     beam_size: int = 5
     length_penalty: float = 1.0
     max_len_offset: int = 50
-
-    @classmethod
-    def read(cls, model_dir: Path) -> TranslationSettings:
-        return read_json_settings(cls, Path(model_dir) / SETTINGS_NAME)
-
-    def write(self, model_dir: Path) -> None:
-        write_json_settings(self, Path(model_dir) / SETTINGS_NAME)
 
 
 class _PrefixCache:
