@@ -31,14 +31,29 @@ from torchformer.config import config_to_dict
 
 
 def _config(args, run_dir: Path) -> dict:
-    config = task_config("classification", None, {
-        "run_dir": str(run_dir), "report": False, "data.source": "imdb",
-        "data.train_samples": args.samples, "data.val_samples": 64, "data.test_samples": 64,
-        "data.max_length": args.max_length, "model.base": "minilm", "model.pooling": "mean",
-        "train.max_steps": args.steps, "train.epochs": 100, "train.batch_size": args.batch_size,
-        "train.lr": 1e-4, "train.eval_every": 10**6, "train.progress": False,
-        "train.precision": args.precision, "train.seed": args.seed,
-    })  # fmt: skip
+    config = task_config(
+        "classification",
+        None,
+        {
+            "run_dir": str(run_dir),
+            "report": False,
+            "data.source": "imdb",
+            "data.train_samples": args.samples,
+            "data.val_samples": 64,
+            "data.test_samples": 64,
+            "data.max_length": args.max_length,
+            "model.base": "minilm",
+            "model.pooling": "mean",
+            "train.max_steps": args.steps,
+            "train.epochs": 100,
+            "train.batch_size": args.batch_size,
+            "train.lr": 1e-4,
+            "train.eval_every": 10**6,
+            "train.progress": False,
+            "train.precision": args.precision,
+            "train.seed": args.seed,
+        },
+    )
     return config_to_dict(config)
 
 
@@ -86,12 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         single = _run(args, Path(tmp), 1)
         multi = _run(args, Path(tmp), args.nproc)
     ratio = multi["samples_per_s"] / single["samples_per_s"]
-    result = {"single": single, "distributed": multi, "ratio_distributed_vs_single": ratio,
-              "settings": vars(args) | {"json": str(args.json) if args.json else None}}  # fmt: skip
+    result = {
+        "single": single,
+        "distributed": multi,
+        "ratio_distributed_vs_single": ratio,
+        "settings": vars(args) | {"json": str(args.json) if args.json else None},
+    }
     for row in (single, multi):
-        print(f"{row['processes']} process(es) x {row['threads_per_process']} thread(s): "
-              f"{row['samples_per_s']:.2f} samples/s ({row['samples']} samples in "
-              f"{row['train_seconds']:.1f} s)")  # fmt: skip
+        print(
+            f"{row['processes']} process(es) x {row['threads_per_process']} thread(s): "
+            f"{row['samples_per_s']:.2f} samples/s ({row['samples']} samples in "
+            f"{row['train_seconds']:.1f} s)"
+        )
     print(f"{args.nproc} processes / 1 process: {ratio:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -23,12 +23,21 @@ from torchformer.api import task_config, train
 
 def _run(config_name: Path, implementation: str, args, workdir: Path, round_: int) -> float:
     run_dir = workdir / f"{implementation}-{round_}"
-    config = task_config("language_model", config_name, {
-        "run_dir": str(run_dir), "model.implementation": implementation,
-        "train.max_steps": args.steps, "train.warmup_steps": min(100, args.steps // 4),
-        "train.eval_every": 10**6, "train.progress": False, "train.threads": args.threads,
-        "data.val_max_blocks": 50, "samples.max_new_tokens": 10,
-    })  # fmt: skip
+    config = task_config(
+        "language_model",
+        config_name,
+        {
+            "run_dir": str(run_dir),
+            "model.implementation": implementation,
+            "train.max_steps": args.steps,
+            "train.warmup_steps": min(100, args.steps // 4),
+            "train.eval_every": 10**6,
+            "train.progress": False,
+            "train.threads": args.threads,
+            "data.val_max_blocks": 50,
+            "samples.max_new_tokens": 10,
+        },
+    )
     train(config)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return next(r for r in rows if r["split"] == "summary")["train_tokens_per_s"]
@@ -56,13 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     ours, theirs = (statistics.median(speeds[k]) for k in ("torchformer", "transformers"))
     paired = [a / b for a, b in zip(speeds["torchformer"], speeds["transformers"])]
     for name, values in speeds.items():
-        print(f"{name:>13}: {statistics.median(values):9.0f} tokens/s  (runs: "
-              f"{', '.join(f'{v:.0f}' for v in values)})")  # fmt: skip
-    print(f"ratio torchformer / transformers: {ours / theirs:.2f}x (paired: "
-          f"{', '.join(f'{p:.2f}' for p in paired)})")  # fmt: skip
+        print(
+            f"{name:>13}: {statistics.median(values):9.0f} tokens/s  (runs: "
+            f"{', '.join(f'{v:.0f}' for v in values)})"
+        )
+    print(
+        f"ratio torchformer / transformers: {ours / theirs:.2f}x (paired: "
+        f"{', '.join(f'{p:.2f}' for p in paired)})"
+    )
     if args.json:
-        result = {"tokens_per_s": speeds, "ratio": ours / theirs, "paired": paired,
-                  "settings": {k: str(v) for k, v in vars(args).items()}}  # fmt: skip
+        result = {
+            "tokens_per_s": speeds,
+            "ratio": ours / theirs,
+            "paired": paired,
+            "settings": {k: str(v) for k, v in vars(args).items()},
+        }
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 

@@ -378,8 +378,9 @@ class PackedBlockSampler(_EpochBatchSampler):
             raise ValueError("mode='random' needs batches_per_epoch >= 1")
         # The base class keeps per-example lengths for bookkeeping only; here the one
         # "example" is the file (its settings below replace the base's).
-        super().__init__([num_tokens], seed=seed, shuffle=shuffle,
-                         num_replicas=num_replicas, rank=rank)  # fmt: skip
+        super().__init__(
+            [num_tokens], seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank
+        )
         self.num_tokens = num_tokens
         self.block_size = block_size
         self.batch_size = batch_size

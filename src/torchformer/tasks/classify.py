@@ -293,9 +293,11 @@ def prepare_run(config: ClassifyConfig, *, resume: bool = False) -> PreparedRun:
     model, tokenizer = build_model(config, texts, label_names, resume=resume)
     cleaner = cleaner or _cleaner(config, tokenizer.lowercases)
     settings = InferenceSettings(
-        max_length=d.max_length, truncation=d.truncation, head_tokens=d.head_tokens,
+        max_length=d.max_length,
+        truncation=d.truncation,
+        head_tokens=d.head_tokens,
         cleaning=list(cleaner.steps),
-    )  # fmt: skip
+    )
     preprocessor = settings.preprocessor(tokenizer)
     records = {"train": splits.train, "val": splits.val, "test": splits.test}
     encoded = {

@@ -188,15 +188,26 @@ def build_tokenizer(config: LanguageModelConfig, parts: dict[str, Corpus]) -> To
 
 def build_model(config: LanguageModelConfig, tokenizer: Tokenizer) -> DecoderForCausalLM:
     m = config.model
-    sizes = {k: v for k, v in (("d_model", m.d_model), ("n_layers", m.n_layers),
-                               ("n_heads", m.n_heads)) if v is not None}  # fmt: skip
+    sizes = {
+        k: v
+        for k, v in (("d_model", m.d_model), ("n_layers", m.n_layers), ("n_heads", m.n_heads))
+        if v is not None
+    }
     d_model = sizes.get("d_model", preset(m.preset).d_model)
     cfg = preset(
-        m.preset, **sizes, d_ff=m.d_ff or 4 * d_model, vocab_size=tokenizer.vocab_size,
-        max_len=config.data.block_size, dropout=m.dropout, attn_dropout=m.dropout,
-        embd_dropout=m.dropout, attn_impl=m.attn_impl, bos_id=tokenizer.eos_id,
-        eos_id=tokenizer.eos_id, pad_id=None,
-    )  # fmt: skip
+        m.preset,
+        **sizes,
+        d_ff=m.d_ff or 4 * d_model,
+        vocab_size=tokenizer.vocab_size,
+        max_len=config.data.block_size,
+        dropout=m.dropout,
+        attn_dropout=m.dropout,
+        embd_dropout=m.dropout,
+        attn_impl=m.attn_impl,
+        bos_id=tokenizer.eos_id,
+        eos_id=tokenizer.eos_id,
+        pad_id=None,
+    )
     if m.implementation == "transformers":
         return _hf_gpt2(cfg)
     return DecoderForCausalLM(cfg)
@@ -211,11 +222,20 @@ def _hf_gpt2(cfg) -> torch.nn.Module:
             "model.implementation: transformers needs `pip install transformers`"
         ) from e
     hf = GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
-        n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff, resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.embd_dropout, attn_pdrop=cfg.attn_dropout, activation_function=cfg.activation,
-        layer_norm_epsilon=cfg.norm_eps, bos_token_id=cfg.bos_id, eos_token_id=cfg.eos_id,
-    )  # fmt: skip
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.max_len,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.d_ff,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.embd_dropout,
+        attn_pdrop=cfg.attn_dropout,
+        activation_function=cfg.activation,
+        layer_norm_epsilon=cfg.norm_eps,
+        bos_token_id=cfg.bos_id,
+        eos_token_id=cfg.eos_id,
+    )
     hf._attn_implementation = "sdpa" if cfg.attn_impl == "sdpa" else "eager"
     return GPT2LMHeadModel(hf)
 
@@ -254,8 +274,9 @@ class LanguageModelTask:
                 for name, corpus in parts.items()
             }
         except DataError as e:  # e.g. a split with no document at all
-            raise DataError(f"{e} ({self._split_settings()})", file=c.data.source,
-                            field="data.source") from e  # fmt: skip
+            raise DataError(
+                f"{e} ({self._split_settings()})", file=c.data.source, field="data.source"
+            ) from e
         self._check_sizes()
         self.val_starts = val_block_starts(
             len(self.files["val"].tokens), c.data.block_size, c.data.val_max_blocks
@@ -263,8 +284,10 @@ class LanguageModelTask:
         self.saved = len(list((run_dir / "samples").glob("best-*.txt")))  # resumed: go on
         self.model = build_model(c, self.tokenizer)
         self.settings = LMSettings(
-            tokenizer_kind=c.tokenizer.kind, block_size=c.data.block_size, **vars(c.samples),
-        )  # fmt: skip
+            tokenizer_kind=c.tokenizer.kind,
+            block_size=c.data.block_size,
+            **vars(c.samples),
+        )
         return self.model
 
     def _check_sizes(self) -> None:
@@ -281,8 +304,10 @@ class LanguageModelTask:
 
     def _split_settings(self) -> str:
         d = self.config.data
-        return (f"one document per data.split={d.split!r}; every data.val_every={d.val_every}-th "
-                "document is held out")  # fmt: skip
+        return (
+            f"one document per data.split={d.split!r}; every data.val_every={d.val_every}-th "
+            "document is held out"
+        )
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -297,10 +322,14 @@ class LanguageModelTask:
     def train_sampler(self, world: World) -> PackedBlockSampler:
         tc = self.config.train
         return PackedBlockSampler(
-            len(self.files["train"].tokens), self.config.data.block_size, tc.batch_size,
-            seed=tc.seed, mode=tc.sampling, batches_per_epoch=tc.batches_per_epoch,
+            len(self.files["train"].tokens),
+            self.config.data.block_size,
+            tc.batch_size,
+            seed=tc.seed,
+            mode=tc.sampling,
+            batches_per_epoch=tc.batches_per_epoch,
             **world.sampler_args,
-        )  # fmt: skip
+        )
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         tc = self.config.train
@@ -308,8 +337,13 @@ class LanguageModelTask:
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
         tc = self.config.train
-        return build_scheduler(optimizer, tc.schedule, warmup_steps=tc.warmup_steps,
-                               total_steps=total_steps, min_lr_ratio=tc.min_lr_ratio)  # fmt: skip
+        return build_scheduler(
+            optimizer,
+            tc.schedule,
+            warmup_steps=tc.warmup_steps,
+            total_steps=total_steps,
+            min_lr_ratio=tc.min_lr_ratio,
+        )
 
     def checkpoints_to_keep(self) -> int:
         return self.config.train.keep_checkpoints
@@ -389,8 +423,10 @@ class LanguageModelTask:
                 best.model, "val", list(range(len(self.val_starts))), run.device
             )
         result = self.summarize("val", outputs)
-        atomic_write_text(run.run_dir / "eval" / "val" / "metrics.json",
-                          _json({**result, "blocks": len(outputs), "precision": run.eval_precision}))  # fmt: skip
+        atomic_write_text(
+            run.run_dir / "eval" / "val" / "metrics.json",
+            _json({**result, "blocks": len(outputs), "precision": run.eval_precision}),
+        )
         run.log.log(result, step=run.state.step, epoch=run.state.epoch, split="best_val")
         sample = self.write_sample(best.model, run.run_dir / "samples" / "best.txt")
         logger.info(

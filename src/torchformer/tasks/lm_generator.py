@@ -109,10 +109,14 @@ class LanguageModel:
         n = min(s.max_new_tokens if max_new_tokens is None else max_new_tokens, room)
         device = next(self.model.parameters()).device
         out = generate(
-            self.model, ids.to(device), max_new_tokens=n, do_sample=not greedy,
+            self.model,
+            ids.to(device),
+            max_new_tokens=n,
+            do_sample=not greedy,
             temperature=s.temperature if temperature is None else temperature,
-            top_k=s.top_k if top_k is None else top_k, seed=s.seed if seed is None else seed,
-        )  # fmt: skip
+            top_k=s.top_k if top_k is None else top_k,
+            seed=s.seed if seed is None else seed,
+        )
         return prompt + self.tokenizer.decode(out[0, ids.size(1) :].tolist())
 
     @torch.inference_mode()

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
-from torchformer.text.tokenizer import Tokenizer
+from torchformer.text.tokenizer import Tokenizer, checked_text_stream
 
 __all__ = ["END_OF_TEXT", "char_tokenizer", "train_byte_level_bpe", "train_char_tokenizer"]
 
@@ -34,15 +34,6 @@ END_OF_TEXT = "<|endoftext|>"  # GPT-2's document separator; Tokenizer finds it 
 # One match per Unicode code point, newlines included ("." would skip "\n"; Oniguruma,
 # the regex engine of `tokenizers`, has no (?s) flag).
 _ONE_CHARACTER = r"[\s\S]"
-
-
-def _checked_texts(texts: Iterable[str]) -> Iterable[str]:
-    if isinstance(texts, str):
-        raise TypeError("texts must be an iterable of strings, got a single string; wrap it")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{index}]: expected str, got {type(text).__name__}")
-        yield text
 
 
 def train_byte_level_bpe(
@@ -82,7 +73,7 @@ def train_byte_level_bpe(
         initial_alphabet=alphabet,
         show_progress=False,
     )
-    backend.train_from_iterator(_checked_texts(texts), trainer=trainer)
+    backend.train_from_iterator(checked_text_stream(texts), trainer=trainer)
     return Tokenizer(backend, special_tokens={"eos": end_of_text})
 
 
@@ -124,6 +115,6 @@ def train_char_tokenizer(texts: Iterable[str], *, end_of_text: str | None = None
     The texts are streamed; only the set of characters is kept. See ``char_tokenizer``.
     """
     characters: set[str] = set()
-    for text in _checked_texts(texts):
+    for text in checked_text_stream(texts):
         characters.update(text)
     return char_tokenizer(characters, end_of_text=end_of_text)

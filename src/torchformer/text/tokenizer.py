@@ -74,7 +74,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def _checked_stream(texts: Iterable[str]) -> Iterator[str]:
+def checked_text_stream(texts: Iterable[str]) -> Iterator[str]:
     """Yield training texts, raising on a non-string (empty texts are harmless here)."""
     if isinstance(texts, str):
         raise TypeError("texts must be an iterable of strings, got a single string")
@@ -291,7 +291,7 @@ class Tokenizer:
             continuing_subword_prefix="##",
             show_progress=False,
         )
-        backend.train_from_iterator(_checked_stream(texts), trainer=trainer)
+        backend.train_from_iterator(checked_text_stream(texts), trainer=trainer)
         cls_id, sep_id = backend.token_to_id(cls_token), backend.token_to_id(sep_token)
         backend.post_processor = processors.TemplateProcessing(
             single=f"{cls_token} $A {sep_token}",
@@ -347,7 +347,7 @@ class Tokenizer:
             initial_alphabet=alphabet,
             show_progress=False,
         )
-        backend.train_from_iterator(_checked_stream(texts), trainer=trainer)
+        backend.train_from_iterator(checked_text_stream(texts), trainer=trainer)
         bos = next((t for t in _ROLE_CANDIDATES["bos"] if t in special_tokens), None)
         eos = next((t for t in _ROLE_CANDIDATES["eos"] if t in special_tokens), None)
         if bos is not None and eos is not None:
