@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from torchformer.generate.greedy import decode_loop, generate, greedy_decode, sample_decode
+from torchformer.generate import generate
+from torchformer.generate.greedy import decode_loop, greedy_decode, sample_decode
 from torchformer.generate.sampling import sample_next, top_k_filter, top_p_filter
 from torchformer.models.decoder import DecoderConfig, DecoderForCausalLM, make_step
 from torchformer.nn import KVCache

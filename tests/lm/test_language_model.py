@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import torchformer
+from torchformer.cli import main
 from torchformer.config import load_config
 from torchformer.tasks.language_model import LanguageModelConfig, train
 from torchformer.tasks.lm_generator import LanguageModel
@@ -59,7 +60,7 @@ def records(run_dir: Path, split: str) -> list[dict]:
     return [r for r in rows if r["split"] == split]
 
 
-def test_a_char_model_learns_and_its_run_generates(tmp_path):
+def test_a_char_model_learns_and_its_run_generates(tmp_path, capsys):
     run = train(tiny_config(tmp_path))
     val = records(run, "val")
     assert [r["step"] for r in val] == [20, 40, 60]
@@ -77,6 +78,44 @@ def test_a_char_model_learns_and_its_run_generates(tmp_path):
     assert set(text) <= set("".join(WORDS) + " .\nand")  # only characters it was trained on
     samples = sorted((run / "samples").glob("*.txt"))
     assert len(samples) >= 2 and (run / "samples" / "best.txt").read_text()
+    # Streaming hands out the same text piece by piece; a stop string ends it before itself.
+    pieces = list(lm.stream("the ", max_new_tokens=30, seed=2))
+    assert len(pieces) > 1 and "the " + "".join(pieces) == lm.generate(
+        "the ", max_new_tokens=30, seed=2
+    )
+    long = lm.generate("the ", max_new_tokens=40, greedy=True)
+    assert " and " in long[4:]  # the corpus's lines are "X and Y."
+    cut = lm.generate("the ", max_new_tokens=40, greedy=True, stop=[" and "])
+    assert cut == long[: long.index(" and ", 4)]
+    beams = lm.generate("the ", max_new_tokens=8, num_beams=3)
+    assert beams.startswith("the ") and len(beams) <= 12
+    # The command line streams the same text.
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "the ",
+                "--greedy",
+                "--max-new-tokens",
+                "40",
+                "--stop",
+                " and ",
+                "--stream",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out == cut + "\n"
+    assert main(["generate", str(run), "the ", "--top-p", "2"]) == 2
+    assert "top_p" in capsys.readouterr().err
+    # So does the HTTP server.
+    testclient = pytest.importorskip("fastapi.testclient")
+    from torchformer.serve.app import create_app
+
+    with testclient.TestClient(create_app(lm)) as client:
+        body = {"prompt": "the ", "greedy": True, "max_new_tokens": 40, "stop": [" and "]}
+        assert client.post("/generate", json=body).json()["text"] == cut
 
 
 def test_resume_gives_the_weights_of_an_unbroken_run(tmp_path):
@@ -108,12 +147,20 @@ def test_shakespeare_char_from_the_real_file(tmp_path):
     except FileNotFoundError as e:
         pytest.skip(f"Tiny Shakespeare absent (set TORCHFORMER_DATA): {e}")
     shipped = Path(torchformer.__file__).parent / "configs" / "shakespeare-char.yaml"
-    cfg = load_config(LanguageModelConfig, shipped, {
-        "run_dir": str(tmp_path / "run"), "data.cache_dir": str(tmp_path / "cache"),
-        "train.max_steps": 5, "train.warmup_steps": 2, "train.eval_every": 5,
-        "data.val_max_blocks": 20,
-        "train.progress": False, "samples.max_new_tokens": 5,
-    })  # fmt: skip
+    cfg = load_config(
+        LanguageModelConfig,
+        shipped,
+        {
+            "run_dir": str(tmp_path / "run"),
+            "data.cache_dir": str(tmp_path / "cache"),
+            "train.max_steps": 5,
+            "train.warmup_steps": 2,
+            "train.eval_every": 5,
+            "data.val_max_blocks": 20,
+            "train.progress": False,
+            "samples.max_new_tokens": 5,
+        },
+    )
     run = train(cfg)
     manifest = json.loads((run / "manifest.json").read_text())["extra"]
     assert manifest["tokens"] == {"train": 1_003_854, "val": 111_540}

@@ -15,7 +15,7 @@ import torch
 
 from torchformer.checkpoints import CheckpointError, load_pretrained, save_pretrained
 from torchformer.checkpoints.gpt2 import config_from_hf, config_to_hf, state_from_hf, state_to_hf
-from torchformer.generate.greedy import generate
+from torchformer.generate import generate
 from torchformer.models.decoder import Decoder, DecoderForCausalLM
 
 transformers = pytest.importorskip("transformers")

@@ -18,6 +18,7 @@ import sys
 COMMAND_MODULES = [
     "torchformer.cli.classify",
     "torchformer.cli.translate",
+    "torchformer.cli.generate",
     "torchformer.cli.export",
     "torchformer.cli.bench",
     "torchformer.cli.serve",

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = ServeLimits()
     p = subparsers.add_parser(
         "serve",
-        help="serve predict() over HTTP (POST /predict, GET /health, GET /metrics)",
+        help="serve a model over HTTP (POST /predict or /generate, GET /health, GET /metrics)",
         description="Serve a run / model directory (PyTorch) or an export directory (onnxruntime). "
         "Concurrent requests are micro-batched; limits answer with JSON errors (401, 413, 422, 503).",
     )
@@ -50,6 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-chars", type=int, default=d.max_chars, help="characters per text before 413"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=d.max_new_tokens,
+        help="language models: most tokens one /generate request may ask for",
+    )
+    p.add_argument(
+        "--max-generate-queue",
+        type=int,
+        default=d.max_generate_queue,
+        help="language models: /generate requests waiting before 503",
     )
     p.add_argument(
         "--api-key-env",
@@ -106,6 +118,8 @@ def serve_command(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
+        max_new_tokens=args.max_new_tokens,
+        max_generate_queue=args.max_generate_queue,
     )
     predictor = load_predictor(args.path, precision=args.precision, threads=args.threads)
     backend = getattr(predictor, "backend", "pytorch")

@@ -37,7 +37,7 @@ Shapes: B inputs, K beam size, N = B * K rows, V vocabulary, t generated length.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -114,11 +114,12 @@ def beam_search(
     cache: Any,
     beam_size: int = 4,
     max_new_tokens: int = 50,
-    eos_id: int,
+    eos_id: int | Sequence[int] | None,
     pad_id: int,
     length_penalty: float = 1.0,
     early_stopping: bool = True,
     n_best: int = 1,
+    process: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search for a batch of inputs.
 
@@ -129,13 +130,18 @@ def beam_search(
         cache: the model's cache (anything with ``select(index)``), empty.
         beam_size: hypotheses kept per input (K).
         max_new_tokens: longest output, eos included.
-        eos_id: the token that ends a hypothesis.
+        eos_id: the token (or tokens) that end a hypothesis; None: none does, every
+            hypothesis runs to ``max_new_tokens``.
         pad_id: fed to the rows of inputs that are already done (their
             results are final; the rows only keep the batch rectangular).
         length_penalty: alpha of score / length ** alpha.
         early_stopping: stop an input as soon as it has ``beam_size`` finished
             hypotheses (True), or only when no live beam can beat them (False).
         n_best: how many hypotheses to return per input (<= beam_size).
+        process: ``process(seqs (N, T0 + t), log_probs (N, V)) -> log_probs``, applied
+            to each step's log-probabilities before they are added to the beam scores
+            (repetition penalty, n-gram bans; ``generate.processors``), as
+            ``transformers`` does; ``seqs`` is a row's ``first_ids`` and its tokens.
 
     Returns:
         For each input, ``n_best`` ``Hypothesis(ids, score)``, best first; ids
@@ -148,6 +154,8 @@ def beam_search(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     B, K = first_ids.size(0), beam_size
     device = first_ids.device
+    ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    end_ids = torch.tensor(ids, dtype=torch.long, device=device)
     # Before the first step every input has one beam (its start row) with score 0.
     live_scores = torch.zeros(B, 1, device=device)  # (B, k) summed log-probs of live beams
     tokens = first_ids.new_empty(B, 0)  # (rows, t) generated tokens of live beams
@@ -157,13 +165,16 @@ def beam_search(
     for t in range(1, max_new_tokens + 1):
         log_probs = F.log_softmax(step(last, cache).float(), dim=-1)  # (B * k, V)
         k, V = live_scores.size(1), log_probs.size(-1)
+        if process is not None:
+            seqs = torch.cat([first_ids.repeat_interleave(k, dim=0), tokens], dim=1)  # (B * k, t)
+            log_probs = process(seqs, log_probs)
         total = (live_scores[:, :, None] + log_probs.view(B, k, V)).view(B, k * V)  # (B, k * V)
         cand_scores, cand_index = total.topk(min(2 * K, k * V), dim=1)  # (B, 2K), best first
         cand_rows = (
             cand_index // V + torch.arange(B, device=device)[:, None] * k
         )  # (B, 2K) source rows
         cand_tokens = cand_index % V  # (B, 2K)
-        ends = cand_tokens == eos_id  # (B, 2K)
+        ends = torch.isin(cand_tokens, end_ids)  # (B, 2K)
 
         # Finished hypotheses: among the top K continuations, those ending in eos
         # (all of them at the last step).

@@ -1,4 +1,4 @@
-"""Greedy and sampled decoding over a step function, and ``generate`` for decoder-only models.
+"""Greedy and sampled decoding over a step function (``generate.generation`` drives them).
 
 The loop knows nothing about the model. It calls a *step function*
 ``step(ids (B, T), cache) -> logits (B, V)``: the first call feeds the whole
@@ -16,16 +16,71 @@ Shapes: B batch, T0 prompt length, N new tokens, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from torchformer.generate.processors import Processor
 from torchformer.generate.sampling import sample_next
-from torchformer.models.decoder import DecoderForCausalLM, make_step
 from torchformer.nn.cache import KVCache
 
 StepFn = Callable[[Tensor, KVCache], Tensor]
+
+
+def _stop_ids(eos_id: int | Sequence[int] | None, device: torch.device) -> Tensor | None:
+    if eos_id is None:
+        return None
+    ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+
+
+def iter_decode(
+    step: StepFn,
+    first_ids: Tensor,
+    *,
+    max_new_tokens: int,
+    choose: Callable[[Tensor], Tensor],
+    cache: KVCache,
+    eos_id: int | Sequence[int] | None = None,
+    pad_id: int = 0,
+    process: Processor | None = None,
+    stop: Callable[[Tensor], Tensor] | None = None,
+) -> Iterator[Tensor]:
+    """Yield the (B,) ids chosen at each step, as soon as they are chosen (streaming).
+
+    Args:
+        step: ``step(ids, cache) -> logits (B, V)`` (see the module docstring).
+        first_ids: (B, T0) prompt (decoder-only) or start tokens (seq2seq).
+        max_new_tokens: most tokens to add.
+        choose: logits (B, V) -> ids (B,).
+        cache: an empty KV cache for the step to fill.
+        eos_id: end-of-sequence id, or several; a row stops after emitting one.
+        pad_id: id emitted by a row after it stopped.
+        process: ``process(seqs (B, t), logits (B, V)) -> logits`` applied before
+            ``choose`` (repetition penalty, n-gram bans; ``generate.processors``).
+        stop: ``stop(seqs (B, t)) -> (B,) bool``: rows to stop after this token
+            (stop strings, checked on the text by the caller).
+    """
+    B = first_ids.size(0)
+    finished = torch.zeros(B, dtype=torch.bool, device=first_ids.device)
+    stop_ids = _stop_ids(eos_id, first_ids.device)
+    seqs = first_ids  # (B, t): what the processors and ``stop`` see
+    if max_new_tokens > 0:
+        logits = step(first_ids, cache)  # (B, V)
+    for i in range(max_new_tokens):
+        if process is not None:
+            logits = process(seqs, logits)
+        next_ids = choose(logits).masked_fill(finished, pad_id)  # (B,)
+        seqs = torch.cat([seqs, next_ids[:, None]], dim=1)  # (B, t + 1)
+        if stop_ids is not None:
+            finished = finished | torch.isin(next_ids, stop_ids)
+        if stop is not None:
+            finished = finished | stop(seqs)
+        yield next_ids
+        if i == max_new_tokens - 1 or bool(finished.all()):
+            return
+        logits = step(next_ids[:, None], cache)  # (B, V)
 
 
 def decode_loop(
@@ -35,28 +90,29 @@ def decode_loop(
     max_new_tokens: int,
     choose: Callable[[Tensor], Tensor],
     cache: KVCache,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     pad_id: int = 0,
+    process: Processor | None = None,
+    stop: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Extend ``first_ids`` (B, T0) one token at a time; ``choose`` maps logits (B, V) to ids (B,).
+    """Extend ``first_ids`` (B, T0) one token at a time (``iter_decode``'s arguments).
 
     Returns:
         (B, T0 + N) ids: the prompt followed by N <= max_new_tokens new tokens.
     """
-    B = first_ids.size(0)
-    finished = torch.zeros(B, dtype=torch.bool, device=first_ids.device)
-    new_tokens: list[Tensor] = []
-    if max_new_tokens > 0:
-        logits = step(first_ids, cache)  # (B, V)
-    for i in range(max_new_tokens):
-        next_ids = choose(logits)  # (B,)
-        if eos_id is not None:
-            next_ids = next_ids.masked_fill(finished, pad_id)
-            finished = finished | (next_ids == eos_id)
-        new_tokens.append(next_ids)
-        if i == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
-            break
-        logits = step(next_ids[:, None], cache)  # (B, V)
+    new_tokens = list(
+        iter_decode(
+            step,
+            first_ids,
+            max_new_tokens=max_new_tokens,
+            choose=choose,
+            cache=cache,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            process=process,
+            stop=stop,
+        )
+    )
     if not new_tokens:
         return first_ids
     return torch.cat([first_ids, torch.stack(new_tokens, dim=1)], dim=1)  # (B, T0 + N)
@@ -119,67 +175,4 @@ def sample_decode(
         cache=cache,
         eos_id=eos_id,
         pad_id=pad_id,
-    )
-
-
-@torch.no_grad()
-def generate(
-    model: DecoderForCausalLM,
-    input_ids: Tensor,
-    *,
-    max_new_tokens: int,
-    attention_mask: Tensor | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
-    pad_id: int | None = None,
-    seed: int | None = None,
-) -> Tensor:
-    """Continue prompts with a decoder-only language model, using the KV cache.
-
-    Args:
-        model: the language model; switch it to eval mode first (dropout stays
-            as the caller set it).
-        input_ids: (B, T0) prompts; batch prompts of different lengths with
-            left padding and ``attention_mask``.
-        max_new_tokens: most tokens to add.
-        attention_mask: (B, T0) 1 for prompt tokens, 0 for (left) padding.
-        do_sample: sample (with temperature/top_k/top_p) instead of greedy.
-        eos_id: stop id (default: the model's ``eos_id``).
-        pad_id: fill after EOS (default: the model's ``pad_id``, else ``eos_id``, else 0).
-        seed: seeds the sampling ``torch.Generator`` (reproducible draws).
-
-    Returns:
-        (B, T0 + N) ids: the prompts followed by the new tokens.
-    """
-    eos_id = model.config.eos_id if eos_id is None else eos_id
-    if pad_id is None:
-        pad_id = next((i for i in (model.config.pad_id, eos_id) if i is not None), 0)
-    step = make_step(model, attention_mask)
-    cache = KVCache(model.config.n_layers)
-    if not do_sample:
-        return greedy_decode(
-            step,
-            input_ids,
-            max_new_tokens=max_new_tokens,
-            eos_id=eos_id,
-            pad_id=pad_id,
-            cache=cache,
-        )
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-    return sample_decode(
-        step,
-        input_ids,
-        max_new_tokens=max_new_tokens,
-        cache=cache,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_id=eos_id,
-        pad_id=pad_id,
-        generator=generator,
     )

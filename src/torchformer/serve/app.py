@@ -4,6 +4,9 @@ Endpoints:
 
 - ``POST /predict`` ``{"texts": ["...", ...]}`` ->
   ``{"predictions": [{"label", "confidence", "probabilities": {label: p}}, ...]}``
+  (classifiers: models with ``predict``)
+- ``POST /generate`` ``{"prompt": "...", ...}`` -> the continuation, whole or streamed
+  as server-sent events (language models; ``serve.generation``)
 - ``GET /health`` -> ``{"status": "ok", "backend", "model", "labels", "queue_depth"}`` (no key needed)
 - ``GET /metrics`` -> request counts by status and endpoint, /predict latency
   histogram, batch-size histogram, queue depth (JSON).
@@ -40,7 +43,7 @@ from torchformer.serve.metrics import ServerMetrics
 logger = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
-ROUTES = ("/predict", "/health", "/metrics")
+ROUTES = ("/predict", "/generate", "/health", "/metrics")
 
 
 @dataclass
@@ -52,6 +55,8 @@ class ServeLimits:
     max_batch_size: int = 32  # texts per model call
     max_wait_ms: float = 10.0  # longest a request waits for a batch to fill
     max_queue: int = 256  # texts waiting before 503
+    max_new_tokens: int = 512  # /generate: most tokens a request may ask for (413 above)
+    max_generate_queue: int = 8  # /generate: requests waiting for the model before 503
 
     @property
     def max_body_bytes(self) -> int:
@@ -223,6 +228,7 @@ def create_app(
         ) from e
     limits = limits or ServeLimits()
     metrics = ServerMetrics()
+    generates = hasattr(predictor, "stream") and not hasattr(predictor, "predict")
     batcher = MicroBatcher(
         lambda texts: predictor.predict(texts, batch_size=limits.max_batch_size),
         max_batch_size=limits.max_batch_size,
@@ -243,8 +249,15 @@ def create_app(
 
     _install_counting_and_errors(app, metrics)
 
+    if generates:
+        from torchformer.serve.generation import install_generate
+
+        install_generate(app, predictor, limits, lambda r: _check_key(r, api_key), _read_body)
+
     @app.post("/predict")
     async def predict(request: Request):
+        if generates:
+            raise ApiError(404, "not_found", "this server runs a language model: POST /generate")
         _check_key(request, api_key)
         texts = parse_texts(await _read_body(request, limits.max_body_bytes), limits)
         try:
@@ -263,7 +276,8 @@ def create_app(
             "backend": getattr(predictor, "backend", "pytorch"),
             "model": model_name,
             "model_file": str(getattr(predictor, "path", None) or "") or None,  # ONNX: fp32 or int8
-            "labels": list(predictor.labels),
+            "labels": list(getattr(predictor, "labels", None) or []) or None,
+            "endpoint": "/generate" if generates else "/predict",
             "queue_depth": batcher.queue_depth,
             "limits": asdict(limits),
         }

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from torchformer.checkpoints import load_pretrained
 from torchformer.checkpoints.hf import resolve_model_dir
-from torchformer.generate.greedy import generate
+from torchformer.generate import GenerationConfig, generate, stream
 from torchformer.io import JsonSettings
 from torchformer.models.decoder import DecoderForCausalLM
 from torchformer.text.tokenizer import Tokenizer
@@ -86,38 +87,89 @@ class LanguageModel:
             ids = [eos if eos is not None else 0]
         return torch.tensor([ids[-self.model.config.max_len :]])  # (1, T0)
 
-    @torch.inference_mode()
+    def _options(
+        self, ids: torch.Tensor, greedy: bool, options: dict[str, Any]
+    ) -> GenerationConfig:
+        """The generation options: the call's, else the sidecar's sampling defaults."""
+        s = self.settings
+        options.setdefault("max_new_tokens", s.max_new_tokens)
+        room = self.model.config.max_len - ids.size(1)
+        options["max_new_tokens"] = min(options["max_new_tokens"], room)
+        deterministic = greedy or options.get("num_beams", 1) > 1
+        options.setdefault("do_sample", not deterministic)
+        if options["do_sample"]:
+            options.setdefault("temperature", s.temperature)
+            options.setdefault("top_k", s.top_k)
+            options.setdefault("seed", s.seed)
+        return GenerationConfig.build(**options)
+
     def generate(
         self,
         prompt: str | None = None,
         *,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
         greedy: bool = False,
-        seed: int | None = None,
+        stop: Sequence[str] = (),
+        **options: Any,
     ) -> str:
-        """The prompt and its continuation as text (defaults from ``language_model.json``).
+        """The prompt and its continuation as text.
 
-        Generation stops at end-of-text, after ``max_new_tokens``, or when the context
-        would exceed the model's ``max_len`` (its trained block size).
+        Args:
+            prompt: the text to continue (default: the sidecar's ``prompt``).
+            greedy: the most likely token at every step instead of sampling.
+            stop: stop strings; the text ends before the first one produced.
+            options: ``GenerationConfig`` fields (``max_new_tokens``, ``temperature``,
+                ``top_k``, ``top_p``, ``num_beams``, ``repetition_penalty``,
+                ``no_repeat_ngram_size``, ``seed``, ...); sampling defaults come
+                from ``language_model.json``.
+
+        Generation stops at end-of-text, at a stop string, after ``max_new_tokens``,
+        or when the context would exceed the model's ``max_len`` (its block size).
         """
-        s = self.settings
-        prompt = s.prompt if prompt is None else prompt
+        prompt = self.settings.prompt if prompt is None else prompt
+        return prompt + "".join(self.stream(prompt, greedy=greedy, stop=stop, **options))
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        greedy: bool = False,
+        stop: Sequence[str] = (),
+        **options: Any,
+    ) -> Iterator[str]:
+        """The continuation of ``prompt`` piece by piece as it is generated.
+
+        Arguments as ``generate``; they are checked here, before the first token
+        (``ValueError``/``TypeError``). A piece is withheld while it could still be
+        the start of a stop string or ends inside a multi-byte character.
+        """
+        prompt = self.settings.prompt if prompt is None else prompt
         ids = self._prompt_ids(prompt)
-        room = self.model.config.max_len - ids.size(1)
-        n = min(s.max_new_tokens if max_new_tokens is None else max_new_tokens, room)
+        config = self._options(ids, greedy, dict(options))
+        text = TextStream(self.tokenizer, stop)
+        return self._pieces(ids, config, text)
+
+    @torch.inference_mode()
+    def _pieces(
+        self, ids: torch.Tensor, config: GenerationConfig, text: TextStream
+    ) -> Iterator[str]:
         device = next(self.model.parameters()).device
-        out = generate(
+        if config.num_beams > 1:
+            out = generate(self.model, ids.to(device), config=config)
+            text.add(out[0, ids.size(1) :].tolist())
+            yield text.flush()
+            return
+        start = ids.size(1)
+        pieces = stream(
             self.model,
             ids.to(device),
-            max_new_tokens=n,
-            do_sample=not greedy,
-            temperature=s.temperature if temperature is None else temperature,
-            top_k=s.top_k if top_k is None else top_k,
-            seed=s.seed if seed is None else seed,
+            config=config,
+            stop=lambda seqs: text.stopped_rows(seqs[:, start:]),
         )
-        return prompt + self.tokenizer.decode(out[0, ids.size(1) :].tolist())
+        for step_ids in pieces:
+            if piece := text.add([int(step_ids[0])]):
+                yield piece
+        if rest := text.flush():
+            yield rest
 
     @torch.inference_mode()
     def perplexity(self, text: str) -> float:
@@ -133,3 +185,56 @@ class LanguageModel:
             loss = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum")
             total, count = total + float(loss), count + chunk.size(1) - 1
         return math.exp(total / count)
+
+
+class TextStream:
+    """Turns generated ids into text pieces, honouring stop strings.
+
+    The whole continuation is decoded again at every token (byte-level BPE may
+    join bytes across tokens); what has not been handed out yet is the next piece.
+    A trailing replacement character (an unfinished multi-byte character) and a
+    tail that could still become a stop string are held back.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
+        if any(not s for s in stop):
+            raise ValueError("stop strings must not be empty")
+        self.tokenizer, self.stop = tokenizer, list(stop)
+        self.ids: list[int] = []
+        self.sent = 0  # characters handed out
+        self.done = False
+
+    def _text(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        cut = min((i for s in self.stop if (i := text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            self.done = True
+            return text[:cut]
+        return text
+
+    def stopped_rows(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) whether each row's continuation (B, n) contains a stop string."""
+        rows = [any(s in self.tokenizer.decode(r) for s in self.stop) for r in new_ids.tolist()]
+        return torch.tensor(rows, device=new_ids.device)
+
+    def add(self, ids: list[int]) -> str:
+        """Take the newest ids; return the text now safe to hand out ("" if none)."""
+        if self.done:
+            return ""
+        self.ids += ids
+        text = self._text()
+        if self.done:
+            return self.flush()
+        end = len(text) - (1 if text.endswith("\ufffd") else 0)
+        hold = 0
+        for s in self.stop:  # hold back a tail that may grow into a stop string
+            hold = max([hold] + [k for k in range(1, len(s)) if text[:end].endswith(s[:k])])
+        end -= hold
+        piece, self.sent = text[self.sent : max(end, self.sent)], max(end, self.sent)
+        return piece
+
+    def flush(self) -> str:
+        """Everything not handed out yet (the end of generation)."""
+        text = self._text()
+        piece, self.sent = text[self.sent :], len(text)
+        return piece

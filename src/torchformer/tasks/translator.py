@@ -33,6 +33,7 @@ from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import pad_batch
 from torchformer.evaluate.bleu import corpus_scores
 from torchformer.generate.beam import beam_search
+from torchformer.generate.generation import PrefixCache, uncached_seq2seq_step
 from torchformer.generate.greedy import greedy_decode
 from torchformer.io import JsonSettings, recover_dir
 from torchformer.models.seq2seq import Seq2Seq
@@ -60,41 +61,6 @@ class TranslationSettings(JsonSettings):
     beam_size: int = 5
     length_penalty: float = 1.0
     max_len_offset: int = 50
-
-
-class _PrefixCache:
-    """Stands in for ``KVCache`` when decoding without one: keeps the whole prefix (N, t)."""
-
-    def __init__(self) -> None:
-        self.ids: Tensor | None = None
-
-    def select(self, index: Tensor) -> None:
-        if self.ids is not None:
-            self.ids = self.ids.index_select(0, index)  # (N, t)
-
-
-def uncached_step(model: Seq2Seq, context: Tensor, src_mask: Tensor | None):
-    """A step function that re-runs the decoder on the whole prefix at every step.
-
-    Same contract as ``Seq2Seq.make_step`` (N = k * B rows, k hypotheses per source),
-    used with a ``_PrefixCache``; quadratic in the output length instead of linear.
-    """
-    B = context.size(0)
-    expanded: dict[int, tuple[Tensor, Tensor | None]] = {}
-
-    def step(last_ids: Tensor, cache: _PrefixCache) -> Tensor:
-        cache.ids = (
-            last_ids if cache.ids is None else torch.cat([cache.ids, last_ids], dim=1)
-        )  # (N, t)
-        rows = last_ids.size(0)
-        if rows not in expanded:
-            k = rows // B
-            mask = None if src_mask is None else src_mask.repeat_interleave(k, dim=0)  # (N, S)
-            expanded[rows] = (context.repeat_interleave(k, dim=0), mask)  # (N, S, D)
-        ctx, mask = expanded[rows]
-        return model.decode(cache.ids, ctx, src_mask=mask).logits[:, -1]  # (N, V)
-
-    return step
 
 
 def _banning(step, banned: torch.Tensor):
@@ -136,7 +102,7 @@ def generate_ids(
     if use_cache:
         step, cache = model.make_step(context, src_mask), model.new_cache()
     else:
-        step, cache = uncached_step(model, context, src_mask), _PrefixCache()
+        step, cache = uncached_seq2seq_step(model, context, src_mask), PrefixCache()
     if banned := sorted(set(banned_ids) - {cfg.eos_id}):
         step = _banning(step, torch.tensor(banned, dtype=torch.long, device=device))
     if beam_size == 1:
