@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from torchformer.nn import (
+    KVCache,
     MultiHeadAttention,
     RelativePositionBias,
     causal_mask,
@@ -18,6 +19,7 @@ from torchformer.nn import (
     reference_attention,
 )
 from torchformer.nn import attention as attention_module
+from torchformer.nn.attention import FUSED_QKV_MIN_ROWS
 
 B, H, DH = 3, 4, 8
 ATOL = 1e-5
@@ -228,12 +230,14 @@ def _outputs_without_and_with_autograd(mha, x, **kw):
 
 def test_fused_qkv_at_inference_matches_separate_projections():
     mha = _mha("sdpa")
-    x = torch.randn(B, 7, 32)
-    mask = padding_mask(_key_padding(7))
+    T = FUSED_QKV_MIN_ROWS  # B * T rows: enough for the fused path
+    x = torch.randn(B, T, 32)
+    mask = padding_mask(_key_padding(T))
     unfused, fused = _outputs_without_and_with_autograd(mha, x, mask=mask)
-    assert mha._use_fused_qkv() is False  # autograd on: separate projections
+    assert mha._use_fused_qkv(B * T) is False  # autograd on: separate projections
     with torch.no_grad():
-        assert mha._use_fused_qkv() is True  # the fused path is the one that runs below
+        assert mha._use_fused_qkv(B * T) is True  # the fused path is the one that runs below
+        assert mha._use_fused_qkv(B) is False  # token-by-token decoding: separate projections
     assert (unfused - fused).abs().max().item() <= 1e-6
     with torch.inference_mode():
         assert (mha(x, mask=mask)[0] - unfused).abs().max().item() <= 1e-6
@@ -247,7 +251,7 @@ def test_fused_qkv_at_inference_matches_separate_projections():
 
 def test_fused_qkv_follows_weight_changes():
     mha = _mha("sdpa")
-    x = torch.randn(B, 5, 32)
+    x = torch.randn(B, FUSED_QKV_MIN_ROWS, 32)
 
     def check(what: str) -> None:
         unfused, fused = _outputs_without_and_with_autograd(mha, x)
@@ -281,3 +285,28 @@ def test_module_built_under_inference_mode_still_works():
         out, _ = mha(x)
         expected = _manual_mha(mha, x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+def test_grouped_query_attention_is_attention_with_shared_key_value_heads(impl):
+    """n_kv_heads < H equals plain attention whose k/v heads are repeated per group."""
+    torch.manual_seed(0)
+    gqa = MultiHeadAttention(32, 4, n_kv_heads=2, bias=False, attn_impl=impl).eval()
+    assert gqa.k_proj.weight.shape == (16, 32)  # 2 heads of 8
+    full = MultiHeadAttention(32, 4, bias=False, attn_impl=impl).eval()
+    with torch.no_grad():
+        full.q_proj.weight.copy_(gqa.q_proj.weight)
+        full.out_proj.weight.copy_(gqa.out_proj.weight)
+        for name in ("k_proj", "v_proj"):  # head j of the group pair (2j, 2j + 1)
+            w = getattr(gqa, name).weight.view(2, 8, 32).repeat_interleave(2, dim=0)
+            getattr(full, name).weight.copy_(w.reshape(32, 32))
+    x = torch.randn(B, 6, 32)
+    mask = padding_mask(_key_padding(6))
+    with torch.no_grad():
+        assert torch.allclose(gqa(x, mask=mask)[0], full(x, mask=mask)[0], atol=1e-6)
+    cache = KVCache(1)
+    with torch.no_grad():
+        gqa(x, cache=cache[0])
+    assert cache[0].k.shape == (B, 2, 6, 8)  # the cache keeps the shared heads only
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        MultiHeadAttention(32, 4, n_kv_heads=3)

@@ -279,6 +279,7 @@ def _family():
         architectures=ARCHITECTURES,
         load_into=load_into,
         state_to_hf=state_to_hf,
+        accepts=lambda model: model.config.flavour == "gpt2",
     )
 
 

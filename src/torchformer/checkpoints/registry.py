@@ -1,6 +1,6 @@
 """Load and save any supported family by its ``config.json`` ``model_type``.
 
-Each family module (``bert.py``, ``gpt2.py``, ``t5.py``) exposes a ``FAMILY``
+Each family module (``bert.py``, ``gpt2.py``, ``llama.py``, ``t5.py``) exposes a ``FAMILY``
 describing how to translate its config and weights; this module dispatches.
 """
 
@@ -29,6 +29,9 @@ from torchformer.checkpoints.hf import (
 FAMILY_MODULES = {
     "bert": "torchformer.checkpoints.bert",
     "gpt2": "torchformer.checkpoints.gpt2",
+    "llama": "torchformer.checkpoints.llama",
+    "mistral": "torchformer.checkpoints.llama",
+    "qwen2": "torchformer.checkpoints.llama",
     "t5": "torchformer.checkpoints.t5",
     "torchformer-transformer": "torchformer.checkpoints.t5",
 }
@@ -45,6 +48,9 @@ class Family:
     architectures: dict[type[nn.Module], str]  # model class -> HF architecture name
     load_into: Callable[..., LoadReport]  # (model, hf_state, *, source) -> report
     state_to_hf: Callable[[nn.Module], dict[str, Tensor]]
+    # Whether a model of one of ``architectures`` is this family's (GPT-2 and Llama
+    # share the decoder classes and differ by ``config.flavour``).
+    accepts: Callable[[nn.Module], bool] = lambda model: True
 
 
 def family_for(model_type: str, *, source: str = "config.json") -> Family:
@@ -64,7 +70,7 @@ def family_of_model(model: nn.Module) -> Family:
             fam = importlib.import_module(module).FAMILY
         except ModuleNotFoundError:
             continue
-        if type(model) in fam.architectures:
+        if type(model) in fam.architectures and fam.accepts(model):
             return fam
     raise CheckpointError(f"no Hugging Face layout is known for {type(model).__name__}")
 

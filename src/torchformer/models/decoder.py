@@ -1,4 +1,4 @@
-"""Decoder-only transformer: the GPT-2 family.
+"""Decoder-only transformers: the GPT-2 family and the Llama family.
 
 Implements GPT-2 (Radford et al. 2019, "Language Models are Unsupervised
 Multitask Learners"): token + learned position embeddings, a stack of
@@ -6,6 +6,13 @@ pre-norm layers of causal self-attention and a GELU feed-forward network, a
 final LayerNorm, and a language-modelling head tied to the token embeddings.
 The model predicts token t+1 from tokens 0..t; with a ``KVCache`` it decodes
 one token at a time without recomputing the past.
+
+``flavour="llama"`` builds the modern decoder of Llama (Touvron et al. 2023) from the
+same blocks — also Mistral's and Qwen2's: no position table but rotary positions in
+every attention layer (RoPE, Su et al. 2021), RMSNorm instead of LayerNorm (Zhang &
+Sennrich 2019), a SwiGLU feed-forward network (Shazeer 2020), grouped-query attention
+(``n_kv_heads`` < ``n_heads``, Ainslie et al. 2023), no biases (Qwen2: on q/k/v only),
+and an optionally untied output head.
 
 A GPT-2 block is self-attention + FFN, exactly the wiring of
 ``nn.EncoderLayer`` with ``norm_first=True``; what makes it a decoder is the
@@ -33,7 +40,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchformer.models.outputs import ModelOutput
-from torchformer.nn import EncoderLayer, FeedForward, KVCache, MultiHeadAttention
+from torchformer.nn import (
+    EncoderLayer,
+    FeedForward,
+    GatedFeedForward,
+    KVCache,
+    MultiHeadAttention,
+    RMSNorm,
+)
+from torchformer.nn.positional import RotaryEmbedding
 
 
 @dataclass
@@ -61,6 +76,30 @@ class DecoderConfig:
     eos_id: int | None = 50256
     pad_id: int | None = None  # GPT-2 has none; generation then pads with eos_id
     tie_embeddings: bool = True
+    flavour: Literal["gpt2", "llama"] = "gpt2"
+    n_kv_heads: int | None = None  # llama: key/value heads (grouped-query); None: n_heads
+    head_dim: int | None = None  # llama: per-head width; None: d_model // n_heads
+    rope_theta: float = 10000.0  # llama: base of the rotary frequencies
+    attn_bias: bool | None = None  # None: the flavour's (gpt2 biased, llama not)
+    qkv_bias: bool | None = None  # None: attn_bias (Qwen2: q/k/v biased, output not)
+    mlp_bias: bool | None = None  # None: the flavour's
+
+    def __post_init__(self) -> None:
+        if self.flavour not in ("gpt2", "llama"):
+            raise ValueError(f"flavour must be 'gpt2' or 'llama', got {self.flavour!r}")
+        gpt2 = self.flavour == "gpt2"
+        if gpt2 and (self.n_kv_heads not in (None, self.n_heads) or self.head_dim is not None):
+            raise ValueError("n_kv_heads and head_dim are llama options (GPT-2 has neither)")
+        if gpt2 and False in (self.attn_bias, self.qkv_bias, self.mlp_bias):
+            raise ValueError(
+                "GPT-2 has biases everywhere; attn/qkv/mlp_bias=False is a llama option"
+            )
+        if self.attn_bias is None:
+            self.attn_bias = gpt2
+        if self.qkv_bias is None:
+            self.qkv_bias = self.attn_bias
+        if self.mlp_bias is None:
+            self.mlp_bias = gpt2
 
 
 PRESETS: dict[str, DecoderConfig] = {
@@ -75,6 +114,24 @@ PRESETS: dict[str, DecoderConfig] = {
         max_len=128,
         bos_id=999,
         eos_id=999,
+    ),
+    # A Llama-style decoder small enough to pre-train on 2 CPU cores in minutes.
+    "llama-tiny": DecoderConfig(
+        flavour="llama",
+        vocab_size=1000,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=172,
+        max_len=256,
+        dropout=0.0,
+        attn_dropout=0.0,
+        embd_dropout=0.0,
+        activation="silu",
+        norm_eps=1e-6,
+        bos_id=None,
+        eos_id=None,
     ),
 }
 
@@ -103,8 +160,12 @@ def decoder_positions(
     return positions[:, -t:]  # (B, T)
 
 
-def decoder_mask(t: int, s: int, attention_mask: Tensor | None, device: torch.device) -> Tensor:
+def decoder_mask(
+    t: int, s: int, attention_mask: Tensor | None, device: torch.device
+) -> Tensor | None:
     """Boolean keep-mask (B or 1, 1, T, S): causal, and padded keys hidden.
+
+    None when nothing is hidden: a single new token without padding.
 
     The T queries sit at absolute slots S-T..S-1. Every query also keeps its
     own slot: a padded query (left padding) would otherwise see no key at all,
@@ -113,6 +174,8 @@ def decoder_mask(t: int, s: int, attention_mask: Tensor | None, device: torch.de
     included, in the reference path). Real queries never see a padded key, so
     their outputs are unaffected.
     """
+    if attention_mask is None and t == 1:
+        return None  # one new token sees every cached one: nothing to hide
     q_pos = torch.arange(s - t, s, device=device)[:, None]  # (T, 1)
     k_pos = torch.arange(s, device=device)[None, :]  # (1, S)
     causal = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
@@ -123,18 +186,30 @@ def decoder_mask(t: int, s: int, attention_mask: Tensor | None, device: torch.de
 
 
 def _decoder_layer(config: DecoderConfig) -> EncoderLayer:
-    """One GPT-2 block: pre-norm, biases everywhere, GELU (tanh) FFN."""
-    return EncoderLayer(
-        MultiHeadAttention(
+    """One block: GPT-2 (LayerNorm, biases, GELU FFN) or Llama (RMSNorm, SwiGLU, GQA)."""
+    if config.flavour == "gpt2":
+        attention = MultiHeadAttention(
             config.d_model, config.n_heads, dropout=config.attn_dropout, attn_impl=config.attn_impl
-        ),
+        )
         # GPT-2 has no dropout inside the FFN, only on its output (the residual dropout).
-        FeedForward(config.d_model, config.d_ff, activation=config.activation, dropout=0.0),
-        nn.LayerNorm(config.d_model, eps=config.norm_eps),
-        nn.LayerNorm(config.d_model, eps=config.norm_eps),
-        dropout=config.dropout,
-        norm_first=True,
-    )
+        ffn = FeedForward(config.d_model, config.d_ff, activation=config.activation, dropout=0.0)
+        norms = [nn.LayerNorm(config.d_model, eps=config.norm_eps) for _ in range(2)]
+    else:
+        attention = MultiHeadAttention(
+            config.d_model,
+            config.n_heads,
+            head_dim=config.head_dim,
+            n_kv_heads=config.n_kv_heads,
+            bias=bool(config.qkv_bias),
+            out_bias=bool(config.attn_bias),
+            dropout=config.attn_dropout,
+            attn_impl=config.attn_impl,
+        )
+        ffn = GatedFeedForward(
+            config.d_model, config.d_ff, activation=config.activation, bias=bool(config.mlp_bias)
+        )
+        norms = [RMSNorm(config.d_model, eps=config.norm_eps) for _ in range(2)]
+    return EncoderLayer(attention, ffn, *norms, dropout=config.dropout, norm_first=True)
 
 
 def init_weights(module: nn.Module, config: DecoderConfig) -> None:
@@ -154,6 +229,8 @@ def init_weights(module: nn.Module, config: DecoderConfig) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+    elif isinstance(module, RMSNorm):
+        nn.init.ones_(module.weight)
     elif isinstance(module, EncoderLayer):
         residual_std = std / math.sqrt(2 * config.n_layers)
         nn.init.normal_(module.self_attn.out_proj.weight, mean=0.0, std=residual_std)
@@ -161,16 +238,27 @@ def init_weights(module: nn.Module, config: DecoderConfig) -> None:
 
 
 class Decoder(nn.Module):
-    """The GPT-2 stack: embeddings, L pre-norm causal layers, final LayerNorm."""
+    """The decoder stack: embeddings, L pre-norm causal layers, final norm.
+
+    GPT-2 adds a learned position table to the token embeddings; Llama has no
+    table and rotates queries and keys inside every layer instead (``rotary``).
+    """
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.config = config
         self.token_embeddings = nn.Embedding(config.vocab_size, config.d_model)
-        self.position_embeddings = nn.Embedding(config.max_len, config.d_model)
+        self.position_embeddings: nn.Embedding | None = None
+        self.rotary: RotaryEmbedding | None = None
+        if config.flavour == "gpt2":
+            self.position_embeddings = nn.Embedding(config.max_len, config.d_model)
+            self.final_norm: nn.Module = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        else:
+            head_dim = config.head_dim or config.d_model // config.n_heads
+            self.rotary = RotaryEmbedding(head_dim, theta=config.rope_theta)
+            self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.dropout = nn.Dropout(config.embd_dropout)
         self.layers = nn.ModuleList(_decoder_layer(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         # apply() visits children before parents, so the layer-level rescaling comes last.
         self.apply(lambda m: init_weights(m, config))
 
@@ -212,13 +300,20 @@ class Decoder(nn.Module):
             )
         device = input_ids.device
         positions = decoder_positions(T, past, attention_mask, device)  # (B or 1, T)
-        x = self.token_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, D)
+        x = self.token_embeddings(input_ids)  # (B, T, D)
+        rotary = None
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(positions)
+        else:  # (cos, sin) (B or 1, 1, T, Dh), shared by every layer
+            rotary = self.rotary(positions, x.dtype)
         x = self.dropout(x)
         mask = decoder_mask(T, S, attention_mask, device)  # (B or 1, 1, T, S)
         hidden, attentions = [x], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else cache[i]
-            x, probs = layer(x, mask=mask, cache=layer_cache, return_attentions=return_attentions)
+            x, probs = layer(
+                x, mask=mask, cache=layer_cache, rotary=rotary, return_attentions=return_attentions
+            )
             hidden.append(x)
             attentions.append(probs)
         x = self.final_norm(x)  # (B, T, D)
@@ -301,6 +396,8 @@ def make_step(
             as many rows (beam search expanding each prompt with
             ``repeat_interleave``), the mask is expanded the same way.
     """
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None  # no padding: positions and masks are the plain causal ones
     state = {"mask": attention_mask}
 
     def step(ids: Tensor, cache: KVCache) -> Tensor:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchformer.nn.cache import LayerCache
+from torchformer.nn.positional import apply_rotary
 
 AttnImpl = Literal["reference", "sdpa"]
 
@@ -103,6 +104,10 @@ def fast_attention(
     )  # (B, H, T, Dh)
 
 
+# Fewer tokens than this run q, k and v as three matmuls (see ``_use_fused_qkv``).
+FUSED_QKV_MIN_ROWS = 64
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (Vaswani et al. 2017, section 3.2.2).
 
@@ -111,11 +116,19 @@ class MultiHeadAttention(nn.Module):
     appends the new keys/values (self-attention) or computes the context's
     keys/values once and reuses them (cross-attention), for incremental decoding.
 
+    Grouped-query attention (Ainslie et al. 2023): with ``n_kv_heads`` < H, each
+    group of H / n_kv_heads query heads shares one key/value head; the cache holds
+    the n_kv_heads heads only. Rotary positions (Su et al. 2021) are applied to the
+    queries and the new keys when ``forward`` gets ``rotary=(cos, sin)``
+    (``nn.positional.RotaryEmbedding``), before the keys are cached.
+
     Args:
         d_model: model width D.
-        n_heads: number of heads H.
+        n_heads: number of query heads H.
         head_dim: per-head width Dh (default D // H; T5 sets it separately).
-        bias: whether the four projections have biases (T5: no).
+        n_kv_heads: key/value heads (default H: plain multi-head attention).
+        bias: whether the projections have biases (T5, Llama: no).
+        out_bias: whether the output projection has one (default: ``bias``; Qwen2: no).
         dropout: dropout on the attention probabilities.
         scale: score multiplier (default 1/sqrt(Dh); T5 uses 1.0).
         attn_impl: "sdpa" (fused kernel) or "reference" (readable equation).
@@ -127,7 +140,9 @@ class MultiHeadAttention(nn.Module):
         n_heads: int,
         *,
         head_dim: int | None = None,
+        n_kv_heads: int | None = None,
         bias: bool = True,
+        out_bias: bool | None = None,
         dropout: float = 0.0,
         scale: float | None = None,
         attn_impl: AttnImpl = "sdpa",
@@ -137,53 +152,57 @@ class MultiHeadAttention(nn.Module):
             if d_model % n_heads:
                 raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
             head_dim = d_model // n_heads
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}")
         if attn_impl not in ("reference", "sdpa"):
             raise ValueError(f"attn_impl must be 'reference' or 'sdpa', got {attn_impl!r}")
         self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim
         self.dropout = dropout
         self.scale = scale
         self.attn_impl = attn_impl
-        inner = n_heads * head_dim
+        inner, kv_inner = n_heads * head_dim, n_kv_heads * head_dim
         self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.out_proj = nn.Linear(inner, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_inner, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv_inner, bias=bias)
+        self.out_proj = nn.Linear(inner, d_model, bias=bias if out_bias is None else out_bias)
 
-    def _split_heads(self, x: Tensor) -> Tensor:
+    def _split_heads(self, x: Tensor, heads: int | None = None) -> Tensor:
         B, L, _ = x.shape
-        return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+        heads = self.n_heads if heads is None else heads
+        return x.view(B, L, heads, self.head_dim).transpose(1, 2)  # (B, heads, L, Dh)
 
-    def _keys_values(
-        self, x: Tensor, context: Tensor | None, cache: LayerCache | None
+    def _cross_keys_values(
+        self, context: Tensor, cache: LayerCache | None
     ) -> tuple[Tensor, Tensor]:
-        if context is not None:  # cross-attention: the context never changes while decoding
-            if cache is not None and cache.cross_k is not None:
-                return cache.cross_k, cache.cross_v
-            k = self._split_heads(self.k_proj(context))  # (B, H, S, Dh)
-            v = self._split_heads(self.v_proj(context))  # (B, H, S, Dh)
-            if cache is not None:
-                cache.cross_k, cache.cross_v = k, v
-            return k, v
-        k = self._split_heads(self.k_proj(x))  # (B, H, T, Dh)
-        v = self._split_heads(self.v_proj(x))  # (B, H, T, Dh)
+        """The context's keys/values: computed once, then kept in the cache while decoding."""
+        if cache is not None and cache.cross_k is not None:
+            return cache.cross_k, cache.cross_v
+        k = self._split_heads(self.k_proj(context), self.n_kv_heads)  # (B, Hkv, S, Dh)
+        v = self._split_heads(self.v_proj(context), self.n_kv_heads)  # (B, Hkv, S, Dh)
         if cache is not None:
-            k, v = cache.append(k, v)  # (B, H, S_past + T, Dh)
+            cache.cross_k, cache.cross_v = k, v
         return k, v
 
     def _fused_qkv_weights(self) -> tuple[Tensor, Tensor | None]:
-        """The q/k/v weights concatenated, (3·H·Dh, D) and (3·H·Dh,).
+        """The q/k/v weights concatenated, ((H + 2 Hkv)·Dh, D) and ((H + 2 Hkv)·Dh,).
 
         Built on every call: the copy is tiny next to the matmul it feeds, and
         nothing cached can go stale when the weights change.
         """
         q, k, v = self.q_proj, self.k_proj, self.v_proj
-        weight = torch.cat([q.weight, k.weight, v.weight])  # (3·H·Dh, D)
-        bias = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias])  # (3·H·Dh,)
+        weight = torch.cat([q.weight, k.weight, v.weight])  # ((H + 2 Hkv)·Dh, D)
+        bias = None if q.bias is None else torch.cat([q.bias, k.bias, v.bias])
         return weight, bias
 
-    def _use_fused_qkv(self) -> bool:
-        """Inference on plain ``nn.Linear`` projections, outside autograd and tracing."""
+    def _use_fused_qkv(self, rows: int) -> bool:
+        """Inference on plain ``nn.Linear`` projections, outside autograd and tracing,
+        for at least ``FUSED_QKV_MIN_ROWS`` tokens: below that (token-by-token decoding)
+        copying the weights together costs more than the one bigger matmul saves."""
+        if rows < FUSED_QKV_MIN_ROWS:
+            return False
         projections = (self.q_proj, self.k_proj, self.v_proj)
         if not all(type(m) is nn.Linear for m in projections):
             return False  # e.g. quantized or adapter-wrapped projections
@@ -204,24 +223,40 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         bias: Tensor | None = None,
         cache: LayerCache | None = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
         return_attentions: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``x`` (B, T, D) to itself or to ``context`` (B, S, D).
+
+        ``rotary``: (cos, sin) of the T new positions, broadcastable to (B, 1, T, Dh)
+        (self-attention only).
 
         Returns:
             (output (B, T, D), probabilities (B, H, T, S) or None).
         """
         B, T, _ = x.shape
-        if context is None and self._use_fused_qkv():
-            # Inference: q, k, v from one (D -> 3·H·Dh) matmul instead of three;
-            # one bigger GEMM and one bias pass are faster (bench/encoder_speed.py).
-            qkv = F.linear(x, *self._fused_qkv_weights())  # (B, T, 3·H·Dh)
-            q, k, v = (self._split_heads(t) for t in qkv.chunk(3, dim=-1))  # (B, H, T, Dh) each
-            if cache is not None:
-                k, v = cache.append(k, v)  # (B, H, S_past + T, Dh)
-        else:
+        kv_heads = self.n_kv_heads
+        if context is not None:
             q = self._split_heads(self.q_proj(x))  # (B, H, T, Dh)
-            k, v = self._keys_values(x, context, cache)  # (B, H, S, Dh)
+            k, v = self._cross_keys_values(context, cache)  # (B, Hkv, S, Dh)
+        else:
+            if self._use_fused_qkv(B * T):
+                # Inference: q, k, v from one matmul instead of three; one bigger GEMM
+                # and one bias pass are faster (bench/encoder_speed.py).
+                qkv = F.linear(x, *self._fused_qkv_weights())  # (B, T, (H + 2 Hkv)·Dh)
+                sizes = [self.n_heads * self.head_dim] + [kv_heads * self.head_dim] * 2
+                q, k, v = qkv.split(sizes, dim=-1)
+            else:
+                q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q = self._split_heads(q)  # (B, H, T, Dh)
+            k, v = self._split_heads(k, kv_heads), self._split_heads(v, kv_heads)  # (B, Hkv, T, Dh)
+            if rotary is not None:
+                q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, Hkv, S_past + T, Dh)
+        if kv_heads != self.n_heads:  # each key/value head serves a group of query heads
+            k = k.repeat_interleave(self.n_heads // kv_heads, dim=1)  # (B, H, S, Dh)
+            v = v.repeat_interleave(self.n_heads // kv_heads, dim=1)  # (B, H, S, Dh)
         p = self.dropout if self.training else 0.0
         probs = None
         if return_attentions or self.attn_impl == "reference":

@@ -61,23 +61,21 @@ class EncoderLayer(nn.Module):
         mask: Tensor | None = None,
         bias: Tensor | None = None,
         cache: LayerCache | None = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
         return_attentions: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """Returns (x (B, T, D), attention probabilities (B, H, T, S) or None)."""
+        """Returns (x (B, T, D), attention probabilities (B, H, T, S) or None).
+
+        ``rotary``: (cos, sin) of the positions, for rotary self-attention.
+        """
+        attend = dict(mask=mask, bias=bias, cache=cache, rotary=rotary,
+                      return_attentions=return_attentions)  # fmt: skip
         if self.norm_first:
-            h, probs = self.self_attn(
-                self.attn_norm(x),
-                mask=mask,
-                bias=bias,
-                cache=cache,
-                return_attentions=return_attentions,
-            )
+            h, probs = self.self_attn(self.attn_norm(x), **attend)
             x = x + self.dropout(h)
             x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         else:
-            h, probs = self.self_attn(
-                x, mask=mask, bias=bias, cache=cache, return_attentions=return_attentions
-            )
+            h, probs = self.self_attn(x, **attend)
             x = self.attn_norm(x + self.dropout(h))
             x = self.ffn_norm(x + self.dropout(self.ffn(x)))
         return x, probs

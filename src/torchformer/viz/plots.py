@@ -43,7 +43,7 @@ __all__ = [
 
 DPI = 100
 # Metrics drawn on the validation panel, when a run logs them.
-VAL_METRICS = ("accuracy", "macro_f1", "f1", "precision", "recall", "bleu", "chrf")
+VAL_METRICS = ("accuracy", "macro_f1", "f1", "precision", "recall", "bleu", "chrf", "ppl", "bpc")
 
 
 def png_data_uri(png: bytes) -> str:

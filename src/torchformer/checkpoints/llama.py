@@ -1,0 +1,237 @@
+"""Llama-family checkpoints (``llama``, ``mistral``, ``qwen2``) in Hugging Face layout, both ways.
+
+The three share one key layout, which maps name for name onto our
+``DecoderForCausalLM`` with ``flavour="llama"`` (no transposes, no fused
+projections); they differ in config only:
+
+- ``qwen2`` puts biases on the q/k/v projections (not on the output one);
+- ``mistral`` may set ``sliding_window``: each token attends to at most that many
+  previous ones. This implementation attends to all of them, which is the same
+  for sequences no longer than the window; loading such a checkpoint warns.
+
+``LlamaForCausalLM`` prefixes the stack with ``model.`` and adds ``lm_head.weight``
+(absent when ``tie_word_embeddings``). RoPE scaling variants (``rope_scaling`` /
+``rope_parameters`` of a type other than "default") are refused by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from torchformer.checkpoints.hf import CheckpointError, LoadReport, load_state_strict
+from torchformer.checkpoints.keymap import KeyMap
+from torchformer.models.decoder import Decoder, DecoderConfig, DecoderForCausalLM
+from torchformer.nn.feed_forward import ACTIVATIONS
+
+logger = logging.getLogger(__name__)
+
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+# Our names (inside ``Decoder``) <-> LlamaModel names.
+DECODER_MAP = KeyMap(
+    [
+        ("token_embeddings.weight", "embed_tokens.weight"),
+        ("final_norm.weight", "norm.weight"),
+        ("layers.{i}.attn_norm.weight", "layers.{i}.input_layernorm.weight"),
+        ("layers.{i}.ffn_norm.weight", "layers.{i}.post_attention_layernorm.weight"),
+        *[
+            (f"layers.{{i}}.self_attn.{ours}.{p}", f"layers.{{i}}.self_attn.{theirs}.{p}")
+            for ours, theirs in [
+                ("q_proj", "q_proj"),
+                ("k_proj", "k_proj"),
+                ("v_proj", "v_proj"),
+                ("out_proj", "o_proj"),
+            ]
+            for p in ("weight", "bias")
+        ],
+        *[
+            (f"layers.{{i}}.ffn.{name}.{p}", f"layers.{{i}}.mlp.{name}.{p}")
+            for name in ("gate_proj", "up_proj", "down_proj")
+            for p in ("weight", "bias")
+        ],
+    ]
+)
+_LM_HEAD = "lm_head.weight"
+_OTHER_HEADS = ("score.",)  # LlamaForSequenceClassification's head: not ours, reported
+
+
+def _rope_theta(hf: dict, source: str) -> float:
+    """The rotary base; scaled-RoPE variants are not implemented and are named."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise CheckpointError(
+            f"{source}: rope_type {kind!r} is not supported (only 'default' RoPE)"
+        )
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def config_from_hf(hf: dict, *, source: str = "config.json") -> DecoderConfig:
+    """A llama-flavour ``DecoderConfig`` from a llama / mistral / qwen2 ``config.json`` dict.
+
+    Raises:
+        CheckpointError: wrong model_type, or an option we do not implement (named).
+    """
+    model_type = hf.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"{source}: model_type {model_type!r} is not a Llama-family model")
+    activation = hf.get("hidden_act", "silu")
+    if activation not in ACTIVATIONS:
+        raise CheckpointError(f"{source}: hidden_act {activation!r} is not supported")
+    if hf.get("pretraining_tp", 1) != 1:
+        raise CheckpointError(f"{source}: pretraining_tp={hf['pretraining_tp']} is not supported")
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    max_len = hf.get("max_position_embeddings", 2048)
+    if window is not None and window < max_len:
+        logger.warning("%s: sliding_window=%d is not applied: sequences longer than it attend to "
+                       "every earlier token here", source, window)  # fmt: skip
+    qwen2 = model_type == "qwen2"
+    attn_bias = bool(hf.get("attention_bias", False))
+    eos = hf.get("eos_token_id")
+    if isinstance(eos, list):  # HF allows several; generation here stops on the first
+        eos = eos[0] if eos else None
+    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or d_model // n_heads
+    return DecoderConfig(
+        flavour="llama",
+        vocab_size=hf["vocab_size"],
+        d_model=d_model,
+        n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        head_dim=None if head_dim * n_heads == d_model else head_dim,
+        d_ff=hf["intermediate_size"],
+        max_len=max_len,
+        dropout=0.0,
+        attn_dropout=hf.get("attention_dropout", 0.0),
+        embd_dropout=0.0,
+        activation=activation,
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        initializer_range=hf.get("initializer_range", 0.02),
+        rope_theta=_rope_theta(hf, source),
+        bos_id=hf.get("bos_token_id"),
+        eos_id=eos,
+        pad_id=hf.get("pad_token_id"),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        attn_bias=attn_bias and not qwen2,
+        qkv_bias=True if qwen2 else attn_bias,
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+    )
+
+
+def config_to_hf(config: DecoderConfig, *, architecture: str = "LlamaForCausalLM") -> dict:
+    """A ``config.json`` dict that ``transformers`` reads as the same model.
+
+    Biases on q/k/v only are Qwen2's layout; anything else is written as ``llama``.
+    """
+    qwen2 = bool(config.qkv_bias) and not config.attn_bias
+    if qwen2 and config.mlp_bias:
+        raise CheckpointError("q/k/v-only attention biases with MLP biases: no Hugging Face layout")
+    model_type = "qwen2" if qwen2 else "llama"
+    out = {
+        "model_type": model_type,
+        "architectures": [architecture.replace("Llama", "Qwen2") if qwen2 else architecture],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.d_ff,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads or config.n_heads,
+        "head_dim": config.head_dim or config.d_model // config.n_heads,
+        "max_position_embeddings": config.max_len,
+        "hidden_act": config.activation,
+        "rms_norm_eps": config.norm_eps,
+        "initializer_range": config.initializer_range,
+        "rope_theta": config.rope_theta,
+        "attention_dropout": config.attn_dropout,
+        "bos_token_id": config.bos_id,
+        "eos_token_id": config.eos_id,
+        "pad_token_id": config.pad_id,
+        "tie_word_embeddings": config.tie_embeddings,
+        "use_cache": True,
+    }
+    if not qwen2:
+        out |= {"attention_bias": bool(config.attn_bias), "mlp_bias": bool(config.mlp_bias)}
+    return out
+
+
+def state_from_hf(hf_state: dict[str, Tensor], *, decoder_prefix: str) -> dict[str, Tensor]:
+    """Rename a Llama-family state dict to our names (unknown keys marked ``<unmapped>``)."""
+    ours: dict[str, Tensor] = {}
+    for raw_key, value in hf_state.items():
+        key = raw_key.removeprefix("model.")
+        if key == _LM_HEAD or key.startswith(_OTHER_HEADS):
+            ours[key] = value
+        elif key.endswith("rotary_emb.inv_freq"):
+            continue  # a buffer some old checkpoints saved; recomputed from rope_theta
+        elif (name := DECODER_MAP.to_ours(key)) is not None:
+            ours[decoder_prefix + name] = value
+        else:
+            ours[f"<unmapped>{raw_key}"] = value
+    return ours
+
+
+def _decoder_state_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state.items():
+        name = DECODER_MAP.to_theirs(key)
+        if name is None:
+            raise CheckpointError(f"no Llama name for parameter {key}")
+        out[name] = value
+    return out
+
+
+def state_to_hf(model: nn.Module) -> dict[str, Tensor]:
+    """Our weights under HF names (``model.`` prefix for the causal LM; a tied head is not written)."""
+    if isinstance(model, Decoder):
+        return _decoder_state_to_hf(model.state_dict())
+    state = model.state_dict()
+    decoder = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
+    out = {"model." + k: v for k, v in _decoder_state_to_hf(decoder).items()}
+    if _LM_HEAD in state:
+        out[_LM_HEAD] = state[_LM_HEAD]
+    return out
+
+
+def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> LoadReport:
+    """Load Llama-family weights into ``Decoder`` or ``DecoderForCausalLM``, strictly.
+
+    A tied model accepts ``lm_head.weight`` only when it equals the embeddings.
+    """
+    source = str(Path(source))
+    causal_lm = isinstance(model, DecoderForCausalLM)
+    state = state_from_hf(hf_state, decoder_prefix="decoder." if causal_lm else "")
+    ignore: tuple[str, ...] = _OTHER_HEADS
+    if not causal_lm:
+        ignore = (*ignore, _LM_HEAD)
+    elif model.config.tie_embeddings and _LM_HEAD in state:
+        head = state.pop(_LM_HEAD)
+        embeddings = state.get("decoder.token_embeddings.weight")
+        if embeddings is not None and not torch.equal(head, embeddings):
+            raise CheckpointError(
+                f"{source}: {_LM_HEAD} differs from model.embed_tokens.weight but the model ties "
+                "them (config tie_word_embeddings=true)"
+            )
+    return load_state_strict(model, state, source=source, ignore=ignore)
+
+
+def _family():
+    from torchformer.checkpoints.registry import Family
+
+    return Family(
+        model_types=MODEL_TYPES,
+        config_from_hf=config_from_hf,
+        config_to_hf=config_to_hf,
+        tasks={"base": Decoder, "causal_lm": DecoderForCausalLM},
+        architectures={Decoder: "LlamaModel", DecoderForCausalLM: "LlamaForCausalLM"},
+        load_into=load_into,
+        state_to_hf=state_to_hf,
+        accepts=lambda model: model.config.flavour == "llama",
+    )
+
+
+FAMILY = _family()
