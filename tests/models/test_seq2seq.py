@@ -198,7 +198,7 @@ def test_embedding_sharing_and_tying():
 def test_transformer_scales_embeddings_and_adds_positions():
     model = build("transformer")
     ids = torch.tensor([[5, 5, 5]])
-    x = model._embed(ids, model.src_embed)
+    x = model._embed(ids, model.src_embed, source=True)
     # Same token at three positions: the sinusoidal positions make the rows differ.
     assert (x[0, 0] - x[0, 1]).abs().max() > 0.1
     expected = model.src_embed.weight[5] * 32**0.5 + model.positions.table[2]
@@ -230,7 +230,7 @@ def test_config_validation_and_presets():
     with pytest.raises(ValueError, match="joint vocabulary"):
         Seq2SeqConfig(share_embeddings=True, src_vocab_size=10, vocab_size=20)
     with pytest.raises(ValueError, match="flavour"):
-        Seq2SeqConfig(flavour="bart")
+        Seq2SeqConfig(flavour="marian")
     with pytest.raises(ValueError, match="unknown seq2seq preset"):
         preset("transformer-huge")
     base = PRESETS["transformer-base"]

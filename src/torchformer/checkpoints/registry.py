@@ -27,6 +27,7 @@ from torchformer.checkpoints.hf import (
 )
 
 FAMILY_MODULES = {
+    "bart": "torchformer.checkpoints.bart",
     "bert": "torchformer.checkpoints.bert",
     "gpt2": "torchformer.checkpoints.gpt2",
     "llama": "torchformer.checkpoints.llama",

@@ -266,6 +266,7 @@ def _family():
         architectures={Seq2Seq: "T5ForConditionalGeneration"},
         load_into=load_into,
         state_to_hf=state_to_hf,
+        accepts=lambda model: model.config.flavour in ("transformer", "t5"),
     )
 
 

@@ -1,6 +1,6 @@
-"""Encoder–decoder transformers: the original Transformer and T5.
+"""Encoder–decoder transformers: the original Transformer, T5 and BART.
 
-Implements two members of one family, chosen by ``Seq2SeqConfig.flavour``:
+Implements three members of one family, chosen by ``Seq2SeqConfig.flavour``:
 
 - ``"transformer"``: Vaswani et al. 2017, "Attention Is All You Need". Token
   embeddings scaled by sqrt(D) plus fixed sinusoidal positions, post-norm
@@ -16,6 +16,11 @@ Implements two members of one family, chosen by ``Seq2SeqConfig.flavour``:
   decoder), ReLU (v1.0) or gated-GELU (v1.1 / Flan) feed-forward, a final
   RMSNorm on each stack, one shared embedding table, and an LM head that, when
   tied to the embeddings, sees the decoder output rescaled by D^-0.5.
+- ``"bart"``: Lewis et al. 2020, "BART: Denoising Sequence-to-Sequence Pre-training".
+  Post-norm LayerNorm layers with biases and GELU, learned position tables for each
+  stack (offset by 2, as fairseq's), a LayerNorm on each stack's embeddings, one
+  shared token table, and a tied LM head plus a fixed per-token bias
+  (``final_logits_bias``).
 
 Why one file and a ``flavour`` field rather than two model classes: both are
 the same encoder–decoder (``nn.EncoderLayer``/``nn.DecoderLayer`` stacks,
@@ -53,7 +58,7 @@ from torchformer.nn import (
     padding_mask,
 )
 
-Flavour = Literal["transformer", "t5"]
+Flavour = Literal["transformer", "t5", "bart"]
 StepFn = Callable[[Tensor, KVCache], Tensor]
 
 
@@ -90,10 +95,13 @@ class Seq2SeqConfig:
     decoder_start_id: int = 1  # first decoder input (bos); T5 starts with pad
     eos_id: int = 2
     attn_impl: Literal["reference", "sdpa"] = "sdpa"
+    scale_embedding: bool | None = None  # embeddings * sqrt(D); None: the flavour's (transformer)
 
     def __post_init__(self) -> None:
-        if self.flavour not in ("transformer", "t5"):
-            raise ValueError(f"flavour must be 'transformer' or 't5', got {self.flavour!r}")
+        if self.flavour not in ("transformer", "t5", "bart"):
+            raise ValueError(f"flavour must be 'transformer', 't5' or 'bart', got {self.flavour!r}")
+        if self.scale_embedding is None:
+            self.scale_embedding = self.flavour == "transformer"
         if self.norm_first is None:
             self.norm_first = self.flavour == "t5"
         if self.flavour == "t5" and not self.norm_first:
@@ -106,6 +114,7 @@ class Seq2SeqConfig:
 
 
 _T5 = dict(flavour="t5", norm_eps=1e-6, pad_id=0, decoder_start_id=0, eos_id=1)
+_BART = dict(flavour="bart", activation="gelu", pad_id=1, decoder_start_id=2, eos_id=2)
 
 
 def _layers(n: int) -> dict[str, int]:
@@ -129,6 +138,11 @@ PRESETS: dict[str, Seq2SeqConfig] = {
         vocab_size=1000, d_model=32, n_heads=4, head_dim=8, d_ff=64, **_layers(2), **_T5,
         relative_attention_num_buckets=8, relative_attention_max_distance=20,
     ),
+    # BART base (140M parameters, as facebook/bart-base).
+    "bart-base": Seq2SeqConfig(vocab_size=50265, d_model=768, n_heads=12, d_ff=3072, **_layers(6),
+                               max_len=1024, **_BART),
+    "bart-tiny": Seq2SeqConfig(vocab_size=1000, d_model=32, n_heads=4, d_ff=64, **_layers(2),
+                               max_len=128, **_BART),
 }  # fmt: skip
 
 
@@ -317,12 +331,22 @@ class Seq2Seq(nn.Module):
         self.tgt_embed = (
             None if config.share_embeddings else nn.Embedding(config.vocab_size, config.d_model)
         )
-        # A fixed table (a buffer, not a parameter); T5 uses relative biases instead.
+        bart = config.flavour == "bart"
+        # A fixed table (a buffer, not a parameter); T5 uses relative biases instead,
+        # BART a learned table per stack (rows 0-1 unused: fairseq's offset of 2).
         self.positions = (
-            None if t5 else SinusoidalPositionalEncoding(config.d_model, config.max_len)
+            None if t5 or bart else SinusoidalPositionalEncoding(config.d_model, config.max_len)
         )
+        self.src_positions = self.tgt_positions = None
+        self.src_embed_norm = self.tgt_embed_norm = None
+        if bart:
+            self.src_positions = nn.Embedding(config.max_len + 2, config.d_model)
+            self.tgt_positions = nn.Embedding(config.max_len + 2, config.d_model)
+            self.src_embed_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+            self.tgt_embed_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+            self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
         # Vaswani et al. 3.4: embeddings are multiplied by sqrt(D) (initialised ~ D^-0.5).
-        self.embed_scale = 1.0 if t5 else math.sqrt(config.d_model)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_dropout = nn.Dropout(config.dropout)
         self.encoder = Seq2SeqEncoder(config)
         self.decoder = Seq2SeqDecoder(config)
@@ -342,24 +366,36 @@ class Seq2Seq(nn.Module):
         """An empty KV cache for the decoder stack."""
         return KVCache(self.config.n_decoder_layers)
 
-    def _embed(self, ids: Tensor, table: nn.Embedding, offset: int = 0) -> Tensor:
-        """Token ids (B, L) at positions offset.. -> (B, L, D) stack inputs."""
+    def _embed(self, ids: Tensor, table: nn.Embedding, offset: int = 0, *, source: bool) -> Tensor:
+        """Token ids (B, L) at positions offset.. -> (B, L, D) inputs of the source/target stack."""
         x = table(ids) * self.embed_scale  # (B, L, D)
-        if self.positions is not None:
+        learned = self.src_positions if source else self.tgt_positions
+        if self.positions is not None or learned is not None:
             end = offset + ids.size(1)
             if end > self.config.max_len:
                 raise ValueError(
                     f"sequence length {end} exceeds the model's max_len {self.config.max_len}"
                 )
-            x = x + self.positions(torch.arange(offset, end, device=ids.device))  # (B, L, D)
+            positions = torch.arange(offset, end, device=ids.device)  # (L,)
+            if learned is not None:
+                x = x + learned(positions + 2)  # (B, L, D)
+            else:
+                x = x + self.positions(positions)  # (B, L, D)
+        norm = self.src_embed_norm if source else self.tgt_embed_norm
+        if norm is not None:
+            x = norm(x)
         return self.embed_dropout(x)
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """Decoder states (B, T, D) -> logits (B, T, V)."""
         hidden = hidden * self.output_scale
         if self.lm_head is None:
-            return F.linear(hidden, self.target_embeddings.weight)  # (B, T, V)
-        return self.lm_head(hidden)  # (B, T, V)
+            logits = F.linear(hidden, self.target_embeddings.weight)  # (B, T, V)
+        else:
+            logits = self.lm_head(hidden)  # (B, T, V)
+        if self.config.flavour == "bart":
+            logits = logits + self.final_logits_bias
+        return logits
 
     def encode(
         self, src_ids: Tensor, *, src_mask: Tensor | None = None, return_attentions: bool = False
@@ -370,7 +406,7 @@ class Seq2Seq(nn.Module):
             ModelOutput with last_hidden_state (B, S, D) and, when asked, L
             attentions (B, H, S, S).
         """
-        x = self._embed(src_ids, self.src_embed)  # (B, S, D)
+        x = self._embed(src_ids, self.src_embed, source=True)  # (B, S, D)
         mask = None if src_mask is None else padding_mask(src_mask)  # (B, 1, 1, S)
         x, attentions = self.encoder(x, mask=mask, return_attentions=return_attentions)
         return ModelOutput(
@@ -409,7 +445,7 @@ class Seq2Seq(nn.Module):
                 f"tgt_mask has shape {tuple(tgt_mask.shape)}; expected {(B, past + T)} "
                 f"(cached {past} + new {T} tokens)"
             )
-        x = self._embed(tgt_ids, self.target_embeddings, offset=past)  # (B, T, D)
+        x = self._embed(tgt_ids, self.target_embeddings, offset=past, source=False)  # (B, T, D)
         mask = decoder_self_mask(T, past + T, tgt_mask, tgt_ids.device)  # (B or 1, 1, T, S_tgt)
         context_mask = None if src_mask is None else padding_mask(src_mask)  # (B, 1, 1, S)
         x, self_attns, cross_attns = self.decoder(
@@ -529,10 +565,17 @@ def init_weights(model: Seq2Seq, config: Seq2SeqConfig) -> None:
     Transformer), embeddings N(0, D^-0.5) so that after the sqrt(D) scaling they
     are N(0, 1) (fairseq). T5 (Mesh TensorFlow, as HF's T5): N(0, 1) embeddings,
     q ~ N(0, (D Dh)^-0.5) — the 1/sqrt(Dh) of the unscaled attention folded in —
-    k, v and FFN inputs ~ N(0, D^-0.5), outputs ~ N(0, fan_in^-0.5).
+    k, v and FFN inputs ~ N(0, D^-0.5), outputs ~ N(0, fan_in^-0.5). BART: N(0, 0.02).
     """
     D = config.d_model
     embeddings = [m for m in (model.src_embed, model.tgt_embed) if m is not None]
+    if config.flavour == "bart":  # fairseq / HF BART: N(0, 0.02), zero biases
+        for module in model.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        return
     if config.flavour == "transformer":
         for module in model.modules():
             if isinstance(module, nn.Linear):

@@ -89,13 +89,14 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    """A GPT-2-family decoder: a preset (``models.decoder.PRESETS``) with sizes changed."""
+    """A decoder: a preset (``models.decoder.PRESETS``: GPT-2 or Llama family) with sizes changed."""
 
     preset: str = "tiny"
     d_model: int | None = None
     n_layers: int | None = None
     n_heads: int | None = None
-    d_ff: int | None = None  # None: 4 * d_model
+    n_kv_heads: int | None = None  # llama presets: grouped-query attention
+    d_ff: int | None = None  # None: 4 * d_model (GPT-2), ~8/3 * d_model (Llama's SwiGLU)
     dropout: float = 0.0
     attn_impl: Literal["sdpa", "reference"] = "sdpa"
     # "transformers": the same network as Hugging Face's GPT2LMHeadModel (a reference for
@@ -193,11 +194,19 @@ def build_model(config: LanguageModelConfig, tokenizer: Tokenizer) -> DecoderFor
         for k, v in (("d_model", m.d_model), ("n_layers", m.n_layers), ("n_heads", m.n_heads))
         if v is not None
     }
-    d_model = sizes.get("d_model", preset(m.preset).d_model)
+    base = preset(m.preset)
+    d_model = sizes.get("d_model", base.d_model)
+    if m.n_kv_heads is not None:
+        sizes["n_kv_heads"] = m.n_kv_heads
+    # GPT-2's FFN is 4 d wide; a SwiGLU FFN has three matrices, so Llama uses ~8/3 d
+    # (rounded up to a multiple of 64) for the same parameters.
+    default_ff = 4 * d_model if base.flavour == "gpt2" else 64 * math.ceil(8 * d_model / 3 / 64)
+    if m.implementation == "transformers" and base.flavour != "gpt2":
+        raise ValueError("model.implementation: transformers is available for GPT-2 presets only")
     cfg = preset(
         m.preset,
         **sizes,
-        d_ff=m.d_ff or 4 * d_model,
+        d_ff=m.d_ff or default_ff,
         vocab_size=tokenizer.vocab_size,
         max_len=config.data.block_size,
         dropout=m.dropout,

@@ -54,7 +54,7 @@ TASKS: dict[str, TaskEntry] = {
             "language_model",
             "torchformer.tasks.language_model",
             "language_model.json",
-            ("gpt2",),
+            ("gpt2", "llama", "mistral", "qwen2"),
         ),
         TaskEntry(
             "translation",
