@@ -26,7 +26,7 @@ def test_layer_cache_append_concatenates_along_time():
     assert k.shape == v.shape == (B, H, 3, DH)
     assert k[:, :, :2].eq(1.0).all() and k[:, :, 2].eq(2.0).all()
     assert v[:, :, 2].eq(-2.0).all()
-    assert cache.k is k and cache.v is v
+    assert torch.equal(cache.k, k) and torch.equal(cache.v, v)
 
 
 def test_kv_cache_seq_len_and_indexing():
@@ -93,3 +93,24 @@ def test_cross_attention_keys_values_are_computed_once():
     # Later steps read the cache, not the context they are handed.
     again, _ = mha(x[:, :1], context=torch.zeros_like(context), cache=cache)
     torch.testing.assert_close(again, outs[0])
+
+
+def test_appends_grow_the_buffer_geometrically_and_equal_concatenation():
+    cache = LayerCache()
+    ks, vs = [], []
+    capacities = set()
+    for t in [5, 1, 1, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]:
+        k, v = _kv(t)
+        ks.append(k)
+        vs.append(v)
+        out_k, out_v = cache.append(k, v)
+        assert torch.equal(out_k, torch.cat(ks, dim=2)) and torch.equal(out_v, torch.cat(vs, dim=2))
+        capacities.add(cache._k.size(2))
+    assert cache.length == 26
+    assert capacities == {5, 10, 20, 40}  # a few reallocations, not one per step
+    # Reordering keeps what was written and later appends land after it.
+    cache.select(torch.tensor([1, 0, 0]))
+    k, v = _kv(1)
+    out_k, _ = cache.append(k, v)
+    assert torch.equal(out_k[:, :, :26], torch.cat(ks, dim=2)[[1, 0, 0]])
+    assert torch.equal(out_k[:, :, 26:], k)

@@ -10,7 +10,7 @@ Shapes: B batch (or batch x beams), H heads, S cached length, Dh head dim.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -18,25 +18,55 @@ from torch import Tensor
 
 @dataclass
 class LayerCache:
-    """One layer's cached self-attention and cross-attention keys/values."""
+    """One layer's cached self-attention and cross-attention keys/values.
 
-    k: Tensor | None = None  # (B, H, S, Dh)
-    v: Tensor | None = None  # (B, H, S, Dh)
+    Self-attention keys/values live in buffers with room to grow: a new step writes
+    into the free slots, and a full buffer doubles its capacity. Appending is then
+    amortised O(1) per token instead of the O(S) copy of concatenating the whole
+    past at every step. ``k``/``v`` are views of the filled part. The cache is for
+    inference (decoding under ``torch.no_grad``/``inference_mode``): its buffers are
+    written in place.
+    """
+
     cross_k: Tensor | None = None  # (B, H, S_src, Dh)
     cross_v: Tensor | None = None  # (B, H, S_src, Dh)
+    length: int = 0  # positions filled
+    _k: Tensor | None = field(default=None, repr=False)  # (B, H, capacity, Dh)
+    _v: Tensor | None = field(default=None, repr=False)  # (B, H, capacity, Dh)
+
+    @property
+    def k(self) -> Tensor | None:
+        """Cached keys (B, H, S, Dh), or None before the first step."""
+        return None if self._k is None else self._k[:, :, : self.length]
+
+    @property
+    def v(self) -> Tensor | None:
+        """Cached values (B, H, S, Dh), or None before the first step."""
+        return None if self._v is None else self._v[:, :, : self.length]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add this step's keys/values (B, H, T, Dh) and return all of them."""
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k = torch.cat([self.k, k], dim=2)  # (B, H, S + T, Dh)
-            self.v = torch.cat([self.v, v], dim=2)  # (B, H, S + T, Dh)
+        if self._k is None:  # the first step (the prompt): kept as it is, no copy
+            self._k, self._v, self.length = k, v, k.size(2)
+            return k, v
+        end = self.length + k.size(2)
+        if end > self._k.size(2):
+            capacity = max(end, 2 * self._k.size(2))
+            self._k, self._v = (self._grow(buf, capacity) for buf in (self._k, self._v))
+        self._k[:, :, self.length : end] = k
+        self._v[:, :, self.length : end] = v
+        self.length = end
         return self.k, self.v
+
+    def _grow(self, buffer: Tensor, capacity: int) -> Tensor:
+        B, H, _, Dh = buffer.shape
+        grown = buffer.new_empty(B, H, capacity, Dh)
+        grown[:, :, : self.length] = buffer[:, :, : self.length]
+        return grown
 
     def select(self, index: Tensor) -> None:
         """Keep batch rows ``index`` (beam search reorders hypotheses)."""
-        for name in ("k", "v", "cross_k", "cross_v"):
+        for name in ("_k", "_v", "cross_k", "cross_v"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, index))
@@ -61,8 +91,7 @@ class KVCache:
     @property
     def seq_len(self) -> int:
         """Number of positions already cached (0 before the first step)."""
-        k = self.layers[0].k
-        return 0 if k is None else k.size(2)
+        return self.layers[0].length
 
     def select(self, index: Tensor) -> None:
         """Reorder/select batch rows in every layer, e.g. after a beam search step."""
