@@ -65,6 +65,7 @@ RULES = [
     {"repetition_penalty": 1.7},
     {"no_repeat_ngram_size": 2},
     {"repetition_penalty": 0.7, "no_repeat_ngram_size": 3},
+    {"min_new_tokens": 15},
 ]
 
 
@@ -112,7 +113,7 @@ def test_the_rules_change_the_output(gpt2_pair, prompts):
     ours, _ = gpt2_pair
     ids, mask = prompts
     plain = generate(ours, ids, attention_mask=mask, max_new_tokens=24, eos_id=[], pad_id=1)
-    for rules in RULES[1:]:
+    for rules in RULES[1:4]:
         ruled = generate(
             ours, ids, attention_mask=mask, max_new_tokens=24, eos_id=[], pad_id=1, **rules
         )
@@ -123,6 +124,9 @@ def test_the_rules_change_the_output(gpt2_pair, prompts):
     greedy = generate(ours, ids, attention_mask=mask, max_new_tokens=24, eos_id=EOS, pad_id=1)
     assert beams.tolist() != greedy.tolist()
     assert (greedy[:, ids.size(1) :] == EOS).any()  # some rows end early
+    longer = generate(ours, ids, attention_mask=mask, max_new_tokens=24, eos_id=EOS, pad_id=1,
+                      min_new_tokens=15)  # fmt: skip
+    assert not (longer[:, ids.size(1) : ids.size(1) + 15] == EOS).any()
 
 
 @pytest.fixture(scope="module")

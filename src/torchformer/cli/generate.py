@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
     p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--min-new-tokens", type=int, help="no end of text before this many tokens")
     p.add_argument("--greedy", action="store_true", help="the most likely token at every step")
     p.add_argument("--num-beams", type=int, help="beam search with this many beams (no --stream)")
     p.add_argument("--temperature", type=float)
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 OPTIONS = (
     "max_new_tokens",
+    "min_new_tokens",
     "num_beams",
     "temperature",
     "top_k",

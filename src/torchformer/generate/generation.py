@@ -49,6 +49,7 @@ class GenerationConfig:
 
     Attributes:
         max_new_tokens: most tokens to add (end token included).
+        min_new_tokens: the end ids cannot be generated before this many new tokens.
         do_sample: draw tokens (temperature / top_k / top_p) instead of the most likely.
         temperature: > 0; divides the logits before sampling.
         top_k: sample among the k most likely tokens only.
@@ -67,6 +68,7 @@ class GenerationConfig:
     """
 
     max_new_tokens: int = 50
+    min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int | None = None
@@ -85,6 +87,7 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         checks = [
             ("max_new_tokens", self.max_new_tokens >= 0, ">= 0"),
+            ("min_new_tokens", self.min_new_tokens >= 0, ">= 0"),
             ("temperature", self.temperature > 0, "> 0 (use do_sample=False for greedy)"),
             ("top_k", self.top_k is None or self.top_k > 0, "> 0"),
             ("top_p", self.top_p is None or 0 < self.top_p <= 1, "in (0, 1]"),
@@ -208,15 +211,19 @@ def _chooser(config: GenerationConfig, device: torch.device) -> Callable[[Tensor
     )
 
 
-def _processor(model: Any, attention_mask: Tensor | None, config: GenerationConfig):
+def _processor(model: Any, first: Tensor, attention_mask: Tensor | None, config: GenerationConfig):
     padding = None  # a decoder-only prompt's left padding is not text
     if attention_mask is not None and not isinstance(model, Seq2Seq):
         padding = (attention_mask != 0).int().argmax(dim=1)  # (B,) first real position
+    eos, _ = _ids(model, config)
     return build_processor(
         repetition_penalty_value=config.repetition_penalty,
         no_repeat_ngram_size=config.no_repeat_ngram_size,
         banned_ids=config.banned_ids,
         padding=padding,
+        min_new_tokens=config.min_new_tokens,
+        end_ids=[] if eos is None else [eos] if isinstance(eos, int) else list(eos),
+        start_len=first.size(1),
     )
 
 
@@ -248,7 +255,7 @@ def stream(
         cache=cache,
         eos_id=eos,
         pad_id=pad,
-        process=_processor(model, attention_mask, config),
+        process=_processor(model, first, attention_mask, config),
         stop=stop,
     )
 
@@ -291,7 +298,7 @@ def generate(
     config = GenerationConfig.build(config, **options)
     step, first, cache = _start(model, input_ids, attention_mask, config)
     eos, pad = _ids(model, config)
-    process = _processor(model, attention_mask, config)
+    process = _processor(model, first, attention_mask, config)
     if config.num_beams == 1:
         return decode_loop(
             step,

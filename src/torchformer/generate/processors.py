@@ -11,7 +11,8 @@ can be compared token for token with ``transformers`` ``generate()``:
   it when negative, so > 1 discourages repeats whatever the sign;
 - no-repeat n-gram (Paulus et al. 2017): a token that would complete an n-gram
   already present in the sequence is banned;
-- banned ids: tokens that must never be produced.
+- banned ids: tokens that must never be produced;
+- minimum length: the end ids are banned until ``min_new_tokens`` tokens were generated.
 
 Greedy decoding and sampling apply the rules to the raw logits, beam search to
 the log-probabilities (as ``transformers`` does). Shapes: N rows, t tokens so
@@ -81,6 +82,9 @@ def build_processor(
     no_repeat_ngram_size: int = 0,
     banned_ids: Sequence[int] = (),
     padding: Tensor | None = None,
+    min_new_tokens: int = 0,
+    end_ids: Sequence[int] = (),
+    start_len: int = 0,
 ) -> Processor | None:
     """One function applying the configured rules in Hugging Face's order, or None.
 
@@ -90,6 +94,8 @@ def build_processor(
         banned_ids: ids never to emit.
         padding: (B,) left-padding length of each prompt, left out of the
             repetition penalty (as ``transformers`` does; n-gram bans see it).
+        min_new_tokens: ban ``end_ids`` while fewer tokens than this follow the
+            ``start_len`` tokens the decoding started from.
     """
     if repetition_penalty_value <= 0:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty_value}")
@@ -109,6 +115,17 @@ def build_processor(
             return scores
 
         rules.append(ban)
+    if min_new_tokens > 0 and end_ids:
+        ends = sorted(set(end_ids))
+
+        def too_short(seqs: Tensor, scores: Tensor) -> Tensor:
+            if seqs.size(1) - start_len >= min_new_tokens:
+                return scores
+            scores = scores.clone()
+            scores[:, ends] = float("-inf")
+            return scores
+
+        rules.append(too_short)
     if not rules:
         return None
 

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 _FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "prompt": ((str,), lambda v: True, "a string"),
     "max_new_tokens": ((int,), lambda v: v >= 1, "an integer >= 1"),
+    "min_new_tokens": ((int,), lambda v: v >= 0, "an integer >= 0"),
     "temperature": ((int, float), lambda v: v > 0, "a number > 0"),
     "top_k": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "top_p": ((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]"),

@@ -155,8 +155,7 @@ class LanguageModel:
         device = next(self.model.parameters()).device
         if config.num_beams > 1:
             out = generate(self.model, ids.to(device), config=config)
-            text.add(out[0, ids.size(1) :].tolist())
-            yield text.flush()
+            yield text.add(out[0, ids.size(1) :].tolist()) + text.flush()
             return
         start = ids.size(1)
         pieces = stream(
