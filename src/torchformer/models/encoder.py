@@ -267,9 +267,16 @@ class EncoderForMaskedLM(nn.Module):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        only_labelled: bool = False,
         return_attentions: bool = False,
         return_hidden_states: bool = False,
     ) -> ModelOutput:
+        """Logits (B, T, V); with ``labels`` (B, T, -100 = not predicted) also the loss.
+
+        ``only_labelled``: score only the labelled positions — logits (N, V) for the N
+        positions whose label is not -100 (in row-major order). Pre-training predicts
+        15% of the positions, so this skips ~85% of the vocabulary projection.
+        """
         out = self.encoder(
             input_ids,
             attention_mask=attention_mask,
@@ -278,7 +285,16 @@ class EncoderForMaskedLM(nn.Module):
             return_hidden_states=return_hidden_states,
         )
         tied = self.encoder.embeddings.token_embeddings.weight  # (V, D)
-        logits = self.mlm_head(out.last_hidden_state, tied)  # (B, T, V)
+        hidden = out.last_hidden_state  # (B, T, D)
+        if only_labelled:
+            if labels is None:
+                raise ValueError("only_labelled needs labels")
+            keep = labels != -100  # (B, T)
+            logits = self.mlm_head(hidden[keep], tied)  # (N, V)
+            out.loss = F.cross_entropy(logits, labels[keep]) if keep.any() else hidden.sum() * 0
+            out.logits = logits
+            return out
+        logits = self.mlm_head(hidden, tied)  # (B, T, V)
         if labels is not None:
             out.loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         out.logits = logits
