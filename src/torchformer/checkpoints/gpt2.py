@@ -16,6 +16,7 @@ prefix. Old checkpoints carry the causal-mask buffers ``attn.bias`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -241,31 +242,61 @@ ARCHITECTURES = {
 }
 
 
-def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> LoadReport:
-    """Load HF GPT-2 weights into ``Decoder`` or ``DecoderForCausalLM``, strictly.
+def load_decoder_state(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    *,
+    source: str,
+    embeddings_name: str,
+    other_heads: tuple[str, ...],
+) -> LoadReport:
+    """Load converted decoder weights (our names) into ``Decoder`` / ``DecoderForCausalLM``.
 
-    A tied model accepts ``lm_head.weight`` only when it equals the token
-    embeddings; an untied one requires it.
+    Shared by the GPT-2 and Llama families. ``lm_head.weight`` is dropped for a
+    ``Decoder``; a tied model accepts it only when it equals the token embeddings
+    (``embeddings_name``: their name, for the error); an untied one requires it.
 
     Raises:
-        CheckpointError: missing, unexpected or mis-shaped weights, or an
-            ``lm_head.weight`` that differs from the embeddings of a tied model.
+        CheckpointError: missing, unexpected or mis-shaped weights, or a head that
+            differs from the embeddings of a tied model.
     """
-    source = str(Path(source))
-    causal_lm = isinstance(model, DecoderForCausalLM)
-    state = state_from_hf(hf_state, decoder_prefix="decoder." if causal_lm else "")
-    ignore: tuple[str, ...] = _OTHER_HEADS
-    if not causal_lm:
+    ignore: tuple[str, ...] = other_heads
+    if not isinstance(model, DecoderForCausalLM):
         ignore = (*ignore, _LM_HEAD)
     elif model.config.tie_embeddings and _LM_HEAD in state:
         head = state.pop(_LM_HEAD)
-        wte = state.get("decoder.token_embeddings.weight")
-        if wte is not None and not torch.equal(head, wte):
+        embeddings = state.get("decoder.token_embeddings.weight")
+        if embeddings is not None and not torch.equal(head, embeddings):
             raise CheckpointError(
-                f"{source}: {_LM_HEAD} differs from transformer.wte.weight but the model ties them "
+                f"{source}: {_LM_HEAD} differs from {embeddings_name} but the model ties them "
                 "(config tie_word_embeddings=true)"
             )
     return load_state_strict(model, state, source=source, ignore=ignore)
+
+
+def decoder_loader(
+    convert: Callable[..., dict[str, Tensor]], *, embeddings_name: str, other_heads: tuple[str, ...]
+) -> Callable[..., LoadReport]:
+    """A family's ``load_into``: ``convert(hf_state, decoder_prefix=)`` then ``load_decoder_state``."""
+
+    def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> LoadReport:
+        prefix = "decoder." if isinstance(model, DecoderForCausalLM) else ""
+        state = convert(hf_state, decoder_prefix=prefix)
+        return load_decoder_state(
+            model,
+            state,
+            source=str(Path(source)),
+            embeddings_name=embeddings_name,
+            other_heads=other_heads,
+        )
+
+    return load_into
+
+
+# Load HF GPT-2 weights into ``Decoder`` or ``DecoderForCausalLM``, strictly.
+load_into = decoder_loader(
+    state_from_hf, embeddings_name="transformer.wte.weight", other_heads=_OTHER_HEADS
+)
 
 
 def _family():

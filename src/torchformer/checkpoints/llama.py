@@ -17,12 +17,11 @@ projections); they differ in config only:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from torchformer.checkpoints.hf import CheckpointError, LoadReport, load_state_strict
+from torchformer.checkpoints.gpt2 import decoder_loader
+from torchformer.checkpoints.hf import CheckpointError
 from torchformer.checkpoints.keymap import KeyMap
 from torchformer.models.decoder import Decoder, DecoderConfig, DecoderForCausalLM
 from torchformer.nn.feed_forward import ACTIVATIONS
@@ -87,8 +86,12 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> DecoderConfig:
     window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
     max_len = hf.get("max_position_embeddings", 2048)
     if window is not None and window < max_len:
-        logger.warning("%s: sliding_window=%d is not applied: sequences longer than it attend to "
-                       "every earlier token here", source, window)  # fmt: skip
+        logger.warning(
+            "%s: sliding_window=%d is not applied: sequences longer than it attend to "
+            "every earlier token here",
+            source,
+            window,
+        )
     qwen2 = model_type == "qwen2"
     attn_bias = bool(hf.get("attention_bias", False))
     eos = hf.get("eos_token_id")
@@ -197,26 +200,11 @@ def state_to_hf(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> LoadReport:
-    """Load Llama-family weights into ``Decoder`` or ``DecoderForCausalLM``, strictly.
-
-    A tied model accepts ``lm_head.weight`` only when it equals the embeddings.
-    """
-    source = str(Path(source))
-    causal_lm = isinstance(model, DecoderForCausalLM)
-    state = state_from_hf(hf_state, decoder_prefix="decoder." if causal_lm else "")
-    ignore: tuple[str, ...] = _OTHER_HEADS
-    if not causal_lm:
-        ignore = (*ignore, _LM_HEAD)
-    elif model.config.tie_embeddings and _LM_HEAD in state:
-        head = state.pop(_LM_HEAD)
-        embeddings = state.get("decoder.token_embeddings.weight")
-        if embeddings is not None and not torch.equal(head, embeddings):
-            raise CheckpointError(
-                f"{source}: {_LM_HEAD} differs from model.embed_tokens.weight but the model ties "
-                "them (config tie_word_embeddings=true)"
-            )
-    return load_state_strict(model, state, source=source, ignore=ignore)
+# Load Llama-family weights into ``Decoder`` or ``DecoderForCausalLM``, strictly (a tied
+# model's ``lm_head.weight`` must equal the embeddings).
+load_into = decoder_loader(
+    state_from_hf, embeddings_name="model.embed_tokens.weight", other_heads=_OTHER_HEADS
+)
 
 
 def _family():

@@ -30,7 +30,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,13 +45,14 @@ from torchformer.tasks.classify import PACKAGED_MINILM, packaged_minilm_dir
 from torchformer.tasks.language_model import (
     DataConfig,
     LanguageModelTask,
+    TrainConfig,
     corpora,
     token_cache_dir,
     val_block_starts,
 )
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.distributed import World
-from torchformer.train.loop import LoopConfig, Run, fit
+from torchformer.train.loop import Run, fit
 from torchformer.train.schedules import ScheduleName
 
 logger = logging.getLogger(__name__)
@@ -75,20 +76,14 @@ class MLMModelConfig:
 
 
 @dataclass
-class MLMTrainConfig(LoopConfig):
-    """The loop's settings plus block sampling and AdamW; ``batch_size`` is in blocks."""
+class MLMTrainConfig(TrainConfig):
+    """The causal LM's training settings (blocks, sampling, AdamW), with BERT-style
+    fine-tuning defaults for continuing a pre-trained encoder."""
 
-    batch_size: int = 32
-    sampling: Literal["random", "epoch"] = "random"
-    batches_per_epoch: int = 1000
     lr: float = 1e-4
     schedule: ScheduleName = "linear"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.98)
-    eval_batch_size: int = 64
-    metric: Literal["loss"] = "loss"
 
 
 @dataclass
