@@ -126,3 +126,20 @@ def test_frozen_encoder_trains_the_head_only(tmp_path):
     for name, p in after.encoder.state_dict().items():
         assert torch.equal(p, before.encoder.state_dict()[name]), name
     assert not torch.equal(after.mlm_head.dense.weight, before.mlm_head.dense.weight)
+
+
+def test_a_scratch_encoder_with_its_own_wordpiece_pretrains_and_feeds_the_classifier(tmp_path):
+    from torchformer.text.tokenizer import Tokenizer
+
+    cfg = tiny_config(tmp_path, **{"model.base": "scratch", "model.preset": "tiny",
+                                   "tokenizer.vocab_size": 120, "train.lr": 3e-3})  # fmt: skip
+    run = train(cfg)
+    val = records(run, "val")
+    assert val[-1]["loss"] < val[0]["loss"]
+    tokenizer = Tokenizer.from_pretrained_dir(run / "best")
+    assert tokenizer.vocab_size <= 120 and tokenizer.mask_id is not None
+    assert (run / "tokenizer.json").is_file()  # a resumed run keeps this vocabulary
+    model, _ = load_pretrained(run / "best", task="masked_lm")
+    assert model.config.vocab_size == tokenizer.vocab_size and model.config.d_model == 32
+    _, report = load_pretrained(run / "best", task="classification", num_labels=2)
+    assert all(k.startswith("classifier.") for k in report.new_keys)

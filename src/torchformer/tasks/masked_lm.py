@@ -41,6 +41,7 @@ from torchformer.data.records import DataError
 from torchformer.data.token_file import PackedBlockSampler, TokenFile, build_token_file
 from torchformer.io import JsonSettings, atomic_write_text
 from torchformer.models.encoder import EncoderForMaskedLM
+from torchformer.models.encoder import preset as encoder_preset
 from torchformer.tasks.classify import PACKAGED_MINILM, packaged_minilm_dir
 from torchformer.tasks.language_model import (
     DataConfig,
@@ -58,6 +59,7 @@ from torchformer.train.schedules import ScheduleName
 logger = logging.getLogger(__name__)
 
 SETTINGS_NAME = "masked_lm.json"
+SCRATCH = "scratch"
 # Tokenizer files of the base model copied into best/ (roles, casing, vocabulary).
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -69,10 +71,22 @@ _TOKENIZER_FILES = (
 
 @dataclass
 class MLMModelConfig:
-    """The encoder: ``base`` is "minilm" (the packaged all-MiniLM-L6-v2) or a BERT directory."""
+    """The encoder: ``base`` is "minilm" (the packaged all-MiniLM-L6-v2), a BERT directory,
+    or "scratch": an encoder from ``preset`` (``models.encoder.PRESETS``) with a WordPiece
+    tokenizer trained on the training split (``tokenizer``)."""
 
     base: str = PACKAGED_MINILM
+    preset: str = "bert-mini"
     freeze_encoder: bool = False  # train the MLM head only (the unchanged encoder's baseline)
+
+
+@dataclass
+class MLMTokenizerConfig:
+    """The WordPiece tokenizer trained for ``model.base: scratch`` (else the base's is used)."""
+
+    vocab_size: int = 16000
+    min_frequency: int = 2
+    lowercase: bool = True
 
 
 @dataclass
@@ -97,6 +111,7 @@ class MaskedLMConfig:
     )
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     model: MLMModelConfig = field(default_factory=MLMModelConfig)
+    tokenizer: MLMTokenizerConfig = field(default_factory=MLMTokenizerConfig)
     train: MLMTrainConfig = field(default_factory=MLMTrainConfig)
 
 
@@ -138,10 +153,44 @@ class MaskedLMTask(LanguageModelTask):
         """Corpus tokens per block: ``block_size`` less [CLS] and [SEP]."""
         return self.config.data.block_size - 2
 
+    def _tokenizer(self, run_dir: Path, parts: dict, *, resume: bool, main: bool) -> Tokenizer:
+        """The base's tokenizer, or (scratch) the run's WordPiece: trained by rank 0 of a
+        fresh run on the training split, reused by a resumed run and by the other ranks."""
+        c = self.config
+        if c.model.base != SCRATCH:
+            return Tokenizer.from_pretrained_dir(_base_dir(c.model.base))
+        saved = run_dir / "tokenizer.json"
+        if (resume or not main) and saved.is_file():
+            return Tokenizer.from_file(saved)
+        t = c.tokenizer
+        tokenizer = Tokenizer.train_wordpiece(
+            parts["train"].texts(),
+            vocab_size=t.vocab_size,
+            min_frequency=t.min_frequency,
+            lowercase=t.lowercase,
+        )
+        tokenizer.save(saved)
+        return tokenizer
+
+    def _model(self) -> EncoderForMaskedLM:
+        c = self.config
+        if c.model.base == SCRATCH:
+            t = self.tokenizer
+            size = max(512, c.data.block_size)
+            cfg = encoder_preset(
+                c.model.preset, vocab_size=t.vocab_size, pad_id=t.pad_id, max_len=size
+            )
+            return EncoderForMaskedLM(cfg)
+        model, report = load_pretrained(_base_dir(c.model.base), task="masked_lm")
+        if report.new_keys:
+            logger.info("new (freshly initialised) weights: %s", ", ".join(report.new_keys))
+        return model
+
     def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> EncoderForMaskedLM:
         c = self.config
-        base = _base_dir(c.model.base)
-        self.tokenizer = Tokenizer.from_pretrained_dir(base)
+        base = c.model.base if c.model.base == SCRATCH else _base_dir(c.model.base)
+        parts = corpora(c.data)
+        self.tokenizer = self._tokenizer(run_dir, parts, resume=resume, main=main)
         t = self.tokenizer
         missing = [r for r in ("cls_id", "sep_id", "mask_id") if getattr(t, r) is None]
         if missing:
@@ -154,7 +203,6 @@ class MaskedLMTask(LanguageModelTask):
         self.continuation = continuation_table(
             t.backend.get_vocab(with_added_tokens=True), t.vocab_size
         )
-        parts = corpora(c.data)
         cache = token_cache_dir(c.data.cache_dir)
         self.files: dict[str, TokenFile] = {
             name: build_token_file(corpus, _SepSeparated(t), cache_dir=cache)
@@ -171,9 +219,7 @@ class MaskedLMTask(LanguageModelTask):
         self.val_starts = val_block_starts(
             len(self.files["val"].tokens), self.content_len, c.data.val_max_blocks
         )
-        model, report = load_pretrained(base, task="masked_lm")
-        if report.new_keys:
-            logger.info("new (freshly initialised) weights: %s", ", ".join(report.new_keys))
+        model = self._model()
         if c.model.freeze_encoder:  # the tied output embeddings stay frozen too
             model.encoder.requires_grad_(False)
         self.model = model.train()
@@ -260,11 +306,14 @@ class MaskedLMTask(LanguageModelTask):
 
     def save_best(self, model: torch.nn.Module, directory: Path) -> None:
         """``best/``: a Hugging Face ``BertForMaskedLM`` directory with the base's tokenizer files."""
-        save_pretrained(model, directory)
-        base = _base_dir(self.config.model.base)
-        for name in _TOKENIZER_FILES:
-            if (base / name).is_file():
-                shutil.copyfile(base / name, directory / name)
+        if self.config.model.base == SCRATCH:
+            save_pretrained(model, directory, tokenizer=self.tokenizer)
+        else:
+            save_pretrained(model, directory)
+            base = _base_dir(self.config.model.base)
+            for name in _TOKENIZER_FILES:
+                if (base / name).is_file():
+                    shutil.copyfile(base / name, directory / name)
         self.settings.write(directory)
 
     def finish(self, run: Run) -> None:
