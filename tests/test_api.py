@@ -78,7 +78,8 @@ def test_load_dispatches_on_the_recorded_task_not_the_model_type(tmp_path, loade
 def test_an_unknown_recorded_task_names_the_known_ones(tmp_path, loaders):
     odd = _model_dir(tmp_path / "odd", "torchformer.json", "summarisation", "bert")
     with pytest.raises(
-        ValueError, match=r"'summarisation'.*classification, language_model, masked_lm, translation"
+        ValueError,
+        match=r"'summarisation'.*classification, denoising, language_model, masked_lm, translation",
     ):
         torchformer.load(odd)
     assert loaders == []

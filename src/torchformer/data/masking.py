@@ -95,3 +95,59 @@ def mask_tokens(
     inputs = ids.masked_fill(to_mask, mask_id)
     inputs = torch.where(to_random, random_ids, inputs)
     return inputs, labels
+
+
+@dataclass
+class InfillingConfig:
+    """BART's text infilling (Lewis et al. 2020, section 2.2): spans with Poisson(3)
+    lengths cover ``ratio`` of the tokens, each span replaced by one mask token (a
+    zero-length span inserts one); the model must write the original text back."""
+
+    ratio: float = 0.3
+    poisson_lambda: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"infilling.ratio must be in (0, 1), got {self.ratio}")
+        if self.poisson_lambda <= 0:
+            raise ValueError(f"infilling.poisson_lambda must be > 0, got {self.poisson_lambda}")
+
+
+def infill_spans(
+    ids: Sequence[int], *, config: InfillingConfig, mask_id: int, generator: torch.Generator
+) -> list[int]:
+    """``ids`` (one sequence, no special tokens) with spans replaced by ``mask_id``.
+
+    Spans of Poisson(``poisson_lambda``) length start at uniform positions until
+    ``ratio`` of the tokens are covered (the last span is cut to the budget); spans that
+    touch or overlap merge into one, and each maximal masked run becomes one mask token.
+    A zero-length span inserts a mask token between two kept tokens.
+    """
+    n = len(ids)
+    budget = round(n * config.ratio)
+    masked = [False] * n
+    inserts: set[int] = set()
+    rate = torch.tensor([config.poisson_lambda])
+    count = 0
+    while count < budget:
+        length = int(torch.poisson(rate, generator=generator).item())
+        start = int(torch.randint(n + 1, (1,), generator=generator).item())
+        if length == 0:
+            inserts.add(start)
+            continue
+        for j in range(start, min(start + length, n)):
+            if not masked[j] and count < budget:
+                masked[j] = True
+                count += 1
+    out: list[int] = []
+    for i in range(n + 1):
+        if i in inserts and (i == n or not masked[i]) and (i == 0 or not masked[i - 1]):
+            out.append(mask_id)
+        if i == n:
+            break
+        if not masked[i]:
+            out.append(ids[i])
+        elif i == 0 or not masked[i - 1]:
+            out.append(mask_id)
+    return out

@@ -143,6 +143,9 @@ PRESETS: dict[str, Seq2SeqConfig] = {
                                max_len=1024, **_BART),
     "bart-tiny": Seq2SeqConfig(vocab_size=1000, d_model=32, n_heads=4, d_ff=64, **_layers(2),
                                max_len=128, **_BART),
+    # Denoising pre-training on 2 CPU cores: the width and depth of transformer-small-cpu.
+    "bart-small": Seq2SeqConfig(vocab_size=16000, d_model=256, n_heads=4, d_ff=1024, **_layers(3),
+                                max_len=512, **_BART),
 }  # fmt: skip
 
 

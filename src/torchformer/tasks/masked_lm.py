@@ -82,8 +82,10 @@ class MLMModelConfig:
 
 @dataclass
 class MLMTokenizerConfig:
-    """The WordPiece tokenizer trained for ``model.base: scratch`` (else the base's is used)."""
+    """The WordPiece tokenizer trained for ``model.base: scratch`` (else the base's is used);
+    ``path``: an existing ``tokenizer.json`` to use instead of training one."""
 
+    path: str | None = None
     vocab_size: int = 16000
     min_frequency: int = 2
     lowercase: bool = True
@@ -144,6 +146,8 @@ class MaskedLMTask(LanguageModelTask):
     """The masked LM's side of the one loop; block sampling and optimizer as the causal LM's."""
 
     units = "tokens"
+    hf_task = "masked_lm"  # the ``load_pretrained`` task of best/
+    count_name = "masked_tokens"  # what the held-out loss is averaged over
 
     def __init__(self, config: MaskedLMConfig) -> None:
         self.config = config
@@ -163,6 +167,10 @@ class MaskedLMTask(LanguageModelTask):
         if (resume or not main) and saved.is_file():
             return Tokenizer.from_file(saved)
         t = c.tokenizer
+        if t.path:
+            tokenizer = Tokenizer.from_file(t.path)
+            tokenizer.save(saved)
+            return tokenizer
         tokenizer = Tokenizer.train_wordpiece(
             parts["train"].texts(),
             vocab_size=t.vocab_size,
@@ -262,12 +270,13 @@ class MaskedLMTask(LanguageModelTask):
     def batch_units(self, indices: list[int]) -> float:
         return float(len(indices) * self.config.data.block_size)  # tokens encoded
 
+    def batch_seed(self, indices: list[int], seed: int) -> int:
+        """The corruption seed of a batch: its block starts and the configured seed only,
+        so that a resumed run, which replays the sampler, corrupts every batch alike."""
+        return (seed * 1_000_003 + sum((i + 1) * s for i, s in enumerate(indices))) % 2**62
+
     def batch_loss(self, model, indices: list[int], device: torch.device) -> torch.Tensor:
-        # The masks depend on the batch (its block starts) and the seed only: a resumed
-        # run, which replays the sampler, corrupts every batch as the unbroken run did.
-        seed = (
-            self.config.masking.seed * 1_000_003 + sum((i + 1) * s for i, s in enumerate(indices))
-        ) % 2**62
+        seed = self.batch_seed(indices, self.config.masking.seed)
         inputs, labels = self._corrupt(self._blocks("train", indices), seed)
         out = model(inputs.to(device), labels=labels.to(device), only_labelled=True)
         return out.loss
@@ -275,34 +284,39 @@ class MaskedLMTask(LanguageModelTask):
     def evaluate(
         self, model, split: str, indices: list[int], device: torch.device
     ) -> dict[int, Any]:
-        """Per held-out block: (summed loss, number) of its masked positions, fixed masks."""
+        """Per held-out block: (summed loss, number) of its predicted tokens, fixed corruption."""
         out: dict[int, tuple[float, int]] = {}
         size = self.config.train.eval_batch_size
         for i in range(0, len(indices), size):
             chunk = indices[i : i + size]
             starts = [self.val_starts[j] for j in chunk]
-            rows = [
-                self._corrupt(self._blocks("val", [s]), self.config.masking.seed + 7919 * s)
-                for s in starts
-            ]
-            inputs = torch.cat([r[0] for r in rows]).to(device)  # (B, T)
-            labels = torch.cat([r[1] for r in rows]).to(device)  # (B, T)
-            logits = model(inputs, labels=labels, only_labelled=True).logits.float()  # (N, V)
-            losses = torch.nn.functional.cross_entropy(
-                logits, labels[labels != -100], reduction="none"
-            )
-            per_row = torch.zeros(len(chunk), device=device).index_add_(
-                0, (labels != -100).nonzero()[:, 0], losses
-            )
-            counts = (labels != -100).sum(1)
-            out.update(zip(chunk, zip(per_row.tolist(), counts.tolist(), strict=True), strict=True))
+            sums, counts = self.held_out_losses(model, starts, device)
+            out.update(zip(chunk, zip(sums, counts, strict=True), strict=True))
         return out
+
+    def held_out_losses(
+        self, model, starts: list[int], device: torch.device
+    ) -> tuple[list[float], list[int]]:
+        """Summed loss and number of masked tokens of each held-out block (fixed masks)."""
+        rows = [
+            self._corrupt(self._blocks("val", [s]), self.config.masking.seed + 7919 * s)
+            for s in starts
+        ]
+        inputs = torch.cat([r[0] for r in rows]).to(device)  # (B, T)
+        labels = torch.cat([r[1] for r in rows]).to(device)  # (B, T)
+        logits = model(inputs, labels=labels, only_labelled=True).logits.float()  # (N, V)
+        losses = torch.nn.functional.cross_entropy(logits, labels[labels != -100], reduction="none")
+        per_row = torch.zeros(len(starts), device=device).index_add_(
+            0, (labels != -100).nonzero()[:, 0], losses
+        )
+        counts = (labels != -100).sum(1)
+        return per_row.tolist(), counts.tolist()
 
     def summarize(self, split: str, outputs: dict[int, Any]) -> dict[str, float]:
         total = sum(loss for loss, _ in outputs.values())
         count = sum(n for _, n in outputs.values())
         loss = total / max(count, 1)
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "masked_tokens": float(count)}
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), self.count_name: float(count)}
 
     def save_best(self, model: torch.nn.Module, directory: Path) -> None:
         """``best/``: a Hugging Face ``BertForMaskedLM`` directory with the base's tokenizer files."""
@@ -318,7 +332,7 @@ class MaskedLMTask(LanguageModelTask):
 
     def finish(self, run: Run) -> None:
         """Score ``best/`` on the held-out blocks (``eval/val/metrics.json``)."""
-        model, _ = load_pretrained(run.run_dir / "best", task="masked_lm")
+        model, _ = load_pretrained(run.run_dir / "best", task=self.hf_task)
         model.to(run.device)
         with run.autocast(run.eval_precision), torch.inference_mode():
             outputs = self.evaluate(model, "val", list(range(len(self.val_starts))), run.device)

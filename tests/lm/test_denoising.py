@@ -1,0 +1,91 @@
+"""BART's text infilling: the span corruption, and the denoising task on the one loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_language_model import tiny_corpus  # the same made-up corpus (tests/lm is on sys.path)
+
+import torchformer
+from torchformer.checkpoints import load_pretrained
+from torchformer.config import load_config
+from torchformer.data.masking import InfillingConfig, infill_spans
+from torchformer.tasks.denoising import Denoiser, DenoisingConfig, train
+from torchformer.train.checkpoint import load_checkpoint
+
+MASK = 3
+
+
+def test_infilling_masks_about_the_ratio_in_spans_each_replaced_by_one_mask():
+    g = torch.Generator().manual_seed(0)
+    ids = list(range(10, 1010))  # distinct tokens: what was removed can be counted
+    out = infill_spans(ids, config=InfillingConfig(), mask_id=MASK, generator=g)
+    kept = [i for i in out if i != MASK]
+    assert kept == sorted(kept) and set(kept) <= set(ids)  # order kept, nothing invented
+    removed = len(ids) - len(kept)
+    assert removed == 300  # exactly the ratio
+    masks = out.count(MASK)
+    assert 0.3 * len(ids) / 3 / 2 < masks < 0.3 * len(ids)  # spans of mean length ~3
+    again = infill_spans(
+        ids, config=InfillingConfig(), mask_id=MASK, generator=torch.Generator().manual_seed(0)
+    )
+    assert again == out
+    with pytest.raises(ValueError, match="ratio"):
+        InfillingConfig(ratio=1.0)
+
+
+def tiny_config(tmp_path: Path, **overrides) -> DenoisingConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    values = {
+        "run_dir": str(tmp_path / "run"),
+        "data.source": str(tiny_corpus(tmp_path / "corpus.txt", lines=300)),
+        "data.split": "line",
+        "data.block_size": 24,
+        "data.val_max_blocks": 8,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "model.preset": "bart-tiny",
+        "tokenizer.vocab_size": 120,
+        "train.batch_size": 4,
+        "train.batches_per_epoch": 6,
+        "train.epochs": 1,
+        "train.eval_every": 3,
+        "train.warmup_steps": 1,
+        "train.lr": 3e-3,
+        "train.precision": "fp32",
+        "train.progress": False,
+        "train.threads": 1,
+    }
+    values.update(overrides)
+    return load_config(DenoisingConfig, None, values)
+
+
+def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_path):
+    run = train(tiny_config(tmp_path / "a"))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    assert [r["step"] for r in val] == [3, 6] and val[-1]["loss"] < val[0]["loss"]
+    assert val[-1]["target_tokens"] == 8 * 23  # 22 corpus tokens + [SEP] per held-out block
+    config = json.loads((run / "best" / "config.json").read_text())
+    assert config["model_type"] == "bart" and (run / "best" / "denoising.json").is_file()
+    model, _ = load_pretrained(run / "best", task="seq2seq_lm")
+    assert model.config.flavour == "bart"
+    denoiser = torchformer.load(run)
+    assert isinstance(denoiser, Denoiser)
+    # Six steps do not make a denoiser; the path from text to generated text must work.
+    source = denoiser.tokenizer.backend.encode("the king and [MASK].", add_special_tokens=False).ids
+    assert denoiser.tokenizer.mask_id in source  # the mask is one token, not spelled out
+    assert isinstance(
+        denoiser.reconstruct("the king and [MASK].", max_new_tokens=8, num_beams=2), str
+    )
+    # Resume mid-run: the same corruption, the same weights. (WordPiece training is not
+    # reproducible across processes: the second run takes the first one's vocabulary.)
+    vocab = str(run / "tokenizer.json")
+    cfg = tiny_config(tmp_path / "b", **{"train.checkpoint_every": 2, "tokenizer.path": vocab})
+    train(cfg, stop_at_step=4)
+    resumed = train(cfg, resume=True)
+    a = load_checkpoint(run / "checkpoints" / "step-000006.pt")["model"]
+    b = load_checkpoint(resumed / "checkpoints" / "step-000006.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
