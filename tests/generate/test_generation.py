@@ -248,3 +248,33 @@ def test_text_stream_holds_back_split_characters_and_stop_string_prefixes():
     assert "".join(plain.add([b]) for b in data) + plain.flush() == "café, then tea. END more"
     with pytest.raises(ValueError, match="empty"):
         TextStream(ByteTokenizer(), stop=[""])
+
+
+def test_a_row_with_every_token_banned_ends_instead_of_failing(lm):
+    ids, _ = batch(rows=2)
+    # Tokens may not repeat at all: after the 40-token vocabulary minus the prompt, nothing is left.
+    for sampling in (False, True):
+        out = generate(lm, ids, max_new_tokens=40, no_repeat_ngram_size=1, eos_id=[], pad_id=0,
+                       do_sample=sampling, seed=0)  # fmt: skip
+        for row in out[:, ids.size(1) :].tolist():
+            produced = [t for t in row if t != 0]
+            assert len(produced) == len(set(produced))  # never repeated
+            assert row[-1] == 0  # the row ended (padding) once every token was used up
+
+
+def test_seq2seq_max_new_tokens_beyond_the_position_table_is_named(s2s):
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="max_new_tokens=65 exceeds the model's max_len 64"):
+        generate(s2s, ids, attention_mask=mask, max_new_tokens=65)
+
+
+def test_the_cache_works_under_autograd(lm):
+    """A cached forward that is differentiated (the buffers are not written in place)."""
+    cache = KVCache(lm.config.n_layers)
+    ids = torch.randint(0, V, (2, 6))
+    lm.decoder(ids[:, :4], cache=cache)
+    for t in (4, 5):
+        out = lm.decoder(ids[:, t : t + 1], cache=cache)
+    out.last_hidden_state.sum().backward()
+    assert lm.decoder.token_embeddings.weight.grad is not None
+    lm.zero_grad()

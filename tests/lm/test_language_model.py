@@ -87,6 +87,9 @@ def test_a_char_model_learns_and_its_run_generates(tmp_path, capsys):
     assert " and " in long[4:]  # the corpus's lines are "X and Y."
     cut = lm.generate("the ", max_new_tokens=40, greedy=True, stop=[" and "])
     assert cut == long[: long.index(" and ", 4)]
+    # A prompt longer than the 16-token context keeps its end and still gets its tokens.
+    long_prompt = "the king and a rose. " * 3
+    assert len(lm.generate(long_prompt, max_new_tokens=10, seed=1)) == len(long_prompt) + 10
     beams = lm.generate("the ", max_new_tokens=8, num_beams=3)
     assert beams.startswith("the ") and 4 < len(beams) <= 12
     # The command line streams the same text.

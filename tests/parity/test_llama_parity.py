@@ -176,3 +176,17 @@ def test_llama_preset_trains_and_round_trips(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(data).logits, again(data).logits)
+
+
+def test_several_end_ids_are_kept_and_end_generation_as_in_transformers(tmp_path):
+    hf = hf_model("llama", eos_token_id=[2, 5])
+    with torch.no_grad():
+        hf.lm_head.weight[2] *= 1.5
+        hf.lm_head.weight[5] *= 1.5
+    ours = load_ours(hf, tmp_path)
+    assert ours.config.eos_id == [2, 5]
+    ids, mask = left_padded()
+    ref = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False)
+    out = generate(ours, ids, attention_mask=mask, max_new_tokens=20)
+    assert out.tolist() == ref.tolist()
+    assert any(t in (2, 5) for t in out[:, 8:].flatten().tolist())

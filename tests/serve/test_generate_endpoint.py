@@ -135,6 +135,8 @@ def test_a_failure_mid_stream_is_an_error_event_and_the_server_keeps_serving(cli
         ({"prompt": "x", "max_new_tokens": 0}, 422, "invalid_request", ">= 1"),
         ({"prompt": "x", "top_p": 1.5}, 422, "invalid_request", "top_p"),
         ({"prompt": "x", "stop": [""]}, 422, "invalid_request", "non-empty"),
+        ({"prompt": "x", "stop": ["y" * 101]}, 422, "invalid_request", "at most 100 characters"),
+        ({"prompt": "x", "seed": 2**64}, 422, "invalid_request", "'seed'"),
         ({"prompt": "x", "num_beams": 2, "stream": True}, 422, "invalid_request", "cannot stream"),
         ({"prompt": "bad\x00"}, 422, "invalid_request", "vocabulary"),
         ({"prompt": "x" * 51}, 413, "text_too_long", "at most 50"),

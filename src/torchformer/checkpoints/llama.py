@@ -95,8 +95,8 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> DecoderConfig:
     qwen2 = model_type == "qwen2"
     attn_bias = bool(hf.get("attention_bias", False))
     eos = hf.get("eos_token_id")
-    if isinstance(eos, list):  # HF allows several; generation here stops on the first
-        eos = eos[0] if eos else None
+    if isinstance(eos, list):  # several end ids (Llama 3 chat models): generation stops on any
+        eos = (eos[0] if len(eos) == 1 else list(eos)) if eos else None
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or d_model // n_heads
     return DecoderConfig(

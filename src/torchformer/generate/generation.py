@@ -165,6 +165,11 @@ def uncached_seq2seq_step(model: Seq2Seq, context: Tensor, src_mask: Tensor | No
 def _start(model: Any, input_ids: Tensor, attention_mask: Tensor | None, config: GenerationConfig):
     """(step, first ids, empty cache) for ``model``."""
     if isinstance(model, Seq2Seq):
+        if model.config.flavour != "t5" and config.max_new_tokens > model.config.max_len:
+            raise ValueError(
+                f"max_new_tokens={config.max_new_tokens} exceeds the model's max_len "
+                f"{model.config.max_len} (its decoder has that many positions)"
+            )
         context = model.encode(input_ids, src_mask=attention_mask).last_hidden_state  # (B, S, D)
         first = input_ids.new_full((input_ids.size(0), 1), model.config.decoder_start_id)  # (B, 1)
         if config.use_cache:

@@ -71,6 +71,11 @@ def iter_decode(
     for i in range(max_new_tokens):
         if process is not None:
             logits = process(seqs, logits)
+            # A row whose every token is banned (e.g. no-repeat n-grams exhausted) ends here.
+            dead = ~torch.isfinite(logits).any(dim=-1)  # (B,)
+            if dead.any():
+                logits = logits.masked_fill(dead[:, None], 0.0)
+                finished = finished | dead
         next_ids = choose(logits).masked_fill(finished, pad_id)  # (B,)
         seqs = torch.cat([seqs, next_ids[:, None]], dim=1)  # (B, t + 1)
         if stop_ids is not None:

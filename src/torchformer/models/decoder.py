@@ -73,7 +73,7 @@ class DecoderConfig:
     initializer_range: float = 0.02
     attn_impl: Literal["reference", "sdpa"] = "sdpa"
     bos_id: int | None = 50256
-    eos_id: int | None = 50256
+    eos_id: int | list[int] | None = 50256  # several: generation stops at any of them
     pad_id: int | None = None  # GPT-2 has none; generation then pads with eos_id
     tie_embeddings: bool = True
     flavour: Literal["gpt2", "llama"] = "gpt2"

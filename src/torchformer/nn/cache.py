@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 
@@ -23,8 +24,8 @@ class LayerCache:
     into the free slots, and a full buffer doubles its capacity. Appending is then
     amortised O(1) per token instead of the O(S) copy of concatenating the whole
     past at every step. ``k``/``v`` are views of the filled part. The cache is for
-    inference (decoding under ``torch.no_grad``/``inference_mode``): its buffers are
-    written in place.
+    inference: its buffers are written in place. With autograd on (a cached forward
+    that is differentiated), appending concatenates instead, as a plain cache would.
     """
 
     cross_k: Tensor | None = None  # (B, H, S_src, Dh)
@@ -48,6 +49,12 @@ class LayerCache:
         if self._k is None:  # the first step (the prompt): kept as it is, no copy
             self._k, self._v, self.length = k, v, k.size(2)
             return k, v
+        if torch.is_grad_enabled() and (k.requires_grad or self._k.requires_grad):
+            # Autograd saved views of the buffer for backward: never write into it.
+            self._k = torch.cat([self._k[:, :, : self.length], k], dim=2)
+            self._v = torch.cat([self._v[:, :, : self.length], v], dim=2)
+            self.length = self._k.size(2)
+            return self._k, self._v
         end = self.length + k.size(2)
         if end > self._k.size(2):
             capacity = max(end, 2 * self._k.size(2))

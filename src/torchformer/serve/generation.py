@@ -46,11 +46,11 @@ _FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "no_repeat_ngram_size": ((int,), lambda v: v >= 0, "an integer >= 0"),
     "num_beams": ((int,), lambda v: 1 <= v <= 8, "an integer in 1..8"),
     "greedy": ((bool,), lambda v: True, "true or false"),
-    "seed": ((int,), lambda v: True, "an integer"),
+    "seed": ((int,), lambda v: 0 <= v < 2**63, "an integer in 0 .. 2**63 - 1"),
     "stop": (
         (list,),
-        lambda v: len(v) <= 8 and all(isinstance(s, str) and s for s in v),
-        "a list of at most 8 non-empty strings",
+        lambda v: len(v) <= 8 and all(isinstance(s, str) and 0 < len(s) <= 100 for s in v),
+        "a list of at most 8 non-empty strings of at most 100 characters",
     ),
     "stream": ((bool,), lambda v: True, "true or false"),
 }
@@ -138,13 +138,19 @@ def install_generate(
         except (ValueError, TypeError) as e:  # a bad prompt or option, named by the model
             raise ApiError(422, "invalid_request", str(e)[:500]) from None
 
-    async def pieces(options: dict[str, Any]) -> AsyncIterator[str]:
+    async def pieces(options: dict[str, Any], request: Any) -> AsyncIterator[str]:
         """Generate under the gate, one piece per worker-thread call."""
         await gate.enter()
+        if await request.is_disconnected():  # it gave up while waiting for the gate
+            gate.leave()
+            return
         try:
             it = await run_in_threadpool(start, options)
             while (piece := await run_in_threadpool(next, it, done)) is not done:
                 yield piece
+                if await request.is_disconnected():  # nobody reads the rest
+                    logger.info("client disconnected; generation stopped")
+                    return
         finally:
             gate.leave()
 
@@ -155,7 +161,7 @@ def install_generate(
         streaming = options.pop("stream", False)
         options.setdefault("max_new_tokens", min(limits.max_new_tokens, 256))
         prompt = options["prompt"]
-        run = pieces(options)
+        run = pieces(options, request)
         if not streaming:
             try:
                 completion = "".join([piece async for piece in run])

@@ -89,19 +89,26 @@ class LanguageModel:
 
     def _options(
         self, ids: torch.Tensor, greedy: bool, options: dict[str, Any]
-    ) -> GenerationConfig:
-        """The generation options: the call's, else the sidecar's sampling defaults."""
+    ) -> tuple[torch.Tensor, GenerationConfig]:
+        """The prompt ids as conditioned on, and the generation options (the call's, else
+        the sidecar's sampling defaults).
+
+        The context holds ``max_len`` tokens: a prompt too long to leave room for
+        ``max_new_tokens`` keeps its last tokens (at least one), as a sliding window would.
+        """
         s = self.settings
-        options.setdefault("max_new_tokens", s.max_new_tokens)
-        room = self.model.config.max_len - ids.size(1)
-        options["max_new_tokens"] = min(options["max_new_tokens"], room)
+        max_len = self.model.config.max_len
+        wanted = options.setdefault("max_new_tokens", s.max_new_tokens)
+        if isinstance(wanted, int) and wanted > 0:
+            ids = ids[:, -max(1, max_len - wanted) :]
+        options["max_new_tokens"] = min(wanted, max_len - ids.size(1))
         deterministic = greedy or options.get("num_beams", 1) > 1
         options.setdefault("do_sample", not deterministic)
         if options["do_sample"]:
             options.setdefault("temperature", s.temperature)
             options.setdefault("top_k", s.top_k)
             options.setdefault("seed", s.seed)
-        return GenerationConfig.build(**options)
+        return ids, GenerationConfig.build(**options)
 
     def generate(
         self,
@@ -143,8 +150,7 @@ class LanguageModel:
         the start of a stop string or ends inside a multi-byte character.
         """
         prompt = self.settings.prompt if prompt is None else prompt
-        ids = self._prompt_ids(prompt)
-        config = self._options(ids, greedy, dict(options))
+        ids, config = self._options(self._prompt_ids(prompt), greedy, dict(options))
         text = TextStream(self.tokenizer, stop)
         return self._pieces(ids, config, text)
 
