@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_language_model import tiny_corpus  # the same made-up corpus (tests/lm is on sys.path)
+from test_masked_lm import tiny_config as masked_lm_config  # tests/lm is on sys.path
 
 import torchformer
 from torchformer.checkpoints import load_pretrained
-from torchformer.config import load_config
 from torchformer.data.masking import InfillingConfig, infill_spans
 from torchformer.tasks.denoising import Denoiser, DenoisingConfig, train
 from torchformer.train.checkpoint import load_checkpoint
@@ -38,28 +37,8 @@ def test_infilling_masks_about_the_ratio_in_spans_each_replaced_by_one_mask():
 
 
 def tiny_config(tmp_path: Path, **overrides) -> DenoisingConfig:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    values = {
-        "run_dir": str(tmp_path / "run"),
-        "data.source": str(tiny_corpus(tmp_path / "corpus.txt", lines=300)),
-        "data.split": "line",
-        "data.block_size": 24,
-        "data.val_max_blocks": 8,
-        "data.cache_dir": str(tmp_path / "cache"),
-        "model.preset": "bart-tiny",
-        "tokenizer.vocab_size": 120,
-        "train.batch_size": 4,
-        "train.batches_per_epoch": 6,
-        "train.epochs": 1,
-        "train.eval_every": 3,
-        "train.warmup_steps": 1,
-        "train.lr": 3e-3,
-        "train.precision": "fp32",
-        "train.progress": False,
-        "train.threads": 1,
-    }
-    values.update(overrides)
-    return load_config(DenoisingConfig, None, values)
+    values = {"model.preset": "bart-tiny", "tokenizer.vocab_size": 120, "train.lr": 3e-3}
+    return masked_lm_config(tmp_path, DenoisingConfig, **{**values, **overrides})
 
 
 def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_path):

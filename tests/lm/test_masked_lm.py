@@ -62,7 +62,8 @@ def test_whole_word_masking_chooses_every_piece_of_a_word_together():
         MaskingConfig(probability=0.0)
 
 
-def tiny_config(tmp_path: Path, **overrides) -> MaskedLMConfig:
+def tiny_config(tmp_path: Path, config_class: type = MaskedLMConfig, **overrides):
+    """A few steps on the made-up corpus (also the denoising tests' base config)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     values = {
         "run_dir": str(tmp_path / "run"),
@@ -82,7 +83,7 @@ def tiny_config(tmp_path: Path, **overrides) -> MaskedLMConfig:
         "train.threads": 1,
     }
     values.update(overrides)
-    return load_config(MaskedLMConfig, None, values)
+    return load_config(config_class, None, values)
 
 
 def records(run_dir: Path, split: str) -> list[dict]:

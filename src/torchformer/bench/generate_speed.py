@@ -112,9 +112,12 @@ def run(args: argparse.Namespace) -> dict:
             "cached_equals_uncached": bool(torch.equal(outputs["ours"], outputs["ours_no_cache"])),
         }
         r = results[f"b{batch}"]
-        print(f"batch {batch}: ours {speed['ours']:.1f} tok/s, transformers "
-              f"{speed['transformers']:.1f}, ratio {r['ratio_vs_transformers']:.3f}; "
-              f"cache speed-up {r['cache_speedup']:.2f}x; same tokens {same:.3f}", flush=True)  # fmt: skip
+        print(
+            f"batch {batch}: ours {speed['ours']:.1f} tok/s, transformers "
+            f"{speed['transformers']:.1f}, ratio {r['ratio_vs_transformers']:.3f}; "
+            f"cache speed-up {r['cache_speedup']:.2f}x; same tokens {same:.3f}",
+            flush=True,
+        )
     return {
         "benchmark": "generate_speed",
         "model": str(args.model or "GPT-2 small shapes (124M), random weights, seed 0"),

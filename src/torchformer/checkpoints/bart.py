@@ -81,8 +81,12 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> Seq2SeqConfig:
     """A bart-flavour ``Seq2SeqConfig`` from a BART ``config.json`` dict."""
     if hf.get("model_type") not in MODEL_TYPES:
         raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not BART")
-    for a, b in [("encoder_layers", "decoder_layers"), ("encoder_attention_heads", "decoder_attention_heads"),
-                 ("encoder_ffn_dim", "decoder_ffn_dim")]:  # fmt: skip
+    pairs = [
+        ("encoder_layers", "decoder_layers"),
+        ("encoder_attention_heads", "decoder_attention_heads"),
+        ("encoder_ffn_dim", "decoder_ffn_dim"),
+    ]
+    for a, b in pairs:
         if hf.get(a) != hf.get(b):
             raise CheckpointError(f"{source}: {a}={hf.get(a)} != {b}={hf.get(b)} is not supported")
     for key in ("normalize_before", "add_final_layer_norm"):

@@ -68,8 +68,13 @@ class EncoderLayer(nn.Module):
 
         ``rotary``: (cos, sin) of the positions, for rotary self-attention.
         """
-        attend = dict(mask=mask, bias=bias, cache=cache, rotary=rotary,
-                      return_attentions=return_attentions)  # fmt: skip
+        attend = {
+            "mask": mask,
+            "bias": bias,
+            "cache": cache,
+            "rotary": rotary,
+            "return_attentions": return_attentions,
+        }
         if self.norm_first:
             h, probs = self.self_attn(self.attn_norm(x), **attend)
             x = x + self.dropout(h)

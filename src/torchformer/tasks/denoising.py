@@ -28,7 +28,6 @@ import torch
 from torchformer.checkpoints import load_pretrained
 from torchformer.data.masking import InfillingConfig, infill_spans
 from torchformer.generate import generate
-from torchformer.io import JsonSettings
 from torchformer.models.seq2seq import Seq2Seq, shift_right
 from torchformer.models.seq2seq import preset as seq2seq_preset
 from torchformer.tasks.language_model import DataConfig
@@ -36,6 +35,7 @@ from torchformer.tasks.masked_lm import (
     SCRATCH,
     MaskedLMTask,
     MLMModelConfig,
+    MLMSettings,
     MLMTokenizerConfig,
     MLMTrainConfig,
     _base_dir,
@@ -64,12 +64,11 @@ class DenoisingConfig:
 
 
 @dataclass
-class DenoisingSettings(JsonSettings):
+class DenoisingSettings(MLMSettings):
     """How the model was pre-trained; ``denoising.json`` next to the weights."""
 
     FILE_NAME: ClassVar[str] = SETTINGS_NAME
     task: str = "denoising"
-    block_size: int = 128
     base: str = SCRATCH
 
 
