@@ -198,8 +198,16 @@ def test_bad_gzip_tsv_names_file_line_and_column(tmp_path: Path) -> None:
 
 
 def test_shipped_translation_configs_load() -> None:
-    shipped = sorted((Path(torchformer.__file__).parent / "configs").glob("multi30k-*.yaml"))
-    assert [p.stem for p in shipped] == ["multi30k-base", "multi30k-small"]
+    folder = Path(torchformer.__file__).parent / "configs"
+    shipped = sorted(folder.glob("multi30k-*.yaml"), key=lambda p: p.stem)
+    names = ["multi30k-base", "multi30k-small", "multi30k-t5", "multi30k-t5-small"]
+    assert [p.stem for p in shipped] == names
+    for name in names[2:]:  # T5's text-to-text format: a task prefix before every source
+        config = load_config(TranslateConfig, folder / f"{name}.yaml")
+        assert config.data.source_prefix == "translate German to English: "
+        assert config.model.pretrained or PRESETS[config.model.preset].flavour == "t5"
+        assert config.train.optimizer == "adamw"
+    shipped = shipped[:2]
     for path in shipped:
         config = load_config(TranslateConfig, path)
         assert config.task == "translation" and config.model.preset in PRESETS

@@ -14,8 +14,16 @@ from typing import Literal
 
 from torchformer.data.paths import data_dir as default_data_dir
 from torchformer.data.records import DataError
+from torchformer.data.tabular import read_table
 
-__all__ = ["SentencePair", "find_multi30k", "read_multi30k", "read_parallel", "read_parallel_tsv"]
+__all__ = [
+    "SentencePair",
+    "find_multi30k",
+    "read_multi30k",
+    "read_parallel",
+    "read_parallel_table",
+    "read_parallel_tsv",
+]
 
 MULTI30K_URL = "https://github.com/multi30k/dataset/tree/master/data/task1/raw"
 MULTI30K_SPLITS = ("train", "val", "test_2016_flickr")
@@ -153,6 +161,35 @@ def read_parallel_tsv(
             sentences.append(fields[index].strip())
         pairs.append(SentencePair(*sentences))
     return pairs
+
+
+def read_parallel_table(
+    path: str | Path,
+    src_column: str = "src",
+    tgt_column: str = "tgt",
+    *,
+    format: Literal["csv", "tsv", "jsonl", "json"] | None = None,
+) -> list[SentencePair]:
+    """Read (source, target) pairs from a CSV, JSON Lines or JSON-array file (``.gz`` allowed),
+    the way ``data.tabular.read_table`` reads labelled texts: CSV with a header row and
+    quoted fields that may span lines, one JSON object per line, or one array of objects.
+
+    Surrounding whitespace is stripped from each text.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DataError: a missing column/key (with those present), an empty or non-string text,
+            a malformed line, undecodable bytes; naming the file, the line (or record) and
+            the field.
+    """
+    sides = [
+        read_table(path, text_column=column, label_column=None, format=format)
+        for column in (src_column, tgt_column)
+    ]
+    return [
+        SentencePair(src.text.strip(), tgt.text.strip())
+        for src, tgt in zip(sides[0].records, sides[1].records, strict=True)
+    ]
 
 
 def find_multi30k(data_dir: str | Path | None = None) -> Path:

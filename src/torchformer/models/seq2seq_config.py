@@ -84,6 +84,10 @@ PRESETS: dict[str, Seq2SeqConfig] = {
     "tiny": Seq2SeqConfig(vocab_size=1000, d_model=32, n_heads=4, d_ff=64, **_layers(2), max_len=128),
     # T5 v1.0 small (60.5M parameters, as google-t5/t5-small).
     "t5-small": Seq2SeqConfig(vocab_size=32128, d_model=512, n_heads=8, head_dim=64, **_layers(6), **_T5),
+    # T5 (v1.0: ReLU FFN, pre-norm RMSNorm, relative position buckets) at the size of
+    # transformer-small-cpu, to train on 2 CPU cores (text-to-text with a task prefix).
+    "t5-small-cpu": Seq2SeqConfig(vocab_size=8000, d_model=256, n_heads=4, head_dim=64, d_ff=1024,
+                                  **_layers(3), **_T5),
     "t5-tiny": Seq2SeqConfig(
         vocab_size=1000, d_model=32, n_heads=4, head_dim=8, d_ff=64, **_layers(2), **_T5,
         relative_attention_num_buckets=8, relative_attention_max_distance=20,

@@ -1,4 +1,4 @@
-"""Train an encoder–decoder Transformer from scratch for translation (Multi30k de→en).
+"""Train an encoder–decoder for translation (Multi30k de→en) or any text-to-text pairs.
 
 The translation task of the one training loop (``train.loop``): token-budget batches
 of similar lengths, teacher forcing, label-smoothed cross-entropy that ignores padding,
@@ -7,7 +7,13 @@ validation loss and greedy BLEU at each evaluation, the best model in ``best/``,
 optional averaging of the last N checkpoints. Steps, accumulation, clipping, early
 stopping, checkpoints with exact resume and distribution are the loop's. At the end the best model is scored on the validation and
 test sets with greedy decoding and beam search (sacreBLEU, cased, detokenized, 13a, and
-chrF; signatures included) and the hypotheses are written into the run directory.
+chrF; signatures included; ROUGE with ``eval.rouge``) and the hypotheses are written into
+the run directory.
+
+The same task fine-tunes a pretrained encoder–decoder (``model.pretrained``: a T5 or BART
+checkpoint in Hugging Face layout, with its own tokenizer) on any (source, target) pairs
+with a task prefix (``data.source_prefix``, T5's text-to-text format): translation,
+summarization, paraphrase, question → answer.
 
     config = load_config(TranslateConfig, "configs/multi30k-small.yaml")
     run_dir = train(config)
@@ -25,8 +31,11 @@ from typing import Any, Literal
 
 import torch
 
+from torchformer.checkpoints import load_pretrained
+from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import TokenBudgetBatchSampler
 from torchformer.evaluate.bleu import corpus_scores
+from torchformer.evaluate.rouge import ROUGE_TYPES, rouge_scores
 from torchformer.io import atomic_write_text, replace_dir
 from torchformer.models.seq2seq import Seq2Seq, preset, sequence_loss
 from torchformer.tasks.translate_data import (
@@ -61,9 +70,14 @@ class ModelConfig:
 
     Embedding sharing follows the vocabulary: a joint one shares the source/target tables
     and ties the output projection to them; separate ones tie only the output projection.
+
+    ``pretrained``: fine-tune this checkpoint instead (a Hugging Face directory or hub name
+    of a T5 or BART model, or a torchformer seq2seq model directory); its tokenizer is used
+    for both sides, ``preset`` and the ``tokenizer`` section are then ignored.
     """
 
     preset: str = "transformer-small-cpu"
+    pretrained: str | None = None
     dropout: float | None = None
     norm_first: bool | None = None
     attn_impl: Literal["sdpa", "reference"] = "sdpa"
@@ -79,10 +93,12 @@ class TrainConfig(LoopConfig):
     """
 
     epochs: int = 20
+    optimizer: Literal["adam", "adamw"] = "adam"  # adamw: decoupled weight decay
     schedule: ScheduleName = "noam"
     lr: float = 1.0
     weight_decay: float = 0.0
-    metric: Literal["bleu", "chrf", "loss"] = "bleu"  # early stopping, best/ (greedy, val)
+    # early stopping and best/ (greedy decoding of the validation set); rougeL needs eval.rouge
+    metric: Literal["bleu", "chrf", "rougeL", "loss"] = "bleu"
     patience: int = 5
     max_tokens: int = 4096  # padded tokens (longer side) per micro-batch
     warmup_steps: int = 4000
@@ -96,9 +112,14 @@ class TrainConfig(LoopConfig):
 
 @dataclass
 class EvalConfig:
-    """Decoding for the final evaluation (and the defaults saved with the model)."""
+    """Decoding for the final evaluation (and the defaults saved with the model).
+
+    ``rouge``: also report ROUGE-1/2/L/Lsum (``rouge-score``), for targets that are not
+    translations (summaries, answers).
+    """
 
     beam_size: int = 5
+    rouge: bool = False
     length_penalty: float = 1.0
     max_len_offset: int = 50
     batch_size: int = 32
@@ -115,6 +136,33 @@ class TranslateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_pretrained_model(config: TranslateConfig) -> tuple[Seq2Seq, Tokenizer]:
+    """``model.pretrained`` and its tokenizer, with the config's dropout/attention overrides.
+
+    Raises:
+        CheckpointError: not an encoder–decoder checkpoint.
+        FileNotFoundError: no tokenizer in the model directory.
+        ValueError: the tokenizer does not end a text with the model's end id.
+    """
+    m = config.model
+    model_dir = resolve_model_dir(m.pretrained)  # type: ignore[arg-type]
+    overrides: dict[str, Any] = {"attn_impl": m.attn_impl}
+    if m.dropout is not None:
+        overrides["dropout"] = m.dropout
+    model, _ = load_pretrained(model_dir, task="seq2seq_lm", **overrides)
+    if (model_dir / "source_tokenizer.json").is_file():  # a torchformer translation model
+        tokenizer = Tokenizer.from_file(model_dir / "source_tokenizer.json")
+    else:
+        tokenizer = Tokenizer.from_pretrained_dir(model_dir)
+    eos = model.config.eos_id
+    if tokenizer.suffix_ids[-1:] != [eos]:
+        raise ValueError(
+            f"{model_dir}: the tokenizer ends a text with {tokenizer.suffix_ids}, but the "
+            f"model's end id is {eos}; targets must end with it"
+        )
+    return model.train(), tokenizer
 
 
 def build_model(config: TranslateConfig, src_tok: Tokenizer, tgt_tok: Tokenizer) -> Seq2Seq:
@@ -144,6 +192,7 @@ def settings_of(config: TranslateConfig) -> TranslationSettings:
     return TranslationSettings(
         src_lang=config.data.src_lang,
         tgt_lang=config.data.tgt_lang,
+        source_prefix=config.data.source_prefix,
         beam_size=e.beam_size,
         length_penalty=e.length_penalty,
         max_len_offset=e.max_len_offset,
@@ -187,14 +236,28 @@ class TranslationTask:
     units = "tgt_tokens"
 
     def __init__(self, config: TranslateConfig) -> None:
+        if config.train.metric == "rougeL" and not config.eval.rouge:
+            raise ValueError("train.metric 'rougeL' needs eval.rouge: true")
         self.config = config
 
     def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> Seq2Seq:
         # Rank 0 trains the tokenizers and saves them in the run; the others load them.
         c = self.config
-        data = prepare_data(c.data, c.tokenizer, run_dir, seed=c.train.seed, write=main)
+        pretrained, tokenizer, start_id = None, None, None
+        if c.model.pretrained:
+            pretrained, tokenizer = load_pretrained_model(c)
+            start_id = pretrained.config.decoder_start_id
+        data = prepare_data(
+            c.data,
+            c.tokenizer,
+            run_dir,
+            seed=c.train.seed,
+            write=main,
+            pretrained_tokenizer=tokenizer,
+            start_id=start_id,
+        )
         self.data, self.encoded = data, data.encoded
-        model = build_model(c, data.src_tok, data.tgt_tok)
+        model = pretrained or build_model(c, data.src_tok, data.tgt_tok)
         self.translator = Translator(model, data.src_tok, data.tgt_tok, settings_of(c))
         self._target_tokens = [len(t) - 1 for t in self.encoded["train"].tgt_ids]
         return model
@@ -216,7 +279,8 @@ class TranslationTask:
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         tc = self.config.train
-        return torch.optim.Adam(
+        optimizer = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        return optimizer(
             model.parameters(),
             lr=tc.lr,
             betas=tuple(tc.adam_betas),
@@ -285,12 +349,18 @@ class TranslationTask:
             [outputs[i][2] for i in decoded], [pairs.tgt_texts[i] for i in decoded]
         )
         logger.info("%s greedy BLEU %.2f %s", split, scores["bleu"], scores["bleu_signature"])
-        return {
+        summary = {
             "loss": loss,
             "ppl": math.exp(min(loss, 50.0)),
             "bleu": scores["bleu"],
             "chrf": scores["chrf"],
         }
+        if self.config.eval.rouge and decoded:
+            rouge = rouge_scores(
+                [outputs[i][2] for i in decoded], [pairs.tgt_texts[i] for i in decoded]
+            )
+            summary.update({k: v for k, v in rouge.items() if k != "rouge_signature"})
+        return summary
 
     def save_best(self, model: torch.nn.Module, directory: Path) -> None:
         t = self.translator
@@ -355,7 +425,7 @@ def finish_run(run: Run, config: TranslateConfig) -> None:
     write ``eval/``; select the one with the better validation beam score
     (``selected_model.json``, what ``torchformer.load(run)`` and the CLI then use)."""
     e, state = config.eval, run.state
-    metric = "chrf" if config.train.metric == "chrf" else "bleu"
+    metric = config.train.metric if config.train.metric in ("chrf", "rougeL") else "bleu"
     beam = f"beam{e.beam_size}"
     best = Translator.from_dir(run.run_dir / "best")
     models = {"best": best, "averaged": _averaged_model(run, best)}
@@ -375,19 +445,22 @@ def finish_run(run: Run, config: TranslateConfig) -> None:
                 run.run_dir / "eval" / name,
                 beam_size=e.beam_size,
                 batch_size=e.batch_size,
+                rouge=e.rouge,
             )
             decodings = [k for k in result if k != "num_sentences"]
-            flat = {f"{k}_{m}": result[k][m] for k in decodings for m in ("bleu", "chrf")}
+            names = ("bleu", "chrf", *(ROUGE_TYPES if e.rouge else ()))
+            flat = {f"{k}_{m}": result[k][m] for k in decodings for m in names}
             run.log.log(flat, step=state.step, epoch=state.epoch, split=f"{model_name}_{split}")
             for k in decodings:
                 logger.info(
-                    "%s %s %s: BLEU %.2f %s, chrF %.2f",
+                    "%s %s %s: BLEU %.2f %s, chrF %.2f%s",
                     model_name,
                     split,
                     k,
                     result[k]["bleu"],
                     result[k]["bleu_signature"],
                     result[k]["chrf"],
+                    f", ROUGE-L {result[k]['rougeL']:.2f}" if e.rouge else "",
                 )
             if split == "val":
                 val_scores[model_name] = result[beam][metric]

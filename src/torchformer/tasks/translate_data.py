@@ -1,14 +1,18 @@
-"""Data for the translation task: sentence pairs in, token ids out.
+"""Data for the translation (text-to-text) task: text pairs in, token ids out.
 
-Reads Multi30k, two line-aligned files per split, or TSV files (``data.parallel`` does
-the reading and names both files and the line on bad input), trains the source/target
+Reads Multi30k, two line-aligned files per split, or TSV/CSV/JSON Lines files of
+(source, target) pairs (``data.parallel`` does the reading and names the file, the line
+and the field on bad input), prepends an optional task prefix to every source (T5's
+``"translate German to English: "``, ``"summarize: "``), trains the source/target
 tokenizers once and keeps them in the run directory (so a resumed run reuses the very
 same vocabulary: BPE/WordPiece training breaks frequency ties differently from one
 process to the next), and encodes every split once up front.
 
 Every sequence is ``<s> tokens </s>`` (``[CLS] tokens [SEP]`` for WordPiece): the source
 as is, the target split into decoder inputs ``<s> tokens`` and labels ``tokens </s>``
-(teacher forcing).
+(teacher forcing). A pretrained model's tokenizer keeps its own template: T5 writes
+``tokens </s>``, and the target is then preceded by the model's decoder start id (T5: the
+padding id), as Hugging Face's ``shift_tokens_right`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from pathlib import Path
 import torch
 
 from torchformer.data.batching import pad_batch
-from torchformer.data.parallel import SentencePair, read_multi30k, read_parallel, read_parallel_tsv
+from torchformer.data.parallel import (
+    SentencePair,
+    read_multi30k,
+    read_parallel,
+    read_parallel_table,
+    read_parallel_tsv,
+)
 from torchformer.data.records import DataError
 from torchformer.io import atomic_write_text
 from torchformer.text.tokenizer import Tokenizer
@@ -31,6 +41,7 @@ logger = logging.getLogger(__name__)
 SOURCE_TOKENIZER = "source_tokenizer.json"
 TARGET_TOKENIZER = "target_tokenizer.json"
 SPLITS = ("train", "val", "test")
+TABLE_SOURCES = ("tsv", "csv", "jsonl", "json")
 
 
 @dataclass
@@ -38,14 +49,18 @@ class DataConfig:
     """Where the sentence pairs come from.
 
     Attributes:
-        source: "multi30k", "files" (two line-aligned files per split) or "tsv".
+        source: "multi30k", "files" (two line-aligned files per split), or one table file
+            per split: "tsv" (no quoting), "csv" (header row, RFC 4180 quoting), "jsonl"
+            (one object per line) or "json" (an array of objects).
+        source_prefix: text put before every source, in training and in ``translate()``
+            (saved with the model): T5's task prefix, e.g. "translate German to English: ".
         data_dir: the Multi30k folder (default: found under ``TORCHFORMER_DATA``).
         src_lang / tgt_lang: Multi30k languages (also recorded in the model directory).
         test_split: the Multi30k split used as test set.
         train_src / train_tgt / val_src / val_tgt / test_src / test_tgt: "files" paths
             (plain or .gz); test is optional.
-        train_file / val_file / test_file: "tsv" paths; src_column / tgt_column name
-            the columns (a header line is expected).
+        train_file / val_file / test_file: "tsv"/"csv"/"jsonl"/"json" paths (plain or .gz);
+            src_column / tgt_column name the columns or keys (CSV/TSV: a header line).
         val_fraction: share of the training pairs held out when no validation data is given.
         train_samples / val_samples / test_samples: keep the first N pairs (short runs).
         max_length: tokens per sequence, special tokens included; longer training pairs
@@ -53,6 +68,7 @@ class DataConfig:
     """
 
     source: str = "multi30k"
+    source_prefix: str = ""
     data_dir: str | None = None
     src_lang: str = "de"
     tgt_lang: str = "en"
@@ -167,10 +183,17 @@ def _read_split(config: DataConfig, split: str) -> list[SentencePair] | None:
                 f"data.{split}_src and data.{split}_tgt must be given together", file=src or tgt
             )
         return read_parallel(src, tgt) if src is not None else None
-    if config.source == "tsv":
+    if config.source in TABLE_SOURCES:
         path = getattr(config, f"{split}_file")
-        return read_parallel_tsv(path, config.src_column, config.tgt_column) if path else None
-    raise ValueError(f"data.source must be 'multi30k', 'files' or 'tsv', got {config.source!r}")
+        if not path:
+            return None
+        if config.source == "tsv":
+            return read_parallel_tsv(path, config.src_column, config.tgt_column)
+        return read_parallel_table(path, config.src_column, config.tgt_column, format=config.source)  # type: ignore[arg-type]
+    raise ValueError(
+        f"data.source must be one of 'multi30k', 'files', {', '.join(map(repr, TABLE_SOURCES))}; "
+        f"got {config.source!r}"
+    )
 
 
 def load_pairs(config: DataConfig, *, seed: int) -> dict[str, list[SentencePair]]:
@@ -229,17 +252,25 @@ def _train_tokenizer(config: TokenizerConfig, texts: list[str]) -> Tokenizer:
 
 
 def load_or_train_tokenizers(
-    config: TokenizerConfig, run_dir: Path, train: list[SentencePair], *, write: bool = True
+    config: TokenizerConfig,
+    run_dir: Path,
+    train: list[SentencePair],
+    *,
+    write: bool = True,
+    pretrained: Tokenizer | None = None,
 ) -> tuple[Tokenizer, Tokenizer]:
-    """The run's (source, target) tokenizers: given files, those a previous start of this run
-    saved, or new ones trained on ``train``; saved in ``run_dir`` when ``write`` (rank 0;
-    the other ranks of a distributed run read what it saved) and not there yet.
+    """The run's (source, target) tokenizers: a pretrained model's (``pretrained``, for both
+    sides), given files, those a previous start of this run saved, or new ones trained on
+    ``train``; saved in ``run_dir`` when ``write`` (rank 0; the other ranks of a
+    distributed run read what it saved) and not there yet.
 
     Raises:
         ValueError: the two tokenizers disagree on the padding id (the model has one).
     """
     saved = run_dir / SOURCE_TOKENIZER, run_dir / TARGET_TOKENIZER
-    if config.path:
+    if pretrained is not None:
+        src_tok = tgt_tok = pretrained
+    elif config.path:
         src_tok = Tokenizer.from_file(config.path)
         tgt_tok = src_tok if config.joint else Tokenizer.from_file(config.tgt_path or config.path)
     elif all(p.is_file() for p in saved):
@@ -256,7 +287,7 @@ def load_or_train_tokenizers(
     if write and not all(p.is_file() for p in saved):
         for tokenizer, path in zip((src_tok, tgt_tok), saved):
             atomic_write_text(path, tokenizer.backend.to_str())
-    if special_ids(src_tok)[0] != special_ids(tgt_tok)[0]:
+    if pretrained is None and special_ids(src_tok)[0] != special_ids(tgt_tok)[0]:
         raise ValueError(
             f"source and target tokenizers have different padding ids ({src_tok.pad_id}, {tgt_tok.pad_id})"
         )
@@ -273,16 +304,26 @@ def encode_pairs(
     *,
     max_length: int,
     drop_long: bool,
+    prefix: str = "",
+    start_id: int | None = None,
 ) -> tuple[EncodedPairs, int]:
     """Tokenize both sides; returns the encoded pairs and how many were dropped as too long.
 
     ``drop_long`` (training): pairs with a side over ``max_length`` are left out, since a
     truncated target teaches the model to stop mid-sentence. Otherwise (evaluation) every
-    pair is kept and both sides are cut to ``max_length``.
+    pair is kept and both sides are cut to ``max_length``. ``prefix`` goes before every
+    source text (the raw texts are kept without it). ``start_id``: the decoder's first
+    input, put before each target unless the target tokenizer starts a text with it.
     """
     limit = None if drop_long else max_length
-    src_ids = src_tok.encode_batch([p.src for p in pairs], max_length=limit)
-    tgt_ids = tgt_tok.encode_batch([p.tgt for p in pairs], max_length=limit)
+    src_ids = src_tok.encode_batch([prefix + p.src for p in pairs], max_length=limit)
+    lead = [] if start_id is None or tgt_tok.prefix_ids == [start_id] else [start_id]
+    tgt_ids = [
+        lead + ids
+        for ids in tgt_tok.encode_batch(
+            [p.tgt for p in pairs], max_length=None if limit is None else limit - len(lead)
+        )
+    ]
     keep = [
         i
         for i in range(len(pairs))
@@ -309,11 +350,26 @@ class PreparedData:
 
 
 def prepare_data(
-    data: DataConfig, tok_config: TokenizerConfig, run_dir: Path, *, seed: int, write: bool = True
+    data: DataConfig,
+    tok_config: TokenizerConfig,
+    run_dir: Path,
+    *,
+    seed: int,
+    write: bool = True,
+    pretrained_tokenizer: Tokenizer | None = None,
+    start_id: int | None = None,
 ) -> PreparedData:
-    """Read, tokenize (training or reloading the tokenizers) and encode every split."""
+    """Read, tokenize (training or reloading the tokenizers) and encode every split.
+
+    ``pretrained_tokenizer`` (a pretrained model's, for both sides) and its model's decoder
+    ``start_id`` replace training tokenizers.
+    """
     pairs = load_pairs(data, seed=seed)
-    src_tok, tgt_tok = load_or_train_tokenizers(tok_config, run_dir, pairs["train"], write=write)
+    src_tok, tgt_tok = load_or_train_tokenizers(
+        tok_config, run_dir, pairs["train"], write=write, pretrained=pretrained_tokenizer
+    )
+    if start_id is None:
+        start_id = special_ids(tgt_tok)[1]
     encoded, dropped = {}, {}
     for split, split_pairs in pairs.items():
         if split_pairs:
@@ -323,6 +379,8 @@ def prepare_data(
                 tgt_tok,
                 max_length=data.max_length,
                 drop_long=split == "train",
+                prefix=data.source_prefix,
+                start_id=start_id,
             )
     if dropped.get("train"):
         logger.warning(

@@ -32,6 +32,7 @@ from torchformer.checkpoints import load_pretrained, save_pretrained
 from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import pad_batch
 from torchformer.evaluate.bleu import corpus_scores
+from torchformer.evaluate.rouge import rouge_scores
 from torchformer.generate.beam import beam_search
 from torchformer.generate.generation import PrefixCache, uncached_seq2seq_step
 from torchformer.generate.greedy import greedy_decode
@@ -48,7 +49,10 @@ SETTINGS_NAME = "translation.json"
 
 @dataclass
 class TranslationSettings(JsonSettings):
-    """Languages and decoding defaults; saved next to the weights as ``translation.json``.
+    """Languages, the source prefix and decoding defaults; saved next to the weights as
+    ``translation.json``.
+
+    ``source_prefix``: put before every text given to ``translate()`` (T5's task prefix).
 
     ``max_len_offset``: an output may have at most (longest source in the batch +
     this) tokens, capped by the model's ``max_len`` (Vaswani et al. 2017, 6.1: input + 50).
@@ -58,6 +62,7 @@ class TranslationSettings(JsonSettings):
     task: str = "translation"
     src_lang: str | None = None
     tgt_lang: str | None = None
+    source_prefix: str = ""
     beam_size: int = 5
     length_penalty: float = 1.0
     max_len_offset: int = 50
@@ -201,7 +206,10 @@ class Translator:
         texts = validate_texts(texts)
         beam = beam_size or self.settings.beam_size
         alpha = self.settings.length_penalty if length_penalty is None else length_penalty
-        sources = self.src_tokenizer.encode_batch(texts, max_length=self.model.config.max_len)
+        prefix = self.settings.source_prefix
+        sources = self.src_tokenizer.encode_batch(
+            [prefix + text for text in texts], max_length=self.model.config.max_len
+        )
         order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
         outputs: list[str] = [""] * len(texts)
         for start in range(0, len(order), batch_size):
@@ -260,25 +268,39 @@ def translate_split(
     beam_size: int,
     batch_size: int = 64,
     limit: int | None = None,
+    rouge: bool = False,
 ) -> tuple[list[str], dict]:
-    """Decode a split's sources; returns the hypotheses and their sacreBLEU/chrF scores."""
+    """Decode a split's sources; returns the hypotheses and their sacreBLEU/chrF (and ROUGE)
+    scores."""
     n = len(pairs) if limit is None else min(limit, len(pairs))
     was_training = translator.model.training
     translator.model.eval()
     hyps = translator.translate(pairs.src_texts[:n], beam_size=beam_size, batch_size=batch_size)
     translator.model.train(was_training)
-    return hyps, corpus_scores(hyps, pairs.tgt_texts[:n])
+    scores = corpus_scores(hyps, pairs.tgt_texts[:n])
+    if rouge:
+        scores.update(rouge_scores(hyps, pairs.tgt_texts[:n]))
+    return hyps, scores
 
 
 def evaluate_translator(
-    translator: Translator, pairs: EncodedPairs, out_dir: Path, *, beam_size: int, batch_size: int
+    translator: Translator,
+    pairs: EncodedPairs,
+    out_dir: Path,
+    *,
+    beam_size: int,
+    batch_size: int,
+    rouge: bool = False,
 ) -> dict:
-    """Greedy and beam-search BLEU/chrF of one split; writes ``scores.json`` and hypotheses."""
+    """Greedy and beam-search BLEU/chrF (and ROUGE) of one split; writes ``scores.json`` and
+    hypotheses."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"num_sentences": len(pairs)}
     for name, beam in (("greedy", 1), (f"beam{beam_size}", beam_size)):
         start = time.perf_counter()
-        hyps, scores = translate_split(translator, pairs, beam_size=beam, batch_size=batch_size)
+        hyps, scores = translate_split(
+            translator, pairs, beam_size=beam, batch_size=batch_size, rouge=rouge
+        )
         scores["decode_s"] = time.perf_counter() - start
         (out_dir / f"hypotheses.{name}.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
         result[name] = scores

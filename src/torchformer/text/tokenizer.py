@@ -399,6 +399,16 @@ class Tokenizer:
         return _normalizer_lowercases(spec)
 
     @property
+    def prefix_ids(self) -> list[int]:
+        """The special ids ``add_special_tokens=True`` puts before a text (``[CLS]``, ``<s>``)."""
+        return list(self._prefix)
+
+    @property
+    def suffix_ids(self) -> list[int]:
+        """The special ids ``add_special_tokens=True`` puts after a text (``[SEP]``, ``</s>``)."""
+        return list(self._suffix)
+
+    @property
     def num_special_tokens(self) -> int:
         """How many special tokens ``add_special_tokens=True`` adds to one text."""
         return len(self._prefix) + len(self._suffix)
