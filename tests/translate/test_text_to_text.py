@@ -14,6 +14,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers, processors
 
 import torchformer
+from torchformer.cli import main
 from torchformer.data.parallel import read_parallel_table
 from torchformer.data.records import DataError
 from torchformer.evaluate.rouge import rouge_scores
@@ -64,7 +65,7 @@ def test_rouge_is_the_mean_f_measure_of_rouge_score() -> None:
         rouge_scores(["a", "b"], ["a"])
 
 
-def test_source_prefix_is_trained_with_and_saved_for_translate(tmp_path: Path) -> None:
+def test_source_prefix_is_trained_with_and_saved_for_translate(tmp_path: Path, capsys) -> None:
     src, tgt = reversal_pairs(64, 0)
     data = write_jsonl(tmp_path / "train.jsonl", src, tgt, keys=("src", "tgt"))
     config = tiny_config(tmp_path, **{
@@ -88,6 +89,12 @@ def test_source_prefix_is_trained_with_and_saved_for_translate(tmp_path: Path) -
     val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("rougeL" in r for r in val if r["split"] == "val")
     assert json.loads((run / "selected_model.json").read_text())["by"].endswith("rougeL")
+
+    assert main(["evaluate-translation", str(run), "--pairs", str(data), "--beam-size", "1",
+                 "--rouge", "--name", "cli"]) == 0  # fmt: skip
+    cli = json.loads((run / "eval" / "cli" / "scores.json").read_text())
+    assert cli["rougeL"] == pytest.approx(100.0) and cli["bleu"] == pytest.approx(100.0)
+    assert "ROUGE: rouge1 100.00" in capsys.readouterr().out
 
 
 def test_rouge_metric_without_rouge_is_refused(tmp_path: Path) -> None:

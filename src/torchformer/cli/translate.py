@@ -7,6 +7,8 @@ Training goes through the shared ``torchformer train CONFIG`` (a YAML with
     torchformer translate runs/multi30k-small --file src.de --out hyp.en --beam-size 5
     torchformer evaluate-translation runs/multi30k-small --multi30k test_2016_flickr
     torchformer evaluate-translation runs/multi30k-small --src test.de --ref test.en --name mytest
+    torchformer evaluate-translation runs/qa --pairs test.jsonl --src-column question \
+        --tgt-column answer --rouge
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "evaluate-translation",
-        help="BLEU/chrF (sacreBLEU) of a translation model on a parallel set",
+        help="BLEU/chrF (sacreBLEU, and ROUGE) of a translation/text-to-text model on a parallel set",
     )
     p.add_argument("run", type=Path, help="run directory (or a model directory inside it)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -39,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--multi30k", metavar="SPLIT", help="a Multi30k split: val or test_2016_flickr"
     )
+    source.add_argument(
+        "--pairs", type=Path, help="a CSV, TSV, JSON Lines or JSON file of (source, target) pairs"
+    )
+    p.add_argument("--src-column", default="src", help="--pairs: the source column or key")
+    p.add_argument("--tgt-column", default="tgt", help="--pairs: the target column or key")
+    p.add_argument("--rouge", action="store_true", help="also ROUGE-1/2/L/Lsum (rouge-score)")
     p.add_argument("--ref", type=Path, help="reference translations, line-aligned with --src")
     p.add_argument(
         "--name", help="output folder under RUN/eval/ (default: from the file or split name)"
@@ -99,8 +107,11 @@ def translate_command(args: argparse.Namespace) -> int:
 
 
 def _read_pairs(args: argparse.Namespace, translator):
-    from torchformer.data.parallel import read_multi30k, read_parallel
+    from torchformer.data.parallel import read_multi30k, read_parallel, read_parallel_table
 
+    if args.pairs:
+        pairs = read_parallel_table(args.pairs, args.src_column, args.tgt_column)
+        return pairs, args.pairs.name.replace(".", "_")
     if args.multi30k:
         s = translator.settings
         return read_multi30k(
@@ -120,6 +131,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     hyps = translator.translate([p.src for p in pairs], **_decoding(args))
     seconds = time.perf_counter() - start
     scores = corpus_scores(hyps, [p.tgt for p in pairs])
+    if args.rouge:
+        from torchformer.evaluate.rouge import rouge_scores
+
+        scores.update(rouge_scores(hyps, [p.tgt for p in pairs]))
     scores.update(
         num_sentences=len(pairs),
         decode_s=seconds,
@@ -132,6 +147,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     print(f"BLEU = {scores['bleu']:.2f}  {scores['bleu_signature']}")
     print(f"chrF = {scores['chrf']:.2f}  {scores['chrf_signature']}")
+    if args.rouge:
+        rouge = ", ".join(
+            f"{k} {scores[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+        )
+        print(f"ROUGE: {rouge}  {scores['rouge_signature']}")
     print(f"{len(pairs)} sentences, beam {scores['beam_size']}, {len(pairs) / seconds:.1f} sentences/s; "
           f"written to {out}")  # fmt: skip
     return 0
