@@ -133,7 +133,8 @@ def test_a_scratch_encoder_with_its_own_wordpiece_pretrains_and_feeds_the_classi
     from torchformer.text.tokenizer import Tokenizer
 
     cfg = tiny_config(tmp_path, **{"model.base": "scratch", "model.preset": "tiny",
-                                   "tokenizer.vocab_size": 120, "train.lr": 3e-3})  # fmt: skip
+                                   "tokenizer.vocab_size": 120, "train.lr": 3e-3,
+                                   "model.dropout": 0.0})  # fmt: skip
     run = train(cfg)
     val = records(run, "val")
     assert val[-1]["loss"] < val[0]["loss"]
@@ -142,5 +143,6 @@ def test_a_scratch_encoder_with_its_own_wordpiece_pretrains_and_feeds_the_classi
     assert (run / "tokenizer.json").is_file()  # a resumed run keeps this vocabulary
     model, _ = load_pretrained(run / "best", task="masked_lm")
     assert model.config.vocab_size == tokenizer.vocab_size and model.config.d_model == 32
+    assert model.config.dropout == model.config.attn_dropout == 0.0  # model.dropout
     _, report = load_pretrained(run / "best", task="classification", num_labels=2)
     assert all(k.startswith("classifier.") for k in report.new_keys)

@@ -73,10 +73,16 @@ _TOKENIZER_FILES = (
 class MLMModelConfig:
     """The encoder: ``base`` is "minilm" (the packaged all-MiniLM-L6-v2), a BERT directory,
     or "scratch": an encoder from ``preset`` (``models.encoder.PRESETS``) with a WordPiece
-    tokenizer trained on the training split (``tokenizer``)."""
+    tokenizer trained on the training split (``tokenizer``).
+
+    ``dropout``: the encoder's dropout and attention dropout (None: the preset's or the
+    base's). Short pre-training runs underfit, and drop it (Geiping & Goldstein 2022);
+    the value is saved in ``best/config.json``, so set the fine-tuning run's own.
+    """
 
     base: str = PACKAGED_MINILM
     preset: str = "bert-mini"
+    dropout: float | None = None
     freeze_encoder: bool = False  # train the MLM head only (the unchanged encoder's baseline)
 
 
@@ -182,14 +188,16 @@ class MaskedLMTask(LanguageModelTask):
 
     def _model(self) -> EncoderForMaskedLM:
         c = self.config
+        drop = c.model.dropout
+        overrides = {} if drop is None else {"dropout": drop, "attn_dropout": drop}
         if c.model.base == SCRATCH:
             t = self.tokenizer
             size = max(512, c.data.block_size)
             cfg = encoder_preset(
-                c.model.preset, vocab_size=t.vocab_size, pad_id=t.pad_id, max_len=size
+                c.model.preset, vocab_size=t.vocab_size, pad_id=t.pad_id, max_len=size, **overrides
             )
             return EncoderForMaskedLM(cfg)
-        model, report = load_pretrained(_base_dir(c.model.base), task="masked_lm")
+        model, report = load_pretrained(_base_dir(c.model.base), task="masked_lm", **overrides)
         if report.new_keys:
             logger.info("new (freshly initialised) weights: %s", ", ".join(report.new_keys))
         return model
