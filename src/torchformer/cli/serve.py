@@ -9,6 +9,7 @@ import os
 import sys
 
 from torchformer.serve.app import ServeLimits
+from torchformer.serve.server import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def is_loopback(host: str) -> bool:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    d = ServeLimits()
+    d, s = ServeLimits(), ServerSettings()
     p = subparsers.add_parser(
         "serve",
         help="serve a model over HTTP (POST /predict or /generate, GET /health, GET /metrics)",
@@ -80,8 +81,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--limit-concurrency",
         type=int,
-        default=1024,
+        default=s.limit_concurrency,
         help="open connections before uvicorn itself answers 503",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        metavar="HOST",
+        help="answer only requests whose Host header is one of these (e.g. api.example.com "
+        "'*.example.com'); others get 400 (default: any host)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout_s,
+        help="seconds a request body may take to arrive before 408",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=s.header_timeout_s,
+        help="seconds a request line and headers may take to arrive before the connection is closed",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=int,
+        default=s.keep_alive_s,
+        help="seconds an idle keep-alive connection stays open",
+    )
+    p.add_argument(
+        "--graceful-shutdown-timeout",
+        type=int,
+        default=s.graceful_shutdown_s,
+        help="on shutdown, seconds requests in flight get to finish before they are cancelled",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=s.max_header_bytes,
+        help="largest request line and headers, in bytes",
     )
     p.set_defaults(func=serve_command)
 
@@ -96,6 +134,7 @@ def serve_command(args: argparse.Namespace) -> int:
         )
         return 2
     from torchformer.serve.app import create_app, load_predictor
+    from torchformer.serve.server import uvicorn_config
 
     api_key = None
     if args.api_key_env:
@@ -120,18 +159,24 @@ def serve_command(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_new_tokens=args.max_new_tokens,
         max_generate_queue=args.max_generate_queue,
+        body_timeout_s=args.body_timeout,
+    )
+    settings = ServerSettings(
+        header_timeout_s=args.header_timeout,
+        keep_alive_s=args.keep_alive_timeout,
+        graceful_shutdown_s=args.graceful_shutdown_timeout,
+        max_header_bytes=args.max_header_bytes,
+        limit_concurrency=args.limit_concurrency,
     )
     predictor = load_predictor(args.path, precision=args.precision, threads=args.threads)
     backend = getattr(predictor, "backend", "pytorch")
     logger.info("serving %s (%s) on http://%s:%d", args.path, backend, args.host, args.port)
-    app = create_app(predictor, limits=limits, api_key=api_key, model_name=str(args.path))
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        limit_concurrency=args.limit_concurrency,
-        timeout_keep_alive=5,
-        server_header=False,
-        log_level="info",
+    app = create_app(
+        predictor,
+        limits=limits,
+        api_key=api_key,
+        model_name=str(args.path),
+        allowed_hosts=args.allowed_hosts,
     )
+    uvicorn.Server(uvicorn_config(app, settings=settings, host=args.host, port=args.port)).run()
     return 0

@@ -7,31 +7,44 @@ Endpoints:
   (classifiers: models with ``predict``)
 - ``POST /generate`` ``{"prompt": "...", ...}`` -> the continuation, whole or streamed
   as server-sent events (language models; ``serve.generation``)
-- ``GET /health`` -> ``{"status": "ok", "backend", "model", "labels", "queue_depth"}`` (no key needed)
+- ``GET /health`` -> ``{"status": "ok", "backend", "model", "labels", "queue_depth"}`` (no key
+  needed; names only, no paths on disk)
 - ``GET /metrics`` -> request counts by status and endpoint, /predict latency
   histogram, batch-size histogram, queue depth (JSON).
 
 Every error is JSON ``{"error": {"status", "code", "message"}}``:
 
 ======  ==================================================================
+400     ``invalid_host``: allowed hosts are configured and ``Host`` is not one of them
 401     ``unauthorized``: an API key is configured and ``X-API-Key`` is missing or wrong
 404     ``not_found``; 405 ``method_not_allowed``
+408     ``request_timeout``: the body did not arrive within ``body_timeout_s``
 413     ``body_too_large``, ``too_many_texts`` (> max_texts), ``text_too_long`` (> max_chars)
-422     ``invalid_json`` (malformed body), ``invalid_request`` (not ``{"texts": [str, ...]}``,
-        an unknown field, an empty list, a non-string or blank text)
+422     ``invalid_json`` (malformed, or nested too deeply), ``invalid_request`` (not
+        ``{"texts": [str, ...]}``, an unknown field, an empty list, a non-string, blank or
+        invalid Unicode text, a text the model refuses, e.g. empty after its cleaning)
 503     ``queue_full``: the bounded queue is full (``Retry-After: 1``)
-500     ``prediction_failed``: the model raised (logged; the server keeps serving)
+500     ``prediction_failed``: the model raised (logged; the server keeps serving);
+        ``internal_error``: any other failure (logged, details not sent)
 ======  ==================================================================
 
-Checks run in this order: key, body size, JSON syntax, shape, number of texts,
-then each text (type, blank, length) — so a request gets the first error found.
+Checks run in this order: host, key, body size and time, JSON syntax, shape, number of
+texts, then each text (type, blank, length, Unicode), then the model's own checks (its
+cleaning) on this request alone — so a request gets the first error found. Only then
+does it join a micro-batch with other requests; should that batch still fail, each of its
+requests is run again alone (``batching``), so one client's bad text never fails another
+client's request, and an error names only the caller's own texts and indices. A client
+that leaves mid-body is logged in one line (the traceback at DEBUG) and counted as 499.
 """
 
+import asyncio
+import functools
 import hmac
 import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +70,7 @@ class ServeLimits:
     max_queue: int = 256  # texts waiting before 503
     max_new_tokens: int = 512  # /generate: most tokens a request may ask for (413 above)
     max_generate_queue: int = 8  # /generate: requests waiting for the model before 503
+    body_timeout_s: float = 30.0  # the whole body must arrive within this (408 after)
 
     @property
     def max_body_bytes(self) -> int:
@@ -126,27 +140,72 @@ def _check_key(request: Any, api_key: str | None) -> None:
         )
 
 
-async def _read_body(request: Any, limit: int) -> bytes:
+async def _read_body(request: Any, limit: int, *, timeout_s: float) -> bytes:
+    """The body, at most ``limit`` bytes, all of it within ``timeout_s`` seconds.
+
+    uvicorn has no body timeout: a client sending a byte a minute would hold its
+    connection and its coroutine for ever.
+    """
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(
             413, "body_too_large", f"request body of {declared} bytes exceeds {limit} bytes"
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "body_too_large", f"request body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"request body not received within {timeout_s:g} s",
+            {"Connection": "close"},  # the rest of the body may still come: do not reuse
+        ) from None
+    except ClientDisconnect:
+        # Routine (a client timed out or was killed): one line, the traceback only at DEBUG.
+        logger.debug("client disconnected mid-body", exc_info=True)
+        logger.info("client %s disconnected before sending its whole body", _client(request))
+        raise ApiError(499, "client_disconnected", "client disconnected mid-body") from None
     return b"".join(chunks)
+
+
+def _client(request: Any) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
+
+
+def load_json(body: bytes) -> Any:
+    """The JSON value of a request body, or a 422 ``invalid_json``."""
+    try:
+        return json.loads(body)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ApiError(422, "invalid_json", f"request body is not valid JSON: {e}") from None
+    except RecursionError:  # e.g. [[[[...]]]] 100,000 deep: small body, deep recursion
+        raise ApiError(422, "invalid_json", "request body is nested too deeply") from None
+
+
+def check_unicode(text: str, name: str) -> None:
+    """422 for a text holding a lone surrogate (valid JSON "\\ud800", not valid Unicode:
+    no tokenizer takes it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{name} is not valid Unicode: a lone surrogate at character {e.start}",
+        ) from None
 
 
 def parse_texts(body: bytes, limits: ServeLimits) -> list[str]:
     """The ``texts`` of a /predict body, or the ``ApiError`` it deserves."""
-    try:
-        payload = json.loads(body)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise ApiError(422, "invalid_json", f"request body is not valid JSON: {e}") from None
+    payload = load_json(body)
     if not isinstance(payload, dict) or "texts" not in payload:
         raise ApiError(422, "invalid_request", 'expected a JSON object {"texts": ["...", ...]}')
     unknown = sorted(set(payload) - {"texts"})
@@ -178,7 +237,59 @@ def parse_texts(body: bytes, limits: ServeLimits) -> list[str]:
                 "text_too_long",
                 f"texts[{i}] has {len(text)} characters; at most {limits.max_chars}",
             )
+        check_unicode(text, f"texts[{i}]")
     return texts
+
+
+async def check_alone(predictor: Any, texts: list[str]) -> None:
+    """The model's own checks on one request's texts, before they join a batch.
+
+    A text ``predict()`` would refuse (e.g. only HTML: empty after the run's cleaning) is
+    found here, so its error names the caller's own index. Cleaning is cheap next to the
+    model, and ``predict()`` cleans again: the texts stay as sent, so that the answer is
+    exactly ``predict()``'s on them.
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    clean = getattr(predictor, "clean", None)  # classifiers have one; a fake may not
+    if clean is None:
+        return
+    try:
+        await run_in_threadpool(clean, texts)
+    except (ValueError, TypeError) as e:
+        raise ApiError(422, "invalid_request", str(e)[:300]) from None
+
+
+class AllowedHosts:
+    """Starlette's ``TrustedHostMiddleware`` deciding, answered with the usual JSON error.
+
+    Its own refusal is plain text; here it only marks the requests it lets through.
+    """
+
+    def __init__(self, app: Any, allowed_hosts: Sequence[str]) -> None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        async def admit(scope: dict, receive: Any, send: Any) -> None:
+            scope["torchformer.host_allowed"] = True
+
+        self.app = app
+        self.check = TrustedHostMiddleware(admit, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+
+            async def discard(message: dict) -> None:
+                pass
+
+            await self.check(scope, receive, discard)
+            if not scope.pop("torchformer.host_allowed", False):
+                from starlette.datastructures import Headers
+
+                host = Headers(scope=scope).get("host", "")[:100]
+                response = error_response(400, "invalid_host", f"host {host!r} is not allowed")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _install_counting_and_errors(app: Any, metrics: ServerMetrics) -> None:
@@ -189,7 +300,11 @@ def _install_counting_and_errors(app: Any, metrics: ServerMetrics) -> None:
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug: logged, answered and counted like any other error
+            logger.exception("unexpected error answering %s %s", request.method, request.url.path)
+            response = error_response(500, "internal_error", "internal error; see the server log")
         path = request.url.path if request.url.path in ROUTES else "other"  # bounded label set
         metrics.record_request(path, response.status_code, (time.perf_counter() - start) * 1000)
         return response
@@ -206,19 +321,39 @@ def _install_counting_and_errors(app: Any, metrics: ServerMetrics) -> None:
         )
 
 
+async def _predict(batcher: MicroBatcher, texts: list[str]) -> list[Any]:
+    """This request's predictions from the batcher; its errors, named as ``ApiError``."""
+    try:
+        return await batcher.submit(texts)
+    except QueueFullError as e:
+        raise ApiError(503, "queue_full", str(e), {"Retry-After": "1"}) from None
+    except (ValueError, TypeError) as e:  # predict()'s own refusal of a text (run alone)
+        raise ApiError(422, "invalid_request", str(e)[:300]) from None
+    except Exception as e:
+        logger.exception("prediction failed")
+        raise ApiError(500, "prediction_failed", f"{type(e).__name__}: {e}"[:300]) from None
+
+
+def _file_name(path: str | os.PathLike | None) -> str | None:
+    return Path(path).name if path else None
+
+
 def create_app(
     predictor: Any,
     *,
     limits: ServeLimits | None = None,
     api_key: str | None = None,
     model_name: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Any:
     """A FastAPI app serving ``predictor`` (anything with ``predict(texts, batch_size=)`` and ``labels``).
 
     Args:
         limits: request limits and batching settings.
         api_key: when set, /predict and /metrics need it in the ``X-API-Key`` header.
-        model_name: shown by /health.
+        model_name: shown by /health (its last path component only).
+        allowed_hosts: when set, the ``Host`` header must match one of these
+            (``"api.example.com"``, ``"*.example.com"``); other requests get 400.
     """
     try:
         from fastapi import FastAPI, Request
@@ -247,35 +382,32 @@ def create_app(
     )
     app.state.batcher, app.state.metrics, app.state.limits = batcher, metrics, limits
 
+    if allowed_hosts:  # added first: inside the counting middleware, so refusals are counted
+        app.add_middleware(AllowedHosts, allowed_hosts=list(allowed_hosts))
     _install_counting_and_errors(app, metrics)
+    read_body = functools.partial(_read_body, timeout_s=limits.body_timeout_s)
 
     if generates:
         from torchformer.serve.generation import install_generate
 
-        install_generate(app, predictor, limits, lambda r: _check_key(r, api_key), _read_body)
+        install_generate(app, predictor, limits, lambda r: _check_key(r, api_key), read_body)
 
     @app.post("/predict")
     async def predict(request: Request):
         if generates:
             raise ApiError(404, "not_found", "this server runs a language model: POST /generate")
         _check_key(request, api_key)
-        texts = parse_texts(await _read_body(request, limits.max_body_bytes), limits)
-        try:
-            predictions = await batcher.submit(texts)
-        except QueueFullError as e:
-            raise ApiError(503, "queue_full", str(e), {"Retry-After": "1"}) from None
-        except Exception as e:
-            logger.exception("prediction failed")
-            raise ApiError(500, "prediction_failed", f"{type(e).__name__}: {e}") from None
-        return {"predictions": predictions}
+        texts = parse_texts(await read_body(request, limits.max_body_bytes), limits)
+        await check_alone(predictor, texts)
+        return {"predictions": await _predict(batcher, texts)}
 
     @app.get("/health")
     async def health():
         body = {
             "status": "ok" if batcher.healthy else "unhealthy",
             "backend": getattr(predictor, "backend", "pytorch"),
-            "model": model_name,
-            "model_file": str(getattr(predictor, "path", None) or "") or None,  # ONNX: fp32 or int8
+            "model": Path(model_name).name if model_name else None,  # a name, not where it is
+            "model_file": _file_name(getattr(predictor, "path", None)),  # ONNX: fp32 or int8
             "labels": list(getattr(predictor, "labels", None) or []) or None,
             "endpoint": "/generate" if generates else "/predict",
             "queue_depth": batcher.queue_depth,

@@ -6,7 +6,9 @@ request's texts wait in a bounded queue; one loop takes the oldest request and
 keeps collecting until the batch holds ``max_batch_size`` texts or the oldest
 request has waited ``max_wait_ms``, then runs the model in a worker thread
 (the event loop stays free to accept and reject requests meanwhile) and hands
-each request its own slice of the results.
+each request its own slice of the results. When a merged batch fails, each of its
+requests is run again alone, so that a bad request fails by itself and its error names
+only its own texts.
 
 Requests are never split: one larger than ``max_batch_size`` forms its own
 batch (the predictor chunks it). The queue bound is in texts; a request that
@@ -87,7 +89,7 @@ class MicroBatcher:
 
         Raises:
             QueueFullError: the queue holds too many texts to take these.
-            Exception: whatever ``predict_batch`` raised for the batch.
+            Exception: whatever ``predict_batch`` raised for these texts run alone.
         """
         if self._queued_texts + len(texts) > self.max_queue:
             raise QueueFullError(
@@ -144,20 +146,19 @@ class MicroBatcher:
     async def _execute(self, batch: list[_Pending]) -> None:
         if not batch:
             return
-        texts = [t for item in batch for t in item.texts]
-        if self.on_batch is not None:
-            self.on_batch(len(texts))
-        loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self.predict_batch, texts)
-            if len(results) != len(texts):
-                raise RuntimeError(
-                    f"predictor returned {len(results)} results for {len(texts)} texts"
-                )
+            results = await self._predict([t for item in batch for t in item.texts])
         except Exception as error:
+            if len(batch) == 1:
+                if not batch[0].future.done():  # the client may have gone away
+                    batch[0].future.set_exception(error)
+                return
+            # One bad request must not fail the others, nor show them its text: run each
+            # request alone, so each gets its own result or its own error (whose index and
+            # quoted text, if any, are its own).
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(error)
+                    await self._execute([item])
             return
         start = 0
         for item in batch:
@@ -165,6 +166,16 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_result(list(results[start:end]))
             start = end
+
+    async def _predict(self, texts: list[str]) -> Sequence[Any]:
+        """One model call, in the worker thread."""
+        if self.on_batch is not None:
+            self.on_batch(len(texts))
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor, self.predict_batch, texts)
+        if len(results) != len(texts):
+            raise RuntimeError(f"predictor returned {len(results)} results for {len(texts)} texts")
+        return results
 
     async def close(self) -> None:
         """Stop the loop; waiting requests get a ``QueueFullError``."""

@@ -16,10 +16,10 @@ one ``data: {"text": piece}`` event per piece as it is produced, then
 
 Errors, as for ``/predict`` (``{"error": {"status", "code", "message"}}``): 401
 ``unauthorized``; 413 ``body_too_large``, ``text_too_long`` (prompt over max_chars),
-``too_many_tokens`` (max_new_tokens over the server's limit); 422 ``invalid_json``,
-``invalid_request`` (unknown field, wrong type, out-of-range option, a prompt the
-tokenizer cannot encode); 503 ``queue_full`` (``Retry-After: 1``); 500
-``generation_failed``. One generation runs at a time (the model uses every core);
+``too_many_tokens`` (max_new_tokens over the server's limit); 422 ``invalid_json``
+(malformed or nested too deeply), ``invalid_request`` (unknown field, wrong type,
+out-of-range option, a prompt that is not valid Unicode or that the tokenizer cannot
+encode); 503 ``queue_full`` (``Retry-After: 1``); 500 ``generation_failed``. One generation runs at a time (the model uses every core);
 up to ``max_generate_queue`` more wait.
 """
 
@@ -30,7 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from torchformer.serve.app import ApiError, ServeLimits
+from torchformer.serve.app import ApiError, ServeLimits, check_unicode, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
 
 def parse_generate(body: bytes, limits: ServeLimits) -> dict[str, Any]:
     """The options of a /generate body, or the ``ApiError`` it deserves."""
-    try:
-        payload = json.loads(body)
-    except ValueError as e:
-        raise ApiError(422, "invalid_json", f"request body is not valid JSON: {e}") from None
+    payload = load_json(body)
     if not isinstance(payload, dict) or "prompt" not in payload:
         raise ApiError(422, "invalid_request", 'expected a JSON object {"prompt": "...", ...}')
     if unknown := sorted(set(payload) - set(_FIELDS)):
@@ -79,6 +76,7 @@ def parse_generate(body: bytes, limits: ServeLimits) -> dict[str, Any]:
             "text_too_long",
             f"prompt has {len(payload['prompt'])} characters; at most {limits.max_chars}",
         )
+    check_unicode(payload["prompt"], "prompt")
     wanted = payload.get("max_new_tokens", 0)
     if wanted > limits.max_new_tokens:
         raise ApiError(
