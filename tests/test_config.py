@@ -295,3 +295,14 @@ def test_override_creates_optional_section_and_sets_mapping_entries():
     cfg = load_config(WithOptional, None, ["--optim.eps", "1e-6", "--extra.k", "3"])
     assert cfg.optim == Optimizer(eps=1e-6)
     assert cfg.extra == {"k": 3}
+
+
+def test_invalid_yaml_is_one_line_naming_the_line_and_column(tmp_path):
+    path = write(tmp_path, "name: x\nseed: [1,\n  2\nlr: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(RunConfig, path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: line 4, column 3: invalid YAML: ") and "\n" not in message
+    path.write_bytes(b"name: x\nnote: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"line 2: not UTF-8 text"):
+        load_config(RunConfig, path)

@@ -46,6 +46,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "parse_overrides",
+    "read_yaml",
     "save_config",
 ]
 
@@ -126,7 +127,7 @@ def load_config(
             the message names the dotted key and the file or override it came from.
     """
     source = str(path) if path is not None else None
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = read_yaml(Path(path)) if path is not None else {}
     ctx = _Context(file=source)
     if overrides:
         items: list[tuple[str, Any]]
@@ -231,15 +232,28 @@ def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, str | None]]:
 # ---------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping a YAML config file holds (``{}`` for an empty file).
+
+    Raises:
+        ConfigError: unreadable, not UTF-8, not valid YAML (one line naming the line and
+            column) or not a mapping; ``source`` is the file.
+    """
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config file ({e.strerror or e})", source=str(path)) from e
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        msg = f"line {line}: not UTF-8 text (undecodable byte at offset {e.start})"
+        raise ConfigError(msg, source=str(path)) from e
+    try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML: {e}", source=str(path)) from e
+        raise ConfigError(yaml_error_text(e, text), source=str(path)) from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -248,6 +262,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             source=str(path),
         )
     return data
+
+
+def yaml_error_text(error: yaml.YAMLError, text: str) -> str:
+    """A PyYAML error in one line, ``line L, column C: invalid YAML: what (context)``; PyYAML's
+    own text spans several lines and quotes the input."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    what = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error)
+    where = ""
+    if mark is not None:
+        where = f"line {mark.line + 1}, column {mark.column + 1}: "
+    elif isinstance(getattr(error, "position", None), int):  # a ReaderError (bad character)
+        where = f"line {text[: error.position].count(chr(10)) + 1}: "  # type: ignore[attr-defined]
+        character = getattr(error, "character", None)
+        if isinstance(character, int):
+            what = f"unacceptable character #x{character:04x}"
+    context = getattr(error, "context", None)
+    context_mark = getattr(error, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        context += f" at line {context_mark.line + 1}, column {context_mark.column + 1}"
+    detail = f" ({context})" if context else ""
+    return " ".join(f"{where}invalid YAML: {what}{detail}".split())
 
 
 def _set_dotted(data: dict[str, Any], cls: type, key: str, value: Any, ctx: _Context) -> None:
@@ -528,7 +563,7 @@ def _parse_yaml_text(text: str, key: str, ctx: _Context) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        msg = f"'{key}': cannot parse {text!r}: {e}"
+        msg = f"'{key}': cannot parse {text!r}: {yaml_error_text(e, text)}"
         raise ConfigError(msg, key=key, source=ctx.source(key)) from e
 
 

@@ -250,8 +250,10 @@ class Payload:
 
 def test_pytorch_model_bin_is_read_with_weights_only(tmp_path):
     torch.save({"weight": torch.zeros(2), "payload": Payload()}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="Unsupported global") as info:
         read_weights(tmp_path)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+    assert str(tmp_path / "pytorch_model.bin") in str(info.value) and "\n" not in str(info.value)
 
 
 def test_sharded_safetensors_directory_loads(base_dir):
@@ -324,3 +326,99 @@ def test_bert_keymaps_cover_every_parameter_both_ways():
             theirs = keymap.to_theirs(inner if keymap is ENCODER_MAP else key)
             assert theirs is not None, key
             assert keymap.to_ours(theirs) == (inner if keymap is ENCODER_MAP else key)
+
+
+# --- a model directory that is not what it claims: a named error, nothing built ---------
+def edit_config(model_dir: Path, edit) -> Path:
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_config_json_that_is_not_an_object_names_the_file(base_dir):
+    (base_dir / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config\.json: expected a JSON object, found list"):
+        load_pretrained(base_dir)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("hidden_size", -8),
+        ("num_hidden_layers", "2"),
+        ("vocab_size", True),
+        ("intermediate_size", 0),
+    ],
+)
+def test_a_size_that_is_not_a_positive_integer_names_the_file_and_field(base_dir, field, value):
+    path = edit_config(base_dir, lambda c: c.update({field: value}))
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(base_dir)
+    assert str(info.value).startswith(f"{path}: field '{field}': expected a positive integer")
+
+
+def test_a_missing_size_names_the_file_and_field(base_dir):
+    path = edit_config(base_dir, lambda c: c.pop("num_attention_heads"))
+    with pytest.raises(CheckpointError, match=rf"{path}: field 'num_attention_heads': missing"):
+        load_pretrained(base_dir)
+
+
+def test_absurd_sizes_are_refused_before_the_model_is_built(base_dir, monkeypatch):
+    # 4M x 32768 embeddings alone: 1.3e11 parameters (524 GB). Building them first would
+    # fail, or worse, swap the machine to a halt: the sizes are checked before.
+    path = edit_config(base_dir, lambda c: c.update(
+        {"vocab_size": 4_000_000, "hidden_size": 32_768, "num_attention_heads": 32}
+    ))  # fmt: skip
+    built = []
+    monkeypatch.setattr(Encoder, "__init__", lambda *a, **k: built.append(1))
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(base_dir)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "vocab_size=4000000" in message
+    assert "hidden_size=32768" in message and "parameters" in message and not built
+    edit_config(base_dir, lambda c: c.update({"vocab_size": 10**12, "hidden_size": 32}))
+    with pytest.raises(CheckpointError, match=r"field 'vocab_size': 1000000000000 is larger than"):
+        load_pretrained(base_dir)
+
+
+def test_a_truncated_weights_file_names_the_file(base_dir):
+    path = base_dir / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=rf"{path}: not a readable safetensors file"):
+        load_pretrained(base_dir)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"{path}: not a readable safetensors file"):
+        read_weights(base_dir)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "ABSOLUTE", "sub/../../x.safetensors"])
+def test_a_shard_outside_the_model_directory_is_refused(base_dir, tmp_path, shard):
+    state = load_file(base_dir / "model.safetensors")
+    save_file(state, tmp_path / "outside.safetensors")  # loadable: only the path is wrong
+    shard = str(tmp_path / "outside.safetensors") if shard == "ABSOLUTE" else shard
+    index = base_dir / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": dict.fromkeys(state, shard)}))
+    (base_dir / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(base_dir)
+    assert str(info.value).startswith(f"{index}: ") and repr(shard) in str(info.value)
+    assert "outside the model directory" in str(info.value)
+
+
+def test_a_malformed_weight_index_names_the_file(base_dir):
+    (base_dir / "model.safetensors").unlink()
+    index = base_dir / "model.safetensors.index.json"
+    for text, expected in [
+        ("{", "invalid JSON"),
+        ("[]", "weight_map"),
+        ('{"weight_map": 3}', "weight_map"),
+    ]:
+        index.write_text(text)
+        with pytest.raises(CheckpointError, match=expected) as info:
+            read_weights(base_dir)
+        assert str(info.value).startswith(f"{index}: ")
+    index.write_text(json.dumps({"weight_map": {"w": "absent.safetensors"}}))
+    with pytest.raises(CheckpointError, match=r"absent\.safetensors"):
+        read_weights(base_dir)

@@ -176,3 +176,58 @@ def test_long_csv_fields_are_accepted(tmp_path: Path) -> None:
     long_text = "word " * 60_000  # 300 kB, over csv's default 128 KiB field limit
     path = _write(tmp_path / "d.csv", f'text,label\n"{long_text}",pos\n')
     assert read_table(path).records[0].text == long_text
+
+
+@pytest.fixture
+def default_csv_field_limit():
+    """csv's field limit as a fresh process has it (an earlier read may have raised it)."""
+    import csv
+
+    previous = csv.field_size_limit(131_072)
+    yield
+    csv.field_size_limit(previous)
+
+
+def test_a_first_line_longer_than_the_csv_field_limit_is_a_located_error(
+    tmp_path: Path, default_csv_field_limit: None
+) -> None:
+    long_text = "word " * 30_000  # 150 kB: a file without a header, a review on line 1
+    path = _write(tmp_path / "d.csv", f'"{long_text}",pos\n"short",neg\n')
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    error = info.value
+    assert (error.file, error.line, error.field) == (path, 1, "text")
+    assert "missing column" in str(error) and len(str(error)) < 500  # the column name cut short
+    header = f"text,{'x' * 150_000}\n"  # a long column name: read, and the file is fine
+    path = _write(tmp_path / "h.csv", header + "ok,1\n")
+    assert read_table(path, label_column=None).records == [TextRecord("ok", None)]
+
+
+def test_a_lone_surrogate_in_json_is_a_located_error(tmp_path: Path) -> None:
+    # "\ud800" escaped in the JSON text: valid JSON, but half a UTF-16 pair, not a character.
+    path = _write(
+        tmp_path / "d.jsonl", '{"text": "ok", "label": 1}\n{"text": "a \\ud800 b", "label": 0}\n'
+    )
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    error = info.value
+    assert (error.file, error.line, error.field) == (path, 2, "text")
+    assert "\\ud800" in str(error)
+    str(error).encode("utf-8")  # the message itself prints
+    path = _write(tmp_path / "l.json", '[{"text": "ok", "label": "a\\udfff"}]')
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    assert (info.value.record, info.value.field) == (1, "label")
+    table = read_table(tmp_path / "d.jsonl", skip_bad_rows=True)
+    assert [r.text for r in table.records] == ["ok"] and table.skipped[0][0] == 2
+
+
+def test_a_duplicated_column_is_a_located_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "text,label,label\nok,pos,neg\n")
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    error = info.value
+    assert (error.file, error.line, error.field) == (path, 1, "label")
+    assert "duplicated column" in str(error)
+    path = _write(tmp_path / "d.tsv", "text\tnote\tnote\tlabel\nok\ta\tb\tpos\n")  # unused: fine
+    assert read_table(path).records == [TextRecord("ok", "pos")]

@@ -240,3 +240,27 @@ def test_resume_with_changed_settings_is_refused(tmp_path):
     changed = tiny_config(tmp_path, **{"train.checkpoint_every": 2, "train.lr": 1e-4})
     with pytest.raises(ConfigError, match=r"train\.lr: 0\.003 -> 0\.0001"):
         train(changed, resume=True)
+
+
+def files_of(run: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``run`` (hidden ones too): its bytes and modification time."""
+    return {
+        str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(run.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_read_its_data(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.epochs": 1})
+    run = train(cfg)
+    before = files_of(run)
+    bad = write_csv(tmp_path / "bad.csv", [{"review": "a fine film", "label": "pos"}])
+    bad_cfg = tiny_config(tmp_path, **{"train.epochs": 1, "data.source": str(bad)})
+    with pytest.raises(DataError, match=r"bad\.csv:1: field 'text': missing column"):
+        train(bad_cfg, overwrite=True)
+    assert files_of(run) == before  # the earlier run, whole: nothing lost, nothing left over
+    cfg.train.lr = 1e-3
+    assert train(cfg, overwrite=True) == run  # a good config does replace it
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # the old one gone

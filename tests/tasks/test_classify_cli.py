@@ -145,3 +145,81 @@ def test_python_dash_m_torchformer_runs_the_command_and_exits_with_its_code():
     assert version.returncode == 0 and version.stdout.startswith("torchformer ")
     no_command = run()  # main() prints the help and returns 2
     assert no_command.returncode == 2 and "usage: torchformer" in no_command.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (b"task: classification\ntrain: {epochs: 2\n  lr: 3\n", 3),  # an unclosed flow mapping
+        (b"task: classification\n\tbad: 1\n", 2),  # a tab
+        (b"task: classification\nrun_dir: caf\xe9\n", 2),  # Latin-1, not UTF-8
+        (b"task: classification\nrun_dir: a\x00b\n", 2),  # a control character
+    ],
+)
+def test_malformed_yaml_is_one_line_naming_the_file_and_line(tmp_path, capsys, content, line):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"error: {path}: line {line}")
+    assert err[1:] == ["(run with -v for the traceback)"]
+
+
+def test_evaluate_never_writes_over_the_runs_own_evaluation_nor_outside_eval(tiny_run, capsys):
+    run, tmp = tiny_run
+    own = (run / "eval" / "val" / "metrics.json").read_bytes()  # written by training
+    (tmp / "other").mkdir(exist_ok=True)
+    data = write_csv(tmp / "other" / "val.csv", toy_rows(12, 3))  # a user's file, same stem
+    assert main(["evaluate", str(run), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert str(run / "eval" / "val") in err and "--overwrite" in err and "--name" in err
+    assert (run / "eval" / "val" / "metrics.json").read_bytes() == own
+    best = {p.name: p.read_bytes() for p in (run / "best").iterdir()}
+    for name in ("../best", str(tmp / "elsewhere"), "..", ".", "a/b", ""):
+        assert main(["evaluate", str(run), "--data", str(data), "--name", name]) == 2
+        assert "--name" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (run / "best").iterdir()} == best
+    assert not (tmp / "elsewhere").exists() and not (run / "eval" / "a").exists()
+    assert main(["evaluate", str(run), "--data", str(data), "--name", "other-val"]) == 0
+    first = (run / "eval" / "other-val" / "metrics.json").read_bytes()
+    assert json.loads(first)["num_examples"] == 12
+    (run / "eval" / "other-val" / "note.txt").write_text("mine")
+    assert main(["evaluate", str(run), "--data", str(data), "--name", "other-val"]) == 2
+    smaller = write_csv(tmp / "other" / "val.csv", toy_rows(6, 4))
+    args = ["evaluate", str(run), "--data", str(smaller), "--name", "other-val", "--overwrite"]
+    assert main(args) == 0  # asked for: replaced, as a whole
+    assert (
+        json.loads((run / "eval" / "other-val" / "metrics.json").read_text())["num_examples"] == 6
+    )
+    assert not (run / "eval" / "other-val" / "note.txt").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_train_with_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from torchformer.train.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    manager.save(1, {"step": 1})
+
+    def train(config, *, resume, overwrite):  # the disk fills at the second checkpoint
+        raise manager.write_error(2, OSError(errno.ENOSPC, "No space left on device"))
+
+    module = types.ModuleType("full_task")
+    module.CONFIG, module.train = ConfigWithTask, train
+    monkeypatch.setitem(sys.modules, "full_task", module)
+    monkeypatch.setitem(registry.TASKS, "full", registry.TaskEntry("full", "full_task", "f.json"))
+    config = tmp_path / "full.yaml"
+    config.write_text("task: full\n")
+    assert main(["train", str(config)]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: training stopped: [Errno 28] ")
+    assert f"is {manager.path_for(1)} (step 1)" in err[0]
+
+
+@dataclass
+class ConfigWithTask:
+    task: str = "full"
+    run_dir: str = "runs/full"

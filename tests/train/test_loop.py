@@ -516,3 +516,39 @@ def test_rank_zero_of_an_fsdp_run_shards_evaluates_everything_and_gathers_best(
     best = load_file(run_dir / "best" / "model.safetensors")
     at_8 = consolidate(run_dir / "checkpoints" / "step-000008.dcp")
     assert best.keys() == at_8.keys() and all(torch.equal(best[k], at_8[k]) for k in best)
+
+
+def test_a_refused_resume_leaves_the_run_untouched(tmp_path):
+    from torchformer.train.checkpoint import CheckpointError, save_checkpoint
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=1)
+    run_dir = fit(ScriptedTask(config, scores, **options), stop_at_step=2)
+    save_checkpoint(run_dir / "checkpoints" / "step-000009.pt", {"model": {}, "loop": {}})
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match=r"step-000009\.pt: written by an earlier"):
+        fit(ScriptedTask(config, scores, **options), resume=True)
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+    assert after == files  # manifest.json and config.yaml not rewritten, nothing added
+
+
+def test_a_full_disk_stops_the_run_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from torchformer.train import checkpoint
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=2, checkpoint_every=1)
+    real_save = checkpoint.save_checkpoint
+
+    def save_until_full(path, state):
+        if state["step"] >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, state)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_until_full)
+    with pytest.raises(OSError, match=r"step-000002\.pt") as info:
+        fit(ScriptedTask(config, scores, **options))
+    assert info.value.errno == errno.ENOSPC and info.value.__cause__ is None
+    kept = load_checkpoint(Path(config.run_dir) / "checkpoints" / "step-000002.pt")
+    assert kept["step"] == 2

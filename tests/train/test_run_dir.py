@@ -9,7 +9,13 @@ import pytest
 
 from torchformer.io import recover_dir, replace_dir
 from torchformer.train.logging import MetricsLogger, read_metrics
-from torchformer.train.run_dir import RunDirError, claim_run_dir, next_free_run_dir
+from torchformer.train.run_dir import (
+    RunDirError,
+    claim_run_dir,
+    discard_previous_run,
+    next_free_run_dir,
+    restore_previous_run,
+)
 
 
 def make_run(run_dir: Path) -> Path:
@@ -35,6 +41,9 @@ def test_resume_keeps_and_overwrite_replaces_only_the_run(tmp_path):
     assert claim_run_dir(run_dir, resume=True) == run_dir
     assert (run_dir / "metrics.jsonl").is_file()
     claim_run_dir(run_dir, resume=False, overwrite=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == [".previous-run", "train.csv"]
+    assert (run_dir / ".previous-run" / "metrics.jsonl").is_file()  # set aside, not deleted
+    discard_previous_run(run_dir)  # the new run has set up
     assert sorted(p.name for p in run_dir.iterdir()) == ["train.csv"]
     with pytest.raises(ValueError, match="pick one"):
         claim_run_dir(run_dir, resume=True, overwrite=True)
@@ -148,3 +157,42 @@ def test_claim_recovers_model_dirs_and_checks_the_resume_config(tmp_path):
     changed = load_config(ClassifyConfig, None, {"run_dir": str(run_dir), "train.lr": 1e-3})
     with pytest.raises(ConfigError, match=r"train\.lr"):
         claim_run_dir(run_dir, resume=True, config=changed)
+
+
+def test_an_overwrite_that_fails_or_is_killed_before_setup_puts_the_old_run_back(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    (run_dir / "notes.txt").write_text("mine")
+    claim_run_dir(run_dir, resume=False, overwrite=True)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')  # the new run's first files
+    (run_dir / "tokenizer.json").write_text("{}")
+    assert restore_previous_run(run_dir)  # its data was bad: the old run comes back
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints",
+        "metrics.jsonl",
+        "notes.txt",
+    ]
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 10}\n'
+    assert not restore_previous_run(run_dir)
+
+    claim_run_dir(run_dir, resume=False, overwrite=True)
+    (run_dir / "tokenizer.json").write_text("{}")  # then the process is killed
+    with pytest.raises(RunDirError, match=r"checkpoints, metrics\.jsonl"):  # the next claim
+        claim_run_dir(run_dir, resume=False)
+    assert (run_dir / "checkpoints" / "step-00000010.pt").read_bytes() == b"weights"
+    assert not (run_dir / "tokenizer.json").exists() and not (run_dir / ".previous-run").exists()
+
+    # Killed while putting the old run back, then while setting it aside: each time the
+    # next claim finds the whole old run (and only it).
+    claim_run_dir(run_dir, resume=False, overwrite=True)
+    (run_dir / "tokenizer.json").write_text("{}")
+    (run_dir / ".previous-run" / ".restoring").touch()  # new files already cleared...
+    (run_dir / "tokenizer.json").unlink()
+    (run_dir / ".previous-run" / "metrics.jsonl").rename(run_dir / "metrics.jsonl")  # ...one back
+    claim_run_dir(run_dir, resume=True)
+    assert (run_dir / "checkpoints" / "step-00000010.pt").read_bytes() == b"weights"
+    (run_dir / ".previous-run.tmp").mkdir()
+    (run_dir / "checkpoints").rename(run_dir / ".previous-run.tmp" / "checkpoints")
+    claim_run_dir(run_dir, resume=True)
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == ["checkpoints", "metrics.jsonl", "notes.txt"]
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 10}\n'

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,65 @@ def test_training_state_unwraps_models_and_restores(tmp_path):
     assert torch.equal(fresh.weight, model.weight) and fresh_opt.param_groups[0]["lr"] == 0.1
     with pytest.raises(KeyError, match="no scheduler state"):
         restore_training_state(loaded, model=fresh, scheduler=fresh_opt)
+
+
+def test_a_corrupt_checkpoint_does_not_take_a_kept_slot(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (5, 10):
+        manager.save(step, {"step": step})
+    manager.path_for(15).write_bytes(b"PK\x03\x04 torn")  # a corrupt one between saves
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manager.save(20, {"step": 20})
+    assert manager.steps() == [10, 20]  # the two newest readable ones
+    assert [w.category for w in caught] == [RuntimeWarning]
+    aside = tmp_path / "step-000015.pt.corrupt"
+    assert str(caught[0].message).startswith(f"{manager.path_for(15)} is not a readable checkpoint")
+    assert f"moved aside to {aside}" in str(caught[0].message)
+    assert aside.read_bytes() == b"PK\x03\x04 torn"  # kept, out of the way
+    manager.save(25, {"step": 25})
+    assert manager.steps() == [20, 25]
+    assert CheckpointManager(tmp_path, keep_last=2).latest().state == {"step": 25}
+
+
+def test_saving_never_deletes_the_checkpoint_just_written(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.save(5, {"step": 5})
+    manager.path_for(9).write_bytes(b"not a checkpoint")  # a newer step, unreadable
+    with pytest.warns(RuntimeWarning, match=r"step-000009\.pt"):
+        latest = manager.latest()
+    assert latest.step == 5  # the run resumes from step 5 and saves step 6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = manager.save(6, {"step": 6})
+    assert path.is_file() and manager.steps() == [6]
+    assert [w.category for w in caught] == [RuntimeWarning]
+    assert "step-000009.pt is not a readable checkpoint" in str(caught[0].message)
+    assert load_checkpoint(path) == {"step": 6}
+
+
+def test_a_full_disk_is_one_error_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import io
+
+    import torchformer.io
+
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager.save(1, {"step": 1, "w": torch.full((10,), 1.0)})
+    good = manager.path_for(1).read_bytes()
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torchformer.io.os, "fdopen", lambda fd, *a, **k: FullDisk(fd, "wb"))
+    with pytest.raises(OSError) as info:
+        manager.save(2, {"step": 2, "w": torch.full((100_000,), 2.0)})
+    error = info.value
+    assert error.errno == errno.ENOSPC and "No space left on device" in str(error)
+    assert str(manager.path_for(2)) in str(error) and str(manager.path_for(1)) in str(error)
+    assert error.__cause__ is None and error.__suppress_context__  # one error, not a chain
+    monkeypatch.undo()
+    assert manager.path_for(1).read_bytes() == good  # intact, and nothing else left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001.pt"]
+    assert torch.equal(manager.latest().state["w"], torch.full((10,), 1.0))

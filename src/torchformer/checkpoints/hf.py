@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
@@ -33,6 +34,27 @@ HUB_FILES = [
     "vocab.txt",
     "special_tokens_map.json",
 ]
+
+
+# The largest model :func:`~torchformer.checkpoints.load_pretrained` builds: 2**33
+# parameters (34 GB in float32), above any model this toolkit trains or serves. A
+# config.json asking for more is corrupt or hostile: refused before any tensor exists.
+MAX_PARAMETERS = 2**33
+
+# config.json fields that size a model (across the supported families), each with a
+# bound far above any published model: a value past it is a typo or a corrupt file.
+_LAYERS, _HEADS, _WIDTH, _FFN = 2**10, 2**10, 2**16, 2**18
+SIZE_FIELDS = {
+    "vocab_size": 2**22, "type_vocab_size": 2**16, "max_position_embeddings": 2**24,
+    "n_positions": 2**24, "hidden_size": _WIDTH, "n_embd": _WIDTH, "d_model": _WIDTH,
+    "num_hidden_layers": _LAYERS, "n_layer": _LAYERS, "num_layers": _LAYERS,
+    "num_decoder_layers": _LAYERS, "encoder_layers": _LAYERS, "decoder_layers": _LAYERS,
+    "num_attention_heads": _HEADS, "n_head": _HEADS, "num_heads": _HEADS,
+    "encoder_attention_heads": _HEADS, "decoder_attention_heads": _HEADS,
+    "num_key_value_heads": _HEADS, "head_dim": 2**12, "d_kv": 2**12,
+    "intermediate_size": _FFN, "n_inner": _FFN, "d_ff": _FFN, "encoder_ffn_dim": _FFN,
+    "decoder_ffn_dim": _FFN, "relative_attention_num_buckets": 2**16,
+}  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -83,25 +105,149 @@ def read_config(model_dir: Path) -> dict:
         raise FileNotFoundError(
             f"{model_dir} has no {CONFIG_NAME}; is it a Hugging Face model directory?"
         )
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    return config
+
+
+def _read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte offset {e.start})") from e
+
+
+def check_config_sizes(hf: dict, *, source: str) -> None:
+    """Every size field of a ``config.json`` dict present is a positive integer within bounds.
+
+    Raises:
+        CheckpointError: names ``source`` and the field.
+    """
+    for key, bound in SIZE_FIELDS.items():
+        value = hf.get(key)
+        if value is None:  # absent, or null for "the family's default" (GPT-2's n_inner)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(
+                f"{source}: field {key!r}: expected a positive integer, found {value!r}"
+            )
+        if value > bound:
+            raise CheckpointError(
+                f"{source}: field {key!r}: {value} is larger than {bound}, beyond any "
+                "published model; is the file corrupt?"
+            )
+
+
+def estimate_parameters(config: Any) -> int:
+    """A lower bound on the parameters of a model built from ``config`` (any family's
+    ``Config``): embeddings, position tables and the attention and feed-forward matrices
+    (norms, biases and heads left out)."""
+    d, f, heads = config.d_model, config.d_ff, config.n_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv_heads = getattr(config, "n_kv_heads", None) or heads
+    attention = 2 * d * head_dim * (heads + kv_heads)  # q and out; k and v
+    gated = getattr(config, "flavour", None) == "llama" or getattr(config, "gated_ffn", False)
+    ffn = (3 if gated else 2) * d * f  # (gate,) up and down
+    encoder_layers = getattr(config, "n_layers", 0) + getattr(config, "n_encoder_layers", 0)
+    decoder_layers = getattr(config, "n_decoder_layers", 0)  # with cross-attention
+    blocks = encoder_layers * (attention + ffn) + decoder_layers * (2 * attention + ffn)
+    vocab = config.vocab_size + (getattr(config, "src_vocab_size", None) or 0)
+    if not getattr(config, "tie_embeddings", getattr(config, "tie_output", True)):
+        vocab += config.vocab_size  # an output projection of its own
+    # Llama (rotary) and T5 (relative buckets) have no position table.
+    positions = 0 if getattr(config, "flavour", None) in ("llama", "t5") else config.max_len
+    return blocks + (vocab + positions) * d
+
+
+def check_parameter_count(config: Any, hf: dict, *, source: str) -> None:
+    """Refuse a model above :data:`MAX_PARAMETERS` before any of its tensors exists.
+
+    Raises:
+        CheckpointError: names ``source``, the size fields and the estimate.
+    """
+    n = estimate_parameters(config)
+    if n <= MAX_PARAMETERS:
+        return
+    sizes = ", ".join(f"{k}={hf[k]}" for k in SIZE_FIELDS if hf.get(k) is not None)
+    raise CheckpointError(
+        f"{source}: fields {sizes} make a model of at least {n:.3g} parameters "
+        f"({n * 4 / 1e9:.0f} GB in float32), more than the {MAX_PARAMETERS:.3g} this loader "
+        "builds; is the file corrupt?"
+    )
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    """``load_file``, with the file named when it is truncated or corrupt."""
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
+        size = path.stat().st_size if path.is_file() else 0
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({size} bytes; truncated or corrupt?): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _shard_files(model_dir: Path) -> list[Path]:
+    """The shard files a ``model.safetensors.index.json`` names, each inside ``model_dir``.
+
+    Raises:
+        CheckpointError: a malformed index, or a shard path that is absolute, leaves the
+            model directory (``..``) or names no file; the message names the index.
+    """
+    path = model_dir / WEIGHTS_INDEX_NAME
+    index = _read_json(path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(
+            f"{path}: expected a JSON object with a 'weight_map' of weight name -> shard file"
+        )
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        shard = Path(name)
+        # Checked by name, not resolved: a hub cache's shards are symlinks to its blobs.
+        if shard.is_absolute() or shard.drive or ".." in shard.parts or not name:
+            raise CheckpointError(
+                f"{path}: shard {name!r} is outside the model directory; expected a file "
+                f"name inside {model_dir}"
+            )
+        if not (model_dir / shard).is_file():
+            raise CheckpointError(f"{path}: shard {name!r} not found in {model_dir}")
+        shards.append(model_dir / shard)
+    return shards
 
 
 def read_weights(model_dir: Path) -> dict[str, Tensor]:
-    """All weights of a model directory, never unpickling arbitrary objects."""
+    """All weights of a model directory, never unpickling arbitrary objects.
+
+    Raises:
+        CheckpointError: a truncated or corrupt weights file, or a malformed shard index
+            (names the file).
+        FileNotFoundError: no weights file.
+    """
     model_dir = Path(model_dir)
     if (model_dir / WEIGHTS_NAME).is_file():
-        return load_file(model_dir / WEIGHTS_NAME)
+        return _load_safetensors(model_dir / WEIGHTS_NAME)
     if (model_dir / WEIGHTS_INDEX_NAME).is_file():
-        index = json.loads((model_dir / WEIGHTS_INDEX_NAME).read_text(encoding="utf-8"))
         state: dict[str, Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(model_dir / shard))
+        for shard in _shard_files(model_dir):
+            state.update(_load_safetensors(shard))
         return state
     if (model_dir / LEGACY_WEIGHTS_NAME).is_file():
-        return torch.load(model_dir / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        path = model_dir / LEGACY_WEIGHTS_NAME
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # RuntimeError, UnpicklingError, EOFError, ...
+            lines = [x.strip() for x in str(e).splitlines() if x.strip()] or [""]
+            # torch's weights-only refusal is a page of advice; one line of it says why.
+            why = next((x for x in lines if x.startswith("WeightsUnpickler error")), lines[0])
+            raise CheckpointError(
+                f"{path}: not a readable weights file (truncated, corrupt, or holds "
+                f"objects other than tensors): {type(e).__name__}: {why}"
+            ) from e
     raise FileNotFoundError(
         f"{model_dir} has no weights: expected {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or {LEGACY_WEIGHTS_NAME}"
     )

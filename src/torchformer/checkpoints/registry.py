@@ -20,6 +20,8 @@ from torchformer.checkpoints.hf import (
     TOKENIZER_NAME,
     CheckpointError,
     LoadReport,
+    check_config_sizes,
+    check_parameter_count,
     read_config,
     read_weights,
     resolve_model_dir,
@@ -97,7 +99,10 @@ def load_pretrained(
         (model in eval mode, report of newly initialised weights).
 
     Raises:
-        CheckpointError: unknown model_type or task, missing/unexpected/mis-shaped weights.
+        CheckpointError: unknown model_type or task, a missing or invalid size in
+            ``config.json`` (checked before the model is built, also against
+            :data:`~torchformer.checkpoints.hf.MAX_PARAMETERS`), a truncated or corrupt
+            weights file, missing/unexpected/mis-shaped weights.
     """
     model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir)
     hf_config = read_config(model_dir)
@@ -108,12 +113,26 @@ def load_pretrained(
             f"{source}: task {task!r} is not available for model_type {hf_config.get('model_type')!r}; "
             f"choose one of {sorted(family.tasks)}"
         )
-    config = family.config_from_hf(hf_config, source=source)
+    check_config_sizes(hf_config, source=source)
+    config = _config_from_hf(family, hf_config, source)
     if config_overrides:
         config = replace(config, **config_overrides)
+    check_parameter_count(config, hf_config, source=source)
     model = family.tasks[task](config)
     report = family.load_into(model, read_weights(model_dir), source=str(model_dir))
     return model.eval(), report
+
+
+def _config_from_hf(family: Family, hf_config: dict, source: str) -> Any:
+    """The family's ``Config``; a missing field or a value it rejects names the file."""
+    try:
+        return family.config_from_hf(hf_config, source=source)
+    except CheckpointError:
+        raise
+    except KeyError as e:
+        raise CheckpointError(f"{source}: field {e.args[0]!r}: missing") from None
+    except (TypeError, ValueError, AttributeError) as e:  # e.g. a Config's own checks
+        raise CheckpointError(f"{source}: {type(e).__name__}: {e}") from e
 
 
 def save_pretrained(model: nn.Module, out_dir: str | os.PathLike, *, tokenizer: Any = None) -> Path:

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     from torchformer.checkpoints.hf import CheckpointError
+    from torchformer.train.checkpoint import CheckpointWriteError
 
     try:
         return int(args.func(args) or 0)
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}\n(run with -v for the traceback)", file=sys.stderr)
         return 2
-    except FloatingPointError as e:  # a NaN/inf loss stopped training; checkpoints are kept
+    except (FloatingPointError, CheckpointWriteError) as e:
+        # A NaN/inf loss, or a checkpoint that could not be written (a full disk), stopped
+        # training; the message names the checkpoint kept to resume from.
         if args.verbose:
             raise
         print(f"error: training stopped: {e}", file=sys.stderr)

@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # src/torchformer/configs
 DEMO_CONFIG = CONFIG_DIR / "imdb-demo.yaml"
 
@@ -50,7 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="'imdb-test', or a CSV/TSV/JSONL file")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--name", default=None, help="name of the output folder under RUN/eval/")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="the output folder under RUN/eval/: a plain name (no '/', '..' or absolute "
+        "path); default: the data file's name without its extension ('imdb-test' for IMDB)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace RUN/eval/NAME when it exists; without it evaluate refuses, since the "
+        "folder may hold the run's own evaluation (eval/val, eval/test) or an earlier one",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=evaluate_command)
 
@@ -74,12 +83,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _task_of(path: Path) -> str:
-    """The ``task:`` a YAML config names ("classification" when it names none)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from e
-    task = data.get("task", "classification") if isinstance(data, dict) else "classification"
+    """The ``task:`` a YAML config names ("classification" when it names none).
+
+    Raises:
+        ConfigError: the file is not UTF-8, not valid YAML or not a mapping (one line
+            naming the file and the line).
+    """
+    from torchformer.config import read_yaml
+
+    task = read_yaml(path).get("task", "classification")
     if not isinstance(task, str):
         raise ValueError(f"{path}: task: expected a task name, found {task!r}")
     return task
@@ -129,6 +141,30 @@ def _read_labelled(args: argparse.Namespace):
     return located_records(table)  # ids "file:line": errors.jsonl leads back to the row
 
 
+def evaluation_dir(run_dir: Path, data: str, name: str | None, *, overwrite: bool) -> Path:
+    """``RUN/eval/NAME``, where ``evaluate`` writes: always inside ``eval/``, and an
+    existing folder (the run's own ``val``/``test``, an earlier evaluation) only when
+    ``overwrite``.
+
+    Raises:
+        ValueError: ``name`` is not a plain folder name.
+        FileExistsError: the folder exists and ``overwrite`` is off.
+    """
+    name = name if name is not None else Path(str(data)).stem.replace(".", "_")
+    if name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        raise ValueError(
+            f"--name {name!r}: expected a plain folder name for {run_dir / 'eval'}/NAME "
+            "(no '/', '\\', '..' or absolute path)"
+        )
+    out = run_dir / "eval" / name
+    if out.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds an evaluation (the run's own or an earlier one); pass "
+            "--name NAME to write elsewhere, or --overwrite to replace it"
+        )
+    return out
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     from torchformer.api import load
     from torchformer.evaluate.classification import (
@@ -136,9 +172,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         classification_report_text,
         write_evaluation,
     )
+    from torchformer.io import replace_dir
     from torchformer.tasks.registry import task_of_model_dir
 
     best = args.run / "best" if (args.run / "best").is_dir() else args.run
+    run_dir = args.run if (args.run / "best").is_dir() else args.run.parent
+    out = evaluation_dir(run_dir, args.data, args.name, overwrite=args.overwrite)  # before the work
     task = task_of_model_dir(best)
     if task != "classification":  # each task evaluates with its own command
         hint = {"translation": "torchformer evaluate-translation RUN --multi30k test_2016_flickr"}
@@ -177,11 +216,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
             probs.log(), labels, texts=[r.text for r in chunk], ids=[r.id for r in chunk]
         )
     result = metrics.compute()
-    run_dir = args.run if (args.run / "best").is_dir() else args.run.parent
-    name = args.name or Path(str(args.data)).stem.replace(".", "_")
-    write_evaluation(run_dir / "eval" / name, result)
+    with replace_dir(out) as tmp:  # a failure keeps the folder it was to replace
+        write_evaluation(tmp, result)
     print(classification_report_text(result))
-    print(f"evaluation written to {run_dir / 'eval' / name}")
+    print(f"evaluation written to {out}")
     return 0
 
 

@@ -47,6 +47,9 @@ _EXTENSIONS: dict[str, Format] = {
 _INTEGER_RE = re.compile(r"[+-]?\d+")
 # Undecodable bytes survive decoding as lone surrogates (errors="surrogateescape").
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
+# Any surrogate left in a decoded string: JSON may escape one ("\\ud800") without its pair.
+_ANY_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_SHOWN_NAME_CHARS = 40  # a column name longer than this is cut short in messages
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -172,11 +175,15 @@ def read_lines(path: str | Path) -> list[str]:
     return [line.rstrip("\r\n") for line in lines]
 
 
+def _allow_long_fields() -> None:
+    """The default 128 KiB field limit rejects long documents; texts are bounded by memory."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+
+
 def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[_Row]:
     """Parse CSV/TSV lines into rows keyed by the header."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    # The default 128 KiB field limit rejects long documents; texts are bounded by memory.
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    _allow_long_fields()
     reader = csv.reader(iter(lines), delimiter=delimiter, quoting=quoting, strict=True)
     previous = 0
     header: list[str] | None = None
@@ -209,10 +216,22 @@ def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[_Row]:
 
 def _header_of(path: Path, lines: list[str], delimiter: str) -> list[str]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    for row in csv.reader(iter(lines), delimiter=delimiter, quoting=quoting):
-        if row and row != [""]:
-            return [name.strip() for name in row]
+    _allow_long_fields()
+    reader = csv.reader(iter(lines), delimiter=delimiter, quoting=quoting)
+    try:
+        for row in reader:
+            if row and row != [""]:
+                return [name.strip() for name in row]
+    except csv.Error as error:
+        raise DataError(f"CSV syntax error: {error}", file=path, line=reader.line_num) from error
     raise DataError("empty file; expected a header row", file=path, line=1)
+
+
+def _shown(name: str) -> str:
+    """A column name for a message: a long one (a text read as the header) cut short."""
+    if len(name) <= _SHOWN_NAME_CHARS:
+        return name
+    return f"{name[:_SHOWN_NAME_CHARS]}... ({len(name)} characters)"
 
 
 def _jsonl_rows(path: Path, lines: list[str]) -> Iterator[_Row]:
@@ -296,6 +315,16 @@ def _validate(
                 **where,
             )
     record_id = fields.get(id_column) if id_column is not None else None
+    for column, value in ((text_column, text), (label_column, label), (id_column, record_id)):
+        if isinstance(value, str) and (match := _ANY_SURROGATE_RE.search(value)):
+            raise DataError(
+                f"lone surrogate {match.group()!r} at character {match.start() + 1} (half of a "
+                "UTF-16 pair, e.g. an escaped \\ud800 without its partner); expected valid "
+                "Unicode text",
+                field=column,
+                kind="lone surrogate",
+                **where,
+            )
     return TextRecord(text=text, label=label, id=None if record_id is None else str(record_id))
 
 
@@ -311,10 +340,19 @@ def _integer_labels(records: list[TextRecord]) -> list[TextRecord]:
 
 
 def _check_columns(path: Path, header: Sequence[str], wanted: Sequence[str | None]) -> None:
+    """Each wanted column is in the header exactly once (a duplicate would silently win)."""
     for column in wanted:
         if column is not None and column not in header:
             raise DataError(
-                f"missing column; columns present: {', '.join(header)}",
+                f"missing column; columns present: {', '.join(map(_shown, header))}",
+                file=path,
+                line=1,
+                field=column,
+            )
+        if column is not None and header.count(column) > 1:
+            raise DataError(
+                f"duplicated column: {header.count(column)} columns are named {column!r} "
+                f"(columns present: {', '.join(map(_shown, header))}); rename all but one",
                 file=path,
                 line=1,
                 field=column,

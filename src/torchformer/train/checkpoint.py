@@ -40,6 +40,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointManager",
+    "CheckpointWriteError",
     "Stateful",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -57,6 +58,11 @@ _SAFE_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.Tensor,
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or holds unsafe objects."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, ...): the run stops. The message
+    names the last good checkpoint, which the atomic write left intact."""
 
 
 # ---------------------------------------------------------------------------
@@ -249,6 +255,8 @@ class CheckpointManager:
         # Sharded (FSDP2) checkpoints are ``step-000123.dcp`` directories (``train.fsdp``).
         self.suffix = ".dcp" if sharded else ".pt"
         self._pattern = re.compile(rf"^step-(\d+){re.escape(self.suffix)}$")
+        # path -> ((size, mtime), loads): each file is read once to know whether it counts.
+        self._readable: dict[Path, tuple[tuple[int, int], bool]] = {}
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
 
@@ -260,11 +268,23 @@ class CheckpointManager:
         found = (self._pattern.match(p.name) for p in self.directory.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
-    def prune(self) -> None:
-        """Delete all but the newest ``keep_last`` checkpoints."""
-        for old in self.steps()[: -self.keep_last]:
-            path = self.path_for(old)
-            if path.is_dir():
+    def prune(self, keep: Path | None = None) -> None:
+        """Delete all but the newest ``keep_last`` readable checkpoints.
+
+        ``keep`` (the checkpoint just written) is never deleted and counts first. A file
+        that does not load takes no kept slot: it is moved aside to ``<name>.corrupt``
+        with a ``RuntimeWarning`` (never deleted: it may be all that is left of a run).
+        """
+        kept = 0 if keep is None else 1
+        for step in reversed(self.steps()):
+            path = self.path_for(step)
+            if path == keep:
+                continue
+            if not self._is_readable(path):
+                self._set_aside(path)
+            elif kept < self.keep_last:
+                kept += 1
+            elif path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
@@ -277,10 +297,38 @@ class CheckpointManager:
         return f"the last good checkpoint (step {steps[-1]}) is kept in {self.directory}"
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Atomically write ``state`` for ``step``, then delete all but the newest ``keep_last``."""
-        path = save_checkpoint(self.path_for(step), state)
-        self.prune()
+        """Atomically write ``state`` for ``step``, then :meth:`prune` the older ones.
+
+        Raises:
+            CheckpointWriteError: the write failed (a full disk, ...); the message names
+                the last good checkpoint, untouched.
+        """
+        path = self.path_for(step)
+        try:
+            save_checkpoint(path, state)
+        except OSError as e:  # torch.save's own cleanup fails too: one error, not a chain
+            raise self.write_error(step, e) from None
+        self._remember(path, True)
+        self.prune(keep=path)
         return path
+
+    def write_error(self, step: int, error: OSError) -> CheckpointWriteError:
+        """The error that stops a run whose checkpoint of ``step`` could not be written:
+        it names the newest checkpoint that loads (atomic writes left it intact)."""
+        good = [s for s in self.steps() if s != step and self._is_readable(self.path_for(s))]
+        last = (
+            f"the last good checkpoint, intact, is {self.path_for(good[-1])} (step {good[-1]}); "
+            "continue from it with --resume once the cause is fixed"
+            if good
+            else f"no checkpoint had been written yet (nothing in {self.directory})"
+        )
+        message = (
+            f"{self.path_for(step)}: cannot write the checkpoint of step {step} "
+            f"({error.strerror or error}); {last}"
+        )
+        if error.errno is None:
+            return CheckpointWriteError(message)
+        return CheckpointWriteError(error.errno, message)
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that loads, or ``None`` when there is none.
@@ -291,10 +339,50 @@ class CheckpointManager:
         for step in reversed(self.steps()):
             path = self.path_for(step)
             try:
-                return Checkpoint(path=path, step=step, state=load_checkpoint(path))
+                checkpoint = Checkpoint(path=path, step=step, state=load_checkpoint(path))
             except (CheckpointError, OSError) as e:
                 warnings.warn(f"skipping unreadable checkpoint: {e}", RuntimeWarning, stacklevel=2)
+                self._remember(path, False)
+                continue
+            self._remember(path, True)
+            return checkpoint
         return None
+
+    def _remember(self, path: Path, readable: bool) -> None:
+        if path.is_file():
+            stat = path.stat()
+            self._readable[path] = ((stat.st_size, stat.st_mtime_ns), readable)
+
+    def _is_readable(self, path: Path) -> bool:
+        """Whether the checkpoint at ``path`` loads (a sharded one is renamed into place
+        only when whole). Each file is read once, memory-mapped: no tensor is copied."""
+        if path.is_dir():
+            return True
+        try:
+            stat = path.stat()
+        except OSError:
+            return False
+        known = self._readable.get(path)
+        if known is not None and known[0] == (stat.st_size, stat.st_mtime_ns):
+            return known[1]
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            readable = isinstance(state, dict)
+        except Exception:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+            readable = False
+        self._remember(path, readable)
+        return readable
+
+    def _set_aside(self, path: Path) -> None:
+        aside = path.with_name(f"{path.name}.corrupt")
+        os.replace(path, aside)
+        self._readable.pop(path, None)
+        warnings.warn(
+            f"{path} is not a readable checkpoint: moved aside to {aside} (it takes no "
+            f"kept slot; delete it once you have looked at it)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _remove_stale_temp_files(self) -> None:
         for tmp in self.directory.glob(".step-*.pt.tmp-*"):

@@ -65,7 +65,7 @@ from torchformer.train.early_stopping import EarlyStopping
 from torchformer.train.fsdp import full_model_state_dict, load_sharded, save_sharded
 from torchformer.train.guards import check_finite, stop_on_non_finite
 from torchformer.train.logging import MetricsLogger, ProgressPostfix, progress_bar, write_manifest
-from torchformer.train.run_dir import claim_run_dir
+from torchformer.train.run_dir import claim_run_dir, discard_previous_run, restore_previous_run
 from torchformer.train.schedules import ScheduleName, Scheduler
 from torchformer.train.seed import capture_rng_state, restore_rng_state, seed_everything
 
@@ -266,11 +266,16 @@ class Run:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def checkpoint(self) -> None:
+        """Write the step's checkpoint and prune the older ones (a full disk stops the run
+        with :class:`CheckpointWriteError`, naming the last good checkpoint)."""
         if self.sharded_checkpoints:  # every rank writes its shards
-            save_sharded(self.ckpts.path_for(self.state.step), self.model, self.optimizer,
-                         self._loop_state())  # fmt: skip
+            path = self.ckpts.path_for(self.state.step)
+            try:
+                save_sharded(path, self.model, self.optimizer, self._loop_state())
+            except OSError as e:
+                raise self.ckpts.write_error(self.state.step, e) from None
             if self.world.is_main:
-                self.ckpts.prune()
+                self.ckpts.prune(keep=path)
             return
         if not self.world.is_main:
             return
@@ -367,7 +372,30 @@ class Run:
 
 def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
     """Claim the run directory (rank 0), prepare data and model (rank 0 first), build the
-    optimizer, schedule, sampler and checkpoints, and restore the newest checkpoint."""
+    optimizer, schedule, sampler and checkpoints, restore the newest checkpoint, and only
+    then write the run's config and manifest: a refused resume leaves the run untouched.
+
+    A run replaced by ``overwrite`` is set aside by the claim and deleted only at the end,
+    once all of this has succeeded; a failure on the way puts it back."""
+    run = None
+    try:
+        run = _build_run(task, world, resume=resume, overwrite=overwrite)
+        if resume:
+            _resume(run)
+        if world.is_main:
+            _write_run_record(run)
+    except BaseException:
+        if run is not None:
+            run.log.close()
+        if world.is_main:
+            restore_previous_run(task.config.run_dir)
+        raise
+    if world.is_main:
+        discard_previous_run(run.run_dir)
+    return run
+
+
+def _build_run(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
     config, tc = task.config, task.config.train
 
     def prepare(main: bool) -> tuple[Path, nn.Module, CheckpointManager]:
@@ -379,16 +407,6 @@ def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
             run_dir = Path(config.run_dir)
         seed_everything(tc.seed)
         model = task.prepare(run_dir, resume=resume, main=main)
-        if main:
-            save_config(config, run_dir / "config.yaml")
-            info = task.manifest()
-            write_manifest(
-                run_dir,
-                config=config_to_dict(config),
-                seed=tc.seed,
-                data_fingerprint=info.get("data_fingerprint"),
-                extra={**info.get("extra", {}), "task": config.task, "world_size": world.size},
-            )
         ckpts = CheckpointManager(
             run_dir / "checkpoints", keep_last=task.checkpoints_to_keep(), sharded=sharded
         )
@@ -402,7 +420,7 @@ def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
     sampler = task.train_sampler(world)
     total_steps = tc.max_steps or math.ceil(len(sampler) / tc.grad_accum) * tc.epochs
     optimizer = task.build_optimizer(unwrap_model(model))
-    run = Run(
+    return Run(
         task=task,
         world=world,
         run_dir=run_dir,
@@ -418,11 +436,16 @@ def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
         total_steps=total_steps,
         replica=replica,
     )
-    if resume and sharded and ckpts.steps():
+
+
+def _resume(run: Run) -> None:
+    """Restore the newest checkpoint (the run starts from scratch when there is none)."""
+    ckpts = run.ckpts
+    if run.sharded_checkpoints and ckpts.steps():
         run.restore_sharded(ckpts.path_for(ckpts.steps()[-1]))
         run.log.drop_after(run.state.step)
         logger.info("resumed from sharded step %d, epoch %d", run.state.step, run.state.epoch)
-    elif resume and not sharded and (ckpt := ckpts.latest()) is not None:
+    elif not run.sharded_checkpoints and (ckpt := ckpts.latest()) is not None:
         if "metadata" not in ckpt.state:
             raise CheckpointError(
                 f"{ckpt.path}: written by an earlier torchformer (no 'metadata' entry); it "
@@ -433,9 +456,21 @@ def _setup(task: Task, world: World, *, resume: bool, overwrite: bool) -> Run:
         logger.info(
             "resumed from %s (step %d, epoch %d)", ckpt.path, run.state.step, run.state.epoch
         )
-    elif resume:
+    else:
         logger.warning("no checkpoint in %s; starting from scratch", ckpts.directory)
-    return run
+
+
+def _write_run_record(run: Run) -> None:
+    """``config.yaml`` and ``manifest.json`` (rank 0), once the run has set up."""
+    config, info = run.task.config, run.task.manifest()
+    save_config(config, run.run_dir / "config.yaml")
+    write_manifest(
+        run.run_dir,
+        config=config_to_dict(config),
+        seed=config.train.seed,
+        data_fingerprint=info.get("data_fingerprint"),
+        extra={**info.get("extra", {}), "task": config.task, "world_size": run.world.size},
+    )
 
 
 def _forward_backward(run: Run, batch: list[int], sync: bool) -> tuple[torch.Tensor, float]:

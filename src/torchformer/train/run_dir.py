@@ -4,6 +4,11 @@ A fresh run never writes into a directory that holds another run: its checkpoint
 would be pruned against the old ones by step number, its tokenizer silently reused and
 its metrics appended to the old file. It refuses (naming what is there) unless told to
 overwrite; ``torchformer demo`` takes the next free name instead (``runs/imdb-demo-2``).
+
+Overwriting deletes nothing at first: the old run is moved into ``.previous-run/`` and
+deleted (:func:`discard_previous_run`) only once the new run has read its data and built
+its model; a failure before that (:func:`restore_previous_run`), or a crash (the next
+:func:`claim_run_dir`), puts it back.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from typing import Any
 
 import yaml
 
-from torchformer.config import ConfigError, config_to_dict
+from torchformer.config import ConfigError, config_to_dict, read_yaml
 from torchformer.io import recover_dir
 
 __all__ = [
     "RunDirError",
     "check_resume_config",
     "claim_run_dir",
+    "discard_previous_run",
     "next_free_run_dir",
+    "restore_previous_run",
     "run_contents",
 ]
 
@@ -52,6 +59,9 @@ RUN_MARKERS = (
 # Files a run writes besides those (deleted with it, never counted as "a run is here").
 RUN_FILES = ("config.yaml", "manifest.json", "selected_model.json", "report.html")
 
+# Where an overwritten run waits until its replacement has set up (then it is deleted).
+PREVIOUS_RUN = ".previous-run"
+
 
 class RunDirError(FileExistsError):
     """A fresh run was pointed at a directory that already holds a run."""
@@ -68,15 +78,75 @@ def run_contents(run_dir: str | os.PathLike[str]) -> list[str]:
     return present
 
 
+def _run_paths(run_dir: Path) -> list[Path]:
+    """What a run wrote in ``run_dir`` (and nothing else: a user's files stay)."""
+    names = (*RUN_MARKERS, *RUN_FILES)
+    paths = (run_dir / p for name in names for p in (name, f".{name}.tmp", f".{name}.old"))
+    return [p for p in paths if p.is_symlink() or p.exists()]
+
+
 def clear_run(run_dir: str | os.PathLike[str]) -> None:
     """Delete what a run wrote in ``run_dir`` (and nothing else: a user's files stay)."""
+    for path in _run_paths(Path(run_dir)):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _set_aside_run(run_dir: Path) -> None:
+    """Move what a run wrote into ``run_dir/.previous-run`` (renames: nothing is copied).
+
+    The entries go to a staging folder first, renamed to ``.previous-run`` once all are
+    in: ``.previous-run`` always holds the whole old run (see :func:`_recover`)."""
+    staging = run_dir / f"{PREVIOUS_RUN}.tmp"
+    staging.mkdir(exist_ok=True)
+    for path in _run_paths(run_dir):
+        path.rename(staging / path.name)
+    staging.rename(run_dir / PREVIOUS_RUN)
+
+
+def restore_previous_run(run_dir: str | os.PathLike[str]) -> bool:
+    """Put back the run an unfinished ``--overwrite`` set aside, deleting what the new run
+    wrote meanwhile; returns whether there was one."""
     run_dir = Path(run_dir)
-    for name in (*RUN_MARKERS, *RUN_FILES):
-        for path in (run_dir / name, run_dir / f".{name}.tmp", run_dir / f".{name}.old"):
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+    held = run_dir / PREVIOUS_RUN
+    if not held.is_dir():
+        return False
+    restoring = held / ".restoring"  # once there, what run_dir holds is the old run's
+    if not restoring.exists():
+        clear_run(run_dir)
+        restoring.touch()
+    for path in held.iterdir():
+        if path != restoring:
+            path.rename(run_dir / path.name)
+    restoring.unlink()
+    held.rmdir()
+    return True
+
+
+def discard_previous_run(run_dir: str | os.PathLike[str]) -> None:
+    """Delete the run an ``--overwrite`` set aside, now that its replacement has set up.
+
+    Renamed first, so that a crash halfway through the deletion cannot bring back a part
+    of it (:func:`claim_run_dir` deletes the rest)."""
+    run_dir = Path(run_dir)
+    held, doomed = run_dir / PREVIOUS_RUN, run_dir / f"{PREVIOUS_RUN}.deleted"
+    if held.is_dir():
+        held.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _recover(run_dir: Path) -> None:
+    """Finish what a killed ``--overwrite`` left behind, so that the old run is whole."""
+    staging = run_dir / f"{PREVIOUS_RUN}.tmp"
+    if staging.is_dir():  # killed while setting the old run aside: all of it is the old run
+        for path in staging.iterdir():
+            path.rename(run_dir / path.name)
+        staging.rmdir()
+    if restore_previous_run(run_dir):  # killed before the new run had set up
+        logger.warning("%s: put back the run an interrupted --overwrite had set aside", run_dir)
+    discard_previous_run(run_dir)  # the rest of one whose deletion was cut short
 
 
 def claim_run_dir(
@@ -88,7 +158,10 @@ def claim_run_dir(
     Args:
         resume: the run continues from its newest checkpoint. When it has none (killed
             before the first), what it wrote is cleared and it starts afresh.
-        overwrite: a fresh run may replace the run already in the directory.
+        overwrite: a fresh run may replace the run already in the directory. The old
+            run is set aside, not deleted: the caller deletes it with
+            :func:`discard_previous_run` once the new run has set up, or puts it back
+            with :func:`restore_previous_run` when that fails.
         config: the run's config; a resumed run must have the settings it started with
             (:func:`check_resume_config`).
 
@@ -100,6 +173,7 @@ def claim_run_dir(
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ValueError("--resume continues the run in run_dir, --overwrite replaces it: pick one")
+    _recover(run_dir)
     present = run_contents(run_dir)
     checkpoints = run_dir / "checkpoints"
     has_checkpoint = any(checkpoints.glob("step-*.pt")) or any(checkpoints.glob("step-*.dcp"))
@@ -112,7 +186,7 @@ def claim_run_dir(
                 f"{run_dir} already holds a run ({', '.join(present)}); pass --resume to "
                 "continue it, --overwrite to replace it, or set --run_dir to a new directory"
             )
-        clear_run(run_dir)
+        _set_aside_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("best", "averaged"):  # a crash while one of them was being replaced
         recover_dir(run_dir / name)
@@ -153,7 +227,7 @@ def check_resume_config(run_dir: str | os.PathLike[str], config: Any) -> None:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return
-    saved = _flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    saved = _flatten(read_yaml(path))
     # Through YAML, so both sides have the same types (tuples as lists, and so on).
     current = _flatten(yaml.safe_load(yaml.safe_dump(config_to_dict(config))))
     # A key the saved config lacks is a setting added since the run started: its default
