@@ -119,6 +119,21 @@ def test_cli_translate_and_evaluate(trained_run: Path, tmp_path: Path, capsys) -
     scores = json.loads((trained_run / "eval/mini/scores.json").read_text())
     assert scores["bleu"] == pytest.approx(100.0) and scores["num_sentences"] == 10
     assert (trained_run / "eval/mini/hypotheses.txt").read_text().splitlines() == tgt[:10]
+    # The folder is not replaced without --overwrite, and --name stays inside eval/.
+    again = [
+        "evaluate-translation",
+        str(trained_run),
+        "--src",
+        str(src_file),
+        "--ref",
+        str(ref_file),
+    ]
+    assert main([*again, "--name", "mini"]) == 2
+    assert "already holds an evaluation" in capsys.readouterr().err
+    assert main([*again, "--name", "mini", "--overwrite", "--beam-size", "1"]) == 0
+    for escape in ("../best", str(tmp_path / "elsewhere")):
+        assert main([*again, "--name", escape]) == 2
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path: Path) -> None:

@@ -49,7 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rouge", action="store_true", help="also ROUGE-1/2/L/Lsum (rouge-score)")
     p.add_argument("--ref", type=Path, help="reference translations, line-aligned with --src")
     p.add_argument(
-        "--name", help="output folder under RUN/eval/ (default: from the file or split name)"
+        "--name",
+        help="output folder under RUN/eval/: a plain name (no '/', '..' or absolute path); "
+        "default: from the file or split name",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace RUN/eval/NAME when it exists (without it the command refuses)",
     )
     _decoding_options(p)
     p.set_defaults(func=evaluate_command)
@@ -123,10 +130,16 @@ def _read_pairs(args: argparse.Namespace, translator):
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    from torchformer.cli.classify import evaluation_dir
     from torchformer.evaluate.bleu import corpus_scores
 
+    run_dir = args.run if (args.run / "best").is_dir() else args.run.parent
+    default = args.pairs or args.src or args.multi30k
+    out = evaluation_dir(
+        run_dir, str(default).replace(".", "_"), args.name, overwrite=args.overwrite
+    )
     translator = _load(args.run)
-    pairs, default_name = _read_pairs(args, translator)
+    pairs, _ = _read_pairs(args, translator)
     start = time.perf_counter()
     hyps = translator.translate([p.src for p in pairs], **_decoding(args))
     seconds = time.perf_counter() - start
@@ -140,8 +153,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
         decode_s=seconds,
         beam_size=args.beam_size or translator.settings.beam_size,
     )
-    run_dir = args.run if (args.run / "best").is_dir() else args.run.parent
-    out = run_dir / "eval" / (args.name or default_name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "hypotheses.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
