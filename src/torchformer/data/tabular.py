@@ -234,14 +234,23 @@ def _shown(name: str) -> str:
     return f"{name[:_SHOWN_NAME_CHARS]}... ({len(name)} characters)"
 
 
+def _json_problem(error: ValueError | RecursionError) -> str:
+    """What ``json.loads`` refused: a syntax error, or a limit of Python's ``json``."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"malformed JSON: {error.msg} at column {error.colno}"
+    if isinstance(error, RecursionError):
+        return "malformed JSON: nested too deeply"
+    return f"malformed JSON: {error}"  # an integer of more than 4300 digits
+
+
 def _jsonl_rows(path: Path, lines: list[str]) -> Iterator[_Row]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as error:
-            message = f"malformed JSON: {error.msg} at column {error.colno}"
+        except (ValueError, RecursionError) as error:
+            message = _json_problem(error)
             error = DataError(message, file=path, line=number, kind="malformed JSON")
             yield _Row(None, number, number, error)
             continue
@@ -256,10 +265,9 @@ def _jsonl_rows(path: Path, lines: list[str]) -> Iterator[_Row]:
 def _json_array_rows(path: Path, text: str) -> Iterator[_Row]:
     try:
         values = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(
-            f"malformed JSON: {error.msg} at column {error.colno}", file=path, line=error.lineno
-        ) from error
+    except (ValueError, RecursionError) as error:
+        line = getattr(error, "lineno", None)
+        raise DataError(_json_problem(error), file=path, line=line) from None
     if not isinstance(values, list):
         raise DataError(f"expected a JSON array of objects, got {type(values).__name__}", file=path)
     for number, value in enumerate(values, start=1):
@@ -333,10 +341,13 @@ def _integer_labels(records: list[TextRecord]) -> list[TextRecord]:
     labels = [record.label for record in records]
     if not labels or not all(isinstance(x, str) and _INTEGER_RE.fullmatch(x) for x in labels):
         return records
-    return [
-        TextRecord(text=r.text, label=int(r.label), id=r.id, rating=r.rating)  # type: ignore[arg-type]
-        for r in records
-    ]
+    try:
+        return [
+            TextRecord(text=r.text, label=int(r.label), id=r.id, rating=r.rating)  # type: ignore[arg-type]
+            for r in records
+        ]
+    except ValueError:  # a literal too long for int() (over 4300 digits): labels stay text
+        return records
 
 
 def _check_columns(path: Path, header: Sequence[str], wanted: Sequence[str | None]) -> None:

@@ -33,6 +33,7 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
     # Drop a token when the mass before it already reaches p; the first token always stays.
     drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= p  # (B, V)
+    drop_sorted[..., 0] = False  # even when p rounds to 0 in float32 (p=5e-324)
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, float("-inf"))
 
@@ -55,7 +56,12 @@ def sample_next(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}; use greedy decoding instead")
-    logits = logits.float() / temperature
+    # The temperature is used as a float32, within its range (one that rounds to 0 or inf
+    # would make 0/0 or -inf/inf: NaN). A tiny one (or repetition penalty) overflows logits
+    # to +inf, whose softmax is NaN: they become the largest float, still the most likely.
+    finfo = torch.finfo(torch.float32)
+    temperature = min(max(temperature, finfo.tiny), finfo.max)
+    logits = (logits.float() / temperature).clamp(max=finfo.max)
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:

@@ -35,6 +35,9 @@ does it join a micro-batch with other requests; should that batch still fail, ea
 requests is run again alone (``batching``), so one client's bad text never fails another
 client's request, and an error names only the caller's own texts and indices. A client
 that leaves mid-body is logged in one line (the traceback at DEBUG) and counted as 499.
+
+``app.openapi()`` describes all of this (bodies, answers, errors; not served): the fuzz
+tests (``tests/fuzz``) hold every answer to it.
 """
 
 import asyncio
@@ -95,6 +98,104 @@ def error_response(
 
     body = {"error": {"status": status, "code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+# --- the OpenAPI description (``app.openapi()``): what each route reads and answers --------
+# The routes read their bodies themselves (size and time limits, then their own checks), so
+# FastAPI cannot infer these: they are written out here, and the fuzz tests
+# (tests/fuzz/test_server_schema.py) hold every answer to them.
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["status", "code", "message"],
+            "properties": {
+                "status": {"type": "integer"},
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+            },
+        }
+    },
+}
+_ERRORS = {
+    400: "invalid_host: the Host header is not an allowed host",
+    401: "unauthorized: the API key is missing or wrong",
+    404: "not_found: this server runs a model of the other kind",
+    408: "request_timeout: the body did not arrive in time",
+    413: "body_too_large, too_many_texts, text_too_long, too_many_tokens",
+    422: "invalid_json, invalid_request (the message names the field or texts[i])",
+    499: "client_disconnected: the client left before sending its whole body",
+    500: "prediction_failed, generation_failed, internal_error",
+    503: "queue_full (Retry-After: 1), or the server is unhealthy",
+}
+_PREDICTION_SCHEMA = {
+    "type": "object",
+    "required": ["label", "confidence", "probabilities"],
+    "properties": {
+        "label": {"type": "string"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
+    },
+}
+_HEALTH_SCHEMA = {
+    "type": "object",
+    "required": ["status", "backend", "endpoint", "queue_depth", "limits"],
+    "properties": {
+        "status": {"enum": ["ok", "unhealthy"]},
+        "backend": {"type": "string"},
+        "model": {"type": ["string", "null"]},
+        "model_file": {"type": ["string", "null"]},
+        "labels": {"type": ["array", "null"], "items": {"type": "string"}},
+        "endpoint": {"enum": ["/predict", "/generate"]},
+        "queue_depth": {"type": "integer", "minimum": 0},
+        "limits": {"type": "object"},
+    },
+}
+_METRICS_SCHEMA = {
+    "type": "object",
+    "required": ["requests_total", "requests_by_status", "requests_by_endpoint", "queue_depth"],
+    "properties": {
+        "requests_total": {"type": "integer", "minimum": 0},
+        "requests_by_status": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "requests_by_endpoint": {"type": "object"},
+        "predict_latency_ms": {"type": "object"},
+        "batch_size": {"type": "object"},
+        "batches_total": {"type": "integer"},
+        "texts_predicted_total": {"type": "integer"},
+        "queue_depth": {"type": "integer", "minimum": 0},
+        "queue_limit": {"type": "integer"},
+    },
+}
+
+
+def json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def openapi_responses(ok: dict[str, Any], errors: Sequence[int]) -> dict[int | str, Any]:
+    """``responses=`` for a route: its 200 content and its JSON errors (and 500)."""
+    responses: dict[int | str, Any] = {200: {"description": "OK", "content": ok}}
+    for status in (*errors, 500):
+        responses[status] = {"description": _ERRORS[status], "content": json_content(ERROR_SCHEMA)}
+    return responses
+
+
+def openapi_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra=`` documenting a JSON request body the route reads itself."""
+    return {"requestBody": {"required": True, "content": json_content(schema)}}
+
+
+def _predict_request_schema(limits: ServeLimits) -> dict[str, Any]:
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars}
+    texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_texts}
+    return {
+        "type": "object",
+        "required": ["texts"],
+        "properties": {"texts": texts},
+        "additionalProperties": False,
+    }
 
 
 def load_predictor(
@@ -392,7 +493,20 @@ def create_app(
 
         install_generate(app, predictor, limits, lambda r: _check_key(r, api_key), read_body)
 
-    @app.post("/predict")
+    body_errors = (400, 401, 408, 413, 422, 499, 503)
+    predictions = {"type": "array", "items": _PREDICTION_SCHEMA}
+    predict_ok = {
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {"predictions": predictions},
+    }
+
+    @app.post(
+        "/predict",
+        responses=openapi_responses(json_content(predict_ok), body_errors),
+        openapi_extra=openapi_body(_predict_request_schema(limits)),
+        include_in_schema=not generates,  # a language model's server answers it with 404
+    )
     async def predict(request: Request):
         if generates:
             raise ApiError(404, "not_found", "this server runs a language model: POST /generate")
@@ -401,7 +515,10 @@ def create_app(
         await check_alone(predictor, texts)
         return {"predictions": await _predict(batcher, texts)}
 
-    @app.get("/health")
+    health_responses = openapi_responses(json_content(_HEALTH_SCHEMA), (400, 503))
+    health_responses[503] = {"description": "unhealthy", "content": json_content(_HEALTH_SCHEMA)}
+
+    @app.get("/health", responses=health_responses)
     async def health():
         body = {
             "status": "ok" if batcher.healthy else "unhealthy",
@@ -419,7 +536,7 @@ def create_app(
             return JSONResponse(body, status_code=503)
         return body
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=openapi_responses(json_content(_METRICS_SCHEMA), (400, 401)))
     async def metrics_endpoint(request: Request):
         _check_key(request, api_key)
         return metrics.to_dict(queue_depth=batcher.queue_depth, queue_limit=limits.max_queue)

@@ -30,7 +30,16 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from torchformer.serve.app import ApiError, ServeLimits, check_unicode, load_json
+from torchformer.serve.app import (
+    ERROR_SCHEMA,
+    ApiError,
+    ServeLimits,
+    check_unicode,
+    json_content,
+    load_json,
+    openapi_body,
+    openapi_responses,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,70 @@ _FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
         "a list of at most 8 non-empty strings of at most 100 characters",
     ),
     "stream": ((bool,), lambda v: True, "true or false"),
+}
+
+
+def _request_schema(limits: ServeLimits) -> dict[str, Any]:
+    """The OpenAPI (JSON Schema) form of ``_FIELDS`` under ``limits``."""
+    integer, number = {"type": "integer"}, {"type": "number"}
+    stop = {"type": "string", "minLength": 1, "maxLength": 100}
+    properties = {
+        "prompt": {"type": "string", "maxLength": limits.max_chars},
+        "max_new_tokens": {**integer, "minimum": 1, "maximum": limits.max_new_tokens},
+        "min_new_tokens": {**integer, "minimum": 0},
+        "temperature": {**number, "exclusiveMinimum": 0},
+        "top_k": {**integer, "minimum": 1},
+        "top_p": {**number, "exclusiveMinimum": 0, "maximum": 1},
+        "repetition_penalty": {**number, "exclusiveMinimum": 0},
+        "no_repeat_ngram_size": {**integer, "minimum": 0},
+        "num_beams": {**integer, "minimum": 1, "maximum": 8},
+        "greedy": {"type": "boolean"},
+        "seed": {**integer, "minimum": 0, "maximum": 2**63 - 1},
+        "stop": {"type": "array", "items": stop, "maxItems": 8},
+        "stream": {"type": "boolean"},
+    }
+    assert set(properties) == set(_FIELDS)  # one list of options
+    return {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+_ANSWER_SCHEMA = {
+    "type": "object",
+    "required": ["text", "completion"],
+    "properties": {"text": {"type": "string"}, "completion": {"type": "string"}},
+}
+
+
+# One server-sent event: a piece, the end, or an error (``event: error``).
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"enum": ["message", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "required": ["text"],
+                        "properties": {"text": {"type": "string"}},
+                    },
+                    {
+                        "type": "object",
+                        "required": ["done", "completion"],
+                        "properties": {"done": {"const": True}, "completion": {"type": "string"}},
+                    },
+                    ERROR_SCHEMA,
+                ]
+            },
+        },
+    },
 }
 
 
@@ -152,7 +225,13 @@ def install_generate(
         finally:
             gate.leave()
 
-    @app.post("/generate")
+    answers = {**json_content(_ANSWER_SCHEMA), "text/event-stream": {"schema": _EVENT_SCHEMA}}
+
+    @app.post(
+        "/generate",
+        responses=openapi_responses(answers, (400, 401, 408, 413, 422, 499, 503)),
+        openapi_extra=openapi_body(_request_schema(limits)),
+    )
     async def generate(request: Request):
         check_key(request)
         options = parse_generate(await read_body(request, limits.max_body_bytes), limits)

@@ -56,6 +56,12 @@ def validate_texts(texts: object) -> list[str]:
             raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
         if not t.strip():
             raise ValueError(f"texts[{i}] is empty or whitespace only")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:  # found here, the index is the caller's
+            raise ValueError(
+                f"texts[{i}] is not valid Unicode: a lone surrogate at character {e.start}"
+            ) from None
     return list(texts)
 
 
@@ -148,7 +154,7 @@ class TextClassifier:
 
         Raises:
             TypeError / ValueError: a non-string text, or one that is empty (or empty
-                after the run's cleaning), naming its index.
+                after the run's cleaning) or not valid Unicode, naming its index.
         """
         probs = self.predict_proba(texts, batch_size=batch_size)
         out = []

@@ -74,6 +74,23 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
+def _encode_checked(encode: Any, texts: list[str]) -> list[Any]:
+    """``encode(texts, add_special_tokens=False)``; the Rust side refuses a text holding a
+    lone surrogate (not valid Unicode) with a ``TypeError`` naming no text: name it."""
+    try:
+        return encode(texts, add_special_tokens=False)
+    except TypeError:
+        for index, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"texts[{index}]: lone surrogate {text[error.start]!r} at character "
+                    f"{error.start}; expected valid Unicode text"
+                ) from None
+        raise
+
+
 def checked_text_stream(texts: Iterable[str]) -> Iterator[str]:
     """Yield training texts, raising on a non-string (empty texts are harmless here)."""
     if isinstance(texts, str):
@@ -486,13 +503,14 @@ class Tokenizer:
 
         Raises:
             TypeError: a text is not a string (its index is named).
-            ValueError: an empty text (its index is named), a bad truncation setting.
+            ValueError: an empty text or one holding a lone surrogate (its index is
+                named), a bad truncation setting.
         """
         texts = _check_texts(texts)
         budget = self._content_budget(max_length, add_special_tokens)
         head = self._head_size(truncation, budget, head_tokens)
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
-        encodings = encode(texts, add_special_tokens=False)
+        encodings = _encode_checked(encode, texts)
         prefix, suffix = (self._prefix, self._suffix) if add_special_tokens else ([], [])
         return [prefix + _truncate(e.ids, budget, truncation, head) + suffix for e in encodings]
 
@@ -512,7 +530,7 @@ class Tokenizer:
         prefix, suffix = (self._prefix, self._suffix) if add_special_tokens else ([], [])
         prefix_tokens, suffix_tokens = self.tokens(prefix), self.tokens(suffix)
         results = []
-        for encoding in self.backend.encode_batch(texts, add_special_tokens=False):
+        for encoding in _encode_checked(self.backend.encode_batch, texts):
             ids = _truncate(encoding.ids, budget, truncation, head)
             tokens = _truncate(encoding.tokens, budget, truncation, head)
             offsets = _truncate(encoding.offsets, budget, truncation, head)
