@@ -231,3 +231,21 @@ def test_a_duplicated_column_is_a_located_error(tmp_path: Path) -> None:
     assert "duplicated column" in str(error)
     path = _write(tmp_path / "d.tsv", "text\tnote\tnote\tlabel\nok\ta\tb\tpos\n")  # unused: fine
     assert read_table(path).records == [TextRecord("ok", "pos")]
+
+
+def test_a_duplicated_json_key_is_a_located_error(tmp_path):
+    # json.loads keeps the last of two equal keys without a word; the reader names it.
+    jsonl = tmp_path / "dup.jsonl"
+    jsonl.write_text('{"text": "fine", "label": 1}\n{"text": "a", "label": 0, "label": 1}\n')
+    with pytest.raises(DataError) as info:
+        read_table(jsonl)
+    assert str(info.value).startswith(f"{jsonl}:2: field 'label': the key appears more than once")
+    array = tmp_path / "dup.json"
+    array.write_text('[{"text": "a", "text": "b", "label": 1}]')
+    with pytest.raises(DataError, match="record 1: field 'text'"):
+        read_table(array)
+    nested = tmp_path / "nested.jsonl"  # only the record's own keys matter
+    nested.write_text('{"text": "a", "label": 1, "meta": {"x": 1, "x": 2}}\n')
+    assert [r.text for r in read_table(nested).records] == ["a"]
+    table = read_table(jsonl, skip_bad_rows=True)
+    assert table.skip_counts() == {"field 'label': duplicate key": 1}

@@ -243,12 +243,40 @@ def _json_problem(error: ValueError | RecursionError) -> str:
     return f"malformed JSON: {error}"  # an integer of more than 4300 digits
 
 
+class _JSONObject(dict):
+    """A JSON object that remembers the keys it held more than once (``json.loads`` keeps
+    the last value silently)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JSONObject:
+    obj = _JSONObject(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return obj
+
+
+def _duplicate_key_error(value: Any, path: Path, **where: int) -> DataError | None:
+    if isinstance(value, _JSONObject) and value.duplicates:
+        key = value.duplicates[0]
+        return DataError(
+            "the key appears more than once in this object; keep one",
+            file=path,
+            field=key,
+            kind="duplicate key",
+            **where,
+        )
+    return None
+
+
 def _jsonl_rows(path: Path, lines: list[str]) -> Iterator[_Row]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_json_object)
         except (ValueError, RecursionError) as error:
             message = _json_problem(error)
             error = DataError(message, file=path, line=number, kind="malformed JSON")
@@ -259,12 +287,12 @@ def _jsonl_rows(path: Path, lines: list[str]) -> Iterator[_Row]:
             error = DataError(message, file=path, line=number, kind="not a JSON object")
             yield _Row(None, number, number, error)
             continue
-        yield _Row(value, number, number)
+        yield _Row(value, number, number, _duplicate_key_error(value, path, line=number))
 
 
 def _json_array_rows(path: Path, text: str) -> Iterator[_Row]:
     try:
-        values = json.loads(text)
+        values = json.loads(text, object_pairs_hook=_json_object)
     except (ValueError, RecursionError) as error:
         line = getattr(error, "lineno", None)
         raise DataError(_json_problem(error), file=path, line=line) from None
@@ -280,7 +308,7 @@ def _json_array_rows(path: Path, text: str) -> Iterator[_Row]:
             )
             yield _Row(None, number, number, error)
         else:
-            yield _Row(value, number, number)
+            yield _Row(value, number, number, _duplicate_key_error(value, path, record=number))
 
 
 def _validate(
