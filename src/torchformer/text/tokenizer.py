@@ -28,23 +28,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tokenizers
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from torchformer.text.backends import (
+    ROLE_CANDIDATES,
+    bert_wordpiece_from_vocab,
+    bpe_trained,
+    wordpiece_trained,
+)
 
 __all__ = ["EncodedText", "Tokenizer", "Truncation"]
 
 Truncation = Literal["head", "tail", "head+tail"]
 _TRUNCATIONS = ("head", "tail", "head+tail")
-
-# Special-token roles and the token strings that play them in common vocabularies.
-_ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "pad": ("[PAD]", "<pad>"),
-    "unk": ("[UNK]", "<unk>"),
-    "cls": ("[CLS]",),
-    "sep": ("[SEP]",),
-    "mask": ("[MASK]", "<mask>"),
-    "bos": ("<s>", "<bos>", "[BOS]"),
-    "eos": ("</s>", "<eos>", "[EOS]", "<|endoftext|>"),
-}
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,7 @@ def _config_special_tokens(directory: Path) -> dict[str, str]:
         if not path.is_file():
             continue
         config = _read_json(path)
-        for role in _ROLE_CANDIDATES:
+        for role in ROLE_CANDIDATES:
             token = _token_string(config.get(f"{role}_token"))
             if token is not None:
                 roles[role] = token
@@ -186,13 +181,13 @@ class Tokenizer:
 
     # ----------------------------------------------------------------- construction
     def _resolve_roles(self, explicit: dict[str, str]) -> dict[str, int | None]:
-        unknown = set(explicit) - set(_ROLE_CANDIDATES)
+        unknown = set(explicit) - set(ROLE_CANDIDATES)
         if unknown:
             raise ValueError(
-                f"unknown special-token roles {sorted(unknown)}; valid: {list(_ROLE_CANDIDATES)}"
+                f"unknown special-token roles {sorted(unknown)}; valid: {list(ROLE_CANDIDATES)}"
             )
         role_ids: dict[str, int | None] = {}
-        for role, candidates in _ROLE_CANDIDATES.items():
+        for role, candidates in ROLE_CANDIDATES.items():
             tokens = (explicit[role],) if role in explicit else candidates
             ids = [self.backend.token_to_id(token) for token in tokens]
             role_ids[role] = next((i for i in ids if i is not None), None)
@@ -259,7 +254,7 @@ class Tokenizer:
                 directory / "tokenizer.json", special_tokens=roles, model_max_length=max_length
             )
         if (directory / "vocab.txt").is_file():
-            backend = _bert_wordpiece_from_vocab(directory / "vocab.txt", config, roles)
+            backend = bert_wordpiece_from_vocab(directory / "vocab.txt", config, roles)
             return cls(backend, special_tokens=roles, model_max_length=max_length)
         raise FileNotFoundError(
             f"{directory}: no tokenizer found; expected tokenizer.json or a BERT vocab.txt"
@@ -291,29 +286,12 @@ class Tokenizer:
             ValueError: ``special_tokens`` lacks an unknown token or [CLS]/[SEP].
             TypeError: a text is not a string.
         """
-        special_tokens = list(special_tokens)
-        unk = _find_role_token("unk", special_tokens)
-        cls_token = _find_role_token("cls", special_tokens)
-        sep_token = _find_role_token("sep", special_tokens)
-        backend = tokenizers.Tokenizer(
-            models.WordPiece(unk_token=unk, continuing_subword_prefix="##")
-        )
-        backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        backend.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(
+        backend = wordpiece_trained(
+            checked_text_stream(texts),
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=special_tokens,
-            continuing_subword_prefix="##",
-            show_progress=False,
-        )
-        backend.train_from_iterator(checked_text_stream(texts), trainer=trainer)
-        cls_id, sep_id = backend.token_to_id(cls_token), backend.token_to_id(sep_token)
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{cls_token} $A {sep_token}",
-            pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
-            special_tokens=[(cls_token, cls_id), (sep_token, sep_id)],
+            special_tokens=list(special_tokens),
+            lowercase=lowercase,
         )
         return cls(backend)
 
@@ -341,38 +319,14 @@ class Tokenizer:
             ValueError: ``special_tokens`` lacks an unknown token (Metaspace BPE only).
             TypeError: a text is not a string.
         """
-        special_tokens = list(special_tokens)
-        if byte_level:
-            backend = tokenizers.Tokenizer(models.BPE())
-            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            backend.decoder = decoders.ByteLevel()
-            alphabet = pre_tokenizers.ByteLevel.alphabet()
-        else:
-            unk = _find_role_token("unk", special_tokens)
-            backend = tokenizers.Tokenizer(models.BPE(unk_token=unk))
-            backend.pre_tokenizer = pre_tokenizers.Metaspace(
-                replacement="▁", prepend_scheme="always"
-            )
-            backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-            alphabet = []
-        steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
-        backend.normalizer = normalizers.Sequence(steps)
-        trainer = trainers.BpeTrainer(
+        backend = bpe_trained(
+            checked_text_stream(texts),
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=special_tokens,
-            initial_alphabet=alphabet,
-            show_progress=False,
+            special_tokens=list(special_tokens),
+            byte_level=byte_level,
+            lowercase=lowercase,
         )
-        backend.train_from_iterator(checked_text_stream(texts), trainer=trainer)
-        bos = next((t for t in _ROLE_CANDIDATES["bos"] if t in special_tokens), None)
-        eos = next((t for t in _ROLE_CANDIDATES["eos"] if t in special_tokens), None)
-        if bos is not None and eos is not None:
-            backend.post_processor = processors.TemplateProcessing(
-                single=f"{bos} $A {eos}",
-                pair=f"{bos} $A {eos} $B:1 {eos}:1",
-                special_tokens=[(bos, backend.token_to_id(bos)), (eos, backend.token_to_id(eos))],
-            )
         return cls(backend)
 
     # ------------------------------------------------------------------- properties
@@ -577,51 +531,3 @@ class Tokenizer:
     def __repr__(self) -> str:
         model = type(self.backend.model).__name__
         return f"Tokenizer({model}, vocab_size={self.vocab_size}, lowercases={self.lowercases})"
-
-
-def _find_role_token(role: str, special_tokens: Sequence[str]) -> str:
-    for token in _ROLE_CANDIDATES[role]:
-        if token in special_tokens:
-            return token
-    raise ValueError(
-        f"special_tokens {list(special_tokens)} has no {role} token; expected one of "
-        f"{list(_ROLE_CANDIDATES[role])}"
-    )
-
-
-def _bert_wordpiece_from_vocab(
-    vocab_path: Path, config: Mapping[str, Any], roles: Mapping[str, str]
-) -> tokenizers.Tokenizer:
-    """A BERT tokenizer (as ``BertTokenizerFast`` builds it) from a ``vocab.txt``."""
-    unk = roles.get("unk", "[UNK]")
-    cls_token, sep_token = roles.get("cls", "[CLS]"), roles.get("sep", "[SEP]")
-    backend = tokenizers.Tokenizer(models.WordPiece.from_file(str(vocab_path), unk_token=unk))
-    backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-        strip_accents=config.get("strip_accents"),
-        lowercase=config.get("do_lower_case", True),
-    )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    specials = [
-        roles.get(role, default)
-        for role, default in (
-            ("pad", "[PAD]"),
-            ("unk", unk),
-            ("cls", cls_token),
-            ("sep", sep_token),
-            ("mask", "[MASK]"),
-        )
-    ]
-    # Registered as added tokens so the normalizer never lowercases or splits them.
-    backend.add_special_tokens([t for t in specials if backend.token_to_id(t) is not None])
-    cls_id, sep_id = backend.token_to_id(cls_token), backend.token_to_id(sep_token)
-    if cls_id is None or sep_id is None:
-        raise ValueError(f"{vocab_path}: vocabulary lacks {cls_token!r} or {sep_token!r}")
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{cls_token} $A {sep_token}",
-        pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
-        special_tokens=[(cls_token, cls_id), (sep_token, sep_id)],
-    )
-    return backend
