@@ -49,7 +49,7 @@ def die() -> None:
 def install(plan: dict) -> Counter:
     import torch
 
-    from torchformer.train import checkpoint, loop
+    from torchformer.train import checkpoint, loop, run
     from torchformer.train.logging import MetricsLogger
 
     counts: Counter = Counter()
@@ -79,7 +79,7 @@ def install(plan: dict) -> Counter:
         torch.save = save_half
         real_save_checkpoint(path, state)
 
-    real_replace_dir = loop.replace_dir
+    real_replace_dir = run.replace_dir
 
     @contextlib.contextmanager
     def replace_dir(path):
@@ -125,7 +125,7 @@ def install(plan: dict) -> Counter:
         die()
 
     checkpoint.save_checkpoint = save_checkpoint
-    loop.replace_dir = replace_dir
+    run.replace_dir = replace_dir
     MetricsLogger.log = log
     loop.optimizer_step = optimizer_step
     return counts
