@@ -83,6 +83,11 @@ def test_source_prefix_is_trained_with_and_saved_for_translate(tmp_path: Path, c
     assert task.encoded["train"].src_ids[0] == tok.encode(PREFIX + src[0])
     assert task.encoded["train"].src_texts[0] == src[0]  # raw text kept, prefix added on encoding
     assert translator.translate(src[:16], beam_size=1) == tgt[:16]  # the prefix is added
+    seen: list[str] = []
+    encode = tok.encode_batch
+    tok.encode_batch = lambda texts, **kw: seen.extend(texts) or encode(texts, **kw)
+    translator.translate(["one two"], beam_size=1)
+    assert seen == [PREFIX + "one two"]
     scores = json.loads((run / "eval" / "val" / "scores.json").read_text())
     assert scores["greedy"]["rougeL"] == pytest.approx(100.0)
     assert scores["greedy"]["bleu"] == pytest.approx(100.0)
