@@ -20,12 +20,16 @@ from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.config import load_config
 from torchformer.io import recover_dir
 from torchformer.tasks.classifier import SIDECAR_NAME, InferenceSettings, TextClassifier
+from torchformer.tasks.image_classifier import ImageClassifier, ImageSettings, Normalization
 from torchformer.tasks.registry import task_module, task_of_model_dir
 from torchformer.tasks.translator import Translator, generate_ids
 
 __all__ = [
     "SIDECAR_NAME",
+    "ImageClassifier",
+    "ImageSettings",
     "InferenceSettings",
+    "Normalization",
     "TextClassifier",
     "Translator",
     "generate_ids",
@@ -40,8 +44,8 @@ def load(path: str | os.PathLike, **overrides: Any) -> Any:
 
     The task is the one the directory records (``torchformer.json`` / ``translation.json``),
     or, for a plain Hugging Face directory, the one task that claims its ``model_type``.
-    Returns that task's object: a ``TextClassifier`` for classification, a ``Translator``
-    for translation.
+    Returns that task's object: a ``TextClassifier`` for classification, an
+    ``ImageClassifier`` for image classification, a ``Translator`` for translation.
 
     Args:
         path: a run directory, a model directory, or a cached Hugging Face Hub name.

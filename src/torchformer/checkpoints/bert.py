@@ -93,6 +93,10 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> EncoderConfig:
         initializer_range=hf.get("initializer_range", 0.02),
         num_labels=len(id2label) or hf.get("num_labels", 2),
         pooling=hf.get("torchformer_pooling", "pooler"),
+        attention=hf.get("torchformer_attention", "full"),
+        attention_window=hf.get("torchformer_attention_window", 128),
+        attention_dilation=hf.get("torchformer_attention_dilation", 1),
+        global_tokens=tuple(hf.get("torchformer_global_tokens", (0,))),
         classifier_dropout=hf.get("classifier_dropout"),
         id2label=id2label,
     )
@@ -118,6 +122,11 @@ def config_to_hf(config: EncoderConfig, *, architecture: str = "BertModel") -> d
         "initializer_range": config.initializer_range,
         "position_embedding_type": "absolute",
     }
+    if config.attention != "full":  # transformers ignores these keys (it would attend fully)
+        hf["torchformer_attention"] = config.attention
+        hf["torchformer_attention_window"] = config.attention_window
+        hf["torchformer_attention_dilation"] = config.attention_dilation
+        hf["torchformer_global_tokens"] = list(config.global_tokens)
     if architecture == "BertForSequenceClassification":
         labels = config.id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
         hf["id2label"] = {str(i): name for i, name in labels.items()}

@@ -143,8 +143,8 @@ def check_config_sizes(hf: dict, *, source: str) -> None:
 
 def estimate_parameters(config: Any) -> int:
     """A lower bound on the parameters of a model built from ``config`` (any family's
-    ``Config``): embeddings, position tables and the attention and feed-forward matrices
-    (norms, biases and heads left out)."""
+    ``Config``): embeddings (a ViT's patch projection), position tables and the attention
+    and feed-forward matrices (norms, biases and heads left out)."""
     d, f, heads = config.d_model, config.d_ff, config.n_heads
     head_dim = getattr(config, "head_dim", None) or d // heads
     kv_heads = getattr(config, "n_kv_heads", None) or heads
@@ -154,6 +154,8 @@ def estimate_parameters(config: Any) -> int:
     encoder_layers = getattr(config, "n_layers", 0) + getattr(config, "n_encoder_layers", 0)
     decoder_layers = getattr(config, "n_decoder_layers", 0)  # with cross-attention
     blocks = encoder_layers * (attention + ffn) + decoder_layers * (2 * attention + ffn)
+    if hasattr(config, "num_patches"):  # ViT: the patch projection and the position table
+        return blocks + (config.num_channels * config.patch_size**2 + config.num_patches + 1) * d
     vocab = config.vocab_size + (getattr(config, "src_vocab_size", None) or 0)
     if not getattr(config, "tie_embeddings", getattr(config, "tie_output", True)):
         vocab += config.vocab_size  # an output projection of its own
@@ -171,7 +173,8 @@ def check_parameter_count(config: Any, hf: dict, *, source: str) -> None:
     n = estimate_parameters(config)
     if n <= MAX_PARAMETERS:
         return
-    sizes = ", ".join(f"{k}={hf[k]}" for k in SIZE_FIELDS if hf.get(k) is not None)
+    shown = (*SIZE_FIELDS, "image_size", "patch_size")  # ViT: the two set the token count
+    sizes = ", ".join(f"{k}={hf[k]}" for k in shown if hf.get(k) is not None)
     raise CheckpointError(
         f"{source}: fields {sizes} make a model of at least {n:.3g} parameters "
         f"({n * 4 / 1e9:.0f} GB in float32), more than the {MAX_PARAMETERS:.3g} this loader "

@@ -37,6 +37,7 @@ FAMILY_MODULES = {
     "qwen2": "torchformer.checkpoints.llama",
     "t5": "torchformer.checkpoints.t5",
     "torchformer-transformer": "torchformer.checkpoints.t5",
+    "vit": "torchformer.checkpoints.vit",
 }
 
 

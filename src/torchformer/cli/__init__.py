@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "attention"]:  # the attention-kind benchmark: its own options
+        from torchformer.bench.attention import main as bench_attention
+
+        return bench_attention(argv[2:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(

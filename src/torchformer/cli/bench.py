@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="benchmark PyTorch, transformers, ONNX fp32 and ONNX int8 on the same texts",
         description="Latency (batch 1), throughput (length-sorted batches), size, peak memory and "
         "accuracy of each deployment path, measured in one run on the same pre-tokenized texts. "
-        "Writes RUN/bench/deploy.json and deploy.md.",
+        "Writes RUN/bench/deploy.json and deploy.md. `torchformer bench attention --help`: "
+        "time and memory of each attention kind against dense SDPA as T grows.",
     )
     p.add_argument("run", help="run directory (or an HF-layout model directory)")
     p.add_argument(

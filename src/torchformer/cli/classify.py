@@ -45,7 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="evaluate a trained classifier on labelled data")
     p.add_argument("run", type=Path, help="run directory (or its best/ model directory)")
-    p.add_argument("--data", required=True, help="'imdb-test', or a CSV/TSV/JSONL file")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="'imdb-test', or a CSV/TSV/JSONL file; for an image classifier an image folder or "
+        "archive (<split>/<label>/<file>) or 'cifar10'",
+    )
+    p.add_argument("--split", default="test", help="image data: the split folder (default test)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument(
@@ -63,10 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=evaluate_command)
 
-    p = sub.add_parser("predict", help="classify texts with a trained model")
+    p = sub.add_parser("predict", help="classify texts (or image files) with a trained model")
     p.add_argument("run", type=Path)
-    p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", type=Path, help="one text per line")
+    p.add_argument("texts", nargs="*", help="texts to classify (image files for an image model)")
+    p.add_argument("--file", type=Path, help="one text (or image path) per line")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.set_defaults(func=predict_command)
 
@@ -179,6 +185,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     run_dir = args.run if (args.run / "best").is_dir() else args.run.parent
     out = evaluation_dir(run_dir, args.data, args.name, overwrite=args.overwrite)  # before the work
     task = task_of_model_dir(best)
+    if task == "image_classification":
+        return _evaluate_images(args, out)
     if task != "classification":  # each task evaluates with its own command
         hint = {"translation": "torchformer evaluate-translation RUN --multi30k test_2016_flickr"}
         print(f"error: {args.run} is a {task} run: {hint.get(task, 'see torchformer --help')}",
@@ -223,6 +231,54 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_images(args: argparse.Namespace, out: Path) -> int:
+    """``evaluate`` for an image classifier: ``--data`` is an image folder or archive (or
+    "cifar10"), ``--split`` the split folder in it."""
+    import torch
+
+    from torchformer.api import load
+    from torchformer.data.images import read_image_folder
+    from torchformer.evaluate.classification import (
+        StreamingClassificationMetrics,
+        classification_report_text,
+        write_evaluation,
+    )
+    from torchformer.io import replace_dir
+
+    clf = load(args.run)
+    splits, classes = read_image_folder(
+        args.data, splits=(args.split,), channels=clf.channels, size=clf.normalization.size
+    )
+    if args.split not in splits:
+        print(f"error: {args.data}: no {args.split!r} split folder with images", file=sys.stderr)
+        return 2
+    unknown = sorted(set(classes) - set(clf.labels))
+    if unknown:
+        print(
+            f"error: {args.data}: labels {unknown} are not among the model's labels {clf.labels}",
+            file=sys.stderr,
+        )
+        return 2
+    split = splits[args.split]
+    to_model = torch.tensor([clf.labels.index(c) for c in classes])
+    metrics = StreamingClassificationMetrics(clf.labels)
+    with torch.inference_mode():
+        for start in range(0, len(split), args.batch_size):
+            pixels = split.pixels[start : start + args.batch_size]
+            logits = clf.logits(pixels).float()
+            labels = to_model[split.labels[start : start + args.batch_size]]
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+            metrics.update(
+                logits, labels, ids=split.names[start : start + args.batch_size], loss=loss
+            )
+    result = metrics.compute()
+    with replace_dir(out) as tmp:
+        write_evaluation(tmp, result)
+    print(classification_report_text(result))
+    print(f"evaluation written to {out}")
+    return 0
+
+
 def predict_command(args: argparse.Namespace) -> int:
     from torchformer.api import load
 
@@ -235,6 +291,13 @@ def predict_command(args: argparse.Namespace) -> int:
         print("error: give texts or --file", file=sys.stderr)
         return 2
     clf = load(args.run)
+    if hasattr(clf, "to_pixels"):  # an image classifier: the arguments are image files
+        for name, pred in zip(texts, clf.predict(texts)):
+            if args.json:
+                print(json.dumps({"image": name, **pred}))
+            else:
+                print(f"{pred['label']:>10}  {pred['confidence']:.3f}  {name}")
+        return 0
     for text, pred in zip(texts, clf.predict(texts)):
         if args.json:
             print(json.dumps({"text": text, **pred}))

@@ -103,6 +103,19 @@ def export_command(args: argparse.Namespace) -> int:
     from torchformer.export.onnx import export_classifier
 
     clf = load(args.run)
+    if hasattr(clf, "to_pixels"):  # an image classifier
+        from torchformer.export.image_onnx import export_image_classifier
+
+        try:
+            result = export_image_classifier(
+                clf, args.out, opset=args.opset, tolerance=args.tolerance,
+                batches=tuple(args.batches), source=str(args.run),
+            )  # fmt: skip
+        except ParityError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {result.onnx_path} (opset {args.opset}); parity {result.parity.summary()}")
+        return 0
     try:
         result = export_classifier(
             clf,

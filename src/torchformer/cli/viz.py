@@ -6,11 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
 
 def _explain(args: argparse.Namespace) -> int:
     from torchformer.viz.explain import write_explain
 
-    if args.file:
+    image = args.text or args.file
+    if image and Path(image).suffix.lower() in IMAGE_SUFFIXES:
+        text = image  # an image model's input: the file itself
+    elif args.file:
         text = Path(args.file).read_text(encoding="utf-8")
     elif args.text:
         text = args.text
@@ -44,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "an HTML page with the prediction, a token view, a layer × head grid and an interactive attention view.",
     )
     p.add_argument("run", help="run directory (or a model directory such as RUN/best)")
-    p.add_argument("text", nargs="?", help="the text to explain")
+    p.add_argument(
+        "text", nargs="?", help="the text to explain (an image file for an image classifier)"
+    )
     p.add_argument("--file", help="read the text from this file instead")
     p.add_argument("--out", default="explain.html", help="output HTML file (default: explain.html)")
     p.add_argument(

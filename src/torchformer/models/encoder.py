@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from torchformer.models.outputs import ModelOutput
 from torchformer.nn import (
+    AttentionPattern,
     EncoderLayer,
     FeedForward,
     MultiHeadAttention,
@@ -54,6 +55,12 @@ class EncoderConfig:
     pad_id: int = 0
     initializer_range: float = 0.02
     attn_impl: Literal["reference", "sdpa"] = "sdpa"
+    # Which keys each token sees (``nn.sparse``): "full", or "sliding_window" with a
+    # one-sided window, a dilation and global positions (Longformer's [CLS] = position 0).
+    attention: Literal["full", "sliding_window"] = "full"
+    attention_window: int = 128
+    attention_dilation: int = 1
+    global_tokens: tuple[int, ...] = (0,)
     add_pooler: bool = True
     # Classification head.
     num_labels: int = 2
@@ -106,11 +113,27 @@ class EncoderEmbeddings(nn.Module):
         return self.dropout(self.norm(x))  # (B, T, D)
 
 
+def attention_pattern(config: EncoderConfig) -> AttentionPattern | None:
+    """The self-attention pattern the config asks for (None: full attention)."""
+    if config.attention == "full":
+        return None
+    return AttentionPattern(
+        config.attention,
+        window=config.attention_window,
+        dilation=config.attention_dilation,
+        global_tokens=tuple(config.global_tokens),
+    )
+
+
 def _encoder_layer(config: EncoderConfig) -> EncoderLayer:
     """One BERT layer: post-norm, biases everywhere, GELU FFN."""
     return EncoderLayer(
         MultiHeadAttention(
-            config.d_model, config.n_heads, dropout=config.attn_dropout, attn_impl=config.attn_impl
+            config.d_model,
+            config.n_heads,
+            dropout=config.attn_dropout,
+            attn_impl=config.attn_impl,
+            pattern=attention_pattern(config),
         ),
         FeedForward(config.d_model, config.d_ff, activation=config.activation),
         nn.LayerNorm(config.d_model, eps=config.norm_eps),

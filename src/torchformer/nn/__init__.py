@@ -11,8 +11,10 @@ from torchformer.nn.masks import causal_mask, causal_padding_mask, combine_masks
 from torchformer.nn.norms import LayerNorm, RMSNorm, build_norm
 from torchformer.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from torchformer.nn.relative_position import RelativePositionBias
+from torchformer.nn.sparse import AttentionPattern, pattern_mask, sliding_window_attention
 
 __all__ = [
+    "AttentionPattern",
     "DecoderLayer",
     "EncoderLayer",
     "FeedForward",
@@ -32,5 +34,7 @@ __all__ = [
     "fast_attention",
     "get_activation",
     "padding_mask",
+    "pattern_mask",
     "reference_attention",
+    "sliding_window_attention",
 ]

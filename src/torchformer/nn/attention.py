@@ -21,6 +21,7 @@ are broadcastable to (B, H, T, S) too.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
@@ -29,9 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchformer.nn.cache import LayerCache
+from torchformer.nn.masks import combine_masks
 from torchformer.nn.positional import apply_rotary
+from torchformer.nn.sparse import AttentionPattern, pattern_mask, sliding_window_attention
 
 AttnImpl = Literal["reference", "sdpa"]
+
+logger = logging.getLogger(__name__)
 
 
 def _merge_mask_and_bias(
@@ -132,6 +137,10 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout on the attention probabilities.
         scale: score multiplier (default 1/sqrt(Dh); T5 uses 1.0).
         attn_impl: "sdpa" (fused kernel) or "reference" (readable equation).
+        pattern: which keys a query may see in self-attention (``nn.sparse``): full
+            (default) or a sliding window with optional global positions. The reference
+            path applies it as an explicit mask; the fast path runs the chunked O(T·w)
+            kernel when the only other mask is key padding, else the explicit mask on SDPA.
     """
 
     def __init__(
@@ -146,6 +155,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         scale: float | None = None,
         attn_impl: AttnImpl = "sdpa",
+        pattern: AttentionPattern | None = None,
     ) -> None:
         super().__init__()
         if head_dim is None:
@@ -163,6 +173,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.scale = scale
         self.attn_impl = attn_impl
+        self.pattern = pattern if pattern is not None and pattern.kind != "full" else None
         inner, kv_inner = n_heads * head_dim, n_kv_heads * head_dim
         self.q_proj = nn.Linear(d_model, inner, bias=bias)
         self.k_proj = nn.Linear(d_model, kv_inner, bias=bias)
@@ -201,19 +212,19 @@ class MultiHeadAttention(nn.Module):
         """Inference on plain ``nn.Linear`` projections, outside autograd and tracing,
         for at least ``FUSED_QKV_MIN_ROWS`` tokens: below that (token-by-token decoding)
         copying the weights together costs more than the one bigger matmul saves."""
+        if (
+            torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()
+            or torch.jit.is_tracing()
+        ):
+            return False  # checked first: under export, ``rows`` is symbolic
         if rows < FUSED_QKV_MIN_ROWS:
             return False
         projections = (self.q_proj, self.k_proj, self.v_proj)
         if not all(type(m) is nn.Linear for m in projections):
             return False  # e.g. quantized or adapter-wrapped projections
-        if len({m.bias is None for m in projections}) > 1:
-            return False  # biases on some projections only: nothing to concatenate
-        return not (
-            torch.is_grad_enabled()
-            or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting()
-            or torch.jit.is_tracing()
-        )
+        return len({m.bias is None for m in projections}) == 1  # else nothing to concatenate
 
     def forward(
         self,
@@ -259,6 +270,17 @@ class MultiHeadAttention(nn.Module):
             v = v.repeat_interleave(self.n_heads // kv_heads, dim=1)  # (B, H, S, Dh)
         p = self.dropout if self.training else 0.0
         probs = None
+        if self.pattern is not None and context is None:
+            if cache is not None:
+                raise ValueError(
+                    f"attention kind {self.pattern.kind!r} is for self-attention over a whole "
+                    "sequence; incremental decoding with a KV cache is not supported"
+                )
+            windowed = self._windowed(q, k, v, mask, bias, p, return_attentions)
+            if windowed is not None:
+                out = windowed.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+                return self.out_proj(out), None
+            mask = combine_masks(mask, pattern_mask(self.pattern, T, device=x.device))
         if return_attentions or self.attn_impl == "reference":
             out, probs = reference_attention(
                 q, k, v, mask=mask, bias=bias, scale=self.scale, dropout=p, training=self.training
@@ -269,3 +291,41 @@ class MultiHeadAttention(nn.Module):
             )
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Dh)
         return self.out_proj(out), (probs if return_attentions else None)
+
+    def _windowed(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None,
+        dropout: float, return_attentions: bool,
+    ) -> Tensor | None:  # fmt: skip
+        """The chunked sliding-window kernel's output, or None when this call takes the
+        explicit-mask path: the reference path or attention weights (asked for), a short
+        sequence (T ≤ 2·reach: the dense mask is then no bigger than the band), or — logged
+        once, as it costs O(T²) — a bias or a mask other than key padding."""
+        if self.attn_impl == "reference" or return_attentions:
+            return None
+        T = q.size(2)
+        if T <= 2 * self.pattern.reach:
+            return None
+        key_mask = None
+        if mask is not None and (mask.dim() != 4 or mask.size(1) != 1 or mask.size(2) != 1):
+            _warn_once(f"{self.pattern.kind}: a mask of shape {tuple(mask.shape)}")
+            return None
+        if bias is not None:
+            _warn_once(f"{self.pattern.kind}: an additive attention bias")
+            return None
+        if mask is not None:
+            key_mask = mask[:, 0, 0, :].expand(q.size(0), -1)  # (B, S)
+        return sliding_window_attention(
+            q, k, v, self.pattern, key_mask=key_mask, scale=self.scale,
+            dropout=dropout, training=self.training,
+        )  # fmt: skip
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(what: str) -> None:
+    """Say (once per cause) that a sparse pattern runs as a dense masked O(T²) attention."""
+    if what not in _WARNED:
+        _WARNED.add(what)
+        logger.warning("%s: the chunked kernel does not take it; dense attention under the "
+                       "pattern's mask instead (same result, O(T²) time and memory)", what)  # fmt: skip

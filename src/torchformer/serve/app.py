@@ -5,6 +5,8 @@ Endpoints:
 - ``POST /predict`` ``{"texts": ["...", ...]}`` ->
   ``{"predictions": [{"label", "confidence", "probabilities": {label: p}}, ...]}``
   (classifiers: models with ``predict``)
+- ``POST /predict`` with ``multipart/form-data`` image files -> the same answer, for
+  image classifiers (``serve.images``: limits and errors of uploads)
 - ``POST /generate`` ``{"prompt": "...", ...}`` -> the continuation, whole or streamed
   as server-sent events (language models; ``serve.generation``)
 - ``GET /health`` -> ``{"status": "ok", "backend", "model", "labels", "queue_depth"}`` (no key
@@ -74,11 +76,19 @@ class ServeLimits:
     max_new_tokens: int = 512  # /generate: most tokens a request may ask for (413 above)
     max_generate_queue: int = 8  # /generate: requests waiting for the model before 503
     body_timeout_s: float = 30.0  # the whole body must arrive within this (408 after)
+    max_images: int = 16  # image classifiers: images per request (413 above)
+    max_image_bytes: int = 5_000_000  # image classifiers: bytes per uploaded file (413 above)
+    max_image_pixels: int = 25_000_000  # image classifiers: width × height per image (413 above)
 
     @property
     def max_body_bytes(self) -> int:
         # Worst case JSON: every character escaped as \\uXXXX (6 bytes), plus quoting and commas.
         return self.max_texts * (self.max_chars * 6 + 8) + 4096
+
+    @property
+    def max_image_body_bytes(self) -> int:
+        # Every file at its limit, plus multipart boundaries and part headers.
+        return self.max_images * (self.max_image_bytes + 1024) + 4096
 
 
 class ApiError(Exception):
@@ -124,8 +134,11 @@ _ERRORS = {
     401: "unauthorized: the API key is missing or wrong",
     404: "not_found: this server runs a model of the other kind",
     408: "request_timeout: the body did not arrive in time",
-    413: "body_too_large, too_many_texts, text_too_long, too_many_tokens",
-    422: "invalid_json, invalid_request (the message names the field or texts[i])",
+    413: "body_too_large, too_many_texts, text_too_long, too_many_tokens; images: "
+    "too_many_images, image_too_large",
+    415: "unsupported_media_type: an image classifier takes multipart/form-data uploads",
+    422: "invalid_json, invalid_request (the message names the field or texts[i]); images: "
+    "invalid_image (names images[i] and the file name)",
     499: "client_disconnected: the client left before sending its whole body",
     500: "prediction_failed, generation_failed, internal_error",
     503: "queue_full (Retry-After: 1), or the server is unhealthy",
@@ -187,6 +200,16 @@ def openapi_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": json_content(schema)}}
 
 
+def _image_request_body(limits: ServeLimits) -> dict[str, Any]:
+    """``openapi_extra=`` for an image classifier's /predict: multipart file parts."""
+    files = {"type": "array", "minItems": 1, "maxItems": limits.max_images,
+             "items": {"type": "string", "format": "binary"}}  # fmt: skip
+    schema = {"type": "object", "required": ["images"], "properties": {"images": files}}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
+
+
 def _predict_request_schema(limits: ServeLimits) -> dict[str, Any]:
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars}
     texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_texts}
@@ -211,7 +234,12 @@ def load_predictor(
 
     directory = Path(path)
     if (directory / METADATA_NAME).is_file() or (directory / ONNX_NAME).is_file():
-        from torchformer.export.runtime import OnnxClassifier
+        from torchformer.export.runtime import OnnxClassifier, OnnxImageClassifier
+
+        if read_metadata(directory).get("task") == "image_classification":
+            if precision == "int8":
+                raise ValueError(f"{directory}: no int8 model for image classifiers")
+            return OnnxImageClassifier.from_dir(directory, threads=threads)
 
         if precision == "auto":
             gate = read_metadata(directory).get("int8", {}).get("gate", {})
@@ -465,6 +493,7 @@ def create_app(
     limits = limits or ServeLimits()
     metrics = ServerMetrics()
     generates = hasattr(predictor, "stream") and not hasattr(predictor, "predict")
+    images = hasattr(predictor, "to_pixels")  # an image classifier: multipart uploads
     batcher = MicroBatcher(
         lambda texts: predictor.predict(texts, batch_size=limits.max_batch_size),
         max_batch_size=limits.max_batch_size,
@@ -493,7 +522,9 @@ def create_app(
 
         install_generate(app, predictor, limits, lambda r: _check_key(r, api_key), read_body)
 
-    body_errors = (400, 401, 408, 413, 422, 499, 503)
+    body_errors = (
+        (400, 401, 408, 413, 415, 422, 499, 503) if images else (400, 401, 408, 413, 422, 499, 503)
+    )
     predictions = {"type": "array", "items": _PREDICTION_SCHEMA}
     predict_ok = {
         "type": "object",
@@ -504,13 +535,23 @@ def create_app(
     @app.post(
         "/predict",
         responses=openapi_responses(json_content(predict_ok), body_errors),
-        openapi_extra=openapi_body(_predict_request_schema(limits)),
+        openapi_extra=_image_request_body(limits)
+        if images
+        else openapi_body(_predict_request_schema(limits)),
         include_in_schema=not generates,  # a language model's server answers it with 404
     )
     async def predict(request: Request):
         if generates:
             raise ApiError(404, "not_found", "this server runs a language model: POST /generate")
         _check_key(request, api_key)
+        if images:
+            from torchformer.serve.images import check_content_type, decode_uploads, parse_uploads
+
+            check_content_type(request.headers)  # before reading up to max_image_body_bytes
+            body = await read_body(request, limits.max_image_body_bytes)
+            uploads = await parse_uploads(request.headers, body, limits)
+            pixels = await decode_uploads(predictor, uploads, limits)
+            return {"predictions": await _predict(batcher, pixels)}
         texts = parse_texts(await read_body(request, limits.max_body_bytes), limits)
         await check_alone(predictor, texts)
         return {"predictions": await _predict(batcher, texts)}

@@ -56,6 +56,12 @@ TASKS: dict[str, TaskEntry] = {
             "language_model.json",
             ("gpt2", "llama", "mistral", "qwen2"),
         ),
+        TaskEntry(
+            "image_classification",
+            "torchformer.tasks.image_classify",
+            "image_classification.json",
+            ("vit",),
+        ),
         TaskEntry("denoising", "torchformer.tasks.denoising", "denoising.json"),
         TaskEntry("masked_lm", "torchformer.tasks.masked_lm", "masked_lm.json"),
         TaskEntry(

@@ -190,7 +190,11 @@ def write_explain(
     from torchformer.api import load
 
     model = load(model_path)
-    if hasattr(model, "predict"):
+    if hasattr(model, "to_pixels"):  # an image classifier: ``text`` is the image's path
+        from torchformer.viz.rollout import image_explain_html
+
+        document = image_explain_html(model, text, name=str(text))
+    elif hasattr(model, "predict"):
         document = explain_html(model, text, window=window, max_values=max_values)
     else:
         document = translation_explain_html(model, text)

@@ -65,6 +65,7 @@ class EvalFiles:
     """What ``eval/<split>/`` holds; fields stay empty when a file is absent."""
 
     split: str
+    directory: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     report_text: str = ""
     labels: list[str] = field(default_factory=list)
@@ -166,7 +167,7 @@ def read_evaluation(eval_dir: str | os.PathLike) -> EvalFiles:
         ValueError: a malformed file (named in the message).
     """
     eval_dir = Path(eval_dir)
-    files = EvalFiles(split=eval_dir.name)
+    files = EvalFiles(split=eval_dir.name, directory=eval_dir)
     if (eval_dir / "metrics.json").is_file():
         files.metrics = _read_json(eval_dir / "metrics.json")
     if (eval_dir / "classification_report.txt").is_file():
@@ -258,6 +259,9 @@ def _model_summary(run_dir: Path) -> str:
         "vocab_size",
         "max_position_embeddings",
         "torchformer_pooling",
+        "image_size",
+        "patch_size",
+        "num_channels",
         "d_model",
         "num_layers",
         "num_heads",
@@ -328,7 +332,7 @@ def _evaluation_plots(e: EvalFiles) -> str:
         parts.append(
             _img(plot_calibration(e.confidence, e.is_correct), "calibration", "tf-calibration")
         )
-    if e.lengths and e.is_correct:
+    if e.lengths and e.is_correct and any(e.lengths):  # images have no length
         parts.append(
             _img(
                 plot_accuracy_by_length(e.lengths, e.is_correct), "accuracy by length", "tf-length"
@@ -364,10 +368,53 @@ def _excerpt(text: str, n: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _stored_image(e: EvalFiles, record: dict[str, Any]) -> Path | None:
+    """The image file an error record names (``thumbnail``), only when it lies inside the
+    evaluation folder: a record never makes the report read a file elsewhere."""
+    name = record.get("thumbnail")
+    if not name or e.directory is None:
+        return None
+    path = (e.directory / str(name)).resolve()
+    if not path.is_relative_to(e.directory.resolve()) or not path.is_file():
+        return None
+    return path
+
+
+def _thumbnail(e: EvalFiles, record: dict[str, Any]) -> str:
+    """An ``<img>`` of an image record's stored thumbnail (inlined), or ""."""
+    path = _stored_image(e, record)
+    if path is None:
+        return ""
+    return (
+        f"<img class='tf-thumb' alt='{html.escape(str(record.get('id', '')))}' "
+        f"src='{png_data_uri(path.read_bytes())}'>"
+    )
+
+
+def _image_errors_table(e: EvalFiles, rows: list[dict[str, Any]]) -> str:
+    body = "".join(
+        f"<tr><td class='num'>{i + 1}</td><td>{_thumbnail(e, r)}</td>"
+        f"<td>{_fmt(first(r, TRUE_KEYS, '?'))}</td><td>{_fmt(first(r, PRED_KEYS, '?'))}</td>"
+        f"<td class='num'>{_fmt(float(first(r, CONF_KEYS, float('nan'))))}</td>"
+        f"<td>{_fmt(r.get('id', ''))}</td></tr>"
+        for i, r in enumerate(rows)
+    )
+    head = "".join(
+        f"<th>{h}</th>" for h in ("#", "image", "true", "predicted", "confidence", "file")
+    )
+    return f"<table class='tf-table'><tr>{head}</tr>{body}</table>"
+
+
 def _errors_table(e: EvalFiles) -> str:
     if not e.errors:
         return _note(f"No errors.jsonl under eval/{e.split}/ (or no errors).")
     rows = sorted(e.errors, key=lambda r: -float(first(r, CONF_KEYS, 0.0)))[:ERROR_ROWS]
+    if any(r.get("thumbnail") for r in rows):
+        shown = sum(bool(_thumbnail(e, r)) for r in rows)
+        return _note(
+            f"The {len(rows)} most confidently wrong of {len(e.errors)} stored errors ({e.split}); "
+            f"{shown} with their image (enlarged, pixels kept sharp)."
+        ) + _image_errors_table(e, rows)
     table = _table(
         ["#", "true", "predicted", "confidence", "text"],
         [
@@ -412,6 +459,8 @@ def _attention_examples(run_dir: Path, e: EvalFiles | None, n_examples: int) -> 
     from torchformer.api import load
 
     model = load(run_dir)
+    if hasattr(model, "to_pixels"):
+        return _image_attention_examples(model, e, n_examples)
     if not hasattr(model, "predict"):
         return _note("Attention views are shown for classification runs.")
     chosen = _pick_examples(e, n_examples)
@@ -433,6 +482,42 @@ def _attention_examples(run_dir: Path, e: EvalFiles | None, n_examples: int) -> 
         parts.append(
             _example_html(i, kind, record, attention_for_text(model, str(first(record, TEXT_KEYS))))
         )
+    return "".join(parts)
+
+
+def _image_attention_examples(model: Any, e: EvalFiles, n_examples: int) -> str:
+    """Attention rollout over the stored thumbnails of the most confidently wrong images."""
+    from torchformer.viz.rollout import image_attention, rollout_html
+
+    parts = [
+        _note(
+            f"Attention rollout for the most confidently wrong images of eval/{e.split}/ "
+            "(computed by best/ on the stored image); `torchformer explain RUN IMAGE` draws it "
+            "for any image."
+        )
+    ]
+    shown = 0
+    for record in sorted(e.errors, key=lambda r: -float(first(r, CONF_KEYS, 0.0))):
+        if shown >= n_examples:
+            break
+        path = _stored_image(e, record)
+        if path is None:
+            continue
+        try:
+            attention = image_attention(model, path)
+        except ValueError as error:  # not a readable image: named, and the report goes on
+            logger.warning("no attention rollout for %s: %s", path, error)
+            continue
+        pred = attention.prediction
+        parts.append(
+            f"<div class='tf-example tf-wrong-example'><h3><span class='tf-wrong'>wrong</span>: "
+            f"true <b>{_fmt(first(record, TRUE_KEYS, '?'))}</b>, predicted "
+            f"<b>{_fmt(pred['label'])}</b> ({pred['confidence']:.4f}) — "
+            f"{_fmt(record.get('id', ''))}</h3>{rollout_html(attention)}</div>"
+        )
+        shown += 1
+    if not shown:
+        parts.append(_note("No stored images (thumbnails) to explain."))
     return "".join(parts)
 
 

@@ -45,6 +45,7 @@ table.tf-table td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: var(--bg-soft); border: 1px solid var(--border); padding: 10px; overflow: auto;
       font-size: 12px; max-height: 480px; }
 img.tf-plot { max-width: 100%; border: 1px solid var(--border); margin: 4px 8px 8px 0; }
+img.tf-thumb { width: 96px; height: auto; image-rendering: pixelated; border: 1px solid var(--border); }
 .tf-row { display: flex; flex-wrap: wrap; gap: 0 28px; align-items: flex-start; }
 .tf-plots { display: flex; flex-wrap: wrap; align-items: flex-start; }
 .tf-note { color: var(--muted); font-size: 12px; }

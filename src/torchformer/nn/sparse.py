@@ -1,0 +1,210 @@
+"""Sparse attention patterns: which keys each query may see, and a kernel whose cost
+grows with the pattern, not with T².
+
+Full attention compares every query with every key: time and memory O(T²). A sliding
+window (Beltagy et al. 2020, "Longformer"; Child et al. 2019) lets token i see only the
+keys within ``window`` positions — |i − j| ≤ w, or 0 ≤ i − j ≤ w for a causal decoder —
+so each query costs O(w) and a sequence O(T·w). A few *global* positions (Longformer's
+[CLS] or question tokens) see and are seen by every position; ``dilation`` d spreads
+the window (|i − j| ≤ w·d, only every d-th key), reaching further for the same cost.
+
+Two paths compute the same thing, as for full attention (``nn.attention``):
+
+- ``pattern_mask`` builds the pattern as an explicit (1, 1, T, S) boolean mask for the
+  readable reference path (and the parity tests): still O(T²) memory.
+- ``sliding_window_attention`` computes it in chunks: the sequence is cut into chunks
+  of c = w·d queries; chunk n sees the keys of chunks n−1, n and n+1 (3c keys), which
+  hold every key within reach, and a band mask inside them keeps exactly the pattern.
+  Scores are (B, H, T/c, c, 3c): O(T·w) time and memory. Global keys are appended to
+  every chunk's keys (and hidden where the band already has them); global queries are
+  computed apart, against all keys.
+
+Conventions of other libraries: Longformer's ``attention_window`` is the two-sided
+width, our ``window`` = attention_window / 2; Mistral's ``sliding_window`` W counts the
+token itself, our causal ``window`` = W − 1.
+
+Shapes: B batch, H heads, T queries, S keys (S = T: self-attention), Dh head dim,
+G global positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["AttentionPattern", "pattern_mask", "sliding_window_attention"]
+
+Kind = Literal["full", "sliding_window"]
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """Which keys a query may attend to (``kind``) and its settings.
+
+    Attributes:
+        kind: "full" (every key) or "sliding_window".
+        window: one-sided reach w of the window, in positions (w·dilation keys away).
+        dilation: d ≥ 1: only keys at multiples of d from the query, up to w·d away.
+        global_tokens: positions that attend to, and are attended by, every position.
+    """
+
+    kind: Kind = "full"
+    window: int = 128
+    dilation: int = 1
+    global_tokens: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("full", "sliding_window"):
+            raise ValueError(
+                f"attention kind must be 'full' or 'sliding_window', got {self.kind!r}"
+            )
+        if self.window < 1 or self.dilation < 1:
+            raise ValueError(
+                f"sliding_window needs window ≥ 1 and dilation ≥ 1, got window={self.window}, "
+                f"dilation={self.dilation}"
+            )
+        if any(p < 0 for p in self.global_tokens):
+            raise ValueError(f"global_tokens must be positions ≥ 0, got {self.global_tokens}")
+        object.__setattr__(self, "global_tokens", tuple(sorted(set(self.global_tokens))))
+
+    @property
+    def reach(self) -> int:
+        """The farthest key a query sees in the window: w·d positions."""
+        return self.window * self.dilation
+
+
+def pattern_mask(
+    pattern: AttentionPattern, t: int, *, causal: bool = False, device: torch.device | None = None
+) -> Tensor | None:
+    """The pattern as an explicit (1, 1, T, T) keep-mask (None for full non-causal attention)."""
+    i = torch.arange(t, device=device)[:, None]  # (T, 1) queries
+    j = torch.arange(t, device=device)[None, :]  # (1, T) keys
+    if pattern.kind == "full":
+        keep = j <= i if causal else None
+        return None if keep is None else keep[None, None]
+    offset = i - j
+    keep = offset.abs() <= pattern.reach
+    if pattern.dilation > 1:
+        keep &= offset % pattern.dilation == 0
+    globals_ = _global_index(pattern.global_tokens, t, device)
+    if globals_.numel():
+        is_global = torch.zeros(t, dtype=torch.bool, device=device)
+        is_global[globals_] = True
+        keep |= is_global[:, None] | is_global[None, :]
+    if causal:
+        keep &= offset >= 0
+    return keep[None, None]  # (1, 1, T, T)
+
+
+def _global_index(positions: Sequence[int], t: int, device: torch.device | None) -> Tensor:
+    return torch.tensor([p for p in positions if p < t], dtype=torch.long, device=device)
+
+
+def sliding_window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern: AttentionPattern,
+    *,
+    causal: bool = False,
+    key_mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """Sliding-window (+ global) self-attention in O(T·w) time and memory.
+
+    Args:
+        q, k, v: (B, H, T, Dh) (self-attention: queries and keys at the same positions).
+        pattern: a "sliding_window" pattern.
+        causal: hide keys after the query too.
+        key_mask: (B, T) boolean, True for real tokens (padding hidden).
+        scale: score multiplier (default 1/sqrt(Dh)).
+        dropout / training: dropout on the attention probabilities (training only).
+
+    Returns:
+        (B, H, T, Dh), equal (up to rounding) to dense attention under ``pattern_mask``
+        for every query that sees at least one real key. (A query that sees none — only
+        padding in reach — gets an average over its band, where the dense reference
+        averages all keys: padding positions' outputs are not defined either way.)
+    """
+    B, H, T, Dh = q.shape
+    scale = 1.0 / math.sqrt(Dh) if scale is None else scale
+    c = pattern.reach  # chunk size: a chunk and its two neighbours hold every key in reach
+    n = -(-T // c)
+    pad = n * c - T
+    neg = torch.finfo(q.dtype).min
+
+    def chunks(x: Tensor) -> Tensor:  # (B, H, T, Dh) -> (B, H, n, 3c, Dh): keys of each chunk
+        x = F.pad(x, (0, 0, c, c + pad))  # one empty chunk either side
+        return x.unfold(2, 3 * c, c).transpose(-1, -2)  # windows of 3c, stride c
+
+    qc = F.pad(q, (0, 0, 0, pad)).view(B, H, n, c, Dh)  # (B, H, n, c, Dh)
+    kc, vc = chunks(k), chunks(v)  # (B, H, n, 3c, Dh)
+    scores = torch.einsum("bhncd,bhnkd->bhnck", qc, kc) * scale  # (B, H, n, c, 3c)
+
+    device = q.device
+    qpos = torch.arange(n, device=device)[:, None] * c + torch.arange(c, device=device)  # (n, c)
+    kpos = (
+        torch.arange(n, device=device)[:, None] * c - c + torch.arange(3 * c, device=device)
+    )  # (n, 3c)
+    offset = qpos[:, :, None] - kpos[:, None, :]  # (n, c, 3c)
+    keep = (offset.abs() <= c) & (kpos[:, None, :] >= 0) & (kpos[:, None, :] < T)
+    if pattern.dilation > 1:
+        keep &= offset % pattern.dilation == 0
+    if causal:
+        keep &= offset >= 0
+    globals_ = _global_index(pattern.global_tokens, T, device)
+    if globals_.numel():  # a global key is seen through the global columns below, not twice
+        in_band_global = torch.zeros(T + 2 * c + pad, dtype=torch.bool, device=device)
+        in_band_global[globals_ + c] = True
+        keep &= ~in_band_global.unfold(0, 3 * c, c)[:, None, :]
+    keep = keep[None, None]  # (1, 1, n, c, 3c)
+    if key_mask is not None:
+        real = F.pad(key_mask.bool(), (c, c + pad)).unfold(1, 3 * c, c)  # (B, n, 3c)
+        keep = keep & real[:, None, :, None, :]
+    scores = scores.masked_fill(~keep, neg)
+
+    if globals_.numel():  # every query also sees the global keys
+        kg, vg = k[:, :, globals_], v[:, :, globals_]  # (B, H, G, Dh)
+        gscores = torch.einsum("bhncd,bhgd->bhncg", qc, kg) * scale  # (B, H, n, c, G)
+        gkeep = torch.ones(n, c, len(globals_), dtype=torch.bool, device=device)
+        if causal:
+            gkeep &= globals_[None, None, :] <= qpos[:, :, None]
+        gkeep = gkeep[None, None]
+        if key_mask is not None:
+            gkeep = gkeep & key_mask.bool()[:, globals_][:, None, None, None, :]
+        gscores = gscores.masked_fill(~gkeep, neg)
+        scores = torch.cat([scores, gscores], dim=-1)  # (B, H, n, c, 3c + G)
+        values = torch.cat([vc, vg[:, :, None].expand(-1, -1, n, -1, -1)], dim=-2)
+    else:
+        values = vc
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    if dropout and training:
+        probs = F.dropout(probs, p=dropout)
+    out = torch.einsum("bhnck,bhnkd->bhncd", probs, values).reshape(B, H, n * c, Dh)[:, :, :T]
+
+    if globals_.numel():  # global queries see every key: dense rows, G of them
+        full_keep = None
+        if causal:
+            full_keep = torch.arange(T, device=device)[None, :] <= globals_[:, None]  # (G, T)
+            full_keep = full_keep[None, None]
+        if key_mask is not None:
+            real = key_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+            full_keep = real if full_keep is None else full_keep & real
+        gq = q[:, :, globals_]  # (B, H, G, Dh)
+        s = torch.matmul(gq, k.transpose(-1, -2)) * scale  # (B, H, G, T)
+        if full_keep is not None:
+            s = s.masked_fill(~full_keep, neg)
+        gprobs = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+        if dropout and training:
+            gprobs = F.dropout(gprobs, p=dropout)
+        gout = torch.matmul(gprobs, v)
+        out = out.index_copy(2, globals_, gout)
+    return out

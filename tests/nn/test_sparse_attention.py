@@ -1,0 +1,129 @@
+"""Sliding-window attention: the chunked O(T·w) kernel equals dense attention under the
+pattern's explicit mask, and MultiHeadAttention applies a pattern on both paths."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from torchformer.nn import AttentionPattern, MultiHeadAttention, pattern_mask, reference_attention
+from torchformer.nn.sparse import sliding_window_attention
+
+
+def qkv(t: int, seed: int = 0, b: int = 2, h: int = 3, dh: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, t, dh, generator=g) for _ in range(3)]
+
+
+def test_the_explicit_mask_is_the_window_the_dilation_and_the_global_positions():
+    p = AttentionPattern("sliding_window", window=1, dilation=2, global_tokens=(0,))
+    m = pattern_mask(p, 6)[0, 0].int()
+    assert m.tolist() == [
+        [1, 1, 1, 1, 1, 1],  # position 0 is global: sees everything
+        [1, 1, 0, 1, 0, 0],  # |i - j| <= 2 and even: 1, 3 (and global 0)
+        [1, 0, 1, 0, 1, 0],
+        [1, 1, 0, 1, 0, 1],
+        [1, 0, 1, 0, 1, 0],
+        [1, 0, 0, 1, 0, 1],
+    ]
+    causal = pattern_mask(p, 6, causal=True)[0, 0]
+    assert torch.equal(causal, pattern_mask(p, 6)[0, 0] & torch.ones(6, 6).tril().bool())
+    assert pattern_mask(AttentionPattern(), 4) is None
+
+
+CASES = list(itertools.product(
+    (1, 5, 16, 37),  # T: shorter than, equal to and not a multiple of the chunk
+    (1, 3, 8),  # window
+    (1, 2),  # dilation
+    ((), (0,), (0, 10)),  # global positions (10 is past the end for short T)
+    (False, True),  # causal
+))  # fmt: skip
+
+
+@pytest.mark.parametrize(("t", "window", "dilation", "globals_", "causal"), CASES)
+def test_the_chunked_kernel_equals_dense_attention_under_the_mask(
+    t, window, dilation, globals_, causal
+):
+    T = t
+    q, k, v = qkv(T, seed=T * 7 + window)
+    key_mask = torch.ones(2, T, dtype=torch.bool)
+    key_mask[1, max(1, T - 3) :] = False  # row 1 is padded
+    p = AttentionPattern("sliding_window", window=window, dilation=dilation, global_tokens=globals_)
+    got = sliding_window_attention(q, k, v, p, causal=causal, key_mask=key_mask)
+    mask = pattern_mask(p, T, causal=causal) & key_mask[:, None, None, :]
+    expected, _ = reference_attention(q, k, v, mask=mask)
+    real = key_mask[:, None, :, None].expand_as(got)  # padding queries are not defined
+    assert torch.allclose(got[real], expected[real], atol=1e-5)
+
+
+def test_a_long_sequence_never_builds_the_dense_score_matrix(monkeypatch):
+    """The kernel's largest score tensor is (B, H, T/c, c, 3c + G), not (B, H, T, T)."""
+    T, w = 2048, 16
+    q, k, v = qkv(T, b=1, h=1)
+    sizes = []
+    einsum = torch.einsum
+
+    def spy(equation, *operands):
+        out = einsum(equation, *operands)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch, "einsum", spy)
+    sliding_window_attention(q, k, v, AttentionPattern("sliding_window", window=w))
+    assert max(sizes) <= T * 3 * w * 8 < T * T  # linear in T (8 = head dim)
+
+
+def test_multi_head_attention_applies_the_pattern_on_both_paths():
+    p = AttentionPattern("sliding_window", window=2, global_tokens=(0,))
+    torch.manual_seed(0)
+    fast = MultiHeadAttention(24, 3, pattern=p).eval()
+    ref = MultiHeadAttention(24, 3, pattern=p, attn_impl="reference").eval()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 11, 24)
+    pad = torch.ones(2, 11, dtype=torch.bool)
+    pad[1, 8:] = False
+    mask = pad[:, None, None, :]
+    with torch.no_grad():
+        a, _ = fast(x, mask=mask)
+        b, probs = ref(x, mask=mask, return_attentions=True)
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1, :8], b[1, :8], atol=1e-5)
+    allowed = pattern_mask(p, 11)[0, 0]
+    assert probs[0][:, ~allowed].abs().max() == 0  # nothing outside the pattern
+    dense = MultiHeadAttention(24, 3).eval()
+    dense.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(dense(x, mask=mask)[0][0], a[0], atol=1e-3)  # the pattern matters
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="attention kind"):
+        AttentionPattern("lsh")
+    with pytest.raises(ValueError, match="window"):
+        AttentionPattern("sliding_window", window=0)
+    with pytest.raises(ValueError, match="global_tokens"):
+        AttentionPattern("sliding_window", global_tokens=(-1,))
+
+
+def test_training_with_dropout_stays_on_the_chunked_kernel_and_a_cache_is_refused(monkeypatch):
+    from torchformer.nn import attention as attention_module
+    from torchformer.nn.cache import LayerCache
+
+    calls = []
+    kernel = attention_module.sliding_window_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module, "sliding_window_attention", spy)
+    p = AttentionPattern("sliding_window", window=2)
+    layer = MultiHeadAttention(24, 3, pattern=p, dropout=0.5).train()
+    torch.manual_seed(0)
+    out, _ = layer(torch.randn(2, 12, 24))
+    out.sum().backward()  # gradients flow through the kernel
+    assert len(calls) == 1 and calls[0]["training"] and calls[0]["dropout"] == 0.5
+    assert layer.q_proj.weight.grad is not None
+    with pytest.raises(ValueError, match="KV cache is not supported"):
+        layer.eval()(torch.randn(1, 12, 24), cache=LayerCache())
