@@ -79,7 +79,8 @@ def test_an_unknown_recorded_task_names_the_known_ones(tmp_path, loaders):
     odd = _model_dir(tmp_path / "odd", "torchformer.json", "summarisation", "bert")
     with pytest.raises(
         ValueError,
-        match=r"'summarisation'.*classification, denoising, language_model, masked_lm, translation",
+        match=r"'summarisation'.*classification, denoising, image_classification, language_model, "
+        r"masked_lm, translation",
     ):
         torchformer.load(odd)
     assert loaders == []

@@ -132,7 +132,10 @@ def test_train_with_an_unknown_task_names_the_file_and_the_known_tasks(tmp_path,
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err
     assert str(config) in err and "'summarisation'" in err
-    assert "known tasks: classification, denoising, language_model, masked_lm, translation" in err
+    assert (
+        "known tasks: classification, denoising, image_classification, language_model, "
+        "masked_lm, translation" in err
+    )
 
 
 def test_python_dash_m_torchformer_runs_the_command_and_exits_with_its_code():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, make_archive, make_image_folder
 from PIL import Image
+from vision_data import CLASSES, make_archive, make_image_folder
 
 from torchformer.data import images as images_module
 from torchformer.data.augment import AugmentConfig, augment_batch

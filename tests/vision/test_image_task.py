@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_archive, vit_config
 from PIL import Image
+from vision_data import make_archive, vit_config
 
 import torchformer
 from torchformer.api import ImageClassifier
@@ -105,7 +105,7 @@ def test_resume_continues_with_the_same_augmentation_as_an_unbroken_run(tmp_path
 
 
 def test_an_archive_source_and_its_separate_val_split_train_too(tmp_path):
-    from conftest import make_image_folder
+    from vision_data import make_image_folder
 
     root = make_image_folder(tmp_path / "data", per_class={"train": 6, "val": 2, "test": 2})
     archive = make_archive(root, tmp_path / "data.tar.gz")
