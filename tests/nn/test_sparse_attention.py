@@ -59,20 +59,20 @@ def test_the_chunked_kernel_equals_dense_attention_under_the_mask(
 
 
 def test_a_long_sequence_never_builds_the_dense_score_matrix(monkeypatch):
-    """The kernel's largest score tensor is (B, H, T/c, c, 3c + G), not (B, H, T, T)."""
+    """The kernel's largest product is a (B, H, T/c, c, c) score block, not (B, H, T, T)."""
     T, w = 2048, 16
     q, k, v = qkv(T, b=1, h=1)
     sizes = []
-    einsum = torch.einsum
+    matmul = torch.matmul
 
-    def spy(equation, *operands):
-        out = einsum(equation, *operands)
+    def spy(a, b):
+        out = matmul(a, b)
         sizes.append(out.numel())
         return out
 
-    monkeypatch.setattr(torch, "einsum", spy)
+    monkeypatch.setattr(torch, "matmul", spy)
     sliding_window_attention(q, k, v, AttentionPattern("sliding_window", window=w))
-    assert max(sizes) <= T * 3 * w * 8 < T * T  # linear in T (8 = head dim)
+    assert sizes and max(sizes) <= T * w * 8 < T * T  # linear in T (8 = head dim)
 
 
 def test_multi_head_attention_applies_the_pattern_on_both_paths():

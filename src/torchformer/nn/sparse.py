@@ -13,9 +13,10 @@ Two paths compute the same thing, as for full attention (``nn.attention``):
 - ``pattern_mask`` builds the pattern as an explicit (1, 1, T, S) boolean mask for the
   readable reference path (and the parity tests): still O(T²) memory.
 - ``sliding_window_attention`` computes it in chunks: the sequence is cut into chunks
-  of c = w·d queries; chunk n sees the keys of chunks n−1, n and n+1 (3c keys), which
-  hold every key within reach, and a band mask inside them keeps exactly the pattern.
-  Scores are (B, H, T/c, c, 3c): O(T·w) time and memory. Global keys are appended to
+  of c = w·d queries; chunk n sees the keys of chunks n−1, n and n+1 (3c keys; causal:
+  n−1 and n, 2c), which hold every key within reach, and a band mask inside them keeps
+  exactly the pattern. The neighbouring chunks are slices of the keys, not copies;
+  scores are (B, H, T/c, c, 3c): O(T·w) time and memory. Global keys are appended to
   every chunk's keys (and hidden where the band already has them); global queries are
   computed apart, against all keys.
 
@@ -141,20 +142,23 @@ def sliding_window_attention(
     pad = n * c - T
     neg = torch.finfo(q.dtype).min
 
-    def chunks(x: Tensor) -> Tensor:  # (B, H, T, Dh) -> (B, H, n, 3c, Dh): keys of each chunk
-        x = F.pad(x, (0, 0, c, c + pad))  # one empty chunk either side
-        return x.unfold(2, 3 * c, c).transpose(-1, -2)  # windows of 3c, stride c
-
+    # Keys and values with one empty chunk either side, as (B, H, n + 2, c, Dh) views: chunk
+    # i's neighbours are rows i, i + 1, i + 2 — slices, never copies of the band.
+    kp = F.pad(k, (0, 0, c, c + pad)).view(B, H, n + 2, c, Dh)
+    vp = F.pad(v, (0, 0, c, c + pad)).view(B, H, n + 2, c, Dh)
+    parts = (0, 1) if causal else (0, 1, 2)  # previous, own, next chunk (causal: no next)
+    W = len(parts) * c  # band width
     qc = F.pad(q, (0, 0, 0, pad)).view(B, H, n, c, Dh)  # (B, H, n, c, Dh)
-    kc, vc = chunks(k), chunks(v)  # (B, H, n, 3c, Dh)
-    scores = torch.einsum("bhncd,bhnkd->bhnck", qc, kc) * scale  # (B, H, n, c, 3c)
+    scores = torch.cat(
+        [torch.matmul(qc, kp[:, :, j : j + n].transpose(-1, -2)) for j in parts], dim=-1
+    ).mul_(scale)  # (B, H, n, c, W)
 
     device = q.device
     qpos = torch.arange(n, device=device)[:, None] * c + torch.arange(c, device=device)  # (n, c)
     kpos = (
-        torch.arange(n, device=device)[:, None] * c - c + torch.arange(3 * c, device=device)
-    )  # (n, 3c)
-    offset = qpos[:, :, None] - kpos[:, None, :]  # (n, c, 3c)
+        torch.arange(n, device=device)[:, None] * c - c + torch.arange(W, device=device)
+    )  # (n, W)
+    offset = qpos[:, :, None] - kpos[:, None, :]  # (n, c, W)
     keep = (offset.abs() <= c) & (kpos[:, None, :] >= 0) & (kpos[:, None, :] < T)
     if pattern.dilation > 1:
         keep &= offset % pattern.dilation == 0
@@ -164,16 +168,16 @@ def sliding_window_attention(
     if globals_.numel():  # a global key is seen through the global columns below, not twice
         in_band_global = torch.zeros(T + 2 * c + pad, dtype=torch.bool, device=device)
         in_band_global[globals_ + c] = True
-        keep &= ~in_band_global.unfold(0, 3 * c, c)[:, None, :]
-    keep = keep[None, None]  # (1, 1, n, c, 3c)
+        keep &= ~in_band_global.unfold(0, W, c)[:n, None, :]
+    keep = keep[None, None]  # (1, 1, n, c, W)
     if key_mask is not None:
-        real = F.pad(key_mask.bool(), (c, c + pad)).unfold(1, 3 * c, c)  # (B, n, 3c)
+        real = F.pad(key_mask.bool(), (c, c + pad)).unfold(1, W, c)[:, :n]  # (B, n, W)
         keep = keep & real[:, None, :, None, :]
-    scores = scores.masked_fill(~keep, neg)
+    scores = scores.masked_fill_(~keep, neg)
 
     if globals_.numel():  # every query also sees the global keys
         kg, vg = k[:, :, globals_], v[:, :, globals_]  # (B, H, G, Dh)
-        gscores = torch.einsum("bhncd,bhgd->bhncg", qc, kg) * scale  # (B, H, n, c, G)
+        gscores = torch.matmul(qc, kg[:, :, None].transpose(-1, -2)) * scale  # (B, H, n, c, G)
         gkeep = torch.ones(n, c, len(globals_), dtype=torch.bool, device=device)
         if causal:
             gkeep &= globals_[None, None, :] <= qpos[:, :, None]
@@ -181,14 +185,17 @@ def sliding_window_attention(
         if key_mask is not None:
             gkeep = gkeep & key_mask.bool()[:, globals_][:, None, None, None, :]
         gscores = gscores.masked_fill(~gkeep, neg)
-        scores = torch.cat([scores, gscores], dim=-1)  # (B, H, n, c, 3c + G)
-        values = torch.cat([vc, vg[:, :, None].expand(-1, -1, n, -1, -1)], dim=-2)
-    else:
-        values = vc
+        scores = torch.cat([scores, gscores], dim=-1)  # (B, H, n, c, W + G)
     probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     if dropout and training:
         probs = F.dropout(probs, p=dropout)
-    out = torch.einsum("bhnck,bhnkd->bhncd", probs, values).reshape(B, H, n * c, Dh)[:, :, :T]
+    out = sum(
+        torch.matmul(probs[..., i * c : (i + 1) * c], vp[:, :, j : j + n])
+        for i, j in enumerate(parts)
+    )  # (B, H, n, c, Dh)
+    if globals_.numel():
+        out = out + torch.matmul(probs[..., W:], vg[:, :, None])
+    out = out.reshape(B, H, n * c, Dh)[:, :, :T]
 
     if globals_.numel():  # global queries see every key: dense rows, G of them
         full_keep = None
