@@ -127,3 +127,51 @@ def test_training_with_dropout_stays_on_the_chunked_kernel_and_a_cache_is_refuse
     assert layer.q_proj.weight.grad is not None
     with pytest.raises(ValueError, match="KV cache is not supported"):
         layer.eval()(torch.randn(1, 12, 24), cache=LayerCache())
+
+
+def test_a_call_the_kernel_cannot_take_raises_or_with_a_fallback_is_logged_and_counted(caplog):
+    from torchformer.nn.masks import causal_mask
+    from torchformer.nn.sparse import fallbacks
+
+    fallbacks(reset=True)
+    x = torch.randn(2, 12, 24)
+    strict = MultiHeadAttention(24, 3, pattern=AttentionPattern("sliding_window", window=2)).eval()
+    with pytest.raises(ValueError, match=r"'sliding_window' cannot run on queries of shape \(2, 3, 12, 8\) "
+                                         r"with a mask of shape \(1, 1, 12, 12\)"):  # fmt: skip
+        strict(x, mask=causal_mask(12))
+    p = AttentionPattern("sliding_window", window=2, fallback="dense")
+    lenient = MultiHeadAttention(24, 3, pattern=p).eval()
+    lenient.load_state_dict(strict.state_dict())
+    reference = MultiHeadAttention(24, 3, pattern=p, attn_impl="reference").eval()
+    reference.load_state_dict(strict.state_dict())
+    with caplog.at_level("WARNING", logger="torchformer.nn.sparse"), torch.no_grad():
+        a, _ = lenient(x, mask=causal_mask(12))
+        lenient(x, mask=causal_mask(12))
+        b, _ = reference(x, mask=causal_mask(12))
+    assert torch.allclose(a, b, atol=1e-5)  # the same result, computed densely
+    assert fallbacks(reset=True) == {
+        "sliding_window: a mask of shape (1, 1, 12, 12) (only key padding)": 2
+    }
+    assert sum("fallback: dense" in r.getMessage() for r in caplog.records) == 1  # logged once
+    assert fallbacks() == {}
+
+
+def test_the_training_loop_writes_the_fallbacks_into_the_run(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from torchformer.nn.sparse import record_fallback
+    from torchformer.train.logging import MetricsLogger
+    from torchformer.train.loop import _log_attention_fallbacks
+
+    log = MetricsLogger(tmp_path)
+    run = SimpleNamespace(log=log, state=SimpleNamespace(step=7, epoch=1))
+    record_fallback(
+        AttentionPattern("sliding_window", fallback="dense"), "an additive attention bias"
+    )
+    _log_attention_fallbacks(run)
+    _log_attention_fallbacks(run)  # nothing new: nothing written
+    log.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{**rows[0], "split": "attention", "step": 7,
+                     "attention_fallbacks": {"sliding_window: an additive attention bias": 1}}]  # fmt: skip

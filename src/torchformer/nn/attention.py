@@ -21,7 +21,6 @@ are broadcastable to (B, H, T, S) too.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Literal
 
@@ -32,11 +31,14 @@ from torch import Tensor, nn
 from torchformer.nn.cache import LayerCache
 from torchformer.nn.masks import combine_masks
 from torchformer.nn.positional import apply_rotary
-from torchformer.nn.sparse import AttentionPattern, pattern_mask, sliding_window_attention
+from torchformer.nn.sparse import (
+    AttentionPattern,
+    pattern_mask,
+    record_fallback,
+    sliding_window_attention,
+)
 
 AttnImpl = Literal["reference", "sdpa"]
-
-logger = logging.getLogger(__name__)
 
 
 def _merge_mask_and_bias(
@@ -298,8 +300,8 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor | None:  # fmt: skip
         """The chunked sliding-window kernel's output, or None when this call takes the
         explicit-mask path: the reference path or attention weights (asked for), a short
-        sequence (T ≤ 2·reach: the dense mask is then no bigger than the band), or — logged
-        once, as it costs O(T²) — a bias or a mask other than key padding."""
+        sequence (T ≤ 2·reach: the dense mask is then no bigger than the band), or — only
+        with ``fallback: dense``, recorded — a bias or a mask other than key padding."""
         if self.attn_impl == "reference" or return_attentions:
             return None
         T = q.size(2)
@@ -307,11 +309,9 @@ class MultiHeadAttention(nn.Module):
             return None
         key_mask = None
         if mask is not None and (mask.dim() != 4 or mask.size(1) != 1 or mask.size(2) != 1):
-            _warn_once(f"{self.pattern.kind}: a mask of shape {tuple(mask.shape)}")
-            return None
+            return self._cannot(f"a mask of shape {tuple(mask.shape)} (only key padding)", q)
         if bias is not None:
-            _warn_once(f"{self.pattern.kind}: an additive attention bias")
-            return None
+            return self._cannot("an additive attention bias", q)
         if mask is not None:
             key_mask = mask[:, 0, 0, :].expand(q.size(0), -1)  # (B, S)
         return sliding_window_attention(
@@ -319,13 +319,14 @@ class MultiHeadAttention(nn.Module):
             dropout=dropout, training=self.training,
         )  # fmt: skip
 
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(what: str) -> None:
-    """Say (once per cause) that a sparse pattern runs as a dense masked O(T²) attention."""
-    if what not in _WARNED:
-        _WARNED.add(what)
-        logger.warning("%s: the chunked kernel does not take it; dense attention under the "
-                       "pattern's mask instead (same result, O(T²) time and memory)", what)  # fmt: skip
+    def _cannot(self, what: str, q: Tensor) -> None:
+        """The kernel cannot take this call: raise, or (``fallback: dense``) record it and
+        return None, so that the caller runs dense attention under the pattern's mask."""
+        if self.pattern.fallback == "dense":
+            record_fallback(self.pattern, what)
+            return None
+        raise ValueError(
+            f"attention kind {self.pattern.kind!r} cannot run on queries of shape "
+            f"{tuple(q.shape)} with {what}; set the pattern's fallback to 'dense' to compute "
+            "it as dense masked attention (O(T²)) instead"
+        )

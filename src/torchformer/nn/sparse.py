@@ -30,7 +30,9 @@ G global positions.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,7 +41,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AttentionPattern", "pattern_mask", "sliding_window_attention"]
+__all__ = [
+    "AttentionPattern",
+    "fallbacks",
+    "pattern_mask",
+    "record_fallback",
+    "sliding_window_attention",
+]
+
+logger = logging.getLogger(__name__)
+_FALLBACKS: Counter = Counter()
+
+
+def record_fallback(pattern: AttentionPattern, reason: str) -> None:
+    """Count a call that ran as dense masked attention (and log the first of each reason)."""
+    key = f"{pattern.kind}: {reason}"
+    if key not in _FALLBACKS:
+        logger.warning(
+            "%s: the chunked kernel does not take it; dense attention under the pattern's "
+            "mask instead (fallback: dense; same result, O(T²) time and memory)",
+            key,
+        )
+    _FALLBACKS[key] += 1
+
+
+def fallbacks(*, reset: bool = False) -> dict[str, int]:
+    """Calls that fell back to dense attention so far, by kind and reason."""
+    out = dict(_FALLBACKS)
+    if reset:
+        _FALLBACKS.clear()
+    return out
+
 
 Kind = Literal["full", "sliding_window"]
 
@@ -53,12 +85,18 @@ class AttentionPattern:
         window: one-sided reach w of the window, in positions (w·dilation keys away).
         dilation: d ≥ 1: only keys at multiples of d from the query, up to w·d away.
         global_tokens: positions that attend to, and are attended by, every position.
+        fallback: what the fast path does with a call its kernel cannot take (a mask
+            other than key padding, an additive bias): "error" (default) raises naming the
+            kind and the shape; "dense" computes the same result as dense attention under
+            the pattern's mask (O(T²)), logs it once and counts it (``fallbacks()``, which
+            the training loop writes into the run's ``metrics.jsonl``).
     """
 
     kind: Kind = "full"
     window: int = 128
     dilation: int = 1
     global_tokens: tuple[int, ...] = field(default_factory=tuple)
+    fallback: Literal["error", "dense"] = "error"
 
     def __post_init__(self) -> None:
         if self.kind not in ("full", "sliding_window"):
@@ -69,6 +107,10 @@ class AttentionPattern:
             raise ValueError(
                 f"sliding_window needs window ≥ 1 and dilation ≥ 1, got window={self.window}, "
                 f"dilation={self.dilation}"
+            )
+        if self.fallback not in ("error", "dense"):
+            raise ValueError(
+                f"attention fallback must be 'error' or 'dense', got {self.fallback!r}"
             )
         if any(p < 0 for p in self.global_tokens):
             raise ValueError(f"global_tokens must be positions ≥ 0, got {self.global_tokens}")

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from torchformer.config import config_to_dict, save_config
+from torchformer.nn.sparse import fallbacks
 from torchformer.train.accumulation import (
     is_accumulation_boundary,
     optimizer_step,
@@ -283,6 +284,15 @@ def _log_summary(run: Run) -> None:
     run.log.log(values, step=s.step, epoch=s.epoch, split="summary")
 
 
+def _log_attention_fallbacks(run: Run) -> None:
+    """Calls of sparse attention that ran as dense masked attention (a configured
+    ``fallback: dense``), written into ``metrics.jsonl``: never a silent fallback."""
+    counts = fallbacks(reset=True)
+    if counts:
+        run.log.log({"attention_fallbacks": counts}, step=run.state.step,
+                    epoch=run.state.epoch, split="attention")  # fmt: skip
+
+
 def fit(
     task: Task, *, resume: bool = False, overwrite: bool = False, stop_at_step: int | None = None
 ) -> Path:
@@ -316,6 +326,7 @@ def fit(
             if run.stopper.best_step is None:  # never evaluated: max_steps came first
                 run.evaluate_and_keep_best()
             _log_summary(run)
+            _log_attention_fallbacks(run)
             if world.is_main:
                 task.finish(run)
         finally:
