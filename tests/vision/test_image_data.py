@@ -161,3 +161,13 @@ def test_an_example_is_augmented_by_its_own_seed_whatever_batch_it_is_in():
     assert not torch.equal(other_epoch, whole)
     with pytest.raises(ValueError, match="2 generators for a batch of 16"):
         augment_batch(x, config, example_generators(7, 3, [0, 1]))
+
+
+def test_a_file_added_to_a_cached_folder_is_decoded_again(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class={"train": 2})
+    first, _ = read_image_folder(root, cache_dir=tmp_path / "cache")
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(root / "train" / "square" / "new.png")
+    again, _ = read_image_folder(root, cache_dir=tmp_path / "cache")
+    assert len(again["train"]) == len(first["train"]) + 1
+    assert "train/square/new.png" in again["train"].names
+    assert len(list((tmp_path / "cache").glob("images-*.pt"))) == 2  # a new key, a new file
