@@ -76,8 +76,11 @@ class AttentionBench:
     def exponent(self, kind: str, what: str = "seconds") -> float | None:
         """Least-squares slope of log(value) on log(T) over T ≥ fit_from."""
         lengths, values = self.series(kind, what)
-        points = [(math.log(t), math.log(v)) for t, v in zip(lengths, values)
-                  if t >= self.settings.fit_from and v > 0]  # fmt: skip
+        points = [
+            (math.log(t), math.log(v))
+            for t, v in zip(lengths, values)
+            if t >= self.settings.fit_from and v > 0
+        ]
         if len(points) < 2:
             return None
         mx = statistics.fmean(x for x, _ in points)
@@ -160,8 +163,16 @@ def _peak_kib() -> int:
 
 
 def _cell_in_subprocess(kind: str, length: int, s: AttentionBenchSettings, timeout: float) -> Cell:
-    command = [sys.executable, "-m", "torchformer.bench.attention", "--cell", kind, str(length),
-               "--settings", json.dumps(asdict(s))]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torchformer.bench.attention",
+        "--cell",
+        kind,
+        str(length),
+        "--settings",
+        json.dumps(asdict(s)),
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -291,15 +302,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.cell:  # a child process: one cell, printed as JSON
-        s = AttentionBenchSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in json.loads(args.settings).items()})  # fmt: skip
+        s = AttentionBenchSettings(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in json.loads(args.settings).items()
+            }
+        )
         print(json.dumps(asdict(measure_cell(args.cell[0], int(args.cell[1]), s))))
         return 0
     s = AttentionBenchSettings(
-        lengths=tuple(args.lengths), kinds=tuple(args.kinds), heads=args.heads,
-        head_dim=args.head_dim, window=args.window, backward=not args.forward_only,
-        repeats=args.repeats, threads=args.threads, fit_from=args.fit_from,
-    )  # fmt: skip
+        lengths=tuple(args.lengths),
+        kinds=tuple(args.kinds),
+        heads=args.heads,
+        head_dim=args.head_dim,
+        window=args.window,
+        backward=not args.forward_only,
+        repeats=args.repeats,
+        threads=args.threads,
+        fit_from=args.fit_from,
+    )
     bench = run_attention_bench(s, log=lambda m: print(m, flush=True))
     json_path, png = write_report(bench, Path(args.out))
     print()

@@ -108,9 +108,13 @@ def export_command(args: argparse.Namespace) -> int:
 
         try:
             result = export_image_classifier(
-                clf, args.out, opset=args.opset, tolerance=args.tolerance,
-                batches=tuple(args.batches), source=str(args.run),
-            )  # fmt: skip
+                clf,
+                args.out,
+                opset=args.opset,
+                tolerance=args.tolerance,
+                batches=tuple(args.batches),
+                source=str(args.run),
+            )
         except ParityError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

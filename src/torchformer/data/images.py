@@ -181,8 +181,10 @@ def _fingerprint(path: Path, *parts: object) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         stat = file.stat()
-        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}|{stat.st_size}|"
-                      f"{stat.st_mtime_ns}\n".encode())  # fmt: skip
+        digest.update(
+            f"{file.relative_to(path) if path.is_dir() else ''}|{stat.st_size}|"
+            f"{stat.st_mtime_ns}\n".encode()
+        )
     digest.update("|".join(map(str, parts)).encode())
     return digest.hexdigest()[:16]
 

@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,12 +30,11 @@ from torchformer.export.onnx import (
     LABELS_NAME,
     ONNX_NAME,
     ExportResult,
-    ParityCell,
     ParityError,
     ParityReport,
-    _first_line,
     _quiet_loggers,
     _versions,
+    compare_cell,
     sha256_of,
     with_attention,
     write_metadata,
@@ -93,9 +91,8 @@ def grid_pixels(kind: str, batch: int, channels: int, size: int, *, seed: int = 
     if kind == "noise":
         return torch.randn(batch, channels, size, size, generator=g)
     if kind == "constant":
-        return torch.rand(batch, channels, 1, 1, generator=g).mul(4).sub(2).expand(
-            batch, channels, size, size
-        ).contiguous()  # fmt: skip
+        level = torch.rand(batch, channels, 1, 1, generator=g) * 4 - 2
+        return level.expand(batch, channels, size, size).contiguous()
     ramp = torch.linspace(-2, 2, size)
     image = ramp[None, :] + ramp[:, None] * 0.5  # (S, S)
     return image.expand(batch, channels, size, size) * torch.rand(batch, 1, 1, 1, generator=g)
@@ -117,17 +114,8 @@ def check_image_parity(
             pixels = grid_pixels(kind, batch, cfg.num_channels, cfg.image_size)
             with torch.inference_mode():
                 expected = model(pixels).logits.float().numpy()
-            try:
-                got = session.run(["logits"], {PIXEL_INPUT: pixels.numpy()})[0]
-            except Exception as e:
-                report.cells.append(ParityCell(batch, k, float("nan"), error=_first_line(e)))
-                continue
-            if got.shape != expected.shape:
-                error = f"output shape {got.shape}, expected {expected.shape}"
-                report.cells.append(ParityCell(batch, k, float("nan"), error=error))
-                continue
-            diff = float(np.abs(got.astype(np.float64) - expected).max())
-            report.cells.append(ParityCell(batch, k, diff))
+            feed = {PIXEL_INPUT: pixels.numpy()}
+            report.cells.append(compare_cell(session, feed, expected, batch, k))
     return report
 
 

@@ -290,18 +290,23 @@ def check_parity(
             with torch.inference_mode():
                 expected = model(input_ids, attention_mask=attention_mask).logits.float().numpy()
             feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
-            try:
-                got = session.run([OUTPUT_NAME], feed)[0]
-            except Exception as e:  # a graph that cannot run this shape fails this cell
-                report.cells.append(ParityCell(batch, length, float("nan"), error=_first_line(e)))
-                continue
-            if got.shape != expected.shape:
-                error = f"output shape {got.shape}, expected {expected.shape}"
-                report.cells.append(ParityCell(batch, length, float("nan"), error=error))
-                continue
-            diff = float(np.abs(got.astype(np.float64) - expected).max())
-            report.cells.append(ParityCell(batch, length, diff))
+            report.cells.append(compare_cell(session, feed, expected, batch, length))
     return report
+
+
+def compare_cell(
+    session: Any, feed: dict[str, np.ndarray], expected: np.ndarray, batch: int, length: int
+) -> ParityCell:
+    """One grid cell: the session's logits on ``feed`` against ``expected``; a graph that
+    cannot run the shape, or answers another shape, fails the cell (NaN + the error)."""
+    try:
+        got = session.run([OUTPUT_NAME], feed)[0]
+    except Exception as e:
+        return ParityCell(batch, length, float("nan"), error=_first_line(e))
+    if got.shape != expected.shape:
+        error = f"output shape {got.shape}, expected {expected.shape}"
+        return ParityCell(batch, length, float("nan"), error=error)
+    return ParityCell(batch, length, float(np.abs(got.astype(np.float64) - expected).max()))
 
 
 def _first_line(error: Exception) -> str:

@@ -295,9 +295,15 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out), (probs if return_attentions else None)
 
     def _windowed(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None,
-        dropout: float, return_attentions: bool,
-    ) -> Tensor | None:  # fmt: skip
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        bias: Tensor | None,
+        dropout: float,
+        return_attentions: bool,
+    ) -> Tensor | None:
         """The chunked sliding-window kernel's output, or None when this call takes the
         explicit-mask path: the reference path or attention weights (asked for), a short
         sequence (T ≤ 2·reach: the dense mask is then no bigger than the band), or — only
@@ -315,9 +321,15 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             key_mask = mask[:, 0, 0, :].expand(q.size(0), -1)  # (B, S)
         return sliding_window_attention(
-            q, k, v, self.pattern, key_mask=key_mask, scale=self.scale,
-            dropout=dropout, training=self.training,
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            self.pattern,
+            key_mask=key_mask,
+            scale=self.scale,
+            dropout=dropout,
+            training=self.training,
+        )
 
     def _cannot(self, what: str, q: Tensor) -> None:
         """The kernel cannot take this call: raise, or (``fallback: dense``) record it and

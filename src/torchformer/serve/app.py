@@ -202,8 +202,12 @@ def openapi_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _image_request_body(limits: ServeLimits) -> dict[str, Any]:
     """``openapi_extra=`` for an image classifier's /predict: multipart file parts."""
-    files = {"type": "array", "minItems": 1, "maxItems": limits.max_images,
-             "items": {"type": "string", "format": "binary"}}  # fmt: skip
+    files = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": limits.max_images,
+        "items": {"type": "string", "format": "binary"},
+    }
     schema = {"type": "object", "required": ["images"], "properties": {"images": files}}
     return {
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}

@@ -113,8 +113,13 @@ async def decode_uploads(
         for i, (name, data) in enumerate(uploads):
             where = f"images[{i}] ({name})"
             try:
-                array = decode_image(data, channels=channels, size=size, name=where,
-                                     max_pixels=limits.max_image_pixels)  # fmt: skip
+                array = decode_image(
+                    data,
+                    channels=channels,
+                    size=size,
+                    name=where,
+                    max_pixels=limits.max_image_pixels,
+                )
             except ValueError as e:
                 message = str(e)[:300]
                 if "exceeds the limit" in message:

@@ -289,8 +289,12 @@ def _log_attention_fallbacks(run: Run) -> None:
     ``fallback: dense``), written into ``metrics.jsonl``: never a silent fallback."""
     counts = fallbacks(reset=True)
     if counts:
-        run.log.log({"attention_fallbacks": counts}, step=run.state.step,
-                    epoch=run.state.epoch, split="attention")  # fmt: skip
+        run.log.log(
+            {"attention_fallbacks": counts},
+            step=run.state.step,
+            epoch=run.state.epoch,
+            split="attention",
+        )
 
 
 def fit(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,11 @@ from torchformer.evaluate.classification import expected_calibration_error
 from torchformer.train.logging import read_metrics
 from torchformer.viz.attention import attention_for_text
 from torchformer.viz.explain import attention_html
+from torchformer.viz.image_report import (
+    image_attention_examples,
+    image_errors_table,
+    thumbnail,
+)
 from torchformer.viz.plots import (
     plot_accuracy_by_length,
     plot_bleu,
@@ -43,6 +47,15 @@ from torchformer.viz.plots import (
     plot_learning_curves,
     png_data_uri,
 )
+from torchformer.viz.report_parts import (
+    CONF_KEYS,
+    PRED_KEYS,
+    TEXT_KEYS,
+    TRUE_KEYS,
+    first,
+)
+from torchformer.viz.report_parts import fmt as _fmt
+from torchformer.viz.report_parts import note as _note
 from torchformer.viz.templates import page
 
 __all__ = ["EvalFiles", "read_evaluation", "render_report", "write_report"]
@@ -53,11 +66,6 @@ REPORT_NAME = "report.html"
 REPORT_MAX_VALUES = 120_000  # numbers per example for the matrix view (≈ 0.8 MB of JSON)
 ERROR_ROWS = 50
 EXCERPT_CHARS = 400
-# Field names accepted for the per-example records (errors.jsonl and friends).
-TEXT_KEYS = ("text", "text_excerpt", "excerpt")
-TRUE_KEYS = ("label", "true", "true_label", "gold", "target")
-PRED_KEYS = ("predicted", "pred", "prediction", "predicted_label")
-CONF_KEYS = ("confidence", "prob", "probability")
 
 
 @dataclass
@@ -95,14 +103,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not a JSON record: {e}") from e
     return records
-
-
-def first(record: dict[str, Any], keys: tuple[str, ...], default: Any = None) -> Any:
-    """The value of the first of ``keys`` present in ``record``."""
-    for key in keys:
-        if record.get(key) is not None:
-            return record[key]
-    return default
 
 
 def _columns(data: Any) -> dict[str, list] | None:
@@ -198,12 +198,6 @@ def read_evaluation(eval_dir: str | os.PathLike) -> EvalFiles:
 # --------------------------------------------------------------------------- HTML pieces
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    return html.escape(str(value))
-
-
 def _table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
@@ -230,10 +224,6 @@ def _img(png: bytes | None, alt: str, cls: str) -> str:
 
 def _section(section_id: str, title: str, body: str) -> str:
     return f"<section id='{section_id}'><h2>{html.escape(title)}</h2>{body}</section>"
-
-
-def _note(text: str) -> str:
-    return f"<p class='tf-note'>{html.escape(text)}</p>"
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -368,53 +358,16 @@ def _excerpt(text: str, n: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _stored_image(e: EvalFiles, record: dict[str, Any]) -> Path | None:
-    """The image file an error record names (``thumbnail``), only when it lies inside the
-    evaluation folder: a record never makes the report read a file elsewhere."""
-    name = record.get("thumbnail")
-    if not name or e.directory is None:
-        return None
-    path = (e.directory / str(name)).resolve()
-    if not path.is_relative_to(e.directory.resolve()) or not path.is_file():
-        return None
-    return path
-
-
-def _thumbnail(e: EvalFiles, record: dict[str, Any]) -> str:
-    """An ``<img>`` of an image record's stored thumbnail (inlined), or ""."""
-    path = _stored_image(e, record)
-    if path is None:
-        return ""
-    return (
-        f"<img class='tf-thumb' alt='{html.escape(str(record.get('id', '')))}' "
-        f"src='{png_data_uri(path.read_bytes())}'>"
-    )
-
-
-def _image_errors_table(e: EvalFiles, rows: list[dict[str, Any]]) -> str:
-    body = "".join(
-        f"<tr><td class='num'>{i + 1}</td><td>{_thumbnail(e, r)}</td>"
-        f"<td>{_fmt(first(r, TRUE_KEYS, '?'))}</td><td>{_fmt(first(r, PRED_KEYS, '?'))}</td>"
-        f"<td class='num'>{_fmt(float(first(r, CONF_KEYS, float('nan'))))}</td>"
-        f"<td>{_fmt(r.get('id', ''))}</td></tr>"
-        for i, r in enumerate(rows)
-    )
-    head = "".join(
-        f"<th>{h}</th>" for h in ("#", "image", "true", "predicted", "confidence", "file")
-    )
-    return f"<table class='tf-table'><tr>{head}</tr>{body}</table>"
-
-
 def _errors_table(e: EvalFiles) -> str:
     if not e.errors:
         return _note(f"No errors.jsonl under eval/{e.split}/ (or no errors).")
     rows = sorted(e.errors, key=lambda r: -float(first(r, CONF_KEYS, 0.0)))[:ERROR_ROWS]
     if any(r.get("thumbnail") for r in rows):
-        shown = sum(bool(_thumbnail(e, r)) for r in rows)
+        shown = sum(bool(thumbnail(e, r)) for r in rows)
         return _note(
             f"The {len(rows)} most confidently wrong of {len(e.errors)} stored errors ({e.split}); "
             f"{shown} with their image (enlarged, pixels kept sharp)."
-        ) + _image_errors_table(e, rows)
+        ) + image_errors_table(e, rows)
     table = _table(
         ["#", "true", "predicted", "confidence", "text"],
         [
@@ -460,7 +413,7 @@ def _attention_examples(run_dir: Path, e: EvalFiles | None, n_examples: int) -> 
 
     model = load(run_dir)
     if hasattr(model, "to_pixels"):
-        return _image_attention_examples(model, e, n_examples)
+        return image_attention_examples(model, e, n_examples)
     if not hasattr(model, "predict"):
         return _note("Attention views are shown for classification runs.")
     chosen = _pick_examples(e, n_examples)
@@ -482,42 +435,6 @@ def _attention_examples(run_dir: Path, e: EvalFiles | None, n_examples: int) -> 
         parts.append(
             _example_html(i, kind, record, attention_for_text(model, str(first(record, TEXT_KEYS))))
         )
-    return "".join(parts)
-
-
-def _image_attention_examples(model: Any, e: EvalFiles, n_examples: int) -> str:
-    """Attention rollout over the stored thumbnails of the most confidently wrong images."""
-    from torchformer.viz.rollout import image_attention, rollout_html
-
-    parts = [
-        _note(
-            f"Attention rollout for the most confidently wrong images of eval/{e.split}/ "
-            "(computed by best/ on the stored image); `torchformer explain RUN IMAGE` draws it "
-            "for any image."
-        )
-    ]
-    shown = 0
-    for record in sorted(e.errors, key=lambda r: -float(first(r, CONF_KEYS, 0.0))):
-        if shown >= n_examples:
-            break
-        path = _stored_image(e, record)
-        if path is None:
-            continue
-        try:
-            attention = image_attention(model, path)
-        except ValueError as error:  # not a readable image: named, and the report goes on
-            logger.warning("no attention rollout for %s: %s", path, error)
-            continue
-        pred = attention.prediction
-        parts.append(
-            f"<div class='tf-example tf-wrong-example'><h3><span class='tf-wrong'>wrong</span>: "
-            f"true <b>{_fmt(first(record, TRUE_KEYS, '?'))}</b>, predicted "
-            f"<b>{_fmt(pred['label'])}</b> ({pred['confidence']:.4f}) — "
-            f"{_fmt(record.get('id', ''))}</h3>{rollout_html(attention)}</div>"
-        )
-        shown += 1
-    if not shown:
-        parts.append(_note("No stored images (thumbnails) to explain."))
     return "".join(parts)
 
 
