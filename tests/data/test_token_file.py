@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -378,3 +379,20 @@ def test_shakespeare_char_token_files_match_nanogpt(tmp_path: Path) -> None:
     assert tokenizer.decode(val.tokens[-200:].tolist()).endswith("art waking.\n")
     sampler = PackedBlockSampler(len(train), 64, 12, seed=1337)
     assert len(sampler) == (1_003_854 - 1) // 64 // 12 + 1
+
+
+def test_streams_continue_every_row_and_shard_rows_to_fixed_ranks():
+    from torchformer.data.token_file import PackedBlockSampler
+
+    sampler = PackedBlockSampler(101, 5, 4, seed=0, mode="streams")  # 4 streams of 25
+    batches = list(sampler)
+    assert len(sampler) == len(batches) == 5
+    assert batches[0] == [0, 25, 50, 75]
+    assert all(
+        [b + 5 for b in prev] == nxt for prev, nxt in itertools.pairwise(batches)
+    )  # each row goes on where it stopped
+    assert batches[-1][-1] + 5 + 1 <= 101  # the last block's targets are in the file
+    rank1 = PackedBlockSampler(101, 5, 4, seed=0, mode="streams", num_replicas=2, rank=1)
+    assert [rank1.shard(b) for b in rank1] == [b[1::2] for b in batches]
+    with pytest.raises(ValueError, match="shorter than one block"):
+        PackedBlockSampler(30, 10, 4, seed=0, mode="streams")

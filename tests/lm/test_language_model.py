@@ -12,7 +12,7 @@ import torch
 
 import torchformer
 from torchformer.cli import main
-from torchformer.config import load_config
+from torchformer.config import ConfigError, load_config
 from torchformer.tasks.language_model import LanguageModelConfig, train
 from torchformer.tasks.lm_generator import LanguageModel
 from torchformer.train.checkpoint import load_checkpoint
@@ -194,3 +194,51 @@ def test_a_split_without_one_block_is_an_error_naming_the_settings(tmp_path):
     cfg = tiny_config(tmp_path, **{"data.source": str(one), "data.split": "file"})
     with pytest.raises(DataError, match=r"data.split='file'; every data.val_every=10-th"):
         train(cfg)
+
+
+def txl_config(tmp_path: Path, mem_len: int = 16, **overrides) -> LanguageModelConfig:
+    values = {
+        "model.architecture": "transformer_xl",
+        "model.mem_len": mem_len,
+        "train.sampling": "streams",
+        "train.batch_size": 4,
+        "data.val_streams": 3,
+    }
+    return tiny_config(tmp_path, **{**values, **overrides})
+
+
+def test_transformer_xl_learns_reads_validation_in_streams_and_loads(tmp_path):
+    cfg = txl_config(tmp_path, **{"train.epochs": 2})
+    run = train(cfg)
+    val = records(run, "val")
+    assert val[-1]["loss"] < 0.7 * val[0]["loss"]
+    task_tokens = json.loads((run / "manifest.json").read_text())["extra"]["tokens"]["val"]
+    best = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    assert best["blocks"] == 3  # the held-out text as 3 ordered streams
+    lm = torchformer.load(run)
+    assert type(lm.model).__name__ == "TransformerXLForCausalLM"
+    text = lm.generate("the ", max_new_tokens=30, seed=0)
+    assert len(text) == 34 and text == lm.generate("the ", max_new_tokens=30, seed=0)
+    assert lm.perplexity("the king and a rose. " * 3) < 10  # segment by segment
+    assert task_tokens > 3 * 16
+
+
+def test_transformer_xl_resume_restores_the_memory_exactly(tmp_path):
+    unbroken = train(txl_config(tmp_path / "a", **{"train.epochs": 1}))
+    cfg = txl_config(tmp_path / "b", **{"train.epochs": 1, "train.checkpoint_every": 5})
+    train(cfg, stop_at_step=10)  # mid-epoch, the memory full
+    resumed = train(cfg, resume=True)
+    last = sorted((unbroken / "checkpoints").glob("step-*.pt"))[-1].name
+    a = load_checkpoint(unbroken / "checkpoints" / last)
+    b = load_checkpoint(resumed / "checkpoints" / last)
+    assert a["task"]["memory"] and all(
+        torch.equal(a["task"]["memory"][k], b["task"]["memory"][k]) for k in a["task"]["memory"]
+    )
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_memory_needs_ordered_streams(tmp_path):
+    with pytest.raises(ConfigError, match=r"mem_len=16 needs train\.sampling: streams"):
+        txl_config(tmp_path, **{"train.sampling": "random"})
+    with pytest.raises(ConfigError, match="transformer_xl settings"):
+        tiny_config(tmp_path, **{"model.mem_len": 8})

@@ -159,8 +159,10 @@ def estimate_parameters(config: Any) -> int:
     vocab = config.vocab_size + (getattr(config, "src_vocab_size", None) or 0)
     if not getattr(config, "tie_embeddings", getattr(config, "tie_output", True)):
         vocab += config.vocab_size  # an output projection of its own
-    # Llama (rotary) and T5 (relative buckets) have no position table.
-    positions = 0 if getattr(config, "flavour", None) in ("llama", "t5") else config.max_len
+    # Llama (rotary), T5 (relative buckets) and Transformer-XL (relative sinusoids, which
+    # has a memory length) have no position table.
+    relative = getattr(config, "flavour", None) in ("llama", "t5") or hasattr(config, "mem_len")
+    positions = 0 if relative else config.max_len
     return blocks + (vocab + positions) * d
 
 

@@ -37,6 +37,7 @@ FAMILY_MODULES = {
     "qwen2": "torchformer.checkpoints.llama",
     "t5": "torchformer.checkpoints.t5",
     "torchformer-transformer": "torchformer.checkpoints.t5",
+    "torchformer-transformer-xl": "torchformer.checkpoints.transformer_xl",
     "vit": "torchformer.checkpoints.vit",
 }
 

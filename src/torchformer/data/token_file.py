@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the layout changes: old cache files are then not reused
 _UINT16_LIMIT = 1 << 16
-SamplingMode = Literal["epoch", "random"]
+SamplingMode = Literal["epoch", "random", "streams"]
 
 
 class _Corpus(Protocol):
@@ -332,6 +332,12 @@ class PackedBlockSampler(_EpochBatchSampler):
     - ``"random"``: nanoGPT's ``get_batch``: ``batches_per_epoch`` batches of offsets
       drawn uniformly from ``[0, N - block_size - 1]``, seeded by ``(seed, epoch)``.
 
+    - ``"streams"``: Transformer-XL's ordered reading: the file cut into ``batch_size``
+      equal streams, row b of batch s is the s-th block of stream b. Consecutive
+      batches continue every row where the previous one stopped (a memory of the
+      previous segment stays valid); every epoch reads the streams from the start.
+      Sharding keeps a row on the same rank from batch to batch.
+
     Epochs, ``state_dict``/``load_state_dict`` (exact resume, counted in global
     batches), ``set_epoch`` and ``shard`` (``batch[rank::num_replicas]``) are those of
     the samplers in ``data.batching``, so the training loop drives it like them.
@@ -372,8 +378,8 @@ class PackedBlockSampler(_EpochBatchSampler):
                 f"the token file has {num_tokens} tokens, fewer than one block of "
                 f"block_size + 1 = {block_size + 1}"
             )
-        if mode not in ("epoch", "random"):
-            raise ValueError(f"mode must be 'epoch' or 'random', got {mode!r}")
+        if mode not in ("epoch", "random", "streams"):
+            raise ValueError(f"mode must be 'epoch', 'random' or 'streams', got {mode!r}")
         if mode == "random" and (batches_per_epoch is None or batches_per_epoch < 1):
             raise ValueError("mode='random' needs batches_per_epoch >= 1")
         # The base class keeps per-example lengths for bookkeeping only; here the one
@@ -388,6 +394,12 @@ class PackedBlockSampler(_EpochBatchSampler):
         self.batches_per_epoch = batches_per_epoch if mode == "random" else None
         self.drop_last = drop_last
         self.num_blocks = (num_tokens - 1) // block_size  # "epoch" mode
+        self.stream_len = (num_tokens - 1) // batch_size  # "streams" mode
+        if mode == "streams" and self.stream_len < block_size:
+            raise ValueError(
+                f"the token file has {num_tokens} tokens: {batch_size} streams of "
+                f"{self.stream_len} tokens are shorter than one block of {block_size}"
+            )
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -408,6 +420,12 @@ class PackedBlockSampler(_EpochBatchSampler):
             high = self.num_tokens - self.block_size
             shape = (self.batches_per_epoch, self.batch_size)
             return rng.integers(0, high, size=shape).tolist()
+        if self.mode == "streams":
+            starts = np.arange(self.batch_size) * self.stream_len  # (B,) stream starts
+            return [
+                (starts + s * self.block_size).tolist()
+                for s in range(self.stream_len // self.block_size)
+            ]
         order = rng.permutation(self.num_blocks) if self.shuffle else np.arange(self.num_blocks)
         starts = order * self.block_size
         batches = [
@@ -421,6 +439,8 @@ class PackedBlockSampler(_EpochBatchSampler):
     def __len__(self) -> int:
         if self.mode == "random":
             return int(self.batches_per_epoch)  # type: ignore[arg-type]
+        if self.mode == "streams":
+            return self.stream_len // self.block_size
         if self.drop_last:
             return self.num_blocks // self.batch_size
         return math.ceil(self.num_blocks / self.batch_size)

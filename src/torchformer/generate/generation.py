@@ -38,6 +38,7 @@ from torchformer.generate.processors import build_processor
 from torchformer.generate.sampling import sample_next
 from torchformer.models.decoder import DecoderForCausalLM, make_step
 from torchformer.models.seq2seq import Seq2Seq
+from torchformer.models.transformer_xl import TransformerXLForCausalLM
 from torchformer.nn.cache import KVCache
 
 StopFn = Callable[[Tensor], Tensor]
@@ -186,8 +187,11 @@ def _start(model: Any, input_ids: Tensor, attention_mask: Tensor | None, config:
         if config.use_cache:
             return make_step(model, attention_mask), input_ids, KVCache(model.config.n_layers)
         return uncached_decoder_step(model, attention_mask), input_ids, PrefixCache()
+    if isinstance(model, TransformerXLForCausalLM):  # the memory plays the KV cache's part
+        return model.make_step(), input_ids, model.generation_memory()
     raise TypeError(
-        f"generate() takes a DecoderForCausalLM or a Seq2Seq model, not {type(model).__name__}"
+        "generate() takes a DecoderForCausalLM, a TransformerXLForCausalLM or a Seq2Seq "
+        f"model, not {type(model).__name__}"
     )
 
 

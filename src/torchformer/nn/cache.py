@@ -103,3 +103,56 @@ class KVCache:
         """Reorder/select batch rows in every layer, e.g. after a beam search step."""
         for layer in self.layers:
             layer.select(index)
+
+
+class SegmentMemory:
+    """Transformer-XL's memory: each layer's input over the last ``length`` positions.
+
+    After a segment, ``update`` appends every layer's input hidden states (B, T, D) to
+    that layer's memory, keeps the newest ``length`` positions and detaches them: the
+    next segment attends to them, but no gradient flows back into the segment they came
+    from (Dai et al. 2019, section 3.2). Used for training (segment after segment) and
+    for generation (``length`` new positions, one token at a time), where ``select``
+    reorders rows as ``KVCache.select`` does.
+
+    Args:
+        n_layers: layers L.
+        length: positions kept (0: no memory).
+    """
+
+    def __init__(self, n_layers: int, length: int) -> None:
+        if length < 0:
+            raise ValueError(f"memory length must be >= 0, got {length}")
+        self.length = length
+        self.layers: list[Tensor | None] = [None] * n_layers
+
+    def __getitem__(self, i: int) -> Tensor | None:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def seq_len(self) -> int:
+        """Positions held (0 before the first segment)."""
+        first = self.layers[0]
+        return 0 if first is None else first.size(1)
+
+    def update(self, inputs: list[Tensor]) -> None:
+        """Append each layer's input (B, T, D) and keep the last ``length`` positions."""
+        if self.length == 0:
+            return
+        for i, new in enumerate(inputs):
+            old = self.layers[i]
+            joined = new if old is None else torch.cat([old, new], dim=1)  # (B, M + T, D)
+            self.layers[i] = joined[:, -self.length :].detach()
+
+    def select(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search reorders hypotheses)."""
+        self.layers = [None if m is None else m.index_select(0, index) for m in self.layers]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {str(i): m for i, m in enumerate(self.layers) if m is not None}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.layers = [state.get(str(i)) for i in range(len(self.layers))]

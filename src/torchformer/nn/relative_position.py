@@ -1,4 +1,6 @@
-"""T5 relative position bias (Raffel et al. 2020, section 2.1; Shaw et al. 2018).
+"""Relative positions: T5's bias and Transformer-XL's attention.
+
+T5 relative position bias (Raffel et al. 2020, section 2.1; Shaw et al. 2018).
 
 Instead of adding positions to the input, T5 adds a learned scalar per head to
 every attention score, chosen by the bucketed distance (key - query). Small
@@ -7,6 +9,10 @@ distances get their own bucket; larger ones share log-spaced buckets up to
 direction); the decoder is causal (only the past).
 
 Returns a bias of shape (1, H, T, S) added to the scores of every layer.
+
+Transformer-XL (Dai et al. 2019) instead scores every query–key pair with the sinusoid
+of their distance through learned projections (``RelativeMultiHeadAttention``), which
+lets a layer attend to a memory of the previous segment's hidden states.
 """
 
 from __future__ import annotations
@@ -15,6 +21,14 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from torchformer.nn.attention import (
+    AttnImpl,
+    MultiHeadAttention,
+    fast_attention,
+    reference_attention,
+)
+from torchformer.nn.positional import sinusoidal_table
 
 
 def relative_position_bucket(
@@ -79,3 +93,106 @@ class RelativePositionBias(nn.Module):
             max_distance=self.max_distance,
         )  # (T, S)
         return self.embedding(buckets).permute(2, 0, 1)[None]  # (1, H, T, S)
+
+
+class RelativeMultiHeadAttention(MultiHeadAttention):
+    """Transformer-XL's attention: relative positions and a memory of the previous segment.
+
+    Dai et al. 2019 ("Transformer-XL", section 3.3) score query i against key j as
+
+        A_ij = (q_i + u)·k_j + (q_i + v)·W_R R_(i-j)
+
+    (content, plus a global content bias u; position, plus a global position bias v):
+    R_(i-j) is the fixed sinusoid of the *distance* i − j, projected by W_R
+    (``pos_proj``), so no absolute position enters the model and a memory of earlier
+    hidden states can be attended to at its true distance. u and v are learned per head.
+
+    The queries are the T new positions; the keys and values are the M memory positions
+    followed by the T new ones (S = M + T), so query i sits at slot M + i. The term
+    (q_i + v)·W_R R_d is computed once for every distance d in [0, S) and gathered into
+    (T, S) by d = M + i − j — the same numbers as the paper's "relative shift", written
+    as an index. Both kernels of ``MultiHeadAttention`` run it: the position term is an
+    additive bias, u is added to the queries.
+
+    Args: as ``MultiHeadAttention`` (no grouped-query heads, no sparse pattern).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        attn_impl: AttnImpl = "sdpa",
+    ) -> None:
+        super().__init__(d_model, n_heads, bias=bias, dropout=dropout, attn_impl=attn_impl)
+        inner = n_heads * self.head_dim
+        self.pos_proj = nn.Linear(d_model, inner, bias=False)  # W_R
+        self.content_bias = nn.Parameter(torch.zeros(n_heads, self.head_dim))  # u
+        self.position_bias = nn.Parameter(torch.zeros(n_heads, self.head_dim))  # v
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        *,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        return_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from the new positions ``x`` (B, T, D) to ``memory`` (B, M, D) and ``x``.
+
+        ``mask``: a boolean keep-mask broadcastable to (B, H, T, S) that *replaces* the
+        causal one (None: causal, every query sees the whole memory and the new keys up
+        to itself).
+
+        Returns:
+            (output (B, T, D), probabilities (B, H, T, S) or None).
+        """
+        B, T, D = x.shape
+        context = x if memory is None else torch.cat([memory, x], dim=1)  # (B, S, D)
+        S = context.size(1)
+        M = S - T
+        q = self._split_heads(self.q_proj(x))  # (B, H, T, Dh)
+        k = self._split_heads(self.k_proj(context))  # (B, H, S, Dh)
+        v = self._split_heads(self.v_proj(context))  # (B, H, S, Dh)
+        table = sinusoidal_table(S, D).to(device=x.device, dtype=x.dtype)  # (S, D) distances
+        r = self.pos_proj(table).view(S, self.n_heads, self.head_dim).transpose(0, 1)  # (H, S, Dh)
+        by_distance = torch.matmul(q + self.position_bias[:, None], r.transpose(-1, -2))
+        # (B, H, T, S): column d holds distance d; query i, key j are M + i - j apart.
+        distance = (
+            torch.arange(M, M + T, device=x.device)[:, None]
+            - torch.arange(S, device=x.device)[None, :]
+        )  # (T, S)
+        index = distance.clamp(0, S - 1).expand(B, self.n_heads, T, S)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        position_term = by_distance.gather(-1, index) * scale  # (B, H, T, S)
+        if mask is None:
+            mask = (distance >= 0)[None, None]  # (1, 1, T, S) causal
+        q = q + self.content_bias[:, None]  # (B, H, T, Dh)
+        p = self.dropout if self.training else 0.0
+        probs = None
+        if return_attentions or self.attn_impl == "reference":
+            out, probs = reference_attention(
+                q,
+                k,
+                v,
+                mask=mask,
+                bias=position_term,
+                scale=scale,
+                dropout=p,
+                training=self.training,
+            )
+        else:
+            out = fast_attention(
+                q,
+                k,
+                v,
+                mask=mask,
+                bias=position_term,
+                scale=scale,
+                dropout=p,
+                training=self.training,
+            )
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.out_proj(out), (probs if return_attentions else None)

@@ -38,6 +38,12 @@ from torchformer.data.records import DataError
 from torchformer.data.token_file import PackedBlockSampler, TokenFile, build_token_file, read_blocks
 from torchformer.io import atomic_write_text
 from torchformer.models.decoder import DecoderForCausalLM, preset
+from torchformer.models.transformer_xl import (
+    TransformerXLConfig,
+    TransformerXLForCausalLM,
+    segment_losses,
+)
+from torchformer.nn.cache import SegmentMemory
 from torchformer.tasks.lm_generator import LanguageModel, LMSettings, SampleConfig
 from torchformer.text.cleaning import TextCleaner
 from torchformer.text.lm_tokenizers import train_byte_level_bpe, train_char_tokenizer
@@ -68,6 +74,8 @@ class DataConfig:
             (None: every block of the held-out split).
         cache_dir: where token files are cached (None: ``<data dir>/cache/tokens``, or
             ``~/.cache/torchformer/tokens`` when the data directory is read-only).
+        val_streams: Transformer-XL: the held-out split is read as this many ordered
+            streams, segment after segment with the memory carried (every token once).
     """
 
     source: str = "tinyshakespeare"
@@ -76,6 +84,7 @@ class DataConfig:
     block_size: int = 64
     val_max_blocks: int | None = None
     cache_dir: str | None = None
+    val_streams: int = 16
 
 
 @dataclass
@@ -89,7 +98,10 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    """A decoder: a preset (``models.decoder.PRESETS``: GPT-2 or Llama family) with sizes changed."""
+    """A decoder: a preset (``models.decoder.PRESETS``: GPT-2 or Llama family) with sizes
+    changed, or (``architecture: transformer_xl``) a Transformer-XL of these sizes whose
+    segments are ``data.block_size`` tokens and whose layers remember ``mem_len``
+    positions of the previous segments (``models.transformer_xl``; 0: no memory)."""
 
     preset: str = "tiny"
     d_model: int | None = None
@@ -102,6 +114,9 @@ class ModelConfig:
     # "transformers": the same network as Hugging Face's GPT2LMHeadModel (a reference for
     # speed benchmarks: trained by this loop, saved in the same layout, loaded as ours).
     implementation: Literal["torchformer", "transformers"] = "torchformer"
+    architecture: Literal["decoder", "transformer_xl"] = "decoder"
+    mem_len: int = 0  # transformer_xl
+    eval_mem_len: int | None = None  # transformer_xl: None: mem_len
 
 
 @dataclass
@@ -110,11 +125,13 @@ class TrainConfig(LoopConfig):
 
     ``batch_size`` is the global number of blocks per optimizer step (micro-batch).
     ``sampling``: "random" (nanoGPT: ``batches_per_epoch`` batches of uniformly drawn
-    offsets) or "epoch" (every block of the file once per epoch, shuffled).
+    offsets), "epoch" (every block of the file once per epoch, shuffled) or "streams"
+    (``batch_size`` ordered streams, segment after segment: Transformer-XL's reading,
+    required by a memory).
     """
 
     batch_size: int = 12
-    sampling: Literal["random", "epoch"] = "random"
+    sampling: Literal["random", "epoch", "streams"] = "random"
     batches_per_epoch: int = 1000
     lr: float = 1e-3
     schedule: ScheduleName = "cosine"
@@ -137,6 +154,19 @@ class LanguageModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        m = self.model
+        if m.architecture == "transformer_xl":
+            if m.mem_len > 0 and self.train.sampling != "streams":
+                raise ValueError(
+                    f"model.mem_len={m.mem_len} needs train.sampling: streams (a memory of the "
+                    f"previous segment means nothing between {self.train.sampling!r} blocks)"
+                )
+            if m.implementation != "torchformer":
+                raise ValueError("model.architecture: transformer_xl has no transformers twin")
+        elif m.mem_len or m.eval_mem_len is not None:
+            raise ValueError("model.mem_len and eval_mem_len are transformer_xl settings")
 
 
 def corpora(data: DataConfig) -> dict[str, Corpus]:
@@ -187,8 +217,12 @@ def build_tokenizer(config: LanguageModelConfig, parts: dict[str, Corpus]) -> To
     )
 
 
-def build_model(config: LanguageModelConfig, tokenizer: Tokenizer) -> DecoderForCausalLM:
+def build_model(
+    config: LanguageModelConfig, tokenizer: Tokenizer
+) -> DecoderForCausalLM | TransformerXLForCausalLM:
     m = config.model
+    if m.architecture == "transformer_xl":
+        return _transformer_xl(config, tokenizer)
     sizes = {
         k: v
         for k, v in (("d_model", m.d_model), ("n_layers", m.n_layers), ("n_heads", m.n_heads))
@@ -220,6 +254,28 @@ def build_model(config: LanguageModelConfig, tokenizer: Tokenizer) -> DecoderFor
     if m.implementation == "transformers":
         return _hf_gpt2(cfg)
     return DecoderForCausalLM(cfg)
+
+
+def _transformer_xl(config: LanguageModelConfig, tokenizer: Tokenizer) -> TransformerXLForCausalLM:
+    m, base = config.model, TransformerXLConfig()
+    d_model = m.d_model or base.d_model
+    cfg = TransformerXLConfig(
+        vocab_size=tokenizer.vocab_size,
+        d_model=d_model,
+        n_layers=m.n_layers or base.n_layers,
+        n_heads=m.n_heads or base.n_heads,
+        d_ff=m.d_ff or 4 * d_model,
+        segment_len=config.data.block_size,
+        mem_len=m.mem_len,
+        eval_mem_len=m.eval_mem_len,
+        dropout=m.dropout,
+        attn_dropout=m.dropout,
+        embd_dropout=m.dropout,
+        attn_impl=m.attn_impl,
+        bos_id=tokenizer.eos_id,
+        eos_id=tokenizer.eos_id,
+    )
+    return TransformerXLForCausalLM(cfg)
 
 
 def _hf_gpt2(cfg) -> torch.nn.Module:
@@ -262,6 +318,9 @@ class LanguageModelTask:
     """The language model's side of the one training loop (``train.loop.Task``)."""
 
     units = "tokens"
+    xl = False  # a Transformer-XL: segments in order, with a memory (set by ``prepare``)
+    memory: SegmentMemory | None = None
+    next_starts: list[int] | None = None
 
     def __init__(self, config: LanguageModelConfig) -> None:
         self.config = config
@@ -290,6 +349,14 @@ class LanguageModelTask:
         self.val_starts = val_block_starts(
             len(self.files["val"].tokens), c.data.block_size, c.data.val_max_blocks
         )
+        self.xl = c.model.architecture == "transformer_xl"
+        if self.xl:  # the held-out text as ordered streams, read with the memory carried
+            n = len(self.files["val"].tokens)
+            streams = max(1, min(c.data.val_streams, (n - 1) // c.data.block_size))
+            self.val_stream_len = (n - 1) // streams
+            self.val_starts = [i * self.val_stream_len for i in range(streams)]
+        self.memory = None  # Transformer-XL, training: the previous segments
+        self.next_starts = None  # where the memory's rows continue
         self.saved = len(list((run_dir / "samples").glob("best-*.txt")))  # resumed: go on
         self.model = build_model(c, self.tokenizer)
         self.settings = LMSettings(
@@ -361,13 +428,33 @@ class LanguageModelTask:
         return float(len(indices) * self.config.data.block_size)  # every position predicts
 
     def batch_loss(self, model, indices: list[int], device: torch.device) -> torch.Tensor:
-        inputs, targets = read_blocks(
-            self.files["train"].tokens, indices, self.config.data.block_size
-        )
-        logits = model(inputs.to(device)).logits  # (B, T, V)
+        block = self.config.data.block_size
+        inputs, targets = read_blocks(self.files["train"].tokens, indices, block)
+        if self.xl:  # the memory continues only where these rows continue the last ones
+            if self.memory is None or self.next_starts != list(indices):
+                self.memory = self.model.new_memory()
+            logits = model(inputs.to(device), memory=self.memory).logits  # (B, T, V)
+            self.next_starts = [i + block for i in indices]
+        else:
+            logits = model(inputs.to(device)).logits  # (B, T, V)
         return torch.nn.functional.cross_entropy(
             logits.flatten(0, 1).float(), targets.to(device).flatten()
         )
+
+    def train_state(self) -> dict[str, Any]:
+        """Transformer-XL's memory and where its rows continue (checkpointed for an
+        exact resume; empty for a decoder)."""
+        if self.memory is None:
+            return {}
+        return {"memory": self.memory.state_dict(), "next_starts": self.next_starts}
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        if not state or not self.xl:
+            return
+        device = next(self.model.parameters()).device
+        self.memory = self.model.new_memory()
+        self.memory.load_state_dict({k: v.to(device) for k, v in state["memory"].items()})
+        self.next_starts = list(state["next_starts"])
 
     def split_size(self, split: str) -> int:
         return len(self.val_starts) if split == "val" else 0
@@ -375,9 +462,20 @@ class LanguageModelTask:
     def evaluate(
         self, model, split: str, indices: list[int], device: torch.device
     ) -> dict[int, Any]:
-        """Per held-out block: the summed next-token loss of its ``block_size`` positions."""
+        """Per held-out block: the summed next-token loss of its ``block_size`` positions
+        (Transformer-XL: per stream, read segment by segment with the memory)."""
         out: dict[int, float] = {}
         size, block = self.config.train.eval_batch_size, self.config.data.block_size
+        if self.xl:
+            tokens, length = self.files["val"].tokens, self.val_stream_len
+            for i in range(0, len(indices), size):
+                chunk = indices[i : i + size]
+                rows = np.stack(
+                    [tokens[s : s + length + 1] for s in map(self.val_starts.__getitem__, chunk)]
+                )
+                losses = segment_losses(model, torch.from_numpy(rows.astype(np.int64)).to(device))
+                out.update(zip(chunk, losses.tolist()))
+            return out
         for i in range(0, len(indices), size):
             chunk = indices[i : i + size]
             starts = [self.val_starts[j] for j in chunk]
@@ -390,7 +488,8 @@ class LanguageModelTask:
         return out
 
     def summarize(self, split: str, outputs: dict[int, Any]) -> dict[str, float]:
-        tokens = len(outputs) * self.config.data.block_size
+        per_item = self.val_stream_len if self.xl else self.config.data.block_size
+        tokens = len(outputs) * per_item
         loss = sum(outputs.values()) / max(tokens, 1)
         metrics = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
         if self.config.tokenizer.kind == "char":
@@ -399,7 +498,8 @@ class LanguageModelTask:
 
     def save_best(self, model: torch.nn.Module, directory: Path) -> None:
         """``best/`` (GPT-2 layout + tokenizer + settings) and, in the run, a sample of it."""
-        if isinstance(model, DecoderForCausalLM):
+        ours = isinstance(model, DecoderForCausalLM | TransformerXLForCausalLM)
+        if ours:
             save_pretrained(model, directory, tokenizer=self.tokenizer)
         else:  # transformers' GPT-2: its own writer, the same layout
             model.save_pretrained(directory, safe_serialization=True)
@@ -407,8 +507,7 @@ class LanguageModelTask:
         self.settings.write(directory)
         self.saved += 1  # (the model directory is written next to its final place)
         sample = directory.parent / "samples" / f"best-{self.saved:03d}.txt"
-        ours = model if isinstance(model, DecoderForCausalLM) else None
-        self.write_sample(ours or LanguageModel.from_dir(directory).model, sample)
+        self.write_sample(model if ours else LanguageModel.from_dir(directory).model, sample)
 
     def write_sample(self, model: torch.nn.Module, path: Path) -> str:
         """Generate from the configured prompt with ``model`` and write it to ``path``."""

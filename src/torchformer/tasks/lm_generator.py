@@ -21,6 +21,7 @@ from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.generate import GenerationConfig, generate, stream
 from torchformer.io import JsonSettings
 from torchformer.models.decoder import DecoderForCausalLM
+from torchformer.models.transformer_xl import TransformerXLForCausalLM, segment_losses
 from torchformer.text.tokenizer import Tokenizer
 
 SETTINGS_NAME = "language_model.json"
@@ -178,11 +179,15 @@ class LanguageModel:
 
     @torch.inference_mode()
     def perplexity(self, text: str) -> float:
-        """exp(mean next-token loss) of ``text`` in windows of the context length."""
+        """exp(mean next-token loss) of ``text`` in windows of the context length
+        (Transformer-XL: in its segments, each attending to the memory of the last)."""
         ids = self._ids(text)
         if len(ids) < 2:
             raise ValueError("perplexity needs a text of at least two tokens")
         device = next(self.model.parameters()).device
+        if isinstance(self.model, TransformerXLForCausalLM):  # segments, the memory carried
+            loss = segment_losses(self.model, torch.tensor([ids], device=device))
+            return math.exp(float(loss[0]) / (len(ids) - 1))
         total, count, window = 0.0, 0, self.model.config.max_len
         for start in range(0, len(ids) - 1, window):
             chunk = torch.tensor([ids[start : start + window + 1]], device=device)  # (1, T+1)

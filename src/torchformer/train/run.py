@@ -161,6 +161,10 @@ class Task(Protocol):
         """Metrics (including ``train.metric``) from the outputs of every example."""
         ...
 
+    # Optional: a task with state of its own that the next batches depend on (a
+    # Transformer-XL memory) adds ``train_state() -> dict`` and ``load_train_state(dict)``;
+    # single-process checkpoints hold it, so a resume continues exactly.
+
     def save_best(self, model: nn.Module, directory: Path) -> None:
         """Write the model directory ``best/`` holds (model, tokenizer, settings)."""
         ...
@@ -256,6 +260,8 @@ class Run:
             early_stopping=self.stopper,
             metadata=asdict(self.state),
         )
+        if hasattr(self.task, "train_state"):  # e.g. Transformer-XL's memory
+            state["task"] = self.task.train_state()
         self.ckpts.save(self.state.step, state)
 
     def _loop_state(self) -> dict[str, Any]:
@@ -283,6 +289,8 @@ class Run:
             early_stopping=self.stopper,
         )
         self.state = LoopState(**ckpt["metadata"])
+        if ckpt.get("task") is not None and hasattr(self.task, "load_train_state"):
+            self.task.load_train_state(ckpt["task"])
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of the model on ``split``: each rank evaluates every N-th example,
