@@ -39,4 +39,11 @@ def test_one_cell_measures_its_time_and_peak_and_refuses_an_unknown_kind():
     small = measure_cell("sliding_window", 256, AttentionBenchSettings(repeats=1, window=16))
     assert small.seconds > 0 and small.peak_mib >= 0 and small.error is None
     with pytest.raises(ValueError, match="unknown attention kind"):
-        measure_cell("lsh", 64, AttentionBenchSettings(repeats=1))
+        measure_cell("reformer", 64, AttentionBenchSettings(repeats=1))
+
+
+@pytest.mark.parametrize("kind", ["block_sparse", "lsh"])
+def test_every_kind_has_a_cell(kind):
+    s = AttentionBenchSettings(repeats=1, block_size=16, random_blocks=1, chunk_size=16)
+    cell = measure_cell(kind, 128, s)
+    assert cell.seconds > 0 and cell.error is None

@@ -99,7 +99,11 @@ def test_multi_head_attention_applies_the_pattern_on_both_paths():
 
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="attention kind"):
-        AttentionPattern("lsh")
+        AttentionPattern("reformer")
+    with pytest.raises(ValueError, match="buckets=7"):
+        AttentionPattern("lsh", buckets=7)
+    with pytest.raises(ValueError, match="block_size=0"):
+        AttentionPattern("block_sparse", block_size=0)
     with pytest.raises(ValueError, match="window"):
         AttentionPattern("sliding_window", window=0)
     with pytest.raises(ValueError, match="global_tokens"):

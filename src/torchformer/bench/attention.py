@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from torchformer.nn import AttentionPattern, sliding_window_attention
+from torchformer.nn.block_sparse import block_sparse_attention
+from torchformer.nn.lsh import lsh_attention
 
-KINDS = ("dense_sdpa", "sliding_window")
+KINDS = ("dense_sdpa", "sliding_window", "block_sparse", "lsh")
 
 
 @dataclass
@@ -47,6 +49,10 @@ class AttentionBenchSettings:
     heads: int = 4
     head_dim: int = 64
     window: int = 256  # one-sided: Longformer's attention_window 512
+    block_size: int = 64  # block_sparse: BigBird-base's 64, 3 random blocks, ITC globals
+    random_blocks: int = 3
+    chunk_size: int = 64  # lsh: chunks of 64 and 2·T/64 buckets (the Reformer docs' advice),
+    hash_rounds: int = 2  # 2 hash rounds
     backward: bool = True
     repeats: int = 3
     threads: int | None = None
@@ -116,6 +122,17 @@ def _run(kind: str, q, k, v, s: AttentionBenchSettings) -> torch.Tensor:
         return sliding_window_attention(
             q, k, v, AttentionPattern("sliding_window", window=s.window)
         )
+    if kind == "block_sparse":
+        pattern = AttentionPattern(
+            "block_sparse", block_size=s.block_size, random_blocks=s.random_blocks
+        )
+        return block_sparse_attention(q, k, v, pattern)
+    if kind == "lsh":
+        buckets = max(2, 2 * (q.size(2) // s.chunk_size))  # even; mean bucket: half a chunk
+        pattern = AttentionPattern(
+            "lsh", buckets=buckets, hash_rounds=s.hash_rounds, chunk_size=s.chunk_size
+        )
+        return lsh_attention(q, v, pattern)
     raise ValueError(f"unknown attention kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
@@ -258,7 +275,10 @@ def plot(bench: AttentionBench, path: Path) -> Path:
             ax.set_ylabel(label)
     axes[0].legend()
     s = bench.settings
-    fig.suptitle(f"one attention layer, H={s.heads}, Dh={s.head_dim}, window ±{s.window}")
+    fig.suptitle(
+        f"one attention layer, H={s.heads}, Dh={s.head_dim}; window ±{s.window}; "
+        f"blocks of {s.block_size} + {s.random_blocks} random; LSH chunks of {s.chunk_size}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -293,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=d.heads)
     p.add_argument("--head-dim", type=int, default=d.head_dim)
     p.add_argument("--window", type=int, default=d.window)
+    p.add_argument("--block-size", type=int, default=d.block_size)
+    p.add_argument("--random-blocks", type=int, default=d.random_blocks)
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size)
+    p.add_argument("--hash-rounds", type=int, default=d.hash_rounds)
     p.add_argument("--forward-only", action="store_true")
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--threads", type=int, default=None)
@@ -316,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         heads=args.heads,
         head_dim=args.head_dim,
         window=args.window,
+        block_size=args.block_size,
+        random_blocks=args.random_blocks,
+        chunk_size=args.chunk_size,
+        hash_rounds=args.hash_rounds,
         backward=not args.forward_only,
         repeats=args.repeats,
         threads=args.threads,

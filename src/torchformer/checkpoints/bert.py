@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchformer.checkpoints.hf import CheckpointError, LoadReport, load_state_strict
 from torchformer.checkpoints.keymap import KeyMap
 from torchformer.models.encoder import (
+    PATTERN_SETTINGS,
     Encoder,
     EncoderConfig,
     EncoderForMaskedLM,
@@ -93,13 +94,28 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> EncoderConfig:
         initializer_range=hf.get("initializer_range", 0.02),
         num_labels=len(id2label) or hf.get("num_labels", 2),
         pooling=hf.get("torchformer_pooling", "pooler"),
-        attention=hf.get("torchformer_attention", "full"),
-        attention_window=hf.get("torchformer_attention_window", 128),
-        attention_dilation=hf.get("torchformer_attention_dilation", 1),
-        global_tokens=tuple(hf.get("torchformer_global_tokens", (0,))),
+        **_pattern_from_hf(hf),
         classifier_dropout=hf.get("classifier_dropout"),
         id2label=id2label,
     )
+
+
+# Our attention-pattern fields, saved as "torchformer_<field>" keys of config.json.
+_PATTERN_FIELDS = (
+    "attention",
+    "global_tokens",
+    *(f"attention_{name}" for name in PATTERN_SETTINGS),
+)
+
+
+def _pattern_from_hf(hf: dict) -> dict:
+    """The attention-pattern fields a config.json of ours holds (absent: the defaults)."""
+    out = {}
+    for name in _PATTERN_FIELDS:
+        if f"torchformer_{name}" in hf:
+            value = hf[f"torchformer_{name}"]
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def config_to_hf(config: EncoderConfig, *, architecture: str = "BertModel") -> dict:
@@ -123,10 +139,9 @@ def config_to_hf(config: EncoderConfig, *, architecture: str = "BertModel") -> d
         "position_embedding_type": "absolute",
     }
     if config.attention != "full":  # transformers ignores these keys (it would attend fully)
-        hf["torchformer_attention"] = config.attention
-        hf["torchformer_attention_window"] = config.attention_window
-        hf["torchformer_attention_dilation"] = config.attention_dilation
-        hf["torchformer_global_tokens"] = list(config.global_tokens)
+        for name in _PATTERN_FIELDS:
+            value = getattr(config, name)
+            hf[f"torchformer_{name}"] = list(value) if isinstance(value, tuple) else value
     if architecture == "BertForSequenceClassification":
         labels = config.id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
         hf["id2label"] = {str(i): name for i, name in labels.items()}

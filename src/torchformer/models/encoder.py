@@ -54,13 +54,25 @@ class EncoderConfig:
     norm_eps: float = 1e-12
     pad_id: int = 0
     initializer_range: float = 0.02
-    attn_impl: Literal["reference", "sdpa"] = "sdpa"
-    # Which keys each token sees (``nn.sparse``): "full", or "sliding_window" with a
-    # one-sided window, a dilation and global positions (Longformer's [CLS] = position 0).
-    attention: Literal["full", "sliding_window"] = "full"
+    attn_impl: Literal["reference", "sdpa", "flex"] = "sdpa"  # flex: a pattern's block mask
+    # Which keys each token sees (``nn.sparse``): "full"; "sliding_window" with a
+    # one-sided window, a dilation and global positions (Longformer's [CLS] = position 0);
+    # "block_sparse" (BigBird: blocks, window blocks, global blocks, seeded random
+    # blocks); "lsh" (Reformer: buckets, hash rounds, chunks, shared QK). The
+    # ``AttentionPattern`` fields of the same names without "attention_".
+    attention: Literal["full", "sliding_window", "block_sparse", "lsh"] = "full"
     attention_window: int = 128
     attention_dilation: int = 1
     global_tokens: tuple[int, ...] = (0,)
+    attention_block_size: int = 64
+    attention_window_blocks: int = 1
+    attention_global_blocks: tuple[int, ...] = (0, -1)
+    attention_random_blocks: int = 3
+    attention_buckets: int = 32
+    attention_hash_rounds: int = 2
+    attention_chunk_size: int = 64
+    attention_seed: int = 0
+    attention_fallback: Literal["error", "dense"] = "error"
     add_pooler: bool = True
     # Classification head.
     num_labels: int = 2
@@ -117,12 +129,24 @@ def attention_pattern(config: EncoderConfig) -> AttentionPattern | None:
     """The self-attention pattern the config asks for (None: full attention)."""
     if config.attention == "full":
         return None
-    return AttentionPattern(
-        config.attention,
-        window=config.attention_window,
-        dilation=config.attention_dilation,
-        global_tokens=tuple(config.global_tokens),
-    )
+    settings = {name: getattr(config, f"attention_{name}") for name in PATTERN_SETTINGS}
+    return AttentionPattern(config.attention, global_tokens=tuple(config.global_tokens), **settings)
+
+
+# AttentionPattern fields set by the EncoderConfig field "attention_<name>".
+PATTERN_SETTINGS = (
+    "window",
+    "dilation",
+    "block_size",
+    "window_blocks",
+    "global_blocks",
+    "random_blocks",
+    "buckets",
+    "hash_rounds",
+    "chunk_size",
+    "seed",
+    "fallback",
+)
 
 
 def _encoder_layer(config: EncoderConfig) -> EncoderLayer:

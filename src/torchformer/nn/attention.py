@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchformer.nn.block_sparse import block_sparse_attention
 from torchformer.nn.cache import LayerCache
+from torchformer.nn.flex import flex_pattern_attention
+from torchformer.nn.lsh import lsh_attention, lsh_bias, shared_keys
 from torchformer.nn.masks import combine_masks
 from torchformer.nn.positional import apply_rotary
 from torchformer.nn.sparse import (
@@ -38,7 +41,7 @@ from torchformer.nn.sparse import (
     sliding_window_attention,
 )
 
-AttnImpl = Literal["reference", "sdpa"]
+AttnImpl = Literal["reference", "sdpa", "flex"]
 
 
 def _merge_mask_and_bias(
@@ -138,11 +141,15 @@ class MultiHeadAttention(nn.Module):
         out_bias: whether the output projection has one (default: ``bias``; Qwen2: no).
         dropout: dropout on the attention probabilities.
         scale: score multiplier (default 1/sqrt(Dh); T5 uses 1.0).
-        attn_impl: "sdpa" (fused kernel) or "reference" (readable equation).
+        attn_impl: "sdpa" (fused kernel), "reference" (readable equation) or "flex"
+            (a sparse ``pattern`` on FlexAttention block masks, ``nn.flex``; without a
+            pattern, or where FlexAttention cannot take the call, as "sdpa").
         pattern: which keys a query may see in self-attention (``nn.sparse``): full
-            (default) or a sliding window with optional global positions. The reference
-            path applies it as an explicit mask; the fast path runs the chunked O(T·w)
-            kernel when the only other mask is key padding, else the explicit mask on SDPA.
+            (default), a sliding window with global positions, BigBird's block-sparse
+            pattern, or Reformer's LSH buckets (shared QK: the keys are the normalised
+            queries; ``k_proj`` is not used). The reference path applies it as an
+            explicit mask (LSH: its bias); the fast path runs the kind's kernel when the
+            only other mask is key padding, else the explicit mask on SDPA.
     """
 
     def __init__(
@@ -167,8 +174,13 @@ class MultiHeadAttention(nn.Module):
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_kv_heads < 1 or n_heads % n_kv_heads:
             raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}")
-        if attn_impl not in ("reference", "sdpa"):
-            raise ValueError(f"attn_impl must be 'reference' or 'sdpa', got {attn_impl!r}")
+        if attn_impl not in ("reference", "sdpa", "flex"):
+            raise ValueError(f"attn_impl must be 'reference', 'sdpa' or 'flex', got {attn_impl!r}")
+        if attn_impl == "flex" and pattern is not None and pattern.kind == "lsh":
+            raise ValueError(
+                "attention kind 'lsh' has no FlexAttention mask (its buckets depend on the "
+                "data); use attn_impl 'sdpa' (the chunked kernel) or 'reference'"
+            )
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim
@@ -278,11 +290,17 @@ class MultiHeadAttention(nn.Module):
                     f"attention kind {self.pattern.kind!r} is for self-attention over a whole "
                     "sequence; incremental decoding with a KV cache is not supported"
                 )
-            windowed = self._windowed(q, k, v, mask, bias, p, return_attentions)
-            if windowed is not None:
-                out = windowed.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+            if self.pattern.kind == "lsh":
+                k = shared_keys(q)  # Reformer's shared QK
+            sparse = self._sparse(q, k, v, mask, bias, p, return_attentions)
+            if sparse is not None:
+                out = sparse.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
                 return self.out_proj(out), None
-            mask = combine_masks(mask, pattern_mask(self.pattern, T, device=x.device))
+            if self.pattern.kind == "lsh":  # the definition: a data-dependent bias
+                hashed = lsh_bias(q, self.pattern)
+                bias = hashed if bias is None else bias + hashed
+            else:
+                mask = combine_masks(mask, pattern_mask(self.pattern, T, device=x.device))
         if return_attentions or self.attn_impl == "reference":
             out, probs = reference_attention(
                 q, k, v, mask=mask, bias=bias, scale=self.scale, dropout=p, training=self.training
@@ -294,7 +312,7 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Dh)
         return self.out_proj(out), (probs if return_attentions else None)
 
-    def _windowed(
+    def _sparse(
         self,
         q: Tensor,
         k: Tensor,
@@ -304,14 +322,15 @@ class MultiHeadAttention(nn.Module):
         dropout: float,
         return_attentions: bool,
     ) -> Tensor | None:
-        """The chunked sliding-window kernel's output, or None when this call takes the
-        explicit-mask path: the reference path or attention weights (asked for), a short
-        sequence (T ≤ 2·reach: the dense mask is then no bigger than the band), or — only
-        with ``fallback: dense``, recorded — a bias or a mask other than key padding."""
+        """The pattern kernel's output, or None when this call takes the explicit-mask
+        path: the reference path or attention weights (asked for), a sliding window over
+        a short sequence (T ≤ 2·reach: the dense mask is then no bigger than the band), or
+        — only with ``fallback: dense``, recorded — a bias or a mask other than key
+        padding."""
         if self.attn_impl == "reference" or return_attentions:
             return None
-        T = q.size(2)
-        if T <= 2 * self.pattern.reach:
+        T, kind = q.size(2), self.pattern.kind
+        if kind == "sliding_window" and T <= 2 * self.pattern.reach:
             return None
         key_mask = None
         if mask is not None and (mask.dim() != 4 or mask.size(1) != 1 or mask.size(2) != 1):
@@ -320,16 +339,23 @@ class MultiHeadAttention(nn.Module):
             return self._cannot("an additive attention bias", q)
         if mask is not None:
             key_mask = mask[:, 0, 0, :].expand(q.size(0), -1)  # (B, S)
-        return sliding_window_attention(
-            q,
-            k,
-            v,
-            self.pattern,
-            key_mask=key_mask,
-            scale=self.scale,
-            dropout=dropout,
-            training=self.training,
-        )
+        if self.attn_impl == "flex":
+            if dropout:
+                return self._cannot("attention dropout (FlexAttention has none)", q)
+            return flex_pattern_attention(
+                q, k, v, self.pattern, key_mask=key_mask, scale=self.scale
+            )
+        options = {
+            "key_mask": key_mask,
+            "scale": self.scale,
+            "dropout": dropout,
+            "training": self.training,
+        }
+        if kind == "block_sparse":
+            return block_sparse_attention(q, k, v, self.pattern, **options)
+        if kind == "lsh":
+            return lsh_attention(q, v, self.pattern, **options)
+        return sliding_window_attention(q, k, v, self.pattern, **options)
 
     def _cannot(self, what: str, q: Tensor) -> None:
         """The kernel cannot take this call: raise, or (``fallback: dense``) record it and

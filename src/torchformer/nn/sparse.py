@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torchformer.nn.block_sparse import block_sparse_mask
+
 __all__ = [
     "AttentionPattern",
     "fallbacks",
@@ -73,7 +75,8 @@ def fallbacks(*, reset: bool = False) -> dict[str, int]:
     return out
 
 
-Kind = Literal["full", "sliding_window"]
+Kind = Literal["full", "sliding_window", "block_sparse", "lsh"]
+KINDS = ("full", "sliding_window", "block_sparse", "lsh")
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,25 @@ class AttentionPattern:
     """Which keys a query may attend to (``kind``) and its settings.
 
     Attributes:
-        kind: "full" (every key) or "sliding_window".
-        window: one-sided reach w of the window, in positions (w·dilation keys away).
-        dilation: d ≥ 1: only keys at multiples of d from the query, up to w·d away.
-        global_tokens: positions that attend to, and are attended by, every position.
+        kind: "full" (every key), "sliding_window" (this module), "block_sparse" (BigBird,
+            ``nn.block_sparse``) or "lsh" (Reformer, ``nn.lsh``).
+        window: sliding_window: one-sided reach w, in positions (w·dilation keys away).
+        dilation: sliding_window: d ≥ 1: only keys at multiples of d, up to w·d away.
+        global_tokens: sliding_window: positions that attend to, and are attended by,
+            every position.
+        block_size: block_sparse: b, tokens per block.
+        window_blocks: block_sparse: neighbouring blocks seen on each side (BigBird: 1,
+            three blocks in all).
+        global_blocks: block_sparse: blocks that see and are seen by every block; negative
+            numbers count from the end (BigBird's ITC: the first and the last, (0, -1)).
+        random_blocks: block_sparse: r further key blocks per query block, drawn from
+            the others with a generator seeded by ``seed`` (the same for every call on a
+            sequence of the same number of blocks).
+        buckets: lsh: hash buckets per round (even).
+        hash_rounds: lsh: independent hashings whose attentions are combined.
+        chunk_size: lsh: queries per chunk of the sorted sequence; a chunk sees its own
+            and the previous chunk's keys.
+        seed: block_sparse's random blocks and lsh's random rotations.
         fallback: what the fast path does with a call its kernel cannot take (a mask
             other than key padding, an additive bias): "error" (default) raises naming the
             kind and the shape; "dense" computes the same result as dense attention under
@@ -96,13 +114,27 @@ class AttentionPattern:
     window: int = 128
     dilation: int = 1
     global_tokens: tuple[int, ...] = field(default_factory=tuple)
+    block_size: int = 64
+    window_blocks: int = 1
+    global_blocks: tuple[int, ...] = (0, -1)
+    random_blocks: int = 3
+    buckets: int = 32
+    hash_rounds: int = 2
+    chunk_size: int = 64
+    seed: int = 0
     fallback: Literal["error", "dense"] = "error"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("full", "sliding_window"):
-            raise ValueError(
-                f"attention kind must be 'full' or 'sliding_window', got {self.kind!r}"
-            )
+        if self.kind not in KINDS:
+            raise ValueError(f"attention kind must be one of {KINDS}, got {self.kind!r}")
+        positive = ("block_size", "window_blocks", "buckets", "hash_rounds", "chunk_size")
+        bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
+        if self.random_blocks < 0:
+            bad.append(f"random_blocks={self.random_blocks}")
+        if self.buckets % 2:
+            bad.append(f"buckets={self.buckets} (must be even: ±rotations)")
+        if bad:
+            raise ValueError(f"attention kind {self.kind!r}: bad settings {', '.join(bad)}")
         if self.window < 1 or self.dilation < 1:
             raise ValueError(
                 f"sliding_window needs window ≥ 1 and dilation ≥ 1, got window={self.window}, "
@@ -115,6 +147,7 @@ class AttentionPattern:
         if any(p < 0 for p in self.global_tokens):
             raise ValueError(f"global_tokens must be positions ≥ 0, got {self.global_tokens}")
         object.__setattr__(self, "global_tokens", tuple(sorted(set(self.global_tokens))))
+        object.__setattr__(self, "global_blocks", tuple(self.global_blocks))
 
     @property
     def reach(self) -> int:
@@ -125,7 +158,17 @@ class AttentionPattern:
 def pattern_mask(
     pattern: AttentionPattern, t: int, *, causal: bool = False, device: torch.device | None = None
 ) -> Tensor | None:
-    """The pattern as an explicit (1, 1, T, T) keep-mask (None for full non-causal attention)."""
+    """The pattern as an explicit (1, 1, T, T) keep-mask (None for full non-causal attention).
+
+    LSH has no mask of positions: its keys depend on the data (``nn.lsh.lsh_bias``)."""
+    if pattern.kind == "lsh":
+        raise ValueError("the lsh pattern depends on the data: build it with nn.lsh.lsh_bias")
+    if pattern.kind == "block_sparse":
+        if causal:
+            raise ValueError(
+                "block_sparse is BigBird's bidirectional pattern; it has no causal form"
+            )
+        return block_sparse_mask(pattern, t, device=device)
     i = torch.arange(t, device=device)[:, None]  # (T, 1) queries
     j = torch.arange(t, device=device)[None, :]  # (1, T) keys
     if pattern.kind == "full":

@@ -1,0 +1,155 @@
+"""Block-sparse attention (BigBird, Zaheer et al. 2020): window + global + random blocks.
+
+The sequence is cut into n blocks of b tokens. Query block i sees the key blocks
+
+- of its window: i − w … i + w (BigBird: w = 1, three blocks),
+- the global blocks (BigBird's ITC: the first and the last), and
+- r random other blocks, drawn once per (seed, n) — the same for every layer and call,
+
+and a global block sees, and is seen by, every block. Each query block then costs
+(2w + 1 + g + r)·b keys: O(T) for a fixed pattern. BigBird's paper shows the three
+parts together keep the expressive power of full attention (a universal approximator
+of sequence functions, Turing complete), which a window alone does not.
+
+Two paths compute the same thing, as for the sliding window (``nn.sparse``):
+
+- ``block_sparse_mask``: the pattern as an explicit (1, 1, T, T) mask (reference path).
+- ``block_sparse_attention``: gathers each query block's key blocks into one
+  (n, K·b) band and attends within it; global query blocks are dense rows.
+
+Unlike Hugging Face's ``BigBirdModel``, which silently switches to full attention when
+the sequence is shorter than (5 + 2r)·b tokens, this kernel runs the pattern at every
+length: a short sequence simply has fewer blocks to choose from (a query block sees
+every block when n ≤ 2w + 1 + g + r).
+
+Shapes: B batch, H heads, T tokens, Dh head dim, n = ⌈T / b⌉ blocks, K key blocks per
+query block.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from torchformer.nn.sparse import AttentionPattern
+
+
+def global_block_index(pattern: AttentionPattern, n: int) -> list[int]:
+    """The global blocks of a sequence of n blocks (negative ones counted from the end)."""
+    return sorted({g % n for g in pattern.global_blocks if -n <= g < n})
+
+
+@lru_cache(maxsize=64)
+def _layout(
+    window: int, global_blocks: tuple[int, ...], random_blocks: int, seed: int, n: int
+) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    globals_ = sorted({g % n for g in global_blocks if -n <= g < n})
+    rows = []
+    for i in range(n):  # in order: block i's draw depends on (seed, n, i) only
+        seen = [j for j in range(i - window, i + window + 1) if 0 <= j < n]
+        seen += [g for g in globals_ if g not in seen]
+        others = [j for j in range(n) if j not in seen]
+        picks = torch.randperm(len(others), generator=generator)[:random_blocks].tolist()
+        rows.append(seen + sorted(others[p] for p in picks))
+    width = max(len(r) for r in rows)
+    index = torch.full((n, width), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        index[i, : len(row)] = torch.tensor(row)
+    return index, index >= 0
+
+
+def block_layout(pattern: AttentionPattern, n: int) -> tuple[Tensor, Tensor]:
+    """The key blocks each of n query blocks sees: window, global, then random blocks.
+
+    Returns:
+        (index (n, K) long, valid (n, K) bool): row i lists block i's key blocks, padded
+        with -1 (``valid`` False) where it has fewer than K.
+    """
+    return _layout(
+        pattern.window_blocks, pattern.global_blocks, pattern.random_blocks, pattern.seed, n
+    )
+
+
+def block_sparse_mask(pattern: AttentionPattern, t: int, device=None) -> Tensor:
+    """The pattern as an explicit (1, 1, T, T) keep-mask."""
+    b = pattern.block_size
+    n = math.ceil(t / b)
+    index, valid = block_layout(pattern, n)
+    blocks = torch.zeros(n, n, dtype=torch.bool)
+    rows = torch.arange(n)[:, None].expand_as(index)
+    blocks[rows[valid], index[valid]] = True
+    globals_ = global_block_index(pattern, n)
+    blocks[globals_, :] = True
+    blocks[:, globals_] = True
+    keep = blocks.repeat_interleave(b, 0).repeat_interleave(b, 1)[:t, :t]
+    return keep[None, None].to(device)
+
+
+def block_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern: AttentionPattern,
+    *,
+    key_mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """Block-sparse self-attention in O(T·K·b) time and memory.
+
+    Args:
+        q, k, v: (B, H, T, Dh) self-attention.
+        pattern: a "block_sparse" pattern.
+        key_mask: (B, T) boolean, True for real tokens.
+        scale: score multiplier (default 1/sqrt(Dh)).
+
+    Returns:
+        (B, H, T, Dh), equal (up to rounding) to dense attention under
+        ``block_sparse_mask`` for every query that sees at least one real key.
+    """
+    B, H, T, Dh = q.shape
+    scale = 1.0 / math.sqrt(Dh) if scale is None else scale
+    b = pattern.block_size
+    n = math.ceil(T / b)
+    pad = n * b - T
+    device, neg = q.device, torch.finfo(q.dtype).min
+    index, valid = (t.to(device) for t in block_layout(pattern, n))  # (n, K)
+    K = index.size(1)
+    safe = index.clamp(min=0)
+
+    qb = F.pad(q, (0, 0, 0, pad)).view(B, H, n, b, Dh)
+    kb = F.pad(k, (0, 0, 0, pad)).view(B, H, n, b, Dh)[:, :, safe]  # (B, H, n, K, b, Dh)
+    vb = F.pad(v, (0, 0, 0, pad)).view(B, H, n, b, Dh)[:, :, safe]
+    scores = torch.einsum("bhnqd,bhnkcd->bhnqkc", qb, kb).reshape(B, H, n, b, K * b) * scale
+
+    kpos = (safe[:, :, None] * b + torch.arange(b, device=device)).reshape(n, K * b)  # (n, K·b)
+    keep = (valid[:, :, None].expand(n, K, b).reshape(n, K * b) & (kpos < T))[None]  # (1, n, K·b)
+    if key_mask is not None:
+        real = F.pad(key_mask.bool(), (0, pad))  # (B, n·b)
+        keep = keep & real[:, kpos]  # (B, n, K·b)
+    scores = scores.masked_fill(~keep[:, None, :, None, :], neg)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    if dropout and training:
+        probs = F.dropout(probs, p=dropout)
+    out = torch.einsum("bhnqkc,bhnkcd->bhnqd", probs.view(B, H, n, b, K, b), vb)
+    out = out.reshape(B, H, n * b, Dh)[:, :, :T]
+
+    globals_ = global_block_index(pattern, n)
+    if globals_:  # a global block's queries see every key: dense rows
+        rows = torch.cat([torch.arange(g * b, min((g + 1) * b, T)) for g in globals_]).to(device)
+        s = torch.matmul(q[:, :, rows], k.transpose(-1, -2)) * scale  # (B, H, G·b, T)
+        if key_mask is not None:
+            s = s.masked_fill(~key_mask.bool()[:, None, None, :], neg)
+        gprobs = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+        if dropout and training:
+            gprobs = F.dropout(gprobs, p=dropout)
+        out = out.index_copy(2, rows, torch.matmul(gprobs, v))
+    return out
