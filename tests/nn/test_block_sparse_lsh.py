@@ -210,3 +210,15 @@ def test_an_encoder_config_switches_the_kind_and_saves_it(kind, tmp_path):
         torch.testing.assert_close(
             loaded(ids).last_hidden_state, model(ids).last_hidden_state, atol=1e-6, rtol=0
         )
+
+
+def test_block_groups_give_the_same_result(monkeypatch):
+    from torchformer.nn import block_sparse
+
+    p = AttentionPattern("block_sparse", block_size=4, random_blocks=2)
+    q, k, v = qkv(45)
+    key_mask = padding(2, 45, 40)
+    whole = block_sparse_attention(q, k, v, p, key_mask=key_mask)
+    monkeypatch.setattr(block_sparse, "GROUP_BYTES", 1)  # one query block per group
+    grouped = block_sparse_attention(q, k, v, p, key_mask=key_mask)
+    torch.testing.assert_close(grouped, whole, atol=1e-6, rtol=0)

@@ -179,3 +179,23 @@ def test_the_training_loop_writes_the_fallbacks_into_the_run(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == [{**rows[0], "split": "attention", "step": 7,
                      "attention_fallbacks": {"sliding_window: an additive attention bias": 1}}]  # fmt: skip
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_chunks_computed_in_groups_give_the_same_result(monkeypatch, causal):
+    """The kernel walks the chunks in cache-sized groups; one chunk per group must give
+    what one group of all chunks gives (and dense attention under the mask)."""
+    from torchformer.nn import sparse
+
+    p = AttentionPattern("sliding_window", window=4, dilation=2, global_tokens=(0, 13))
+    q, k, v = qkv(61)
+    key_mask = torch.ones(2, 61, dtype=torch.bool)
+    key_mask[1, 50:] = False
+    whole = sliding_window_attention(q, k, v, p, causal=causal, key_mask=key_mask)
+    monkeypatch.setattr(sparse, "GROUP_BYTES", 1)  # one chunk per group
+    grouped = sliding_window_attention(q, k, v, p, causal=causal, key_mask=key_mask)
+    torch.testing.assert_close(grouped, whole, atol=1e-6, rtol=0)
+    mask = pattern_mask(p, 61, causal=causal) & key_mask[:, None, None, :]
+    ref, _ = reference_attention(q, k, v, mask=mask)
+    torch.testing.assert_close(grouped[0], ref[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(grouped[1, :, :50], ref[1, :, :50], atol=1e-5, rtol=0)

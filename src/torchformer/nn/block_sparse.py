@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+GROUP_BYTES = 8 * 2**20  # score block per step
+
 if TYPE_CHECKING:
     from torchformer.nn.sparse import AttentionPattern
 
@@ -126,20 +128,30 @@ def block_sparse_attention(
     safe = index.clamp(min=0)
 
     qb = F.pad(q, (0, 0, 0, pad)).view(B, H, n, b, Dh)
-    kb = F.pad(k, (0, 0, 0, pad)).view(B, H, n, b, Dh)[:, :, safe]  # (B, H, n, K, b, Dh)
-    vb = F.pad(v, (0, 0, 0, pad)).view(B, H, n, b, Dh)[:, :, safe]
-    scores = torch.einsum("bhnqd,bhnkcd->bhnqkc", qb, kb).reshape(B, H, n, b, K * b) * scale
-
+    kb = F.pad(k, (0, 0, 0, pad)).view(B, H, n, b, Dh)
+    vb = F.pad(v, (0, 0, 0, pad)).view(B, H, n, b, Dh)
     kpos = (safe[:, :, None] * b + torch.arange(b, device=device)).reshape(n, K * b)  # (n, K·b)
     keep = (valid[:, :, None].expand(n, K, b).reshape(n, K * b) & (kpos < T))[None]  # (1, n, K·b)
     if key_mask is not None:
         real = F.pad(key_mask.bool(), (0, pad))  # (B, n·b)
         keep = keep & real[:, kpos]  # (B, n, K·b)
-    scores = scores.masked_fill(~keep[:, None, :, None, :], neg)
-    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    if dropout and training:
-        probs = F.dropout(probs, p=dropout)
-    out = torch.einsum("bhnqkc,bhnkcd->bhnqd", probs.view(B, H, n, b, K, b), vb)
+
+    def rows(s: int, e: int) -> Tensor:
+        """Output of query blocks s..e-1: (B, H, e - s, b, Dh)."""
+        m = e - s
+        keys, values = kb[:, :, safe[s:e]], vb[:, :, safe[s:e]]  # (B, H, m, K, b, Dh)
+        scores = torch.einsum("bhnqd,bhnkcd->bhnqkc", qb[:, :, s:e], keys)
+        scores = scores.reshape(B, H, m, b, K * b) * scale
+        scores = scores.masked_fill(~keep[:, None, s:e, None, :], neg)
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        if dropout and training:
+            probs = F.dropout(probs, p=dropout)
+        return torch.einsum("bhnqkc,bhnkcd->bhnqd", probs.view(B, H, m, b, K, b), values)
+
+    # Query blocks in groups whose score block stays within GROUP_BYTES (cache-resident
+    # steps, as the sliding-window kernel does).
+    group = max(1, GROUP_BYTES // (B * H * b * K * b * q.element_size()))
+    out = torch.cat([rows(s, min(s + group, n)) for s in range(0, n, group)], dim=2)
     out = out.reshape(B, H, n * b, Dh)[:, :, :T]
 
     globals_ = global_block_index(pattern, n)
