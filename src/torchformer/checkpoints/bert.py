@@ -53,6 +53,8 @@ HEAD_MAP = KeyMap(
     [
         ("classifier.weight", "classifier.weight"),
         ("classifier.bias", "classifier.bias"),
+        # chunk_pooling "attention": ours only (transformers ignores the key)
+        ("chunk_scorer.weight", "torchformer_chunk_scorer.weight"),
         ("mlm_head.dense.weight", "cls.predictions.transform.dense.weight"),
         ("mlm_head.dense.bias", "cls.predictions.transform.dense.bias"),
         ("mlm_head.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
@@ -106,12 +108,21 @@ _PATTERN_FIELDS = (
     "global_tokens",
     *(f"attention_{name}" for name in PATTERN_SETTINGS),
 )
+# Long-document fields, saved as "torchformer_<field>" when not "truncate".
+_LONG_DOCUMENT_FIELDS = (
+    "long_document",
+    "chunk_length",
+    "chunk_stride",
+    "chunk_pooling",
+    "cls_id",
+    "sep_id",
+)
 
 
 def _pattern_from_hf(hf: dict) -> dict:
     """The attention-pattern fields a config.json of ours holds (absent: the defaults)."""
     out = {}
-    for name in _PATTERN_FIELDS:
+    for name in (*_PATTERN_FIELDS, *_LONG_DOCUMENT_FIELDS):
         if f"torchformer_{name}" in hf:
             value = hf[f"torchformer_{name}"]
             out[name] = tuple(value) if isinstance(value, list) else value
@@ -142,6 +153,9 @@ def config_to_hf(config: EncoderConfig, *, architecture: str = "BertModel") -> d
         for name in _PATTERN_FIELDS:
             value = getattr(config, name)
             hf[f"torchformer_{name}"] = list(value) if isinstance(value, tuple) else value
+    if config.long_document != "truncate":  # transformers would read one chunk's worth
+        for name in _LONG_DOCUMENT_FIELDS:
+            hf[f"torchformer_{name}"] = getattr(config, name)
     if architecture == "BertForSequenceClassification":
         labels = config.id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
         hf["id2label"] = {str(i): name for i, name in labels.items()}
@@ -206,12 +220,12 @@ def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> 
     prefix = "" if isinstance(model, Encoder) else "encoder."
     state = state_from_hf(hf_state, source=source, encoder_prefix=prefix)
     if isinstance(model, Encoder):
-        ignore = ("classifier.", "mlm_head.")
+        ignore = ("classifier.", "mlm_head.", "chunk_scorer.")
         new_ok: tuple[str, ...] = ()
     elif isinstance(model, EncoderForSequenceClassification):
-        ignore, new_ok = ("mlm_head.",), ("classifier.",)
+        ignore, new_ok = ("mlm_head.",), ("classifier.", "chunk_scorer.")
     else:
-        ignore, new_ok = ("classifier.",), ("mlm_head.",)
+        ignore, new_ok = ("classifier.", "chunk_scorer."), ("mlm_head.",)
     if not model.config.add_pooler:
         ignore = (*ignore, "encoder.pooler.", "pooler.")
     else:  # BertForMaskedLM checkpoints have no pooler: it is then new (and reported)

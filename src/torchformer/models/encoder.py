@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchformer.models.long_document import pool_chunks, split_into_chunks
 from torchformer.models.outputs import ModelOutput
 from torchformer.nn import (
     AttentionPattern,
@@ -74,6 +75,16 @@ class EncoderConfig:
     attention_seed: int = 0
     attention_fallback: Literal["error", "dense"] = "error"
     add_pooler: bool = True
+    # Long documents (``models.long_document``): "truncate" reads the ids as one sequence;
+    # "chunks" cuts them into overlapping [CLS] window [SEP] chunks of ``chunk_length``,
+    # a window every ``chunk_stride`` tokens, and pools the chunk vectors ("mean", "max"
+    # or a learned "attention" over chunks). cls_id / sep_id: the tokenizer's.
+    long_document: Literal["truncate", "chunks"] = "truncate"
+    chunk_length: int = 256
+    chunk_stride: int = 192
+    chunk_pooling: Literal["mean", "max", "attention"] = "mean"
+    cls_id: int | None = None
+    sep_id: int | None = None
     # Classification head.
     num_labels: int = 2
     pooling: Pooling = "cls"
@@ -248,6 +259,18 @@ class EncoderForSequenceClassification(nn.Module):
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
+        self.chunk_scorer = None  # chunk_pooling "attention": one score per chunk vector
+        if config.long_document == "chunks":
+            if config.cls_id is None or config.sep_id is None:
+                raise ValueError("long_document='chunks' needs the tokenizer's cls_id and sep_id")
+            if not 2 < config.chunk_length <= config.max_len or config.chunk_stride < 1:
+                raise ValueError(
+                    f"chunk_length must be in (2, max_len={config.max_len}] and chunk_stride "
+                    f">= 1, got {config.chunk_length}, {config.chunk_stride}"
+                )
+            if config.chunk_pooling == "attention":
+                self.chunk_scorer = nn.Linear(config.d_model, 1, bias=False)
+                init_weights(self.chunk_scorer, config.initializer_range)
 
     def pool(self, out: ModelOutput, attention_mask: Tensor | None) -> Tensor:
         if self.config.pooling == "pooler":
@@ -267,6 +290,21 @@ class EncoderForSequenceClassification(nn.Module):
         return_attentions: bool = False,
         return_hidden_states: bool = False,
     ) -> ModelOutput:
+        exists = None
+        if self.config.long_document == "chunks":  # attentions etc. are then per chunk
+            c = self.config
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            input_ids, attention_mask, exists = split_into_chunks(
+                input_ids,
+                attention_mask,
+                length=c.chunk_length,
+                stride=c.chunk_stride,
+                cls_id=c.cls_id,
+                sep_id=c.sep_id,
+                pad_id=c.pad_id,
+            )  # (B·C, L), (B·C, L), (B, C)
+            token_type_ids = None
         out = self.encoder(
             input_ids,
             attention_mask=attention_mask,
@@ -274,7 +312,10 @@ class EncoderForSequenceClassification(nn.Module):
             return_attentions=return_attentions,
             return_hidden_states=return_hidden_states,
         )
-        pooled = self.pool(out, attention_mask)  # (B, D)
+        pooled = self.pool(out, attention_mask)  # (B, D); chunks: (B·C, D)
+        if exists is not None:
+            vectors = pooled.view(exists.size(0), exists.size(1), -1)  # (B, C, D)
+            pooled = pool_chunks(vectors, exists, self.config.chunk_pooling, self.chunk_scorer)
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = None if labels is None else F.cross_entropy(logits, labels, weight=class_weights)
         out.logits, out.loss, out.pooled = logits, loss, pooled
