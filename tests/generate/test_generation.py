@@ -203,7 +203,9 @@ def test_options_are_checked_by_name(lm):
         generate(lm, ids, max_new_tokens=45)
     with pytest.raises(ValueError, match="cannot stream"):
         next(stream(lm, ids, num_beams=2))
-    with pytest.raises(TypeError, match="DecoderForCausalLM, a TransformerXLForCausalLM or a Seq2Seq"):
+    with pytest.raises(
+        TypeError, match="DecoderForCausalLM, a TransformerXLForCausalLM or a Seq2Seq"
+    ):
         generate(torch.nn.Linear(2, 2), ids)
 
 

@@ -178,11 +178,21 @@ def test_shipped_configs_load_through_the_task_registry():
 @pytest.mark.data
 def test_real_imdb_slice_from_archive_to_predict(tmp_path, imdb_labeled):
     """The whole path on real data: archive -> reader -> tokenizer -> MiniLM -> train -> best/ -> predict()."""
-    cfg = load_config(ClassifyConfig, None, {
-        "run_dir": str(tmp_path / "imdb"), "report": False,
-        "data.train_samples": 32, "data.val_samples": 16, "data.test_samples": 16, "data.max_length": 48,
-        "train.epochs": 1, "train.batch_size": 8, "train.progress": False,
-    })  # fmt: skip
+    cfg = load_config(
+        ClassifyConfig,
+        None,
+        {
+            "run_dir": str(tmp_path / "imdb"),
+            "report": False,
+            "data.train_samples": 32,
+            "data.val_samples": 16,
+            "data.test_samples": 16,
+            "data.max_length": 48,
+            "train.epochs": 1,
+            "train.batch_size": 8,
+            "train.progress": False,
+        },
+    )
     run = train(cfg)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["extra"]["sizes"] == {"train": 32, "val": 16, "test": 16}
@@ -264,3 +274,59 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_read_its_data(tmp
     assert train(cfg, overwrite=True) == run  # a good config does replace it
     assert "lr: 0.001" in (run / "config.yaml").read_text()
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # the old one gone
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "model.long_document": "chunks",
+            "model.chunk_length": 6,
+            "model.chunk_stride": 4,
+            "model.chunk_pooling": "attention",
+        },
+        {
+            "model.attention": "sliding_window",
+            "model.attention_window": 3,
+            "model.max_positions": 256,
+        },
+    ],
+    ids=["chunk_and_pool", "sliding_window"],
+)
+def test_long_document_strategies_train_evaluate_and_predict_the_same_way(tmp_path, overrides):
+    run = train(tiny_config(tmp_path, **{"train.epochs": 8, **overrides}))
+    clf = torchformer.load(run)
+    config = clf.model.config
+    if "model.long_document" in overrides:
+        assert (config.long_document, config.chunk_length, config.chunk_pooling) == (
+            "chunks",
+            6,
+            "attention",
+        )
+        assert clf.model.chunk_scorer is not None
+    else:
+        assert (config.attention, config.attention_window, config.max_len) == (
+            "sliding_window",
+            3,
+            256,
+        )
+    test_metrics = json.loads((run / "eval/test/metrics.json").read_text())
+    assert test_metrics["accuracy"] >= 0.85
+    # predict() reads a text as training and evaluation did: the run's own test errors
+    # are the examples predict() gets wrong too
+    errors = [json.loads(x) for x in (run / "eval/test/errors.jsonl").read_text().splitlines()]
+    rows = toy_rows(32, 1)
+    wrong = [
+        r["text"]
+        for r, p in zip(rows, clf.predict([r["text"] for r in rows]))
+        if p["label"] != r["label"]
+    ]
+    assert sorted(wrong) == sorted(e["text"] for e in errors)
+
+
+def test_a_truncating_model_refuses_a_max_length_beyond_its_positions(tmp_path):
+    # (a scratch encoder is built with as many positions as data.max_length asks for)
+    overrides = {"data.max_length": 600, "model.base": "minilm"}
+    with pytest.raises(ValueError, match="exceeds the model's 512 positions"):
+        train(tiny_config(tmp_path, **overrides))
+    assert not (tmp_path / "run" / "best").exists()

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from torchformer.api import TextClassifier
+from torchformer.models.long_document import max_input_length
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +140,11 @@ class _LogitsOnly(nn.Module):
 
 
 def default_grid_lengths(clf: TextClassifier) -> tuple[int, ...]:
-    """{1, 7, 64, settings.max_length, model max_len}, none above the model's max_len."""
+    """{1, 7, 64, settings.max_length, model max_len}, none above what the model takes (its
+    max_len; a chunk-and-pool model takes documents of any length)."""
     max_len = clf.model.config.max_len
     wanted = {*GRID_BASE_LENGTHS, clf.settings.max_length, max_len}
-    return tuple(sorted(n for n in wanted if 1 <= n <= max_len))
+    return tuple(sorted(n for n in wanted if 1 <= n <= max_input_length(clf.model.config)))
 
 
 def with_attention(model: nn.Module, attn_impl: str) -> nn.Module:
@@ -228,7 +230,7 @@ def export_model(
     example = (torch.full((2, 16), 5, dtype=torch.long), torch.ones(2, 16, dtype=torch.long))
     example[1][1, 10:] = 0  # one padded row, as in real batches
     batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = torch.export.Dim("sequence", min=1, max=model.config.max_len)
+    seq = torch.export.Dim("sequence", min=1, max=max_input_length(model.config))
     axes = {0: batch, 1: seq}
     with (
         warnings.catch_warnings(),
@@ -376,7 +378,7 @@ def export_classifier(
         "inputs": list(INPUT_NAMES),
         "output": OUTPUT_NAME,
         "dynamic_axes": {"batch": 0, "sequence": 1},
-        "max_sequence_length": clf.model.config.max_len,
+        "max_sequence_length": max_input_length(clf.model.config),
         "attn_impl": attn_impl,
         "labels": clf.labels,
         "source": source,

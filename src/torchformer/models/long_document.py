@@ -26,6 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Tokens a chunk-and-pool classifier reads in one call: its chunks have max_len positions,
+# the document any length; exporters need a bound, this one is far beyond any review.
+MAX_CHUNKED_TOKENS = 65_536
+
+
+def max_input_length(config) -> int:
+    """The longest id sequence a classifier of this ``EncoderConfig`` takes."""
+    if getattr(config, "long_document", "truncate") == "chunks":
+        return MAX_CHUNKED_TOKENS
+    return config.max_len
+
 
 def split_into_chunks(
     input_ids: Tensor,

@@ -330,6 +330,11 @@ class MultiHeadAttention(nn.Module):
         if self.attn_impl == "reference" or return_attentions:
             return None
         T, kind = q.size(2), self.pattern.kind
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            # An exported graph (ONNX) computes the pattern as an explicit mask on dense
+            # attention: torch.export cannot solve the chunk arithmetic (T padded to a
+            # multiple of the chunk) for a dynamic length. Same result, O(T²) memory.
+            return None
         if kind == "sliding_window" and T <= 2 * self.pattern.reach:
             return None
         key_mask = None

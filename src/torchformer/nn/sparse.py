@@ -183,9 +183,8 @@ def pattern_mask(
     if pattern.dilation > 1:
         keep &= offset % pattern.dilation == 0
     globals_ = _global_index(pattern.global_tokens, t, device)
-    if globals_.numel():
-        is_global = torch.zeros(t, dtype=torch.bool, device=device)
-        is_global[globals_] = True
+    if globals_.numel():  # (a comparison, not a scatter: the mask also goes into ONNX)
+        is_global = (torch.arange(t, device=device)[:, None] == globals_[None, :]).any(-1)
         keep |= is_global[:, None] | is_global[None, :]
     if causal:
         keep &= offset >= 0
@@ -242,8 +241,8 @@ def sliding_window_attention(
     globals_ = _global_index(pattern.global_tokens, T, device)
     in_band_global = None
     if globals_.numel():  # a global key is seen through the global columns below, not twice
-        in_band_global = torch.zeros(T + 2 * c + pad, dtype=torch.bool, device=device)
-        in_band_global[globals_ + c] = True
+        slots = torch.arange(T + 2 * c + pad, device=device) - c  # padded slot -> position
+        in_band_global = (slots[:, None] == globals_[None, :]).any(-1)  # (no scatter: ONNX)
         in_band_global = in_band_global.unfold(0, W, c)[:n]  # (n, W)
     real = None
     if key_mask is not None:
@@ -321,6 +320,10 @@ def sliding_window_attention(
         gprobs = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
         if dropout and training:
             gprobs = F.dropout(gprobs, p=dropout)
-        gout = torch.matmul(gprobs, v)
-        out = out.index_copy(2, globals_, gout)
+        gout = torch.matmul(gprobs, v)  # (B, H, G, Dh)
+        # Put the G rows in place with a gather and a select (index_copy's scatter does
+        # not survive ONNX export with a dynamic length).
+        is_global = torch.arange(T, device=device)[:, None] == globals_[None, :]  # (T, G)
+        row = is_global.long().argmax(-1)  # (T,) which global row, 0 elsewhere
+        out = torch.where(is_global.any(-1)[:, None], gout[:, :, row], out)
     return out

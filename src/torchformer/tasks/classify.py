@@ -27,6 +27,7 @@ from torchformer.data.batching import LengthBucketBatchSampler, pad_batch
 from torchformer.evaluate.classification import StreamingClassificationMetrics, write_evaluation
 from torchformer.io import recover_dir
 from torchformer.models.encoder import EncoderForSequenceClassification, preset
+from torchformer.models.long_document import extend_position_embeddings
 from torchformer.tasks.classifier import InferenceSettings, TextClassifier
 from torchformer.tasks.classify_data import (
     DataConfig,
@@ -62,7 +63,20 @@ class ModelConfig:
         classifier_dropout: dropout before the head (None: the model's dropout).
         dropout: the encoder's dropout and attention dropout (None: the preset's or
             checkpoint's; 0 makes training deterministic across process counts).
-        attn_impl: "sdpa" (fast) or "reference".
+        attn_impl: "sdpa" (fast), "reference" or "flex" (a sparse ``attention``'s
+            FlexAttention block mask).
+        long_document: how a text longer than one encoder pass is read (issue 13):
+            "truncate" (one sequence of ``data.max_length`` tokens: head, tail or
+            head+tail) or "chunks" (chunk-and-pool, ``models.long_document``: the text
+            up to ``data.max_length`` tokens cut into overlapping chunks of
+            ``chunk_length`` tokens every ``chunk_stride``, the chunk vectors pooled by
+            ``chunk_pooling``: "mean", "max" or "attention").
+        attention: the encoder's self-attention kind ("full", "sliding_window",
+            "block_sparse", "lsh"; ``nn.sparse``), with ``attention_window`` (one-sided)
+            for the sliding window; [CLS] (position 0) is global.
+        max_positions: extend the position table to this many positions by repeating
+            the trained ones (Longformer's initialisation), to read whole documents with
+            a sparse ``attention``.
     """
 
     base: str = PACKAGED_MINILM
@@ -71,7 +85,14 @@ class ModelConfig:
     freeze_encoder: bool = False
     classifier_dropout: float | None = None
     dropout: float | None = None
-    attn_impl: Literal["sdpa", "reference"] = "sdpa"
+    attn_impl: Literal["sdpa", "reference", "flex"] = "sdpa"
+    long_document: Literal["truncate", "chunks"] = "truncate"
+    chunk_length: int = 256
+    chunk_stride: int = 192
+    chunk_pooling: Literal["mean", "max", "attention"] = "mean"
+    attention: Literal["full", "sliding_window", "block_sparse", "lsh"] = "full"
+    attention_window: int = 128
+    max_positions: int | None = None
 
 
 @dataclass
@@ -155,28 +176,65 @@ def build_model(
         "pooling": m.pooling,
         "classifier_dropout": m.classifier_dropout,
         "attn_impl": m.attn_impl,
+        "attention": m.attention,
+        "attention_window": m.attention_window,
+        "long_document": m.long_document,
+        "chunk_length": m.chunk_length,
+        "chunk_stride": m.chunk_stride,
+        "chunk_pooling": m.chunk_pooling,
     }
     if m.dropout is not None:
         head.update(dropout=m.dropout, attn_dropout=m.dropout)
     if m.base == "scratch":
         tokenizer = scratch_tokenizer(config, texts, resume=resume)
+        long_reads = m.long_document == "chunks" or m.max_positions is not None
         cfg = preset(
             m.preset,
             vocab_size=tokenizer.vocab_size,
-            max_len=max(512, config.data.max_length),
+            max_len=m.max_positions or max(512, 0 if long_reads else config.data.max_length),
             pad_id=tokenizer.pad_id,
             **head,
+            **_chunk_ids(m, tokenizer),
         )
         model = EncoderForSequenceClassification(cfg)
     else:
         model_dir = packaged_minilm_dir() if m.base == PACKAGED_MINILM else m.base
-        model, report = load_pretrained(model_dir, task="classification", **head)
-        logger.info("loaded %s: %s", model_dir, report)
         tokenizer = Tokenizer.from_pretrained_dir(model_dir)
+        model, report = load_pretrained(
+            model_dir, task="classification", **head, **_chunk_ids(m, tokenizer)
+        )
+        logger.info("loaded %s: %s", model_dir, report)
+        if m.max_positions is not None and m.max_positions > model.config.max_len:
+            embeddings = model.encoder.embeddings
+            embeddings.position_embeddings = extend_position_embeddings(
+                embeddings.position_embeddings, m.max_positions
+            )
+            logger.info(
+                "position table extended from %d to %d positions (trained rows repeated)",
+                model.config.max_len,
+                m.max_positions,
+            )
+            model.config.max_len = m.max_positions
+    limit = model.config.max_len
+    if m.long_document == "truncate" and config.data.max_length > limit:
+        raise ValueError(
+            f"data.max_length={config.data.max_length} exceeds the model's {limit} positions; "
+            "set model.long_document: chunks, or model.max_positions with a sparse "
+            "model.attention"
+        )
     if m.freeze_encoder:
         for p in model.encoder.parameters():
             p.requires_grad_(False)
     return model, tokenizer
+
+
+def _chunk_ids(m: ModelConfig, tokenizer: Tokenizer) -> dict[str, int]:
+    """The [CLS]/[SEP] ids chunk-and-pool frames every chunk with (the tokenizer's)."""
+    if m.long_document != "chunks":
+        return {}
+    if tokenizer.cls_id is None or tokenizer.sep_id is None:
+        raise ValueError("model.long_document: chunks needs a tokenizer with [CLS] and [SEP]")
+    return {"cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id}
 
 
 def _batch(
