@@ -294,9 +294,15 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_read_its_data(tmp
     ids=["chunk_and_pool", "sliding_window"],
 )
 def test_long_document_strategies_train_evaluate_and_predict_the_same_way(tmp_path, overrides):
-    run = train(tiny_config(tmp_path, **{"train.epochs": 8, **overrides}))
+    run = train(tiny_config(tmp_path, **{"train.epochs": 8, "report": True, **overrides}))
     clf = torchformer.load(run)
     config = clf.model.config
+    from torchformer.viz.attention import attention_for_text
+    from torchformer.viz.report import write_report
+
+    assert write_report(run).is_file()  # the report's attention views read the text too
+    view = attention_for_text(clf, " ".join(["wonderful film"] * 10))
+    assert view.attentions.shape[-1] == len(view.tokens)
     if "model.long_document" in overrides:
         assert (config.long_document, config.chunk_length, config.chunk_pooling) == (
             "chunks",

@@ -24,6 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from torchformer.models.long_document import split_into_chunks
+
 __all__ = [
     "TextAttention",
     "TranslationAttention",
@@ -112,7 +114,8 @@ def attention_for_text(classifier: Any, text: str) -> TextAttention:
 
     Uses only the public inference API: ``classifier.encode`` (the run's cleaning
     and truncation), ``classifier.model(..., return_attentions=True)`` and the
-    tokenizer's token strings.
+    tokenizer's token strings. A chunk-and-pool classifier reads the text as chunks:
+    the attention shown is its first chunk's.
     """
     model, tokenizer = classifier.model, classifier.tokenizer
     input_ids, attention_mask = classifier.encode([text])  # (1, T) each; one text, no padding
@@ -121,6 +124,21 @@ def attention_for_text(classifier: Any, text: str) -> TextAttention:
         input_ids.to(device), attention_mask=attention_mask.to(device), return_attentions=True
     )
     ids = input_ids[0].tolist()
+    attentions = as_layer_stack(out.attentions)  # (L, H, T, T)
+    config = getattr(model, "config", None)
+    if getattr(config, "long_document", "truncate") == "chunks":
+        # Chunk-and-pool reads the text as chunks, each its own sequence: show the first.
+        chunk_ids, chunk_mask, _ = split_into_chunks(
+            input_ids,
+            attention_mask,
+            length=config.chunk_length,
+            stride=config.chunk_stride,
+            cls_id=config.cls_id,
+            sep_id=config.sep_id,
+            pad_id=config.pad_id,
+        )
+        ids = chunk_ids[0][chunk_mask[0].bool()].tolist()
+        attentions = attentions[..., : len(ids), : len(ids)]  # the first chunk's real tokens
     special_ids = {
         i
         for i in (
@@ -143,7 +161,7 @@ def attention_for_text(classifier: Any, text: str) -> TextAttention:
         text=text,
         tokens=tokenizer.tokens(ids),
         special=[i in special_ids for i in ids],
-        attentions=as_layer_stack(out.attentions),  # (L, H, T, T)
+        attentions=attentions,  # (L, H, T, T)
         prediction=prediction,
     )
 
