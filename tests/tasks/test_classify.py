@@ -336,3 +336,23 @@ def test_a_truncating_model_refuses_a_max_length_beyond_its_positions(tmp_path):
     with pytest.raises(ValueError, match="exceeds the model's 512 positions"):
         train(tiny_config(tmp_path, **overrides))
     assert not (tmp_path / "run" / "best").exists()
+
+
+def test_a_token_budget_bounds_the_padded_size_of_every_batch(tmp_path):
+    from torchformer.tasks.classify import _length_batches
+
+    lengths = [5, 50, 7, 30, 12, 48, 3, 9]
+    order = sorted(range(8), key=lengths.__getitem__)
+    batches = _length_batches(order, lengths, batch_size=3, max_tokens=60)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert all(len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 60 for b in batches)
+    assert _length_batches(order, lengths, batch_size=3, max_tokens=None) == [
+        order[:3],
+        order[3:6],
+        order[6:],
+    ]
+    run = train(tiny_config(tmp_path, **{"train.max_tokens": 64, "train.epochs": 4}))
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = next(x for x in steps if x["split"] == "summary")
+    assert summary["total_steps"] > 4 * 72 // 8  # smaller batches than batch_size 8: more steps
+    assert json.loads((run / "eval/test/metrics.json").read_text())["accuracy"] >= 0.85

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 from torchformer.checkpoints import load_pretrained, save_pretrained
-from torchformer.data.batching import LengthBucketBatchSampler, pad_batch
+from torchformer.data.batching import LengthBucketBatchSampler, TokenBudgetBatchSampler, pad_batch
 from torchformer.evaluate.classification import StreamingClassificationMetrics, write_evaluation
 from torchformer.io import recover_dir
 from torchformer.models.encoder import EncoderForSequenceClassification, preset
@@ -115,9 +115,14 @@ class TrainConfig(LoopConfig):
 
     ``batch_size`` is the global batch: under torchrun each of N processes trains on
     its share of every batch, so the same config trains the same model on any N.
+    ``max_tokens``: batches of similar lengths whose padded size (examples × longest)
+    stays within this many tokens, at most ``batch_size`` (``eval_batch_size``)
+    examples — fairseq's ``--max-tokens``: whole long documents then come a few at a
+    time instead of 32 at once (None: fixed ``batch_size``).
     """
 
     batch_size: int = 32
+    max_tokens: int | None = None
     warmup_ratio: float = 0.06
     eval_batch_size: int = 64
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # early stopping and best/
@@ -253,19 +258,38 @@ def evaluate_examples(
     *,
     pad_id: int,
     batch_size: int,
+    max_tokens: int | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[int, tuple[torch.Tensor, float]]:
-    """``{index: (logits (C,), loss)}`` of these examples (batches sorted by length)."""
+    """``{index: (logits (C,), loss)}`` of these examples (batches sorted by length; with
+    ``max_tokens``, at most that many padded tokens a batch)."""
     lengths = split.lengths  # a property that builds the list: once, not per key
     order = sorted(indices, key=lengths.__getitem__)
     outputs: dict[int, tuple[torch.Tensor, float]] = {}
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in _length_batches(order, lengths, batch_size, max_tokens):
         input_ids, attention_mask, labels = _batch(split, idx, pad_id, device)
         logits = model(input_ids, attention_mask=attention_mask).logits.float()  # (B, C)
         losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none").tolist()
         outputs.update(zip(idx, zip(logits.cpu(), losses)))
     return outputs
+
+
+def _length_batches(
+    order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Consecutive batches of ``order`` (sorted by length): ``batch_size`` examples, or
+    fewer where ``examples × longest`` would exceed ``max_tokens``."""
+    batches: list[list[int]] = []
+    for index in order:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (max_tokens is None or lengths[index] * (len(batches[-1]) + 1) <= max_tokens)
+        ):
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def summarize_examples(
@@ -294,13 +318,20 @@ def evaluate_split(
     *,
     pad_id: int,
     batch_size: int,
+    max_tokens: int | None = None,
 ) -> dict:
     """Metrics of ``model`` over a whole split, in one process."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     outputs = evaluate_examples(
-        model, split, list(range(len(split))), pad_id=pad_id, batch_size=batch_size, device=device
+        model,
+        split,
+        list(range(len(split))),
+        pad_id=pad_id,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        device=device,
     )
     model.train(was_training)
     return summarize_examples(split, outputs, label_names)
@@ -401,8 +432,16 @@ class ClassificationTask:
             },
         }
 
-    def train_sampler(self, world: World) -> LengthBucketBatchSampler:
+    def train_sampler(self, world: World) -> LengthBucketBatchSampler | TokenBudgetBatchSampler:
         tc, lengths = self.config.train, self.encoded["train"].lengths
+        if tc.max_tokens is not None:
+            return TokenBudgetBatchSampler(
+                lengths,
+                tc.max_tokens,
+                seed=tc.seed,
+                max_batch_size=tc.batch_size,
+                **world.sampler_args,
+            )
         return LengthBucketBatchSampler(lengths, tc.batch_size, seed=tc.seed, **world.sampler_args)
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -454,6 +493,7 @@ class ClassificationTask:
             indices,
             pad_id=self.tokenizer.pad_id,
             batch_size=self.config.train.eval_batch_size,
+            max_tokens=self.config.train.max_tokens,
             device=device,
         )
 
@@ -481,6 +521,7 @@ class ClassificationTask:
                     self.label_names,
                     pad_id=best.tokenizer.pad_id,
                     batch_size=self.config.train.eval_batch_size,
+                    max_tokens=self.config.train.max_tokens,
                 )
             result["precision"] = run.eval_precision
             write_evaluation(run.run_dir / "eval" / name, result)
