@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchformer.models.long_document import pool_chunks, split_into_chunks
+from torchformer.models.long_document import chunks_of, pool_chunks
 from torchformer.models.outputs import ModelOutput
 from torchformer.nn import (
     AttentionPattern,
@@ -292,18 +292,9 @@ class EncoderForSequenceClassification(nn.Module):
     ) -> ModelOutput:
         exists = None
         if self.config.long_document == "chunks":  # attentions etc. are then per chunk
-            c = self.config
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            input_ids, attention_mask, exists = split_into_chunks(
-                input_ids,
-                attention_mask,
-                length=c.chunk_length,
-                stride=c.chunk_stride,
-                cls_id=c.cls_id,
-                sep_id=c.sep_id,
-                pad_id=c.pad_id,
-            )  # (B·C, L), (B·C, L), (B, C)
+            input_ids, attention_mask, exists = chunks_of(self.config, input_ids, attention_mask)
             token_type_ids = None
         out = self.encoder(
             input_ids,

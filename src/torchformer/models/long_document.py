@@ -89,6 +89,19 @@ def split_into_chunks(
     return chunks.reshape(B * C, length), mask.reshape(B * C, length).long(), exists
 
 
+def chunks_of(config, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``split_into_chunks`` with a chunk-and-pool ``EncoderConfig``'s settings."""
+    return split_into_chunks(
+        input_ids,
+        attention_mask,
+        length=config.chunk_length,
+        stride=config.chunk_stride,
+        cls_id=config.cls_id,
+        sep_id=config.sep_id,
+        pad_id=config.pad_id,
+    )
+
+
 def pool_chunks(
     vectors: Tensor, exists: Tensor, how: str, scorer: nn.Module | None = None
 ) -> Tensor:

@@ -81,10 +81,8 @@ def block_layout(pattern: AttentionPattern, n: int) -> tuple[Tensor, Tensor]:
     )
 
 
-def block_sparse_mask(pattern: AttentionPattern, t: int, device=None) -> Tensor:
-    """The pattern as an explicit (1, 1, T, T) keep-mask."""
-    b = pattern.block_size
-    n = math.ceil(t / b)
+def block_table(pattern: AttentionPattern, n: int) -> Tensor:
+    """(n, n) bool: whether query block i sees key block j (global rows and columns full)."""
     index, valid = block_layout(pattern, n)
     blocks = torch.zeros(n, n, dtype=torch.bool)
     rows = torch.arange(n)[:, None].expand_as(index)
@@ -92,6 +90,13 @@ def block_sparse_mask(pattern: AttentionPattern, t: int, device=None) -> Tensor:
     globals_ = global_block_index(pattern, n)
     blocks[globals_, :] = True
     blocks[:, globals_] = True
+    return blocks
+
+
+def block_sparse_mask(pattern: AttentionPattern, t: int, device=None) -> Tensor:
+    """The pattern as an explicit (1, 1, T, T) keep-mask."""
+    b = pattern.block_size
+    blocks = block_table(pattern, math.ceil(t / b))
     keep = blocks.repeat_interleave(b, 0).repeat_interleave(b, 1)[:t, :t]
     return keep[None, None].to(device)
 

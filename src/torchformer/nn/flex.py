@@ -27,7 +27,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from torchformer.nn.block_sparse import block_layout, global_block_index
+from torchformer.nn.block_sparse import block_table
 from torchformer.nn.sparse import AttentionPattern
 
 COMPILE = True  # tests set False: eager, the same numbers
@@ -51,15 +51,7 @@ def pattern_mask_mod(
 
     elif pattern.kind == "block_sparse":
         size = pattern.block_size
-        n = math.ceil(t / size)
-        index, valid = block_layout(pattern, n)
-        blocks = torch.zeros(n, n, dtype=torch.bool)
-        rows = torch.arange(n)[:, None].expand_as(index)
-        blocks[rows[valid], index[valid]] = True
-        globals_ = global_block_index(pattern, n)
-        blocks[globals_, :] = True
-        blocks[:, globals_] = True
-        blocks = blocks.to(device)
+        blocks = block_table(pattern, math.ceil(t / size)).to(device)
 
         def keep(b, h, q, k):
             return blocks[q // size, k // size]

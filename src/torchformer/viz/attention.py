@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from torchformer.models.long_document import split_into_chunks
+from torchformer.models.long_document import chunks_of
 
 __all__ = [
     "TextAttention",
@@ -128,15 +128,7 @@ def attention_for_text(classifier: Any, text: str) -> TextAttention:
     config = getattr(model, "config", None)
     if getattr(config, "long_document", "truncate") == "chunks":
         # Chunk-and-pool reads the text as chunks, each its own sequence: show the first.
-        chunk_ids, chunk_mask, _ = split_into_chunks(
-            input_ids,
-            attention_mask,
-            length=config.chunk_length,
-            stride=config.chunk_stride,
-            cls_id=config.cls_id,
-            sep_id=config.sep_id,
-            pad_id=config.pad_id,
-        )
+        chunk_ids, chunk_mask, _ = chunks_of(config, input_ids, attention_mask)
         ids = chunk_ids[0][chunk_mask[0].bool()].tolist()
         attentions = attentions[..., : len(ids), : len(ids)]  # the first chunk's real tokens
     special_ids = {
