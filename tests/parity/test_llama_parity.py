@@ -76,6 +76,7 @@ CASES = [
     ("llama", {"rope_theta": 500000.0, "attention_bias": True, "mlp_bias": True}),
     ("qwen2", {}),
     ("mistral", {}),
+    ("mistral", {"sliding_window": 4}),  # shorter than the 11 tokens: the window matters
 ]
 
 
@@ -102,7 +103,11 @@ def test_ours_saved_loads_in_transformers_with_the_same_logits(tmp_path, kind, o
     ours = load_ours(hf_model(kind, **overrides), tmp_path / "hf")
     save_pretrained(ours, tmp_path / "ours")
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert config["model_type"] == ("qwen2" if kind == "qwen2" else "llama")
+    window = overrides.get("sliding_window")
+    assert config["model_type"] == (
+        "qwen2" if kind == "qwen2" else "mistral" if window else "llama"
+    )
+    assert config.get("sliding_window") == window
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
     ids, mask = right_padded()
     diff = ours(ids, attention_mask=mask).logits - back(ids, attention_mask=mask).logits
@@ -144,6 +149,23 @@ def test_greedy_and_beam_generation_match(tmp_path, options):
         n = a.index(2) + 1 if 2 in a else len(a)
         assert a[:n] == r[:n] and set(a[n:]) <= {0} and set(r[n:]) <= {0, 2}
     assert len(set(out[:, 8:].flatten().tolist())) > 3  # not a degenerate repetition
+
+
+@torch.no_grad()
+def test_mistral_sliding_window_generation_matches_with_the_kv_cache(tmp_path):
+    # 8 prompt tokens + 12 new ones, window 5: every cached step must hide the old keys.
+    hf = hf_model("mistral", sliding_window=5)
+    ours = load_ours(hf, tmp_path)
+    assert ours.config.sliding_window == 5
+    ids = torch.randint(3, V, (2, 8), generator=torch.Generator().manual_seed(5))
+    ref = hf.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    out = generate(ours, ids, max_new_tokens=12, min_new_tokens=12)
+    assert out.tolist() == ref.tolist()
+    full = hf_model("mistral", sliding_window=None)  # the window changed what was generated
+    assert (
+        full.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12).tolist()
+        != ref.tolist()
+    )
 
 
 def test_unsupported_options_are_named(tmp_path):

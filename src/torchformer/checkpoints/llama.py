@@ -5,9 +5,10 @@ The three share one key layout, which maps name for name onto our
 projections); they differ in config only:
 
 - ``qwen2`` puts biases on the q/k/v projections (not on the output one);
-- ``mistral`` may set ``sliding_window``: each token attends to at most that many
-  previous ones. This implementation attends to all of them, which is the same
-  for sequences no longer than the window; loading such a checkpoint warns.
+- ``mistral`` may set ``sliding_window`` W: each token attends to itself and the W − 1
+  before it (``DecoderConfig.sliding_window``); such a model is saved back as
+  ``mistral``. Qwen2's ``use_sliding_window`` (only above ``max_window_layers``) is not
+  implemented: loading such a checkpoint warns, and it attends to every earlier token.
 
 ``LlamaForCausalLM`` prefixes the stack with ``model.`` and adds ``lm_head.weight``
 (absent when ``tie_word_embeddings``). RoPE scaling variants (``rope_scaling`` /
@@ -83,16 +84,16 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> DecoderConfig:
         raise CheckpointError(f"{source}: hidden_act {activation!r} is not supported")
     if hf.get("pretraining_tp", 1) != 1:
         raise CheckpointError(f"{source}: pretraining_tp={hf['pretraining_tp']} is not supported")
-    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
     max_len = hf.get("max_position_embeddings", 2048)
-    if window is not None and window < max_len:
-        logger.warning(
-            "%s: sliding_window=%d is not applied: sequences longer than it attend to "
-            "every earlier token here",
-            source,
-            window,
-        )
     qwen2 = model_type == "qwen2"
+    window = hf.get("sliding_window") if model_type == "mistral" else None
+    if qwen2 and hf.get("use_sliding_window") and hf.get("sliding_window"):
+        logger.warning(
+            "%s: Qwen2's sliding window (layers from max_window_layers on) is not applied: "
+            "sequences longer than %d attend to every earlier token here",
+            source,
+            hf["sliding_window"],
+        )
     attn_bias = bool(hf.get("attention_bias", False))
     eos = hf.get("eos_token_id")
     if isinstance(eos, list):  # several end ids (Llama 3 chat models): generation stops on any
@@ -123,6 +124,7 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> DecoderConfig:
         attn_bias=attn_bias and not qwen2,
         qkv_bias=True if qwen2 else attn_bias,
         mlp_bias=bool(hf.get("mlp_bias", False)),
+        sliding_window=window,
     )
 
 
@@ -134,10 +136,16 @@ def config_to_hf(config: DecoderConfig, *, architecture: str = "LlamaForCausalLM
     qwen2 = bool(config.qkv_bias) and not config.attn_bias
     if qwen2 and config.mlp_bias:
         raise CheckpointError("q/k/v-only attention biases with MLP biases: no Hugging Face layout")
-    model_type = "qwen2" if qwen2 else "llama"
+    mistral = config.sliding_window is not None
+    if mistral and (qwen2 or config.attn_bias or config.mlp_bias):
+        raise CheckpointError(
+            "a sliding window with biases: no Hugging Face layout (Mistral has none)"
+        )
+    model_type = "qwen2" if qwen2 else "mistral" if mistral else "llama"
+    name = {"qwen2": "Qwen2", "mistral": "Mistral", "llama": "Llama"}[model_type]
     out = {
         "model_type": model_type,
-        "architectures": [architecture.replace("Llama", "Qwen2") if qwen2 else architecture],
+        "architectures": [architecture.replace("Llama", name)],
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "intermediate_size": config.d_ff,
@@ -157,7 +165,9 @@ def config_to_hf(config: DecoderConfig, *, architecture: str = "LlamaForCausalLM
         "tie_word_embeddings": config.tie_embeddings,
         "use_cache": True,
     }
-    if not qwen2:
+    if mistral:
+        out["sliding_window"] = config.sliding_window
+    elif not qwen2:
         out |= {"attention_bias": bool(config.attn_bias), "mlp_bias": bool(config.mlp_bias)}
     return out
 

@@ -83,6 +83,10 @@ class DecoderConfig:
     attn_bias: bool | None = None  # None: the flavour's (gpt2 biased, llama not)
     qkv_bias: bool | None = None  # None: attn_bias (Qwen2: q/k/v biased, output not)
     mlp_bias: bool | None = None  # None: the flavour's
+    # Mistral's sliding window: a token attends to itself and the sliding_window − 1 slots
+    # before it (None: to every earlier one). Applied as part of the causal mask, in
+    # training and in cached generation alike.
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.flavour not in ("gpt2", "llama"):
@@ -98,6 +102,8 @@ class DecoderConfig:
             self.attn_bias = gpt2
         if self.qkv_bias is None:
             self.qkv_bias = self.attn_bias
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {self.sliding_window}")
         if self.mlp_bias is None:
             self.mlp_bias = gpt2
 
@@ -161,11 +167,16 @@ def decoder_positions(
 
 
 def decoder_mask(
-    t: int, s: int, attention_mask: Tensor | None, device: torch.device
+    t: int,
+    s: int,
+    attention_mask: Tensor | None,
+    device: torch.device,
+    window: int | None = None,
 ) -> Tensor | None:
-    """Boolean keep-mask (B or 1, 1, T, S): causal, and padded keys hidden.
+    """Boolean keep-mask (B or 1, 1, T, S): causal, padded keys hidden and, with a
+    ``window`` W, keys W or more slots back hidden (Mistral: q − k < W).
 
-    None when nothing is hidden: a single new token without padding.
+    None when nothing is hidden: a single new token without padding within the window.
 
     The T queries sit at absolute slots S-T..S-1. Every query also keeps its
     own slot: a padded query (left padding) would otherwise see no key at all,
@@ -174,11 +185,14 @@ def decoder_mask(
     included, in the reference path). Real queries never see a padded key, so
     their outputs are unaffected.
     """
-    if attention_mask is None and t == 1:
+    if attention_mask is None and t == 1 and (window is None or s <= window):
         return None  # one new token sees every cached one: nothing to hide
     q_pos = torch.arange(s - t, s, device=device)[:, None]  # (T, 1)
     k_pos = torch.arange(s, device=device)[None, :]  # (1, S)
-    causal = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    causal = k_pos <= q_pos
+    if window is not None:
+        causal = causal & (q_pos - k_pos < window)
+    causal = causal[None, None]  # (1, 1, T, S)
     if attention_mask is None:
         return causal
     keep = attention_mask.bool()[:, None, None, :] | (k_pos == q_pos)[None, None]  # (B, 1, T, S)
@@ -307,7 +321,7 @@ class Decoder(nn.Module):
         else:  # (cos, sin) (B or 1, 1, T, Dh), shared by every layer
             rotary = self.rotary(positions, x.dtype)
         x = self.dropout(x)
-        mask = decoder_mask(T, S, attention_mask, device)  # (B or 1, 1, T, S)
+        mask = decoder_mask(T, S, attention_mask, device, self.config.sliding_window)
         hidden, attentions = [x], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else cache[i]
