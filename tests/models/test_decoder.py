@@ -238,3 +238,45 @@ def test_errors_name_the_problem(lm, ids):
     lm(ids[:, :4], cache=cache)
     with pytest.raises(ValueError, match="cached 4"):
         lm(ids[:, 4:5], attention_mask=torch.ones(3, 1), cache=cache)
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_a_sliding_window_decoder_trains_on_the_kernel_with_the_mask_s_results(
+    flavour, monkeypatch
+):
+    from dataclasses import replace as _replace
+
+    from torchformer.models.decoder import DecoderForCausalLM
+    from torchformer.models.decoder import preset as decoder_preset
+
+    name = "tiny" if flavour == "gpt2" else "llama-tiny"
+    config = _replace(
+        decoder_preset(name), sliding_window=5, dropout=0.0, attn_dropout=0.0, embd_dropout=0.0
+    )
+    torch.manual_seed(0)
+    model = DecoderForCausalLM(config).eval()
+    ids = torch.randint(3, config.vocab_size, (2, 40))
+    from torchformer.nn import attention
+
+    calls = []
+    kernel_fn = attention.sliding_window_attention
+    monkeypatch.setattr(
+        attention,
+        "sliding_window_attention",
+        lambda *a, **k: calls.append(k["causal"]) or kernel_fn(*a, **k),
+    )
+    with torch.no_grad():
+        kernel = model(ids).logits  # no padding, no cache: each layer's window pattern
+        assert calls == [True] * config.n_layers  # the causal O(T·w) kernel ran
+        calls.clear()
+        masked = model(ids, attention_mask=torch.ones_like(ids)).logits  # the decoder's mask
+        reference = DecoderForCausalLM(_replace(config, attn_impl="reference")).eval()
+        reference.load_state_dict(model.state_dict())
+        dense = reference(ids).logits
+        full = DecoderForCausalLM(_replace(config, sliding_window=None)).eval()
+        full.load_state_dict(model.state_dict())
+    assert not calls  # with a mask (padding) or a cache the decoder's mask holds the window
+    torch.testing.assert_close(kernel, masked, atol=1e-5, rtol=0)
+    torch.testing.assert_close(kernel, dense, atol=1e-5, rtol=0)
+    assert (full(ids).logits - kernel)[:, 5:].abs().max() > 1e-3  # the window matters
+    torch.testing.assert_close(full(ids).logits[:, :5], kernel[:, :5], atol=1e-5, rtol=0)

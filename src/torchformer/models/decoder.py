@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from torchformer.models.outputs import ModelOutput
 from torchformer.nn import (
+    AttentionPattern,
     EncoderLayer,
     FeedForward,
     GatedFeedForward,
@@ -200,10 +201,23 @@ def decoder_mask(
 
 
 def _decoder_layer(config: DecoderConfig) -> EncoderLayer:
-    """One block: GPT-2 (LayerNorm, biases, GELU FFN) or Llama (RMSNorm, SwiGLU, GQA)."""
+    """One block: GPT-2 (LayerNorm, biases, GELU FFN) or Llama (RMSNorm, SwiGLU, GQA).
+
+    With a ``sliding_window`` W the attention carries the causal window pattern (reach
+    W − 1): training on unpadded blocks then runs the O(T·W) kernel of ``nn.sparse``;
+    calls with padding or a KV cache get the window through the decoder's mask."""
+    pattern = None
+    if config.sliding_window is not None:
+        pattern = AttentionPattern(
+            "sliding_window", window=max(config.sliding_window - 1, 1), causal=True
+        )
     if config.flavour == "gpt2":
         attention = MultiHeadAttention(
-            config.d_model, config.n_heads, dropout=config.attn_dropout, attn_impl=config.attn_impl
+            config.d_model,
+            config.n_heads,
+            dropout=config.attn_dropout,
+            attn_impl=config.attn_impl,
+            pattern=pattern,
         )
         # GPT-2 has no dropout inside the FFN, only on its output (the residual dropout).
         ffn = FeedForward(config.d_model, config.d_ff, activation=config.activation, dropout=0.0)
@@ -218,6 +232,7 @@ def _decoder_layer(config: DecoderConfig) -> EncoderLayer:
             out_bias=bool(config.attn_bias),
             dropout=config.attn_dropout,
             attn_impl=config.attn_impl,
+            pattern=pattern,
         )
         ffn = GatedFeedForward(
             config.d_model, config.d_ff, activation=config.activation, bias=bool(config.mlp_bias)
@@ -321,7 +336,11 @@ class Decoder(nn.Module):
         else:  # (cos, sin) (B or 1, 1, T, Dh), shared by every layer
             rotary = self.rotary(positions, x.dtype)
         x = self.dropout(x)
-        mask = decoder_mask(T, S, attention_mask, device, self.config.sliding_window)
+        window = self.config.sliding_window
+        if window is not None and window > 1 and cache is None and attention_mask is None:
+            mask = None  # each layer's causal window pattern, on the chunked kernel
+        else:
+            mask = decoder_mask(T, S, attention_mask, device, window)
         hidden, attentions = [x], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else cache[i]

@@ -284,7 +284,12 @@ class MultiHeadAttention(nn.Module):
             v = v.repeat_interleave(self.n_heads // kv_heads, dim=1)  # (B, H, S, Dh)
         p = self.dropout if self.training else 0.0
         probs = None
-        if self.pattern is not None and context is None:
+        # A causal (decoder) pattern is this module's to apply only to a call with neither
+        # a mask nor a cache; otherwise the decoder's own mask already holds it.
+        own_pattern = self.pattern is not None and context is None
+        if own_pattern and self.pattern.causal and (mask is not None or cache is not None):
+            own_pattern = False
+        if own_pattern:
             if cache is not None:
                 raise ValueError(
                     f"attention kind {self.pattern.kind!r} is for self-attention over a whole "
@@ -297,7 +302,7 @@ class MultiHeadAttention(nn.Module):
                 out = sparse.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
                 return self.out_proj(out), None
             if self.pattern.kind == "lsh":  # the definition: a data-dependent bias
-                hashed = lsh_bias(q, self.pattern)
+                hashed = lsh_bias(q, self.pattern, causal=self.pattern.causal)
                 bias = hashed if bias is None else bias + hashed
             else:
                 mask = combine_masks(mask, pattern_mask(self.pattern, T, device=x.device))
@@ -351,12 +356,14 @@ class MultiHeadAttention(nn.Module):
                 q, k, v, self.pattern, key_mask=key_mask, scale=self.scale
             )
         options = {
+            "causal": self.pattern.causal,
             "key_mask": key_mask,
             "scale": self.scale,
             "dropout": dropout,
             "training": self.training,
         }
-        if kind == "block_sparse":
+        if kind == "block_sparse":  # (bidirectional only: a causal one is refused)
+            options.pop("causal")
             return block_sparse_attention(q, k, v, self.pattern, **options)
         if kind == "lsh":
             return lsh_attention(q, v, self.pattern, **options)

@@ -66,6 +66,12 @@ def pattern_mask_mod(
             f"attention kind {pattern.kind!r} has no FlexAttention mask (its keys depend on "
             "the data); use attn_impl 'sdpa' or 'reference'"
         )
+    if pattern.causal:
+        unmasked = keep
+
+        def keep(b, h, q, k):
+            return unmasked(b, h, q, k) & (k <= q)
+
     if key_mask is None:
         return keep
     real = key_mask.bool()

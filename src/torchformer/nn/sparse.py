@@ -107,6 +107,10 @@ class AttentionPattern:
         chunk_size: lsh: queries per chunk of the sorted sequence; a chunk sees its own
             and the previous chunk's keys.
         seed: block_sparse's random blocks and lsh's random rotations.
+        causal: a decoder's pattern: keys after the query are hidden too (sliding_window,
+            lsh). ``MultiHeadAttention`` applies a causal pattern itself only to calls
+            without a mask and without a cache (training on unpadded blocks); a decoder's
+            own mask (padding, generation) must then already hold the pattern.
         fallback: what the fast path does with a call its kernel cannot take (a mask
             other than key padding, an additive bias): "error" (default) raises naming the
             kind and the shape; "dense" computes the same result as dense attention under
@@ -126,6 +130,7 @@ class AttentionPattern:
     hash_rounds: int = 2
     chunk_size: int = 64
     seed: int = 0
+    causal: bool = False
     fallback: Literal["error", "dense"] = "error"
 
     def __post_init__(self) -> None:
@@ -135,6 +140,8 @@ class AttentionPattern:
         bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
         if self.random_blocks < 0:
             bad.append(f"random_blocks={self.random_blocks}")
+        if self.causal and self.kind == "block_sparse":
+            bad.append("causal=True (BigBird's pattern is bidirectional)")
         if self.buckets % 2:
             bad.append(f"buckets={self.buckets} (must be even: ±rotations)")
         if bad:
@@ -164,7 +171,9 @@ def pattern_mask(
 ) -> Tensor | None:
     """The pattern as an explicit (1, 1, T, T) keep-mask (None for full non-causal attention).
 
-    LSH has no mask of positions: its keys depend on the data (``nn.lsh.lsh_bias``)."""
+    Causal when asked or when the pattern is. LSH has no mask of positions: its keys depend
+    on the data (``nn.lsh.lsh_bias``)."""
+    causal = causal or pattern.causal
     if pattern.kind == "lsh":
         raise ValueError("the lsh pattern depends on the data: build it with nn.lsh.lsh_bias")
     if pattern.kind == "block_sparse":
