@@ -242,3 +242,16 @@ def test_a_memory_needs_ordered_streams(tmp_path):
         txl_config(tmp_path, **{"train.sampling": "random"})
     with pytest.raises(ConfigError, match="transformer_xl settings"):
         tiny_config(tmp_path, **{"model.mem_len": 8})
+
+
+def test_a_sliding_window_language_model_trains_and_saves_as_mistral(tmp_path):
+    cfg = tiny_config(
+        tmp_path, **{"model.preset": "llama-tiny", "model.sliding_window": 6, "train.epochs": 1}
+    )
+    run = train(cfg)
+    config = json.loads((run / "best" / "config.json").read_text())
+    assert config["model_type"] == "mistral" and config["sliding_window"] == 6
+    lm = torchformer.load(run)
+    assert lm.model.config.sliding_window == 6
+    text = lm.generate("the ", max_new_tokens=20, seed=0)  # (may end early at end-of-text)
+    assert text.startswith("the ") and 4 < len(text) <= 24

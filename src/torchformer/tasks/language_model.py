@@ -115,6 +115,7 @@ class ModelConfig:
     # speed benchmarks: trained by this loop, saved in the same layout, loaded as ours).
     implementation: Literal["torchformer", "transformers"] = "torchformer"
     architecture: Literal["decoder", "transformer_xl"] = "decoder"
+    sliding_window: int | None = None  # decoder: Mistral's window (a token sees W slots)
     mem_len: int = 0  # transformer_xl
     eval_mem_len: int | None = None  # transformer_xl: None: mem_len
 
@@ -165,6 +166,10 @@ class LanguageModelConfig:
                 )
             if m.implementation != "torchformer":
                 raise ValueError("model.architecture: transformer_xl has no transformers twin")
+            if m.sliding_window is not None:
+                raise ValueError(
+                    "model.sliding_window is a decoder setting (Transformer-XL: mem_len)"
+                )
         elif m.mem_len or m.eval_mem_len is not None:
             raise ValueError("model.mem_len and eval_mem_len are transformer_xl settings")
 
@@ -250,6 +255,7 @@ def build_model(
         bos_id=tokenizer.eos_id,
         eos_id=tokenizer.eos_id,
         pad_id=None,
+        sliding_window=m.sliding_window,
     )
     if m.implementation == "transformers":
         return _hf_gpt2(cfg)
