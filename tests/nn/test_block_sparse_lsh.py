@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attention_helpers import largest_product, qkv
 
 from torchformer.models.encoder import Encoder, preset
 from torchformer.nn import AttentionPattern, MultiHeadAttention, pattern_mask, reference_attention
 from torchformer.nn.block_sparse import block_layout, block_sparse_attention, block_sparse_mask
 from torchformer.nn.lsh import lsh_attention, lsh_bias, lsh_buckets, shared_keys
-
-
-def qkv(t: int, seed: int = 0, b: int = 2, h: int = 3, dh: int = 8):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, h, t, dh, generator=g) for _ in range(3)]
 
 
 def padding(b: int, t: int, real: int) -> torch.Tensor:
@@ -69,18 +65,8 @@ def test_the_block_kernel_never_builds_the_dense_score_matrix(monkeypatch):
     T = 2048
     q, k, v = qkv(T, b=1, h=1)
     p = AttentionPattern("block_sparse", block_size=32, random_blocks=2)
-    sizes = []
-    einsum = torch.einsum
-
-    def spy(*args):
-        out = einsum(*args)
-        sizes.append(out.numel())
-        return out
-
-    monkeypatch.setattr(torch, "einsum", spy)
-    block_sparse_attention(q, k, v, p)
-    assert sizes and max(sizes) <= T * 7 * 32  # T queries × (3 + 2 + 2) blocks of 32 keys
-    assert max(sizes) < T * T / 8
+    largest = largest_product(monkeypatch, "einsum", lambda: block_sparse_attention(q, k, v, p))
+    assert largest <= T * 7 * 32 < T * T / 8  # T queries × (3 + 2 + 2) blocks of 32 keys
 
 
 # --- lsh -------------------------------------------------------------------------------
@@ -135,17 +121,9 @@ def test_a_bucket_bigger_than_the_window_loses_keys():
 def test_lsh_never_builds_the_dense_score_matrix(monkeypatch):
     T = 2048
     q, _, v = qkv(T, b=1, h=1)
-    sizes = []
-    matmul = torch.matmul
-
-    def spy(a, b):
-        out = matmul(a, b)
-        sizes.append(out.numel())
-        return out
-
-    monkeypatch.setattr(torch, "matmul", spy)
-    lsh_attention(q, v, AttentionPattern("lsh", buckets=64, hash_rounds=2, chunk_size=32))
-    assert sizes and max(sizes) <= 2 * T * 3 * 32 < T * T  # rounds × T × 3 chunks
+    pattern = AttentionPattern("lsh", buckets=64, hash_rounds=2, chunk_size=32)
+    largest = largest_product(monkeypatch, "matmul", lambda: lsh_attention(q, v, pattern))
+    assert largest <= 2 * T * 3 * 32 < T * T  # rounds × T × 3 chunks
 
 
 def test_the_lsh_pattern_has_no_mask_of_positions():

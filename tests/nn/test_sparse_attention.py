@@ -7,14 +7,10 @@ import itertools
 
 import pytest
 import torch
+from attention_helpers import largest_product, qkv
 
 from torchformer.nn import AttentionPattern, MultiHeadAttention, pattern_mask, reference_attention
 from torchformer.nn.sparse import sliding_window_attention
-
-
-def qkv(t: int, seed: int = 0, b: int = 2, h: int = 3, dh: int = 8):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, h, t, dh, generator=g) for _ in range(3)]
 
 
 def test_the_explicit_mask_is_the_window_the_dilation_and_the_global_positions():
@@ -62,17 +58,11 @@ def test_a_long_sequence_never_builds_the_dense_score_matrix(monkeypatch):
     """The kernel's largest product is a (B, H, T/c, c, c) score block, not (B, H, T, T)."""
     T, w = 2048, 16
     q, k, v = qkv(T, b=1, h=1)
-    sizes = []
-    matmul = torch.matmul
-
-    def spy(a, b):
-        out = matmul(a, b)
-        sizes.append(out.numel())
-        return out
-
-    monkeypatch.setattr(torch, "matmul", spy)
-    sliding_window_attention(q, k, v, AttentionPattern("sliding_window", window=w))
-    assert sizes and max(sizes) <= T * w * 8 < T * T  # linear in T (8 = head dim)
+    pattern = AttentionPattern("sliding_window", window=w)
+    largest = largest_product(
+        monkeypatch, "matmul", lambda: sliding_window_attention(q, k, v, pattern)
+    )
+    assert largest <= T * w * 8 < T * T  # linear in T (8 = head dim)
 
 
 def test_multi_head_attention_applies_the_pattern_on_both_paths():

@@ -339,14 +339,14 @@ def test_a_truncating_model_refuses_a_max_length_beyond_its_positions(tmp_path):
 
 
 def test_a_token_budget_bounds_the_padded_size_of_every_batch(tmp_path):
-    from torchformer.tasks.classify import _length_batches
+    from torchformer.data.batching import pack_by_tokens
 
     lengths = [5, 50, 7, 30, 12, 48, 3, 9]
     order = sorted(range(8), key=lengths.__getitem__)
-    batches = _length_batches(order, lengths, batch_size=3, max_tokens=60)
+    batches = pack_by_tokens(order, lengths, max_batch_size=3, max_tokens=60)
     assert sorted(i for b in batches for i in b) == list(range(8))
     assert all(len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 60 for b in batches)
-    assert _length_batches(order, lengths, batch_size=3, max_tokens=None) == [
+    assert pack_by_tokens(order, lengths, max_batch_size=3, max_tokens=None) == [
         order[:3],
         order[3:6],
         order[6:],

@@ -224,6 +224,34 @@ class LengthBucketBatchSampler(_EpochBatchSampler):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
+def pack_by_tokens(
+    order: Sequence[int],
+    lengths: Sequence[int],
+    *,
+    max_tokens: int | None,
+    max_batch_size: int | None = None,
+) -> list[list[int]]:
+    """Consecutive batches of ``order`` (sorted by length): each grows while its padded
+    size (examples × longest) stays within ``max_tokens`` and it holds fewer than
+    ``max_batch_size`` examples (None: no such limit). An example longer than the budget
+    gets a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order:
+        length = int(lengths[index])
+        grown = max(longest, length)
+        over = max_tokens is not None and grown * (len(current) + 1) > max_tokens
+        if current and (over or (max_batch_size is not None and len(current) >= max_batch_size)):
+            batches.append(current)
+            current, grown = [], length
+        current.append(index)
+        longest = grown
+    if current:
+        batches.append(current)
+    return batches
+
+
 class TokenBudgetBatchSampler(_EpochBatchSampler):
     """Batches whose padded size ``len(batch) * longest`` stays within ``max_tokens``.
 
@@ -278,19 +306,12 @@ class TokenBudgetBatchSampler(_EpochBatchSampler):
         n = len(self.lengths)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         order = order[np.argsort(self.lengths[order], kind="stable")]
-        cap = self.max_batch_size or n
-        batches: list[list[int]] = []
-        current: list[int] = []
-        longest = 0
-        for index, length in zip(order.tolist(), self.lengths[order].tolist()):
-            grown = max(longest, length)
-            if current and (grown * (len(current) + 1) > self.max_tokens or len(current) >= cap):
-                batches.append(current)
-                current, grown = [], length
-            current.append(index)
-            longest = grown
-        if current:
-            batches.append(current)
+        batches = pack_by_tokens(
+            order.tolist(),
+            self.lengths,
+            max_tokens=self.max_tokens,
+            max_batch_size=self.max_batch_size,
+        )
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches

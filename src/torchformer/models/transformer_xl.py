@@ -37,6 +37,7 @@ from torchformer.models.decoder import init_weights
 from torchformer.models.outputs import ModelOutput
 from torchformer.nn import FeedForward
 from torchformer.nn.cache import SegmentMemory
+from torchformer.nn.positional import sinusoidal_table
 from torchformer.nn.relative_position import RelativeMultiHeadAttention
 
 # Positions are relative and the memory is a fixed window: no sequence length is too long.
@@ -112,12 +113,22 @@ class TransformerXLLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, memory: Tensor | None = None, *, return_attentions: bool = False
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        *,
+        distances: Tensor | None = None,
+        return_attentions: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D), memory (B, M, D) -> (B, T, D), probabilities (B, H, T, S) or None."""
+        """x (B, T, D), memory (B, M, D) -> (B, T, D), probabilities (B, H, T, S) or None.
+
+        ``distances``: the (S, D) sinusoids of distances 0..S−1, shared by the layers."""
         context = None if memory is None else self.attn_norm(memory)
         h, probs = self.self_attn(
-            self.attn_norm(x), memory=context, return_attentions=return_attentions
+            self.attn_norm(x),
+            memory=context,
+            distances=distances,
+            return_attentions=return_attentions,
         )
         x = x + self.dropout(h)
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))
@@ -176,6 +187,8 @@ class TransformerXLForCausalLM(nn.Module):
             ModelOutput with logits, last_hidden_state, ``cache`` = the memory.
         """
         x = self.dropout(self.token_embeddings(input_ids))  # (B, T, D)
+        S = input_ids.size(1) + (0 if memory is None else memory.seq_len)
+        distances = sinusoidal_table(S, x.size(-1)).to(x.device, x.dtype)  # once, every layer
         inputs, attentions, hidden = [], [], [x]
         for i, layer in enumerate(self.layers):
             inputs.append(x)
@@ -185,7 +198,7 @@ class TransformerXLForCausalLM(nn.Module):
                     f"the memory holds {past.size(0)} rows, the segment {x.size(0)}: "
                     "consecutive segments must keep the same rows"
                 )
-            x, probs = layer(x, past, return_attentions=return_attentions)
+            x, probs = layer(x, past, distances=distances, return_attentions=return_attentions)
             attentions.append(probs)
             hidden.append(x)
         x = self.final_norm(x)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 
 import torch
 from torch import Tensor
@@ -82,6 +82,14 @@ def pattern_mask_mod(
     return keep_real
 
 
+@lru_cache(maxsize=32)
+def _position_block_mask(pattern: AttentionPattern, t: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mod = pattern_mask_mod(pattern, t, device=device)
+    return create_block_mask(mod, None, None, t, t, device=device)
+
+
 @cache
 def _compiled():
     from torch.nn.attention.flex_attention import flex_attention
@@ -104,9 +112,10 @@ def flex_pattern_attention(
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     B, _, T, _ = q.shape
-    mod = pattern_mask_mod(pattern, T, key_mask=key_mask, device=q.device)
-    block_mask = create_block_mask(
-        mod, B if key_mask is not None else None, None, T, T, device=q.device
-    )
+    if key_mask is None:  # the same for every layer and call of this length: built once
+        block_mask = _position_block_mask(pattern, T, str(q.device))
+    else:
+        mod = pattern_mask_mod(pattern, T, key_mask=key_mask, device=q.device)
+        block_mask = create_block_mask(mod, B, None, T, T, device=q.device)
     run = _compiled() if COMPILE else flex_attention
     return run(q, k, v, block_mask=block_mask, scale=scale)

@@ -32,6 +32,7 @@ Shapes: B batch, H heads, T tokens, Dh head dim, R rounds, m chunk size, n chunk
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,11 +50,16 @@ def shared_keys(q: Tensor) -> Tensor:
     return F.normalize(q, dim=-1)
 
 
+@lru_cache(maxsize=64)
+def _rotations(seed: int, head_dim: int, rounds: int, half: int) -> Tensor:
+    """The seeded random rotations (Dh, R, buckets/2): drawn once, not per layer and call."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(head_dim, rounds, half, generator=generator)
+
+
 def lsh_buckets(keys: Tensor, pattern: AttentionPattern) -> Tensor:
     """Bucket of every key in every round: (B, H, R, T) long in [0, buckets)."""
-    Dh = keys.size(-1)
-    generator = torch.Generator().manual_seed(pattern.seed)
-    rotations = torch.randn(Dh, pattern.hash_rounds, pattern.buckets // 2, generator=generator)
+    rotations = _rotations(pattern.seed, keys.size(-1), pattern.hash_rounds, pattern.buckets // 2)
     rotated = torch.einsum("bhtd,drk->bhrtk", keys.float(), rotations.to(keys.device))
     return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (B, H, R, T)
 

@@ -137,14 +137,14 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         x: Tensor,
         *,
         memory: Tensor | None = None,
-        mask: Tensor | None = None,
+        distances: Tensor | None = None,
         return_attentions: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attend from the new positions ``x`` (B, T, D) to ``memory`` (B, M, D) and ``x``.
+        """Attend causally from the new positions ``x`` (B, T, D) to ``memory`` (B, M, D)
+        and ``x``: every query sees the whole memory and the new keys up to itself.
 
-        ``mask``: a boolean keep-mask broadcastable to (B, H, T, S) that *replaces* the
-        causal one (None: causal, every query sees the whole memory and the new keys up
-        to itself).
+        ``distances``: ``sinusoidal_table(S, D)``, the sinusoids of distances 0..S−1
+        (computed here when None; a stack passes one table to all its layers).
 
         Returns:
             (output (B, T, D), probabilities (B, H, T, S) or None).
@@ -156,8 +156,11 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         q = self._split_heads(self.q_proj(x))  # (B, H, T, Dh)
         k = self._split_heads(self.k_proj(context))  # (B, H, S, Dh)
         v = self._split_heads(self.v_proj(context))  # (B, H, S, Dh)
-        table = sinusoidal_table(S, D).to(device=x.device, dtype=x.dtype)  # (S, D) distances
-        r = self.pos_proj(table).view(S, self.n_heads, self.head_dim).transpose(0, 1)  # (H, S, Dh)
+        if distances is None:
+            distances = sinusoidal_table(S, D).to(device=x.device, dtype=x.dtype)  # (S, D)
+        r = (
+            self.pos_proj(distances).view(S, self.n_heads, self.head_dim).transpose(0, 1)
+        )  # (H, S, Dh)
         by_distance = torch.matmul(q + self.position_bias[:, None], r.transpose(-1, -2))
         # (B, H, T, S): column d holds distance d; query i, key j are M + i - j apart.
         distance = (
@@ -167,8 +170,7 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         index = distance.clamp(0, S - 1).expand(B, self.n_heads, T, S)
         scale = 1.0 / math.sqrt(self.head_dim)
         position_term = by_distance.gather(-1, index) * scale  # (B, H, T, S)
-        if mask is None:
-            mask = (distance >= 0)[None, None]  # (1, 1, T, S) causal
+        mask = (distance >= 0)[None, None]  # (1, 1, T, S) causal
         q = q + self.content_bias[:, None]  # (B, H, T, Dh)
         p = self.dropout if self.training else 0.0
         probs = None

@@ -23,7 +23,12 @@ from typing import Any, Literal
 import torch
 
 from torchformer.checkpoints import load_pretrained, save_pretrained
-from torchformer.data.batching import LengthBucketBatchSampler, TokenBudgetBatchSampler, pad_batch
+from torchformer.data.batching import (
+    LengthBucketBatchSampler,
+    TokenBudgetBatchSampler,
+    pack_by_tokens,
+    pad_batch,
+)
 from torchformer.evaluate.classification import StreamingClassificationMetrics, write_evaluation
 from torchformer.io import recover_dir
 from torchformer.models.encoder import EncoderForSequenceClassification, preset
@@ -266,30 +271,12 @@ def evaluate_examples(
     lengths = split.lengths  # a property that builds the list: once, not per key
     order = sorted(indices, key=lengths.__getitem__)
     outputs: dict[int, tuple[torch.Tensor, float]] = {}
-    for idx in _length_batches(order, lengths, batch_size, max_tokens):
+    for idx in pack_by_tokens(order, lengths, max_tokens=max_tokens, max_batch_size=batch_size):
         input_ids, attention_mask, labels = _batch(split, idx, pad_id, device)
         logits = model(input_ids, attention_mask=attention_mask).logits.float()  # (B, C)
         losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none").tolist()
         outputs.update(zip(idx, zip(logits.cpu(), losses)))
     return outputs
-
-
-def _length_batches(
-    order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None
-) -> list[list[int]]:
-    """Consecutive batches of ``order`` (sorted by length): ``batch_size`` examples, or
-    fewer where ``examples × longest`` would exceed ``max_tokens``."""
-    batches: list[list[int]] = []
-    for index in order:
-        if (
-            batches
-            and len(batches[-1]) < batch_size
-            and (max_tokens is None or lengths[index] * (len(batches[-1]) + 1) <= max_tokens)
-        ):
-            batches[-1].append(index)
-        else:
-            batches.append([index])
-    return batches
 
 
 def summarize_examples(
