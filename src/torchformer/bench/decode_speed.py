@@ -41,8 +41,13 @@ def _sources(args: argparse.Namespace) -> list[str]:
 
 def _timed(translator, texts: list[str], args: argparse.Namespace, use_cache: bool):
     start = time.perf_counter()
-    out = translator.translate(texts, beam_size=args.beam_size, batch_size=args.batch_size,
-                               max_len=args.max_len, use_cache=use_cache)  # fmt: skip
+    out = translator.translate(
+        texts,
+        beam_size=args.beam_size,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        use_cache=use_cache,
+    )
     return time.perf_counter() - start, out
 
 

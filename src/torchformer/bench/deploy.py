@@ -406,8 +406,11 @@ def run_benchmark(
         logits: dict[str, list[np.ndarray]] = {p: [] for p in paths}
         for r in range(settings.rounds):
             _measure_round(workers, inputs, r, results, latencies, logits)
-            log(f"round {r + 1}/{settings.rounds}: " + ", ".join(
-                f"{p} {results[p].throughput_rounds[-1]:.1f}" for p in paths) + " texts/s")  # fmt: skip
+            log(
+                f"round {r + 1}/{settings.rounds}: "
+                + ", ".join(f"{p} {results[p].throughput_rounds[-1]:.1f}" for p in paths)
+                + " texts/s"
+            )
         for p, w in workers.items():
             results[p].peak_rss_mb = w.call("peak_rss")
             results[p].latency_ms = _percentiles(latencies[p])

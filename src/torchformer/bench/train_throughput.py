@@ -60,17 +60,30 @@ def _minilm_dir() -> Path:
 
 def run_ours(args, train_recs, held_out, workdir: Path) -> dict:
     """Our loop; returns samples/s over training steps and the held-out loss."""
-    config = task_config("classification", None, {
-        "run_dir": str(workdir / "ours"), "report": False,
-        "data.source": str(_write_csv(workdir / "train.csv", train_recs)),
-        "data.val_file": str(_write_csv(workdir / "heldout.csv", held_out)),
-        "data.max_length": args.max_length, "data.truncation": "head",
-        "model.base": "minilm", "model.pooling": "pooler",
-        "train.max_steps": args.steps, "train.epochs": 1000, "train.batch_size": args.batch_size,
-        "train.lr": args.lr, "train.warmup_ratio": args.warmup_ratio, "train.seed": args.seed,
-        "train.eval_batch_size": 64, "train.progress": False, "train.precision": args.precision,
-        "train.threads": args.threads,
-    })  # fmt: skip
+    config = task_config(
+        "classification",
+        None,
+        {
+            "run_dir": str(workdir / "ours"),
+            "report": False,
+            "data.source": str(_write_csv(workdir / "train.csv", train_recs)),
+            "data.val_file": str(_write_csv(workdir / "heldout.csv", held_out)),
+            "data.max_length": args.max_length,
+            "data.truncation": "head",
+            "model.base": "minilm",
+            "model.pooling": "pooler",
+            "train.max_steps": args.steps,
+            "train.epochs": 1000,
+            "train.batch_size": args.batch_size,
+            "train.lr": args.lr,
+            "train.warmup_ratio": args.warmup_ratio,
+            "train.seed": args.seed,
+            "train.eval_batch_size": 64,
+            "train.progress": False,
+            "train.precision": args.precision,
+            "train.threads": args.threads,
+        },
+    )
     start = time.perf_counter()
     run_dir = train(config)
     wall = time.perf_counter() - start
@@ -113,17 +126,28 @@ def run_hf(args, train_recs, held_out, workdir: Path) -> dict:
         enc = tokenizer(
             [cleaner(r.text) for r in records], truncation=True, max_length=args.max_length
         )
-        return [{"input_ids": ids, "attention_mask": am, "labels": labels[r.label]}
-                for ids, am, r in zip(enc["input_ids"], enc["attention_mask"], records)]  # fmt: skip
+        return [
+            {"input_ids": ids, "attention_mask": am, "labels": labels[r.label]}
+            for ids, am, r in zip(enc["input_ids"], enc["attention_mask"], records)
+        ]
 
     train_ds, eval_ds = encode(train_recs), encode(held_out)
     targs = TrainingArguments(
-        output_dir=str(workdir / "hf"), per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=64, max_steps=args.steps, learning_rate=args.lr,
-        warmup_steps=int(args.warmup_ratio * args.steps), weight_decay=0.01, seed=args.seed,
-        save_strategy="no", report_to=[], logging_steps=max(1, args.steps // 4), use_cpu=True,
-        bf16=args.hf_bf16, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(workdir / "hf"),
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=64,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        warmup_steps=int(args.warmup_ratio * args.steps),
+        weight_decay=0.01,
+        seed=args.seed,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=max(1, args.steps // 4),
+        use_cpu=True,
+        bf16=args.hf_bf16,
+        disable_tqdm=True,
+    )
 
     class StepClock(TrainerCallback):
         """Times steps 2..N: from the end of the first step (one-time set-up and lazy
@@ -139,8 +163,14 @@ def run_hf(args, train_recs, held_out, workdir: Path) -> dict:
             self.end = time.perf_counter()
 
     clock = StepClock()
-    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[clock])  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[clock],
+    )
     start = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - start
@@ -224,8 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         f"speed ratio torchformer / Trainer: {ratio:.2f}x (paired: {', '.join(f'{x:.2f}' for x in paired)}); "
         f"held-out loss {'<=' if ours['heldout_loss'] <= hf['heldout_loss'] else '>'} Trainer's"
     )
-    out = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "results": results, "ratio": ratio,
-           "paired_ratios": paired, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+    out = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "runs": runs,
+        "results": results,
+        "ratio": ratio,
+        "paired_ratios": paired,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0 if math.isfinite(ratio) else 1

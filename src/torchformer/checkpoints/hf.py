@@ -45,16 +45,34 @@ MAX_PARAMETERS = 2**33
 # bound far above any published model: a value past it is a typo or a corrupt file.
 _LAYERS, _HEADS, _WIDTH, _FFN = 2**10, 2**10, 2**16, 2**18
 SIZE_FIELDS = {
-    "vocab_size": 2**22, "type_vocab_size": 2**16, "max_position_embeddings": 2**24,
-    "n_positions": 2**24, "hidden_size": _WIDTH, "n_embd": _WIDTH, "d_model": _WIDTH,
-    "num_hidden_layers": _LAYERS, "n_layer": _LAYERS, "num_layers": _LAYERS,
-    "num_decoder_layers": _LAYERS, "encoder_layers": _LAYERS, "decoder_layers": _LAYERS,
-    "num_attention_heads": _HEADS, "n_head": _HEADS, "num_heads": _HEADS,
-    "encoder_attention_heads": _HEADS, "decoder_attention_heads": _HEADS,
-    "num_key_value_heads": _HEADS, "head_dim": 2**12, "d_kv": 2**12,
-    "intermediate_size": _FFN, "n_inner": _FFN, "d_ff": _FFN, "encoder_ffn_dim": _FFN,
-    "decoder_ffn_dim": _FFN, "relative_attention_num_buckets": 2**16,
-}  # fmt: skip
+    "vocab_size": 2**22,
+    "type_vocab_size": 2**16,
+    "max_position_embeddings": 2**24,
+    "n_positions": 2**24,
+    "hidden_size": _WIDTH,
+    "n_embd": _WIDTH,
+    "d_model": _WIDTH,
+    "num_hidden_layers": _LAYERS,
+    "n_layer": _LAYERS,
+    "num_layers": _LAYERS,
+    "num_decoder_layers": _LAYERS,
+    "encoder_layers": _LAYERS,
+    "decoder_layers": _LAYERS,
+    "num_attention_heads": _HEADS,
+    "n_head": _HEADS,
+    "num_heads": _HEADS,
+    "encoder_attention_heads": _HEADS,
+    "decoder_attention_heads": _HEADS,
+    "num_key_value_heads": _HEADS,
+    "head_dim": 2**12,
+    "d_kv": 2**12,
+    "intermediate_size": _FFN,
+    "n_inner": _FFN,
+    "d_ff": _FFN,
+    "encoder_ffn_dim": _FFN,
+    "decoder_ffn_dim": _FFN,
+    "relative_attention_num_buckets": 2**16,
+}
 
 
 class CheckpointError(ValueError):

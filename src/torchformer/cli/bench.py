@@ -60,10 +60,17 @@ def bench_command(args: argparse.Namespace) -> int:
     from torchformer.bench.deploy import format_table, run_benchmark, summary_lines, write_report
 
     settings = BenchSettings(
-        n_texts=args.texts, batch_size=args.batch_size, latency_texts=args.latency_texts,
-        threads=args.threads, rounds=args.rounds, seed=args.seed, texts_file=args.texts_file,
-        text_column=args.text_column, label_column=args.label_column or None, paths=args.paths,
-    )  # fmt: skip
+        n_texts=args.texts,
+        batch_size=args.batch_size,
+        latency_texts=args.latency_texts,
+        threads=args.threads,
+        rounds=args.rounds,
+        seed=args.seed,
+        texts_file=args.texts_file,
+        text_column=args.text_column,
+        label_column=args.label_column or None,
+        paths=args.paths,
+    )
     report = run_benchmark(
         args.run, settings, onnx_dir=args.onnx_dir, log=lambda m: print(m, flush=True)
     )

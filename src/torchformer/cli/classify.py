@@ -38,9 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the run's newest checkpoint"
     )
     p.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace a run already in the run directory (a fresh run refuses otherwise)",
-    )  # fmt: skip
+    )
     p.set_defaults(func=train_command, accepts_overrides=True)
 
     p = sub.add_parser("evaluate", help="evaluate a trained classifier on labelled data")
@@ -81,10 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the main job: fine-tune MiniLM on an IMDB sample (a few minutes on 2 CPU cores)",
     )
     p.add_argument(
-        "--run-dir", default=None,
+        "--run-dir",
+        default=None,
         help="where to write the run (default: the demo config's, or the next free "
         "runs/imdb-demo-N when that one holds a run)",
-    )  # fmt: skip
+    )
     p.set_defaults(func=demo_command, accepts_overrides=True)
 
 
@@ -189,8 +191,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return _evaluate_images(args, out)
     if task != "classification":  # each task evaluates with its own command
         hint = {"translation": "torchformer evaluate-translation RUN --multi30k test_2016_flickr"}
-        print(f"error: {args.run} is a {task} run: {hint.get(task, 'see torchformer --help')}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {args.run} is a {task} run: {hint.get(task, 'see torchformer --help')}",
+            file=sys.stderr,
+        )
         return 2
     clf = load(args.run)
     records = _read_labelled(args)
@@ -335,8 +339,10 @@ def _print_summary(run_dir: Path, minutes: float) -> None:
 
     metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text(encoding="utf-8"))
     report = (run_dir / "eval" / "test" / "classification_report.txt").read_text(encoding="utf-8")
-    print(f"\nFine-tuned in {minutes:.1f} min. Test set ({metrics.get('num_examples', '?')} reviews "
-          "not seen in training):\n")  # fmt: skip
+    print(
+        f"\nFine-tuned in {minutes:.1f} min. Test set ({metrics.get('num_examples', '?')} reviews "
+        "not seen in training):\n"
+    )
     print(report)
     clf = load(run_dir / "best")
     examples = [

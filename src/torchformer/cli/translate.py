@@ -76,8 +76,12 @@ def _decoding_options(p: argparse.ArgumentParser) -> None:
 
 
 def _decoding(args: argparse.Namespace) -> dict:
-    return {"beam_size": args.beam_size, "max_len": args.max_len, "length_penalty": args.length_penalty,
-            "batch_size": args.batch_size}  # fmt: skip
+    return {
+        "beam_size": args.beam_size,
+        "max_len": args.max_len,
+        "length_penalty": args.length_penalty,
+        "batch_size": args.batch_size,
+    }
 
 
 def _load(run: Path):
@@ -105,8 +109,11 @@ def translate_command(args: argparse.Namespace) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(translations) + "\n", encoding="utf-8")
-        print(f"{len(texts)} sentences translated in {seconds:.1f} s ({len(texts) / seconds:.1f} sentences/s) "
-              f"-> {args.out}", file=sys.stderr)  # fmt: skip
+        print(
+            f"{len(texts)} sentences translated in {seconds:.1f} s ({len(texts) / seconds:.1f} sentences/s) "
+            f"-> {args.out}",
+            file=sys.stderr,
+        )
     else:
         for line in translations:
             print(line)
@@ -163,6 +170,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
             f"{k} {scores[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
         )
         print(f"ROUGE: {rouge}  {scores['rouge_signature']}")
-    print(f"{len(pairs)} sentences, beam {scores['beam_size']}, {len(pairs) / seconds:.1f} sentences/s; "
-          f"written to {out}")  # fmt: skip
+    print(
+        f"{len(pairs)} sentences, beam {scores['beam_size']}, {len(pairs) / seconds:.1f} sentences/s; "
+        f"written to {out}"
+    )
     return 0

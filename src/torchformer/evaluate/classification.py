@@ -159,9 +159,16 @@ class StreamingClassificationMetrics:
         return np.zeros(len(index), dtype=np.int32)
 
     def _keep_most_confident(
-        self, heap: list, limit: int, rows: Tensor, probs: Tensor, labels: Tensor, predicted: Tensor,
-        texts: Any, ids: Any,
-    ) -> None:  # fmt: skip
+        self,
+        heap: list,
+        limit: int,
+        rows: Tensor,
+        probs: Tensor,
+        labels: Tensor,
+        predicted: Tensor,
+        texts: Any,
+        ids: Any,
+    ) -> None:
         """Keep the ``limit`` most confident of ``rows`` seen so far in a min-heap."""
         if limit <= 0 or rows.numel() == 0:
             return
@@ -302,9 +309,14 @@ def classification_report_text(result: dict[str, Any], *, digits: int = 4) -> st
     )
     for label, kind in (("macro avg", "macro"), ("weighted avg", "weighted")):
         report += row.format(
-            label, result[f"{kind}_precision"], result[f"{kind}_recall"], result[f"{kind}_f1"],
-            total, width=width, digits=digits,
-        )  # fmt: skip
+            label,
+            result[f"{kind}_precision"],
+            result[f"{kind}_recall"],
+            result[f"{kind}_f1"],
+            total,
+            width=width,
+            digits=digits,
+        )
     return report
 
 

@@ -49,8 +49,12 @@ class StreamingPerplexity:
     def compute(self) -> dict[str, Any]:
         """``{"nll", "perplexity", "bits_per_token", "num_tokens"}``; NaN before any token."""
         if self.num_tokens == 0:
-            return {"nll": math.nan, "perplexity": math.nan, "bits_per_token": math.nan,
-                    "num_tokens": 0}  # fmt: skip
+            return {
+                "nll": math.nan,
+                "perplexity": math.nan,
+                "bits_per_token": math.nan,
+                "num_tokens": 0,
+            }
         nll = self.nll_sum / self.num_tokens
         try:
             perplexity = math.exp(nll)

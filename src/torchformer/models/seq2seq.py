@@ -148,11 +148,15 @@ class Seq2SeqEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             EncoderLayer(
-                _attention(config), _ffn(config), _norm(config), _norm(config),
-                dropout=config.dropout, norm_first=config.norm_first,
+                _attention(config),
+                _ffn(config),
+                _norm(config),
+                _norm(config),
+                dropout=config.dropout,
+                norm_first=config.norm_first,
             )
             for _ in range(config.n_encoder_layers)
-        )  # fmt: skip
+        )
         self.relative_bias = _relative_bias(config, bidirectional=True)
         # Pre-norm stacks leave the residual stream unnormalised: one norm at the end.
         self.final_norm = _norm(config) if config.norm_first else None
@@ -182,12 +186,17 @@ class Seq2SeqDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             DecoderLayer(
-                _attention(config), _attention(config), _ffn(config),
-                _norm(config), _norm(config), _norm(config),
-                dropout=config.dropout, norm_first=config.norm_first,
+                _attention(config),
+                _attention(config),
+                _ffn(config),
+                _norm(config),
+                _norm(config),
+                _norm(config),
+                dropout=config.dropout,
+                norm_first=config.norm_first,
             )
             for _ in range(config.n_decoder_layers)
-        )  # fmt: skip
+        )
         self.relative_bias = _relative_bias(config, bidirectional=False)
         self.final_norm = _norm(config) if config.norm_first else None
         self.dropout = nn.Dropout(config.dropout if config.flavour == "t5" else 0.0)

@@ -80,27 +80,44 @@ PRESETS: dict[str, Seq2SeqConfig] = {
     # 256 wide, 3+3 layers), with head_dim 64 as in the paper. Training costs ~6 FLOPs per
     # parameter per token: ~1.7e13 FLOPs an epoch, 10-15 min at the 20-30 GFLOP/s two cores
     # sustain on these small matrices, so ~10 epochs fit.
-    "transformer-small-cpu": Seq2SeqConfig(vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, **_layers(3)),
-    "tiny": Seq2SeqConfig(vocab_size=1000, d_model=32, n_heads=4, d_ff=64, **_layers(2), max_len=128),
+    "transformer-small-cpu": Seq2SeqConfig(
+        vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, **_layers(3)
+    ),
+    "tiny": Seq2SeqConfig(
+        vocab_size=1000, d_model=32, n_heads=4, d_ff=64, **_layers(2), max_len=128
+    ),
     # T5 v1.0 small (60.5M parameters, as google-t5/t5-small).
-    "t5-small": Seq2SeqConfig(vocab_size=32128, d_model=512, n_heads=8, head_dim=64, **_layers(6), **_T5),
+    "t5-small": Seq2SeqConfig(
+        vocab_size=32128, d_model=512, n_heads=8, head_dim=64, **_layers(6), **_T5
+    ),
     # T5 (v1.0: ReLU FFN, pre-norm RMSNorm, relative position buckets) at the size of
     # transformer-small-cpu, to train on 2 CPU cores (text-to-text with a task prefix).
-    "t5-small-cpu": Seq2SeqConfig(vocab_size=8000, d_model=256, n_heads=4, head_dim=64, d_ff=1024,
-                                  **_layers(3), **_T5),
+    "t5-small-cpu": Seq2SeqConfig(
+        vocab_size=8000, d_model=256, n_heads=4, head_dim=64, d_ff=1024, **_layers(3), **_T5
+    ),
     "t5-tiny": Seq2SeqConfig(
-        vocab_size=1000, d_model=32, n_heads=4, head_dim=8, d_ff=64, **_layers(2), **_T5,
-        relative_attention_num_buckets=8, relative_attention_max_distance=20,
+        vocab_size=1000,
+        d_model=32,
+        n_heads=4,
+        head_dim=8,
+        d_ff=64,
+        **_layers(2),
+        **_T5,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
     ),
     # BART base (140M parameters, as facebook/bart-base).
-    "bart-base": Seq2SeqConfig(vocab_size=50265, d_model=768, n_heads=12, d_ff=3072, **_layers(6),
-                               max_len=1024, **_BART),
-    "bart-tiny": Seq2SeqConfig(vocab_size=1000, d_model=32, n_heads=4, d_ff=64, **_layers(2),
-                               max_len=128, **_BART),
+    "bart-base": Seq2SeqConfig(
+        vocab_size=50265, d_model=768, n_heads=12, d_ff=3072, **_layers(6), max_len=1024, **_BART
+    ),
+    "bart-tiny": Seq2SeqConfig(
+        vocab_size=1000, d_model=32, n_heads=4, d_ff=64, **_layers(2), max_len=128, **_BART
+    ),
     # Denoising pre-training on 2 CPU cores: the width and depth of transformer-small-cpu.
-    "bart-small": Seq2SeqConfig(vocab_size=16000, d_model=256, n_heads=4, d_ff=1024, **_layers(3),
-                                max_len=512, **_BART),
-}  # fmt: skip
+    "bart-small": Seq2SeqConfig(
+        vocab_size=16000, d_model=256, n_heads=4, d_ff=1024, **_layers(3), max_len=512, **_BART
+    ),
+}
 
 
 def preset(name: str, **overrides) -> Seq2SeqConfig:

@@ -48,8 +48,12 @@ def get_activation(name: str) -> Callable[[Tensor], Tensor]:
 
 # oneDNN's linear with a fused activation epilogue (the kernel torch.compile's CPU
 # freezing path uses): one pass over the (B, T, F) output instead of two.
-_ONEDNN_EPILOGUE = {"relu": ("relu", "none"), "gelu": ("gelu", "none"),
-                    "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh")}  # fmt: skip
+_ONEDNN_EPILOGUE = {
+    "relu": ("relu", "none"),
+    "gelu": ("gelu", "none"),
+    "gelu_new": ("gelu", "tanh"),
+    "gelu_pytorch_tanh": ("gelu", "tanh"),
+}
 
 
 def _onednn_linear_act_available() -> bool:

@@ -41,8 +41,13 @@ class InferenceSettings(JsonSettings):
 
     def preprocessor(self, tokenizer: Tokenizer) -> TextPreprocessor:
         """The text preprocessor these settings describe, around ``tokenizer``."""
-        return TextPreprocessor(tokenizer, cleaning=self.cleaning, max_length=self.max_length,
-                                truncation=self.truncation, head_tokens=self.head_tokens)  # fmt: skip
+        return TextPreprocessor(
+            tokenizer,
+            cleaning=self.cleaning,
+            max_length=self.max_length,
+            truncation=self.truncation,
+            head_tokens=self.head_tokens,
+        )
 
 
 def validate_texts(texts: object) -> list[str]:

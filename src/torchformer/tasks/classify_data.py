@@ -244,8 +244,11 @@ def encode_split(
             field=config.text_column,
         )
     if empty:
-        logger.warning("skipped %d record(s) whose text is empty after cleaning, first %r",
-                       len(empty), records[empty[0]].id)  # fmt: skip
+        logger.warning(
+            "skipped %d record(s) whose text is empty after cleaning, first %r",
+            len(empty),
+            records[empty[0]].id,
+        )
         dropped = set(empty)
         keep = [i for i in range(len(records)) if i not in dropped]
         records, texts = [records[i] for i in keep], [texts[i] for i in keep]

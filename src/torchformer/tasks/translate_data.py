@@ -160,8 +160,14 @@ def make_batch(pairs: EncodedPairs, indices: list[int], pad_id: int) -> Batch:
     src, src_mask = pad_batch([pairs.src_ids[i] for i in indices], pad_id)  # (B, S)
     tgt, tgt_mask = pad_batch([pairs.tgt_ids[i] for i in indices], pad_id)  # (B, T + 1)
     # Inputs drop the last column, labels the first: input t predicts label t.
-    return Batch(src, src_mask, tgt[:, :-1], tgt_mask[:, :-1], tgt[:, 1:],  # (B, T) each
-                 num_target_tokens=int(tgt_mask[:, 1:].sum()))  # fmt: skip
+    return Batch(
+        src,
+        src_mask,
+        tgt[:, :-1],
+        tgt_mask[:, :-1],
+        tgt[:, 1:],  # (B, T) each
+        num_target_tokens=int(tgt_mask[:, 1:].sum()),
+    )
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -243,11 +249,19 @@ def special_ids(tokenizer: Tokenizer) -> tuple[int, int, int]:
 
 def _train_tokenizer(config: TokenizerConfig, texts: list[str]) -> Tokenizer:
     if config.kind == "bpe":
-        return Tokenizer.train_bpe(texts, vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-                                   lowercase=config.lowercase)  # fmt: skip
+        return Tokenizer.train_bpe(
+            texts,
+            vocab_size=config.vocab_size,
+            min_frequency=config.min_frequency,
+            lowercase=config.lowercase,
+        )
     if config.kind == "wordpiece":
-        return Tokenizer.train_wordpiece(texts, vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-                                         lowercase=config.lowercase)  # fmt: skip
+        return Tokenizer.train_wordpiece(
+            texts,
+            vocab_size=config.vocab_size,
+            min_frequency=config.min_frequency,
+            lowercase=config.lowercase,
+        )
     raise ValueError(f"tokenizer.kind must be 'bpe' or 'wordpiece', got {config.kind!r}")
 
 

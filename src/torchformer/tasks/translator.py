@@ -111,12 +111,26 @@ def generate_ids(
     if banned := sorted(set(banned_ids) - {cfg.eos_id}):
         step = _banning(step, torch.tensor(banned, dtype=torch.long, device=device))
     if beam_size == 1:
-        out = greedy_decode(step, start, max_new_tokens=max_new_tokens, eos_id=cfg.eos_id, pad_id=cfg.pad_id,
-                            cache=cache)  # fmt: skip
+        out = greedy_decode(
+            step,
+            start,
+            max_new_tokens=max_new_tokens,
+            eos_id=cfg.eos_id,
+            pad_id=cfg.pad_id,
+            cache=cache,
+        )
         rows = [row[1:] for row in out.tolist()]  # drop the start token
     else:
-        hyps = beam_search(step, start, cache=cache, beam_size=beam_size, max_new_tokens=max_new_tokens,
-                           eos_id=cfg.eos_id, pad_id=cfg.pad_id, length_penalty=length_penalty)  # fmt: skip
+        hyps = beam_search(
+            step,
+            start,
+            cache=cache,
+            beam_size=beam_size,
+            max_new_tokens=max_new_tokens,
+            eos_id=cfg.eos_id,
+            pad_id=cfg.pad_id,
+            length_penalty=length_penalty,
+        )
         rows = [h[0].ids for h in hyps]
     return [row[: row.index(cfg.eos_id)] if cfg.eos_id in row else row for row in rows]
 
@@ -215,8 +229,15 @@ class Translator:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = [sources[i] for i in idx]
-            ids = generate_ids(self.model, batch, beam_size=beam, max_new_tokens=self.max_new_tokens(batch, max_len),
-                               length_penalty=alpha, use_cache=use_cache, banned_ids=self.banned_ids)  # fmt: skip
+            ids = generate_ids(
+                self.model,
+                batch,
+                beam_size=beam,
+                max_new_tokens=self.max_new_tokens(batch, max_len),
+                length_penalty=alpha,
+                use_cache=use_cache,
+                banned_ids=self.banned_ids,
+            )
             for i, text in zip(idx, self.tgt_tokenizer.decode_batch(ids)):
                 outputs[i] = text
         return outputs[0] if single else outputs

@@ -52,8 +52,19 @@ __all__ = [
     "unwrap_model",
 ]
 
-_SAFE_LEAVES = (str, bytes, int, float, complex, bool, type(None), torch.Tensor, torch.dtype,
-                torch.Size, torch.device)  # fmt: skip
+_SAFE_LEAVES = (
+    str,
+    bytes,
+    int,
+    float,
+    complex,
+    bool,
+    type(None),
+    torch.Tensor,
+    torch.dtype,
+    torch.Size,
+    torch.device,
+)
 
 
 class CheckpointError(RuntimeError):
@@ -204,8 +215,12 @@ def restore_training_state(
         KeyError: an object was passed but the checkpoint holds no state for it.
     """
     unwrap_model(model).load_state_dict(state["model"])
-    parts = {"optimizer": optimizer, "scheduler": scheduler, "sampler": sampler,
-             "early_stopping": early_stopping}  # fmt: skip
+    parts = {
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "sampler": sampler,
+        "early_stopping": early_stopping,
+    }
     for name, obj in parts.items():
         if obj is None:
             continue

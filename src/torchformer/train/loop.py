@@ -279,8 +279,11 @@ def _log_summary(run: Run) -> None:
         "train_samples_per_cpu_s": s.samples / cpu,
     }
     if units != "samples":
-        values |= {units: s.units, f"train_{units}_per_s": s.units / seconds,
-                   f"train_{units}_per_cpu_s": s.units / cpu}  # fmt: skip
+        values |= {
+            units: s.units,
+            f"train_{units}_per_s": s.units / seconds,
+            f"train_{units}_per_cpu_s": s.units / cpu,
+        }
     run.log.log(values, step=s.step, epoch=s.epoch, split="summary")
 
 

@@ -61,11 +61,19 @@ def param_groups(
             (no_decay if id(param) in no_decay_ids else decay)[name] = param
 
     groups = [
-        {"params": list(decay.values()), "weight_decay": weight_decay, "group_name": "decay",
-         "param_names": list(decay)},
-        {"params": list(no_decay.values()), "weight_decay": 0.0, "group_name": "no_decay",
-         "param_names": list(no_decay)},
-    ]  # fmt: skip
+        {
+            "params": list(decay.values()),
+            "weight_decay": weight_decay,
+            "group_name": "decay",
+            "param_names": list(decay),
+        },
+        {
+            "params": list(no_decay.values()),
+            "weight_decay": 0.0,
+            "group_name": "no_decay",
+            "param_names": list(no_decay),
+        },
+    ]
     return [g for g in groups if g["params"]]
 
 

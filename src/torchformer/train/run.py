@@ -266,10 +266,15 @@ class Run:
 
     def _loop_state(self) -> dict[str, Any]:
         """What a sharded checkpoint holds besides the model and optimizer shards."""
-        return {"step": self.state.step, "epoch": self.state.epoch,
-                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-                "early_stopping": self.stopper.state_dict(), "rng": capture_rng_state(),
-                "metadata": asdict(self.state)}  # fmt: skip
+        return {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "rng": capture_rng_state(),
+            "metadata": asdict(self.state),
+        }
 
     def restore_sharded(self, path: Path) -> None:
         loop = load_sharded(path, self.model, self.optimizer)

@@ -38,10 +38,20 @@ logger = logging.getLogger(__name__)
 
 # Settings that change how a run executes or what it writes after training, not the
 # weights it computes: free to differ on resume.
-RUNTIME_KEYS = frozenset({
-    "run_dir", "report", "data.data_dir", "data.imdb_dir", "train.threads", "train.device",
-    "train.progress", "train.eval_batch_size", "train.keep_checkpoints", "eval.batch_size",
-})  # fmt: skip
+RUNTIME_KEYS = frozenset(
+    {
+        "run_dir",
+        "report",
+        "data.data_dir",
+        "data.imdb_dir",
+        "train.threads",
+        "train.device",
+        "train.progress",
+        "train.eval_batch_size",
+        "train.keep_checkpoints",
+        "eval.batch_size",
+    }
+)
 
 # What a run leaves behind (a directory with only other files is not a run).
 RUN_MARKERS = (
@@ -150,9 +160,12 @@ def _recover(run_dir: Path) -> None:
 
 
 def claim_run_dir(
-    run_dir: str | os.PathLike[str], *, resume: bool, overwrite: bool = False,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool,
+    overwrite: bool = False,
     config: Any = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Create ``run_dir`` for a run and return it, with its model directories whole.
 
     Args:

@@ -250,9 +250,12 @@ def build_scheduler(
 
     def multiplier(step: int) -> float:
         return lr_multiplier(
-            name, step, warmup_steps=warmup_steps, total_steps=total_steps,
+            name,
+            step,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
             min_lr_ratio=min_lr_ratio,
-        )  # fmt: skip
+        )
 
     base_lrs = None
     if name == "noam":
@@ -262,10 +265,16 @@ def build_scheduler(
     plateau = None
     if name == "plateau":
         plateau = _Plateau(
-            mode=plateau_mode, factor=plateau_factor, patience=plateau_patience,
+            mode=plateau_mode,
+            factor=plateau_factor,
+            patience=plateau_patience,
             threshold=plateau_threshold,
-        )  # fmt: skip
+        )
     return Scheduler(
-        optimizer, name, multiplier, base_lrs=base_lrs, plateau=plateau,
+        optimizer,
+        name,
+        multiplier,
+        base_lrs=base_lrs,
+        plateau=plateau,
         min_lr_ratio=min_lr_ratio if name == "plateau" else 0.0,
-    )  # fmt: skip
+    )
