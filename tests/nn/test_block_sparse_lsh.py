@@ -61,6 +61,40 @@ def test_the_block_kernel_equals_dense_attention_under_the_mask(t, block, window
     torch.testing.assert_close(out[1, :, :real], ref[1, :, :real], atol=1e-5, rtol=0)
 
 
+def test_first_block_random_eval_counts_block_zero_again_outside_training():
+    """transformers' eval-mode BigBird: block 0 in place of each random block, counted
+    again in the softmax — the kernel (gathered blocks) and the reference path (a log-count
+    bias) agree, and equal the definition written out; in training the draw is sampled."""
+    p = AttentionPattern("block_sparse", block_size=4, random_blocks=2, random_eval="first_block")
+    t, b = 40, 4
+    index, valid = block_layout(p, 10)
+    assert index[5].tolist() == [4, 5, 6, 0, 9, 0, 0]  # window, global, then 2 × block 0
+    assert index[0][valid[0]].tolist() == [0, 1, 9]  # a global row: no copies
+    sampled = AttentionPattern("block_sparse", block_size=4, random_blocks=2)
+    assert torch.equal(block_layout(p, 10, training=True)[0], block_layout(sampled, 10)[0])
+    q, k, v = qkv(t)
+    key_mask = padding(2, t, t - 6)
+    out = block_sparse_attention(q, k, v, p, key_mask=key_mask)
+    # the definition: block 0's keys weigh 1 + 2 = 3 times in the middle rows' softmax
+    weight = torch.ones(t, t)
+    weight[b : t - b, :b] = 3.0
+    keep = block_sparse_mask(p, t) & key_mask[:, None, None]
+    scores = (q @ k.transpose(-1, -2)) / 8**0.5 + weight.log()
+    probs = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+    torch.testing.assert_close(out[0], (probs @ v)[0], atol=1e-5, rtol=0)
+    attn = MultiHeadAttention(24, 3, pattern=p, attn_impl="reference").eval()
+    fast = MultiHeadAttention(24, 3, pattern=p).eval()
+    fast.load_state_dict(attn.state_dict())
+    x = torch.randn(2, t, 24)
+    with torch.no_grad():
+        ref, fast_out = attn(x)[0], fast(x)[0]
+        assert not torch.allclose(ref, attn.train()(x)[0], atol=1e-3)  # training: sampled
+    torch.testing.assert_close(fast_out, ref, atol=1e-5, rtol=0)
+    flex = MultiHeadAttention(24, 3, pattern=p, attn_impl="flex").eval()
+    with pytest.raises(ValueError, match="'block_sparse'.*random_eval 'first_block'"):
+        flex(x)  # a block mask cannot count a block twice
+
+
 def test_the_block_kernel_never_builds_the_dense_score_matrix(monkeypatch):
     T = 2048
     q, k, v = qkv(T, b=1, h=1)

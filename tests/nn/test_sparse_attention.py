@@ -87,6 +87,41 @@ def test_multi_head_attention_applies_the_pattern_on_both_paths():
         assert not torch.allclose(dense(x, mask=mask)[0][0], a[0], atol=1e-3)  # the pattern matters
 
 
+def test_global_projections_give_the_global_rows_their_own_attention():
+    """Longformer: a global position's row is softmax(q_g k_gᵀ) v_g over every real key;
+    the other rows are the pattern's, through the usual projections. Both paths agree,
+    the probabilities show it, and only a sliding window takes global projections."""
+    p = AttentionPattern("sliding_window", window=2, global_tokens=(0, 6))
+    torch.manual_seed(0)
+    fast = MultiHeadAttention(24, 3, pattern=p, global_projections=True).eval()
+    ref = MultiHeadAttention(24, 3, pattern=p, global_projections=True, attn_impl="reference")
+    ref.load_state_dict(fast.state_dict())
+    plain = MultiHeadAttention(24, 3, pattern=p).eval()
+    plain.load_state_dict(fast.state_dict(), strict=False)
+    x = torch.randn(2, 13, 24)
+    pad = torch.ones(2, 13, dtype=torch.bool)
+    pad[1, 10:] = False
+    mask = pad[:, None, None, :]
+    with torch.no_grad():
+        a, _ = fast(x, mask=mask)
+        b, probs = ref.eval()(x, mask=mask, return_attentions=True)
+        c, _ = plain(x, mask=mask)
+        q = fast.q_global(x[:, [0, 6]]).view(2, 2, 3, 8).transpose(1, 2)
+        k = fast.k_global(x).view(2, 13, 3, 8).transpose(1, 2)
+        v = fast.v_global(x).view(2, 13, 3, 8).transpose(1, 2)
+        want, want_probs = reference_attention(q, k, v, mask=mask)
+        want = fast.out_proj(want.transpose(1, 2).reshape(2, 2, 24))
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a[1, :10], b[1, :10], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a[:, [0, 6]], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(probs[:, :, [0, 6]], want_probs, atol=1e-6, rtol=0)
+    others = [i for i in range(13) if i not in (0, 6)]
+    torch.testing.assert_close(a[0, others], c[0, others], atol=1e-5, rtol=0)
+    assert not torch.allclose(a[:, 0], c[:, 0], atol=1e-3)
+    with pytest.raises(ValueError, match="global_projections need a sliding_window"):
+        MultiHeadAttention(24, 3, global_projections=True)
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="attention kind"):
         AttentionPattern("reformer")

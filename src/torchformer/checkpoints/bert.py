@@ -7,6 +7,7 @@ correspondence.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -23,31 +24,43 @@ from torchformer.models.encoder import (
 
 MODEL_TYPES = ("bert",)
 
-ENCODER_MAP = KeyMap(
-    [
-        ("embeddings.token_embeddings.weight", "embeddings.word_embeddings.weight"),
-        ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
-        ("embeddings.token_type_embeddings.weight", "embeddings.token_type_embeddings.weight"),
-        ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
-        ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
-        *[
-            (f"layers.{{i}}.{ours}.{p}", f"encoder.layer.{{i}}.{theirs}.{p}")
-            for ours, theirs in [
-                ("self_attn.q_proj", "attention.self.query"),
-                ("self_attn.k_proj", "attention.self.key"),
-                ("self_attn.v_proj", "attention.self.value"),
-                ("self_attn.out_proj", "attention.output.dense"),
-                ("attn_norm", "attention.output.LayerNorm"),
-                ("ffn.up_proj", "intermediate.dense"),
-                ("ffn.down_proj", "output.dense"),
-                ("ffn_norm", "output.LayerNorm"),
-            ]
-            for p in ("weight", "bias")
-        ],
-        ("pooler.weight", "pooler.dense.weight"),
-        ("pooler.bias", "pooler.dense.bias"),
-    ]
-)
+# Our attention module's names -> HF's BertLayer names (Longformer and BigBird share them).
+LAYER_PAIRS = [
+    ("self_attn.q_proj", "attention.self.query"),
+    ("self_attn.k_proj", "attention.self.key"),
+    ("self_attn.v_proj", "attention.self.value"),
+    ("self_attn.out_proj", "attention.output.dense"),
+    ("attn_norm", "attention.output.LayerNorm"),
+    ("ffn.up_proj", "intermediate.dense"),
+    ("ffn.down_proj", "output.dense"),
+    ("ffn_norm", "output.LayerNorm"),
+]
+
+
+def encoder_map(layer_pairs=LAYER_PAIRS, *, pooler: str = "pooler.dense") -> KeyMap:
+    """Our ``Encoder`` names -> a BERT-like checkpoint's (``pooler``: its pooler Linear)."""
+    return KeyMap(
+        [
+            ("embeddings.token_embeddings.weight", "embeddings.word_embeddings.weight"),
+            ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
+            (
+                "embeddings.token_type_embeddings.weight",
+                "embeddings.token_type_embeddings.weight",
+            ),
+            ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
+            ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+            *[
+                (f"layers.{{i}}.{ours}.{p}", f"encoder.layer.{{i}}.{theirs}.{p}")
+                for ours, theirs in layer_pairs
+                for p in ("weight", "bias")
+            ],
+            ("pooler.weight", f"{pooler}.weight"),
+            ("pooler.bias", f"{pooler}.bias"),
+        ]
+    )
+
+
+ENCODER_MAP = encoder_map()
 
 HEAD_MAP = KeyMap(
     [
@@ -63,9 +76,41 @@ HEAD_MAP = KeyMap(
     ]
 )
 
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a BERT-like family keeps its weights in a Hugging Face checkpoint.
+
+    Attributes:
+        prefix: the encoder's prefix in task models ("bert.", "longformer.").
+        encoder: our ``Encoder`` names <-> theirs.
+        heads: our task heads' names (classifier, mlm_head, ...) <-> theirs.
+        dropped: prefixes of their keys that carry no parameter of ours.
+        decoder_bias: (their MLM bias key, their tied decoder's copy of it), written on save.
+        head_pooler: a classification head whose first Linear is our pooler (RoBERTa-style
+            ``classifier.dense`` + ``classifier.out_proj``): a classifier's encoder pooler
+            is then unused (reported, not loaded, not written).
+    """
+
+    prefix: str
+    encoder: KeyMap
+    heads: KeyMap
+    dropped: tuple[str, ...]
+    decoder_bias: tuple[str, str]
+    head_pooler: bool = False
+
+
 # Checkpoint keys that carry no parameter of ours: a buffer, the tied MLM
 # decoder (same tensor as the word embeddings) and the NSP head.
 _DROPPED = ("embeddings.position_ids", "cls.predictions.decoder.", "cls.seq_relationship.")
+
+BERT = Layout(
+    prefix="bert.",
+    encoder=ENCODER_MAP,
+    heads=HEAD_MAP,
+    dropped=_DROPPED,
+    decoder_bias=("cls.predictions.bias", "cls.predictions.decoder.bias"),
+)
 
 
 def config_from_hf(hf: dict, *, source: str = "config.json") -> EncoderConfig:
@@ -79,8 +124,14 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> EncoderConfig:
             f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not supported "
             "(only 'absolute')"
         )
+    return encoder_config(hf)
+
+
+def encoder_config(hf: dict, **fields) -> EncoderConfig:
+    """The ``EncoderConfig`` fields every BERT-like ``config.json`` holds, plus ``fields``
+    (a family's own: attention pattern, position offset, ...), plus our saved ones."""
     id2label = {int(k): v for k, v in hf.get("id2label", {}).items()}
-    return EncoderConfig(
+    common = dict(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
@@ -96,10 +147,42 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> EncoderConfig:
         initializer_range=hf.get("initializer_range", 0.02),
         num_labels=len(id2label) or hf.get("num_labels", 2),
         pooling=hf.get("torchformer_pooling", "pooler"),
-        **_pattern_from_hf(hf),
         classifier_dropout=hf.get("classifier_dropout"),
         id2label=id2label,
     )
+    return EncoderConfig(**{**common, **fields, **_pattern_from_hf(hf)})
+
+
+def encoder_config_to_hf(config: EncoderConfig, model_type: str, architecture: str) -> dict:
+    """The ``config.json`` keys every BERT-like family shares, our own saved ones included."""
+    hf = {
+        "model_type": model_type,
+        "architectures": [architecture],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "intermediate_size": config.d_ff,
+        "max_position_embeddings": config.max_len,
+        "type_vocab_size": config.type_vocab_size,
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.attn_dropout,
+        "hidden_act": config.activation,
+        "layer_norm_eps": config.norm_eps,
+        "pad_token_id": config.pad_id,
+        "initializer_range": config.initializer_range,
+    }
+    if config.long_document != "truncate":  # transformers would read one chunk's worth
+        for name in _LONG_DOCUMENT_FIELDS:
+            hf[f"torchformer_{name}"] = getattr(config, name)
+    if architecture.endswith("ForSequenceClassification"):
+        labels = config.id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
+        hf["id2label"] = {str(i): name for i, name in labels.items()}
+        hf["label2id"] = {name: i for i, name in labels.items()}
+        hf["classifier_dropout"] = config.classifier_dropout
+        # transformers ignores this key and always uses the pooler; our loader honours it.
+        hf["torchformer_pooling"] = config.pooling
+    return hf
 
 
 # Our attention-pattern fields, saved as "torchformer_<field>" keys of config.json.
@@ -131,39 +214,20 @@ def _pattern_from_hf(hf: dict) -> dict:
 
 def config_to_hf(config: EncoderConfig, *, architecture: str = "BertModel") -> dict:
     """A ``config.json`` dict that ``transformers`` reads as the same model."""
-    hf = {
-        "model_type": "bert",
-        "architectures": [architecture],
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "num_hidden_layers": config.n_layers,
-        "num_attention_heads": config.n_heads,
-        "intermediate_size": config.d_ff,
-        "max_position_embeddings": config.max_len,
-        "type_vocab_size": config.type_vocab_size,
-        "hidden_dropout_prob": config.dropout,
-        "attention_probs_dropout_prob": config.attn_dropout,
-        "hidden_act": config.activation,
-        "layer_norm_eps": config.norm_eps,
-        "pad_token_id": config.pad_id,
-        "initializer_range": config.initializer_range,
-        "position_embedding_type": "absolute",
-    }
+    hf = encoder_config_to_hf(config, "bert", architecture)
+    hf["position_embedding_type"] = "absolute"
     if config.attention != "full":  # transformers ignores these keys (it would attend fully)
-        for name in _PATTERN_FIELDS:
-            value = getattr(config, name)
-            hf[f"torchformer_{name}"] = list(value) if isinstance(value, tuple) else value
-    if config.long_document != "truncate":  # transformers would read one chunk's worth
-        for name in _LONG_DOCUMENT_FIELDS:
-            hf[f"torchformer_{name}"] = getattr(config, name)
-    if architecture == "BertForSequenceClassification":
-        labels = config.id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
-        hf["id2label"] = {str(i): name for i, name in labels.items()}
-        hf["label2id"] = {name: i for i, name in labels.items()}
-        hf["classifier_dropout"] = config.classifier_dropout
-        # transformers ignores this key and always uses the pooler; our loader honours it.
-        hf["torchformer_pooling"] = config.pooling
+        hf.update(pattern_to_hf(config))
     return hf
+
+
+def pattern_to_hf(config: EncoderConfig) -> dict:
+    """Our attention-pattern fields as "torchformer_<field>" keys."""
+    out = {}
+    for name in _PATTERN_FIELDS:
+        value = getattr(config, name)
+        out[f"torchformer_{name}"] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _rename_legacy(key: str) -> str:
@@ -174,37 +238,53 @@ def _rename_legacy(key: str) -> str:
 
 
 def state_from_hf(
-    hf_state: dict[str, Tensor], *, source: str, encoder_prefix: str
+    hf_state: dict[str, Tensor],
+    *,
+    source: str,
+    encoder_prefix: str,
+    layout: Layout = BERT,
+    head_pooler: bool = False,
 ) -> dict[str, Tensor]:
-    """Rename a BERT state dict to our names; ``encoder_prefix`` is "" or "encoder."."""
+    """Rename a checkpoint's state dict to our names; ``encoder_prefix`` is "" or "encoder.".
+
+    ``head_pooler`` (a classifier of a ``layout.head_pooler`` family): the head's dense
+    layer is our pooler and the encoder's pooler goes unused; otherwise the reverse.
+    Unused keys come back under "<unused>" names, for the loader to report."""
     ours: dict[str, Tensor] = {}
     for raw_key, value in hf_state.items():
-        key = _rename_legacy(raw_key)
-        key = key.removeprefix("bert.")
-        if key.startswith(_DROPPED):
+        key = _rename_legacy(raw_key).removeprefix(layout.prefix)
+        if key.startswith(layout.dropped):
             continue
-        if (name := ENCODER_MAP.to_ours(key)) is not None:
+        name = layout.encoder.to_ours(key)
+        if name is not None and head_pooler and name.startswith("pooler."):
+            ours[f"<unused>{raw_key}"] = value
+        elif name is not None:
             ours[encoder_prefix + name] = value
-        elif (name := HEAD_MAP.to_ours(key)) is not None:
-            ours[name] = value
+        elif (name := layout.heads.to_ours(key)) is not None:
+            unused = name.startswith("encoder.pooler.") and not head_pooler
+            ours[f"<unused>{raw_key}" if unused else name] = value
         else:
             ours[f"<unmapped>{raw_key}"] = value  # reported as unexpected by the loader
     return ours
 
 
-def state_to_hf(model: nn.Module) -> dict[str, Tensor]:
-    """Our model's weights under HF names (task models get the ``bert.`` prefix)."""
+def state_to_hf(model: nn.Module, layout: Layout = BERT) -> dict[str, Tensor]:
+    """Our model's weights under the layout's names (task models get its prefix)."""
     task = not isinstance(model, Encoder)
+    head_pooler = layout.head_pooler and isinstance(model, EncoderForSequenceClassification)
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
-        if task and key.startswith("encoder."):
-            out["bert." + ENCODER_MAP.to_theirs(key.removeprefix("encoder."))] = value
-        elif not task:
-            out[ENCODER_MAP.to_theirs(key)] = value
+        if not task:
+            out[layout.encoder.to_theirs(key)] = value
+        elif head_pooler and key.startswith("encoder.pooler."):
+            out[layout.heads.to_theirs(key)] = value
+        elif key.startswith("encoder."):
+            out[layout.prefix + layout.encoder.to_theirs(key.removeprefix("encoder."))] = value
         else:
-            out[HEAD_MAP.to_theirs(key)] = value
+            out[layout.heads.to_theirs(key)] = value
     if isinstance(model, EncoderForMaskedLM):  # HF expects the (tied) decoder bias too
-        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
+        bias, copy = layout.decoder_bias
+        out[copy] = out[bias].clone()
     return out
 
 
@@ -215,20 +295,29 @@ ARCHITECTURES = {
 }
 
 
-def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> LoadReport:
-    """Load HF BERT weights into one of our encoder models, strictly."""
+def load_into(
+    model: nn.Module, hf_state: dict[str, Tensor], *, source: str, layout: Layout = BERT
+) -> LoadReport:
+    """Load a BERT-like checkpoint's weights into one of our encoder models, strictly."""
     prefix = "" if isinstance(model, Encoder) else "encoder."
-    state = state_from_hf(hf_state, source=source, encoder_prefix=prefix)
+    classifier = isinstance(model, EncoderForSequenceClassification)
+    state = state_from_hf(
+        hf_state,
+        source=source,
+        encoder_prefix=prefix,
+        layout=layout,
+        head_pooler=layout.head_pooler and classifier,
+    )
     if isinstance(model, Encoder):
-        ignore = ("classifier.", "mlm_head.", "chunk_scorer.")
+        ignore = ("classifier.", "mlm_head.", "chunk_scorer.", "<unused>")
         new_ok: tuple[str, ...] = ()
-    elif isinstance(model, EncoderForSequenceClassification):
-        ignore, new_ok = ("mlm_head.",), ("classifier.", "chunk_scorer.")
+    elif classifier:
+        ignore, new_ok = ("mlm_head.", "<unused>"), ("classifier.", "chunk_scorer.")
     else:
-        ignore, new_ok = ("classifier.", "chunk_scorer."), ("mlm_head.",)
+        ignore, new_ok = ("classifier.", "chunk_scorer.", "<unused>"), ("mlm_head.",)
     if not model.config.add_pooler:
         ignore = (*ignore, "encoder.pooler.", "pooler.")
-    else:  # BertForMaskedLM checkpoints have no pooler: it is then new (and reported)
+    else:  # MLM checkpoints may have no pooler: it is then new (and reported)
         new_ok = (*new_ok, "encoder.pooler.", "pooler.")
     return load_state_strict(model, state, source=str(Path(source)), new_ok=new_ok, ignore=ignore)
 
@@ -248,6 +337,7 @@ def _family():
         architectures=ARCHITECTURES,
         load_into=load_into,
         state_to_hf=state_to_hf,
+        accepts=lambda model: model.config.flavour == "bert",
     )
 
 

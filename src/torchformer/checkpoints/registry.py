@@ -31,8 +31,10 @@ from torchformer.checkpoints.hf import (
 FAMILY_MODULES = {
     "bart": "torchformer.checkpoints.bart",
     "bert": "torchformer.checkpoints.bert",
+    "big_bird": "torchformer.checkpoints.big_bird",
     "gpt2": "torchformer.checkpoints.gpt2",
     "llama": "torchformer.checkpoints.llama",
+    "longformer": "torchformer.checkpoints.longformer",
     "mistral": "torchformer.checkpoints.llama",
     "qwen2": "torchformer.checkpoints.llama",
     "t5": "torchformer.checkpoints.t5",

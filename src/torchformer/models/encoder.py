@@ -69,12 +69,21 @@ class EncoderConfig:
     attention_window_blocks: int = 1
     attention_global_blocks: tuple[int, ...] = (0, -1)
     attention_random_blocks: int = 3
+    attention_random_eval: Literal["sampled", "first_block"] = "sampled"
     attention_buckets: int = 32
     attention_hash_rounds: int = 2
     attention_chunk_size: int = 64
     attention_seed: int = 0
     attention_fallback: Literal["error", "dense"] = "error"
+    # Longformer: the global positions attend through their own q/k/v projections.
+    global_projections: bool = False
     add_pooler: bool = True
+    pooler_activation: str = "tanh"  # BigBird's classification head: its hidden_act
+    # Position of the first token in the position table: 0 (BERT); RoBERTa and
+    # Longformer start at pad_id + 1 (their rows 0 .. pad_id are never used for tokens).
+    position_offset: int = 0
+    # Which Hugging Face layout the weights are saved in (``torchformer.checkpoints``).
+    flavour: Literal["bert", "longformer", "big_bird"] = "bert"
     # Long documents (``models.long_document``): "truncate" reads the ids as one sequence;
     # "chunks" cuts them into overlapping [CLS] window [SEP] chunks of ``chunk_length``,
     # a window every ``chunk_stride`` tokens, and pools the chunk vectors ("mean", "max"
@@ -120,14 +129,14 @@ class EncoderEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.d_model)
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.dropout = nn.Dropout(config.dropout)
+        self.position_offset = config.position_offset
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         T = input_ids.size(1)
-        if T > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f"sequence length {T} exceeds the model's max_len {self.position_embeddings.num_embeddings}"
-            )
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        rows = self.position_embeddings.num_embeddings - self.position_offset
+        if T > rows:
+            raise ValueError(f"sequence length {T} exceeds the model's {rows} positions (max_len)")
+        positions = torch.arange(T, device=input_ids.device) + self.position_offset  # (T,)
         x = self.token_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, D)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]  # segment 0 everywhere
@@ -152,6 +161,7 @@ PATTERN_SETTINGS = (
     "window_blocks",
     "global_blocks",
     "random_blocks",
+    "random_eval",
     "buckets",
     "hash_rounds",
     "chunk_size",
@@ -169,6 +179,7 @@ def _encoder_layer(config: EncoderConfig) -> EncoderLayer:
             dropout=config.attn_dropout,
             attn_impl=config.attn_impl,
             pattern=attention_pattern(config),
+            global_projections=config.global_projections,
         ),
         FeedForward(config.d_model, config.d_ff, activation=config.activation),
         nn.LayerNorm(config.d_model, eps=config.norm_eps),
@@ -187,6 +198,7 @@ class Encoder(nn.Module):
         self.embeddings = EncoderEmbeddings(config)
         self.layers = nn.ModuleList(_encoder_layer(config) for _ in range(config.n_layers))
         self.pooler = nn.Linear(config.d_model, config.d_model) if config.add_pooler else None
+        self.pooler_act = get_activation(config.pooler_activation)
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
     def forward(
@@ -207,7 +219,9 @@ class Encoder(nn.Module):
             x, probs = layer(x, mask=mask, return_attentions=return_attentions)
             hidden.append(x)
             attentions.append(probs)
-        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, D)
+        pooled = (
+            self.pooler_act(self.pooler(x[:, 0])) if self.pooler is not None else None
+        )  # (B, D)
         return ModelOutput(
             last_hidden_state=x,
             pooled=pooled,

@@ -35,7 +35,7 @@ def max_input_length(config) -> int:
     """The longest id sequence a classifier of this ``EncoderConfig`` takes."""
     if getattr(config, "long_document", "truncate") == "chunks":
         return MAX_CHUNKED_TOKENS
-    return config.max_len
+    return config.max_len - getattr(config, "position_offset", 0)
 
 
 def split_into_chunks(

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchformer.nn.block_sparse import block_sparse_attention
+from torchformer.nn.block_sparse import block_sparse_attention, block_sparse_bias
 from torchformer.nn.cache import LayerCache
 from torchformer.nn.flex import flex_pattern_attention
 from torchformer.nn.lsh import lsh_attention, lsh_bias, shared_keys
@@ -150,6 +150,10 @@ class MultiHeadAttention(nn.Module):
             queries; ``k_proj`` is not used). The reference path applies it as an
             explicit mask (LSH: its bias); the fast path runs the kind's kernel when the
             only other mask is key padding, else the explicit mask on SDPA.
+        global_projections: Longformer's separate query/key/value projections for the
+            pattern's global positions (``q_global``, ``k_global``, ``v_global``): a
+            global position's row attends to every key through them; other rows use the
+            usual projections, global keys included.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
         attn_impl: AttnImpl = "sdpa",
         pattern: AttentionPattern | None = None,
+        global_projections: bool = False,
     ) -> None:
         super().__init__()
         if head_dim is None:
@@ -193,6 +198,15 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, kv_inner, bias=bias)
         self.v_proj = nn.Linear(d_model, kv_inner, bias=bias)
         self.out_proj = nn.Linear(inner, d_model, bias=bias if out_bias is None else out_bias)
+        self.q_global = self.k_global = self.v_global = None
+        if global_projections:
+            if self.pattern is None or self.pattern.kind != "sliding_window":
+                raise ValueError("global_projections need a sliding_window pattern")
+            if n_kv_heads != n_heads:
+                raise ValueError("global_projections need n_kv_heads == n_heads")
+            self.q_global = nn.Linear(d_model, inner, bias=bias)
+            self.k_global = nn.Linear(d_model, inner, bias=bias)
+            self.v_global = nn.Linear(d_model, inner, bias=bias)
 
     def _split_heads(self, x: Tensor, heads: int | None = None) -> Tensor:
         B, L, _ = x.shape
@@ -289,6 +303,7 @@ class MultiHeadAttention(nn.Module):
         own_pattern = self.pattern is not None and context is None
         if own_pattern and self.pattern.causal and (mask is not None or cache is not None):
             own_pattern = False
+        key_padding = mask  # (B, 1, 1, S) before the pattern joins it, or None
         if own_pattern:
             if cache is not None:
                 raise ValueError(
@@ -299,13 +314,23 @@ class MultiHeadAttention(nn.Module):
                 k = shared_keys(q)  # Reformer's shared QK
             sparse = self._sparse(q, k, v, mask, bias, p, return_attentions)
             if sparse is not None:
+                if self.q_global is not None:
+                    sparse, _ = self._global_rows(x, sparse, None, mask, p)
                 out = sparse.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
                 return self.out_proj(out), None
             if self.pattern.kind == "lsh":  # the definition: a data-dependent bias
                 hashed = lsh_bias(q, self.pattern, causal=self.pattern.causal)
                 bias = hashed if bias is None else bias + hashed
             else:
-                mask = combine_masks(mask, pattern_mask(self.pattern, T, device=x.device))
+                keep = pattern_mask(self.pattern, T, device=x.device, training=self.training)
+                mask = combine_masks(mask, keep)
+                if self.pattern.kind == "block_sparse":  # a repeated block counts again
+                    repeats = block_sparse_bias(
+                        self.pattern, T, device=x.device, training=self.training
+                    )
+                    if repeats is not None:
+                        repeats = repeats.to(q.dtype)
+                        bias = repeats if bias is None else bias + repeats
         if return_attentions or self.attn_impl == "reference":
             out, probs = reference_attention(
                 q, k, v, mask=mask, bias=bias, scale=self.scale, dropout=p, training=self.training
@@ -314,8 +339,36 @@ class MultiHeadAttention(nn.Module):
             out = fast_attention(
                 q, k, v, mask=mask, bias=bias, scale=self.scale, dropout=p, training=self.training
             )
+        if own_pattern and self.q_global is not None:
+            out, probs = self._global_rows(x, out, probs, key_padding, p)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Dh)
         return self.out_proj(out), (probs if return_attentions else None)
+
+    def _global_rows(
+        self, x: Tensor, out: Tensor, probs: Tensor | None, mask: Tensor | None, dropout: float
+    ) -> tuple[Tensor, Tensor | None]:
+        """Longformer's global rows: the global positions attend to every key through their
+        own projections (q_global, k_global, v_global); their rows of ``out`` (B, H, T, Dh)
+        (and of ``probs``) are replaced. ``mask``: key padding (B, 1, 1, S) or None."""
+        T = x.size(1)
+        rows = [g for g in self.pattern.global_tokens if g < T]
+        if not rows:
+            return out, probs
+        if mask is not None and mask.size(-2) != 1:
+            raise ValueError(
+                f"global_projections take a key-padding mask (B, 1, 1, S), got {tuple(mask.shape)}"
+            )
+        index = torch.tensor(rows, device=x.device)
+        q = self._split_heads(self.q_global(x.index_select(1, index)))  # (B, H, G, Dh)
+        k = self._split_heads(self.k_global(x))  # (B, H, T, Dh)
+        v = self._split_heads(self.v_global(x))
+        g_out, g_probs = reference_attention(
+            q, k, v, mask=mask, scale=self.scale, dropout=dropout, training=self.training
+        )  # (B, H, G, Dh), (B, H, G, T)
+        out = out.index_copy(2, index, g_out.to(out.dtype))
+        if probs is not None:
+            probs = probs.index_copy(2, index, g_probs.to(probs.dtype))
+        return out, probs
 
     def _sparse(
         self,
@@ -350,6 +403,9 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             key_mask = mask[:, 0, 0, :].expand(q.size(0), -1)  # (B, S)
         if self.attn_impl == "flex":
+            repeats = self.pattern.random_eval == "first_block" and self.pattern.random_blocks
+            if kind == "block_sparse" and repeats and not self.training:
+                return self._cannot("random_eval 'first_block' (a block seen twice)", q)
             if dropout:
                 return self._cannot("attention dropout (FlexAttention has none)", q)
             return flex_pattern_attention(

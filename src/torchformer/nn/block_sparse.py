@@ -51,7 +51,12 @@ def global_block_index(pattern: AttentionPattern, n: int) -> list[int]:
 
 @lru_cache(maxsize=64)
 def _layout(
-    window: int, global_blocks: tuple[int, ...], random_blocks: int, seed: int, n: int
+    window: int,
+    global_blocks: tuple[int, ...],
+    random_blocks: int,
+    seed: int,
+    n: int,
+    first_block: bool = False,
 ) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     globals_ = sorted({g % n for g in global_blocks if -n <= g < n})
@@ -59,6 +64,9 @@ def _layout(
     for i in range(n):  # in order: block i's draw depends on (seed, n, i) only
         seen = [j for j in range(i - window, i + window + 1) if 0 <= j < n]
         seen += [g for g in globals_ if g not in seen]
+        if first_block:  # transformers' eval mode: r copies of block 0 (global rows: dense)
+            rows.append(seen + ([0] * random_blocks if i not in globals_ else []))
+            continue
         others = [j for j in range(n) if j not in seen]
         picks = torch.randperm(len(others), generator=generator)[:random_blocks].tolist()
         rows.append(seen + sorted(others[p] for p in picks))
@@ -69,36 +77,69 @@ def _layout(
     return index, index >= 0
 
 
-def block_layout(pattern: AttentionPattern, n: int) -> tuple[Tensor, Tensor]:
+def block_layout(
+    pattern: AttentionPattern, n: int, *, training: bool = False
+) -> tuple[Tensor, Tensor]:
     """The key blocks each of n query blocks sees: window, global, then random blocks.
+
+    Outside training a pattern with ``random_eval="first_block"`` lists block 0 r more
+    times instead of the random blocks (a block may then appear more than once).
 
     Returns:
         (index (n, K) long, valid (n, K) bool): row i lists block i's key blocks, padded
         with -1 (``valid`` False) where it has fewer than K.
     """
+    first_block = pattern.random_eval == "first_block" and not training
     return _layout(
-        pattern.window_blocks, pattern.global_blocks, pattern.random_blocks, pattern.seed, n
+        pattern.window_blocks,
+        pattern.global_blocks,
+        pattern.random_blocks,
+        pattern.seed,
+        n,
+        first_block,
     )
 
 
-def block_table(pattern: AttentionPattern, n: int) -> Tensor:
-    """(n, n) bool: whether query block i sees key block j (global rows and columns full)."""
-    index, valid = block_layout(pattern, n)
-    blocks = torch.zeros(n, n, dtype=torch.bool)
+def block_counts(pattern: AttentionPattern, n: int, *, training: bool = False) -> Tensor:
+    """(n, n) long: how many times query block i sees key block j (0: not at all; more
+    than 1 only for ``random_eval="first_block"`` outside training). Global rows and
+    columns see each block once."""
+    index, valid = block_layout(pattern, n, training=training)
+    counts = torch.zeros(n, n, dtype=torch.long)
     rows = torch.arange(n)[:, None].expand_as(index)
-    blocks[rows[valid], index[valid]] = True
+    counts.index_put_((rows[valid], index[valid]), torch.ones_like(index[valid]), accumulate=True)
     globals_ = global_block_index(pattern, n)
-    blocks[globals_, :] = True
-    blocks[:, globals_] = True
-    return blocks
+    counts[globals_, :] = 1
+    counts[:, globals_] = counts[:, globals_].clamp(min=1)
+    return counts
 
 
-def block_sparse_mask(pattern: AttentionPattern, t: int, device=None) -> Tensor:
+def block_table(pattern: AttentionPattern, n: int, *, training: bool = False) -> Tensor:
+    """(n, n) bool: whether query block i sees key block j (global rows and columns full)."""
+    return block_counts(pattern, n, training=training) > 0
+
+
+def block_sparse_mask(pattern: AttentionPattern, t: int, device=None, *, training=False) -> Tensor:
     """The pattern as an explicit (1, 1, T, T) keep-mask."""
     b = pattern.block_size
-    blocks = block_table(pattern, math.ceil(t / b))
+    blocks = block_table(pattern, math.ceil(t / b), training=training)
     keep = blocks.repeat_interleave(b, 0).repeat_interleave(b, 1)[:t, :t]
     return keep[None, None].to(device)
+
+
+def block_sparse_bias(
+    pattern: AttentionPattern, t: int, device=None, *, training=False
+) -> Tensor | None:
+    """The log of each key's multiplicity, (1, 1, T, T), added to the scores of the
+    reference path so that it counts a repeated block as the kernel does; None when no
+    block repeats (every pattern except ``random_eval="first_block"`` outside training)."""
+    b = pattern.block_size
+    counts = block_counts(pattern, math.ceil(t / b), training=training)
+    if counts.max() <= 1:
+        return None
+    logs = counts.clamp(min=1).float().log()
+    bias = logs.repeat_interleave(b, 0).repeat_interleave(b, 1)[:t, :t]
+    return bias[None, None].to(device)
 
 
 def block_sparse_attention(
@@ -130,7 +171,7 @@ def block_sparse_attention(
     n = math.ceil(T / b)
     pad = n * b - T
     device, neg = q.device, torch.finfo(q.dtype).min
-    index, valid = (t.to(device) for t in block_layout(pattern, n))  # (n, K)
+    index, valid = (t.to(device) for t in block_layout(pattern, n, training=training))  # (n, K)
     K = index.size(1)
     safe = index.clamp(min=0)
 

@@ -102,6 +102,11 @@ class AttentionPattern:
         random_blocks: block_sparse: r further key blocks per query block, drawn from
             the others with a generator seeded by ``seed`` (the same for every call on a
             sequence of the same number of blocks).
+        random_eval: block_sparse: the random blocks outside training. "sampled"
+            (default, the paper's pattern): the same seeded draw as in training.
+            "first_block": r copies of block 0, counted r more times in the softmax —
+            what ``transformers``' BigBird does in eval mode (its random indices are
+            then all zero); set by the BigBird checkpoint loader for equal outputs.
         buckets: lsh: hash buckets per round (even).
         hash_rounds: lsh: independent hashings whose attentions are combined.
         chunk_size: lsh: queries per chunk of the sorted sequence; a chunk sees its own
@@ -126,6 +131,7 @@ class AttentionPattern:
     window_blocks: int = 1
     global_blocks: tuple[int, ...] = (0, -1)
     random_blocks: int = 3
+    random_eval: Literal["sampled", "first_block"] = "sampled"
     buckets: int = 32
     hash_rounds: int = 2
     chunk_size: int = 64
@@ -151,6 +157,10 @@ class AttentionPattern:
                 f"sliding_window needs window ≥ 1 and dilation ≥ 1, got window={self.window}, "
                 f"dilation={self.dilation}"
             )
+        if self.random_eval not in ("sampled", "first_block"):
+            raise ValueError(
+                f"random_eval must be 'sampled' or 'first_block', got {self.random_eval!r}"
+            )
         if self.fallback not in ("error", "dense"):
             raise ValueError(
                 f"attention fallback must be 'error' or 'dense', got {self.fallback!r}"
@@ -167,12 +177,18 @@ class AttentionPattern:
 
 
 def pattern_mask(
-    pattern: AttentionPattern, t: int, *, causal: bool = False, device: torch.device | None = None
+    pattern: AttentionPattern,
+    t: int,
+    *,
+    causal: bool = False,
+    device: torch.device | None = None,
+    training: bool = False,
 ) -> Tensor | None:
     """The pattern as an explicit (1, 1, T, T) keep-mask (None for full non-causal attention).
 
     Causal when asked or when the pattern is. LSH has no mask of positions: its keys depend
-    on the data (``nn.lsh.lsh_bias``)."""
+    on the data (``nn.lsh.lsh_bias``). ``training``: block_sparse's random blocks follow
+    ``random_eval`` outside training."""
     causal = causal or pattern.causal
     if pattern.kind == "lsh":
         raise ValueError("the lsh pattern depends on the data: build it with nn.lsh.lsh_bias")
@@ -181,7 +197,7 @@ def pattern_mask(
             raise ValueError(
                 "block_sparse is BigBird's bidirectional pattern; it has no causal form"
             )
-        return block_sparse_mask(pattern, t, device=device)
+        return block_sparse_mask(pattern, t, device=device, training=training)
     i = torch.arange(t, device=device)[:, None]  # (T, 1) queries
     j = torch.arange(t, device=device)[None, :]  # (1, T) keys
     if pattern.kind == "full":

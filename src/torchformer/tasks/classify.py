@@ -78,7 +78,9 @@ class ModelConfig:
             ``chunk_pooling``: "mean", "max" or "attention").
         attention: the encoder's self-attention kind ("full", "sliding_window",
             "block_sparse", "lsh"; ``nn.sparse``), with ``attention_window`` (one-sided)
-            for the sliding window; [CLS] (position 0) is global.
+            for the sliding window; [CLS] (position 0) is global. None (default): the
+            pretrained model's own (a Longformer or BigBird checkpoint keeps its
+            pattern), full attention for a model from scratch.
         max_positions: extend the position table to this many positions by repeating
             the trained ones (Longformer's initialisation), to read whole documents with
             a sparse ``attention``.
@@ -95,8 +97,8 @@ class ModelConfig:
     chunk_length: int = 256
     chunk_stride: int = 192
     chunk_pooling: Literal["mean", "max", "attention"] = "mean"
-    attention: Literal["full", "sliding_window", "block_sparse", "lsh"] = "full"
-    attention_window: int = 128
+    attention: Literal["full", "sliding_window", "block_sparse", "lsh"] | None = None
+    attention_window: int | None = None
     max_positions: int | None = None
 
 
@@ -193,6 +195,9 @@ def build_model(
         "chunk_stride": m.chunk_stride,
         "chunk_pooling": m.chunk_pooling,
     }
+    for name in ("attention", "attention_window"):  # None: the checkpoint's (or preset's)
+        if head[name] is None:
+            del head[name]
     if m.dropout is not None:
         head.update(dropout=m.dropout, attn_dropout=m.dropout)
     if m.base == "scratch":
@@ -225,7 +230,7 @@ def build_model(
                 m.max_positions,
             )
             model.config.max_len = m.max_positions
-    limit = model.config.max_len
+    limit = model.config.max_len - model.config.position_offset
     if m.long_document == "truncate" and config.data.max_length > limit:
         raise ValueError(
             f"data.max_length={config.data.max_length} exceeds the model's {limit} positions; "

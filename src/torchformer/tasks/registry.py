@@ -49,7 +49,12 @@ class TaskEntry:
 TASKS: dict[str, TaskEntry] = {
     entry.name: entry
     for entry in (
-        TaskEntry("classification", "torchformer.tasks.classify", "torchformer.json", ("bert",)),
+        TaskEntry(
+            "classification",
+            "torchformer.tasks.classify",
+            "torchformer.json",
+            ("bert", "longformer", "big_bird"),
+        ),
         TaskEntry(
             "language_model",
             "torchformer.tasks.language_model",
