@@ -91,7 +91,7 @@ def test_first_block_random_eval_counts_block_zero_again_outside_training():
         assert not torch.allclose(ref, attn.train()(x)[0], atol=1e-3)  # training: sampled
     torch.testing.assert_close(fast_out, ref, atol=1e-5, rtol=0)
     flex = MultiHeadAttention(24, 3, pattern=p, attn_impl="flex").eval()
-    with pytest.raises(ValueError, match="'block_sparse'.*random_eval 'first_block'"):
+    with pytest.raises(ValueError, match=r"'block_sparse'.*random_eval 'first_block'"):
         flex(x)  # a block mask cannot count a block twice
 
 

@@ -37,27 +37,26 @@ LAYER_PAIRS = [
 ]
 
 
-def encoder_map(layer_pairs=LAYER_PAIRS, *, pooler: str = "pooler.dense") -> KeyMap:
-    """Our ``Encoder`` names -> a BERT-like checkpoint's (``pooler``: its pooler Linear)."""
-    return KeyMap(
-        [
-            ("embeddings.token_embeddings.weight", "embeddings.word_embeddings.weight"),
-            ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
-            (
-                "embeddings.token_type_embeddings.weight",
-                "embeddings.token_type_embeddings.weight",
-            ),
-            ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
-            ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
-            *[
-                (f"layers.{{i}}.{ours}.{p}", f"encoder.layer.{{i}}.{theirs}.{p}")
-                for ours, theirs in layer_pairs
-                for p in ("weight", "bias")
-            ],
-            ("pooler.weight", f"{pooler}.weight"),
-            ("pooler.bias", f"{pooler}.bias"),
-        ]
-    )
+def encoder_map(
+    layer_pairs=LAYER_PAIRS, *, pooler: str | None = "pooler.dense", layers: str = "encoder.layer"
+) -> KeyMap:
+    """Our ``Encoder`` names -> a BERT-like checkpoint's: ``layers`` holds the layers,
+    ``pooler`` is its pooler Linear (None: the encoder has none, DistilBERT)."""
+    pairs = [
+        ("embeddings.token_embeddings.weight", "embeddings.word_embeddings.weight"),
+        ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
+        ("embeddings.token_type_embeddings.weight", "embeddings.token_type_embeddings.weight"),
+        ("embeddings.norm.weight", "embeddings.LayerNorm.weight"),
+        ("embeddings.norm.bias", "embeddings.LayerNorm.bias"),
+        *[
+            (f"layers.{{i}}.{ours}.{p}", f"{layers}.{{i}}.{theirs}.{p}")
+            for ours, theirs in layer_pairs
+            for p in ("weight", "bias")
+        ],
+    ]
+    if pooler is not None:
+        pairs += [("pooler.weight", f"{pooler}.weight"), ("pooler.bias", f"{pooler}.bias")]
+    return KeyMap(pairs)
 
 
 ENCODER_MAP = encoder_map()
@@ -86,18 +85,22 @@ class Layout:
         encoder: our ``Encoder`` names <-> theirs.
         heads: our task heads' names (classifier, mlm_head, ...) <-> theirs.
         dropped: prefixes of their keys that carry no parameter of ours.
-        decoder_bias: (their MLM bias key, their tied decoder's copy of it), written on save.
+        decoder_bias: (their MLM bias key, their tied decoder's copy of it), written on
+            save; None when the bias has one key only.
         head_pooler: a classification head whose first Linear is our pooler (RoBERTa-style
             ``classifier.dense`` + ``classifier.out_proj``): a classifier's encoder pooler
             is then unused (reported, not loaded, not written).
+        mlm_pooler: whether their MLM model has a pooler (RoBERTa's has none: ours is
+            then not written).
     """
 
     prefix: str
     encoder: KeyMap
     heads: KeyMap
     dropped: tuple[str, ...]
-    decoder_bias: tuple[str, str]
+    decoder_bias: tuple[str, str] | None
     head_pooler: bool = False
+    mlm_pooler: bool = True
 
 
 # Checkpoint keys that carry no parameter of ours: a buffer, the tied MLM
@@ -275,15 +278,24 @@ def state_to_hf(model: nn.Module, layout: Layout = BERT) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         if not task:
-            out[layout.encoder.to_theirs(key)] = value
+            name = layout.encoder.to_theirs(key)
         elif head_pooler and key.startswith("encoder.pooler."):
-            out[layout.heads.to_theirs(key)] = value
+            name = layout.heads.to_theirs(key)
         elif key.startswith("encoder."):
-            out[layout.prefix + layout.encoder.to_theirs(key.removeprefix("encoder."))] = value
+            name = layout.encoder.to_theirs(key.removeprefix("encoder."))
+            name = None if name is None else layout.prefix + name
         else:
-            out[layout.heads.to_theirs(key)] = value
-    if isinstance(model, EncoderForMaskedLM):  # HF expects the (tied) decoder bias too
-        bias, copy = layout.decoder_bias
+            name = layout.heads.to_theirs(key)
+        pooler = key.removeprefix("encoder.").startswith("pooler.")
+        if pooler and isinstance(model, EncoderForMaskedLM) and not layout.mlm_pooler:
+            continue  # their MLM model has no pooler
+        if name is None and pooler:
+            continue  # a pooler the layout has no place for (DistilBERT's encoder)
+        if name is None:
+            raise CheckpointError(f"{key}: no name for it in the {layout.prefix[:-1]} layout")
+        out[name] = value
+    if isinstance(model, EncoderForMaskedLM) and layout.decoder_bias is not None:
+        bias, copy = layout.decoder_bias  # HF expects the (tied) decoder's bias too
         out[copy] = out[bias].clone()
     return out
 

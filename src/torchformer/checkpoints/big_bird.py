@@ -19,11 +19,13 @@ Where the two differ, on purpose:
   sequence has few blocks, most of which every query block sees anyway).
 
 The classification head (dropout, dense, the hidden activation, out_proj on [CLS]) is
-our pooler with ``pooler_activation`` = the hidden activation, and our classifier; the
-encoder's own (tanh) pooler is unused by it and not loaded.
+our pooler with ``pooler_activation`` = the hidden activation (``classifier`` builds it
+so), and our classifier; the encoder's own (tanh) pooler is unused by it and not loaded.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from torch import Tensor, nn
 
@@ -79,7 +81,6 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> EncoderConfig:
     kind = hf.get("attention_type", "block_sparse")
     if kind not in ("block_sparse", "original_full"):
         raise CheckpointError(f"{source}: field 'attention_type': {kind!r} is not supported")
-    classifier = any("ForSequenceClassification" in a for a in hf.get("architectures") or [])
     return encoder_config(
         hf,
         activation=hf.get("hidden_act", "gelu_new"),
@@ -90,8 +91,6 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> EncoderConfig:
         attention_random_blocks=hf.get("num_random_blocks", 3),
         attention_random_eval=hf.get("torchformer_attention_random_eval", "first_block"),
         attention_seed=hf.get("torchformer_attention_seed", 0),
-        # transformers' classification head applies the hidden activation, not tanh
-        pooler_activation=hf.get("hidden_act", "gelu_new") if classifier else "tanh",
         flavour="big_bird",
     )
 
@@ -129,6 +128,12 @@ def config_to_hf(config: EncoderConfig, *, architecture: str = "BigBirdModel") -
     return hf
 
 
+def classifier(config: EncoderConfig) -> EncoderForSequenceClassification:
+    """Our classifier for a BigBird config: transformers' head applies the hidden
+    activation (not tanh) to its dense layer, our pooler."""
+    return EncoderForSequenceClassification(replace(config, pooler_activation=config.activation))
+
+
 def state_to_hf(model: nn.Module) -> dict[str, Tensor]:
     """Our model's weights under BigBird names."""
     return _state_to_hf(model, LAYOUT)
@@ -148,7 +153,7 @@ def _family():
         config_to_hf=config_to_hf,
         tasks={
             "base": Encoder,
-            "classification": EncoderForSequenceClassification,
+            "classification": classifier,
             "masked_lm": EncoderForMaskedLM,
         },
         architectures={

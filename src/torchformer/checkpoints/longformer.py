@@ -13,7 +13,7 @@ positions — our ``Encoder`` with ``attention="sliding_window"``:
   global positions; load with ``global_tokens=()`` for that.
 - Positions start at pad_token_id + 1 (RoBERTa): ``position_offset``.
 - The classification head (dense + tanh + out_proj on <s>) is our pooler + classifier;
-  the MLM head (``lm_head``) our ``mlm_head``.
+  the MLM head (``lm_head``) our ``mlm_head`` (RoBERTa's heads, ``checkpoints.roberta``).
 
 HF pads the sequence to a multiple of the window; our kernel needs no padding, and
 dense attention takes over below twice the window (same result).
@@ -37,7 +37,7 @@ from torchformer.checkpoints.bert import (
     state_to_hf as _state_to_hf,
 )
 from torchformer.checkpoints.hf import CheckpointError, LoadReport
-from torchformer.checkpoints.keymap import KeyMap
+from torchformer.checkpoints.roberta import HEADS
 from torchformer.models.encoder import (
     Encoder,
     EncoderConfig,
@@ -57,23 +57,11 @@ LAYOUT = Layout(
             ("self_attn.v_global", "attention.self.value_global"),
         ]
     ),
-    heads=KeyMap(
-        [
-            ("encoder.pooler.weight", "classifier.dense.weight"),
-            ("encoder.pooler.bias", "classifier.dense.bias"),
-            ("classifier.weight", "classifier.out_proj.weight"),
-            ("classifier.bias", "classifier.out_proj.bias"),
-            ("chunk_scorer.weight", "torchformer_chunk_scorer.weight"),
-            ("mlm_head.dense.weight", "lm_head.dense.weight"),
-            ("mlm_head.dense.bias", "lm_head.dense.bias"),
-            ("mlm_head.norm.weight", "lm_head.layer_norm.weight"),
-            ("mlm_head.norm.bias", "lm_head.layer_norm.bias"),
-            ("mlm_head.bias", "lm_head.bias"),
-        ]
-    ),
+    heads=HEADS,
     dropped=("embeddings.position_ids", "lm_head.decoder."),
     decoder_bias=("lm_head.bias", "lm_head.decoder.bias"),
     head_pooler=True,
+    mlm_pooler=False,
 )
 
 

@@ -32,11 +32,13 @@ FAMILY_MODULES = {
     "bart": "torchformer.checkpoints.bart",
     "bert": "torchformer.checkpoints.bert",
     "big_bird": "torchformer.checkpoints.big_bird",
+    "distilbert": "torchformer.checkpoints.distilbert",
     "gpt2": "torchformer.checkpoints.gpt2",
     "llama": "torchformer.checkpoints.llama",
     "longformer": "torchformer.checkpoints.longformer",
     "mistral": "torchformer.checkpoints.llama",
     "qwen2": "torchformer.checkpoints.llama",
+    "roberta": "torchformer.checkpoints.roberta",
     "t5": "torchformer.checkpoints.t5",
     "torchformer-transformer": "torchformer.checkpoints.t5",
     "torchformer-transformer-xl": "torchformer.checkpoints.transformer_xl",
@@ -51,7 +53,7 @@ class Family:
     model_types: tuple[str, ...]
     config_from_hf: Callable[..., Any]  # (hf_dict, *, source) -> our Config
     config_to_hf: Callable[..., dict]  # (our Config, *, architecture) -> hf_dict
-    tasks: dict[str, type[nn.Module]]  # task name -> model class taking the Config
+    tasks: dict[str, Callable[[Any], nn.Module]]  # task name -> model class (or builder)
     architectures: dict[type[nn.Module], str]  # model class -> HF architecture name
     load_into: Callable[..., LoadReport]  # (model, hf_state, *, source) -> report
     state_to_hf: Callable[[nn.Module], dict[str, Tensor]]

@@ -48,7 +48,7 @@ class EncoderConfig:
     n_heads: int = 12
     d_ff: int = 3072
     max_len: int = 512
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2  # 0: no segment embeddings (DistilBERT)
     dropout: float = 0.1
     attn_dropout: float = 0.1
     activation: str = "gelu"
@@ -83,7 +83,7 @@ class EncoderConfig:
     # Longformer start at pad_id + 1 (their rows 0 .. pad_id are never used for tokens).
     position_offset: int = 0
     # Which Hugging Face layout the weights are saved in (``torchformer.checkpoints``).
-    flavour: Literal["bert", "longformer", "big_bird"] = "bert"
+    flavour: Literal["bert", "roberta", "distilbert", "longformer", "big_bird"] = "bert"
     # Long documents (``models.long_document``): "truncate" reads the ids as one sequence;
     # "chunks" cuts them into overlapping [CLS] window [SEP] chunks of ``chunk_length``,
     # a window every ``chunk_stride`` tokens, and pools the chunk vectors ("mean", "max"
@@ -126,7 +126,12 @@ class EncoderEmbeddings(nn.Module):
             config.vocab_size, config.d_model, padding_idx=config.pad_id
         )
         self.position_embeddings = nn.Embedding(config.max_len, config.d_model)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.d_model)
+        # DistilBERT has no segments: type_vocab_size 0, no table
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.d_model)
+            if config.type_vocab_size > 0
+            else None
+        )
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.dropout = nn.Dropout(config.dropout)
         self.position_offset = config.position_offset
@@ -138,7 +143,10 @@ class EncoderEmbeddings(nn.Module):
             raise ValueError(f"sequence length {T} exceeds the model's {rows} positions (max_len)")
         positions = torch.arange(T, device=input_ids.device) + self.position_offset  # (T,)
         x = self.token_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, D)
-        if token_type_ids is None:
+        if self.token_type_embeddings is None:
+            if token_type_ids is not None:
+                raise ValueError("this encoder has no segment embeddings (type_vocab_size=0)")
+        elif token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]  # segment 0 everywhere
         else:
             x = x + self.token_type_embeddings(token_type_ids)

@@ -60,8 +60,9 @@ class ModelConfig:
     """Which network to fine-tune.
 
     Attributes:
-        base: "minilm" (the packaged all-MiniLM-L6-v2), an HF-layout BERT-family
-            directory or hub name, or "scratch" (an encoder from ``preset``).
+        base: "minilm" (the packaged all-MiniLM-L6-v2), an HF-layout BERT, RoBERTa,
+            DistilBERT, Longformer or BigBird directory or hub name, or "scratch" (an
+            encoder from ``preset``).
         preset: encoder preset for "scratch" (see ``models.encoder.PRESETS``).
         pooling: "cls", "pooler" (what ``transformers`` uses) or "mean".
         freeze_encoder: train only the classification head.

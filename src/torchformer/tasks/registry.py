@@ -53,7 +53,7 @@ TASKS: dict[str, TaskEntry] = {
             "classification",
             "torchformer.tasks.classify",
             "torchformer.json",
-            ("bert", "longformer", "big_bird"),
+            ("bert", "roberta", "distilbert", "longformer", "big_bird"),
         ),
         TaskEntry(
             "language_model",
