@@ -18,6 +18,7 @@ from PIL import Image
 from viz_pages import Browser, embedded_json, find_chromium
 
 from torchformer.viz.attention import attention_for_text
+from torchformer.viz.attribution import token_attributions
 from torchformer.viz.explain import alignment_html, explain_html
 from torchformer.viz.report import write_report
 from torchformer.viz.templates import page as html_page
@@ -146,6 +147,7 @@ def test_explain_page_pages_long_inputs(browser, tiny_classifier, tmp_path):
         "prediction",
         "input",
         "attention",
+        "attributions",
     ]
     assert (
         page.evaluate("document.querySelector('.tf-pred b').textContent")
@@ -162,6 +164,14 @@ def test_explain_page_pages_long_inputs(browser, tiny_classifier, tmp_path):
     assert cells[0][:2] == [64, 64] and len(cells) == 64 * 64
     L = att.size(0)
     assert all(abs(v - att[L - 1, 0, q, k].item()) <= TOL for q, k, v in cells)
+    # Attributions: each method's tokens carry its scores; the deletion curves are drawn.
+    attributions = token_attributions(clf, text)
+    for method, scores in attributions.scores.items():
+        shown = token_values(page, f".tf-attribution[data-method='{method}']", ".tf-tok")
+        assert len(shown) == len(scores)
+        assert all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in zip(shown, scores))
+    assert page.evaluate("document.querySelectorAll('#attributions img.tf-deletion').length") == 1
+    assert page.evaluate("document.querySelectorAll('.tf-deletion-auc tr').length") == 5
     assert_screenshot(page, tmp_path / "explain.png")
 
 

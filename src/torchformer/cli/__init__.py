@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from torchformer.bench.attention import main as bench_attention
 
         return bench_attention(argv[2:])
+    if argv[:2] == ["bench", "faithfulness"]:  # deletion curves of the attribution methods
+        from torchformer.bench.faithfulness import main as bench_faithfulness
+
+        return bench_faithfulness(argv[2:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(

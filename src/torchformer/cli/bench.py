@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Latency (batch 1), throughput (length-sorted batches), size, peak memory and "
         "accuracy of each deployment path, measured in one run on the same pre-tokenized texts. "
         "Writes RUN/bench/deploy.json and deploy.md. `torchformer bench attention --help`: "
-        "time and memory of each attention kind against dense SDPA as T grows.",
+        "time and memory of each attention kind against dense SDPA as T grows. "
+        "`torchformer bench faithfulness --help`: deletion curves of attention, rollout and "
+        "integrated gradients.",
     )
     p.add_argument("run", help="run directory (or an HF-layout model directory)")
     p.add_argument(

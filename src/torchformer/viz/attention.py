@@ -32,6 +32,7 @@ __all__ = [
     "as_layer_stack",
     "attention_for_text",
     "attention_for_translation",
+    "attention_rollout",
     "cls_attention",
     "cross_attention_payload",
     "round_values",
@@ -192,6 +193,25 @@ def attention_for_translation(
         target_tokens=translator.tgt_tokenizer.tokens([*output, cfg.eos_id]),
         cross_attentions=as_layer_stack(out.cross_attentions),  # (L, H, T, S)
     )
+
+
+def attention_rollout(
+    attentions: list[Tensor] | tuple[Tensor, ...], *, residual: float = 0.5
+) -> Tensor:
+    """Rollout of per-layer attention (each (B, H, T, T)) -> (B, T, T).
+
+    ``residual``: the identity's share in each layer (½ in the paper).
+    """
+    rollout = None
+    for probs in attentions:
+        a = probs.float().mean(dim=1)  # (B, T, T) mean over heads
+        eye = torch.eye(a.size(-1), device=a.device).expand_as(a)
+        a = residual * eye + (1.0 - residual) * a
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout  # later layers on the left
+    if rollout is None:
+        raise ValueError("attention_rollout needs the attention of at least one layer")
+    return rollout
 
 
 def _reduce(x: Tensor, dim: int, which: Reduce) -> Tensor:

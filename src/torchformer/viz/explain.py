@@ -8,7 +8,10 @@
   (last layer, mean of heads by default; any layer / head or their means);
 - a layer × head grid of attention heatmaps (one PNG, long inputs pooled);
 - an interactive matrix view (pick layer, head and window of at most
-  ``window`` tokens; hover a token to see its attention to the others).
+  ``window`` tokens; hover a token to see its attention to the others);
+- attributions beyond attention (``viz.attribution``): integrated gradients and
+  attention rollout next to the attention score per token, and their deletion curves —
+  which of them explains this prediction better.
 
 For translation models the page shows the cross-attention alignment between
 source and output tokens instead (:func:`alignment_html`, from plain tensors).
@@ -33,12 +36,24 @@ from torchformer.viz.attention import (
     cross_attention_payload,
     self_attention_payload,
 )
-from torchformer.viz.plots import plot_alignment, plot_attention_grid, png_data_uri
+from torchformer.viz.attribution import (
+    FRACTIONS,
+    TokenAttributions,
+    deletion_auc,
+    token_attributions,
+)
+from torchformer.viz.plots import (
+    plot_alignment,
+    plot_attention_grid,
+    plot_deletion_curves,
+    png_data_uri,
+)
 from torchformer.viz.templates import json_block, page
 
 __all__ = [
     "alignment_html",
     "attention_html",
+    "attribution_html",
     "explain_html",
     "prediction_html",
     "translation_explain_html",
@@ -103,6 +118,75 @@ def attention_html(
     )
 
 
+METHOD_NAMES = {
+    "attention": "Attention (last layer, [CLS] row, mean of heads)",
+    "rollout": "Attention rollout (all layers, residual included)",
+    "integrated_gradients": "Integrated gradients (red: for the prediction, blue: against)",
+}
+
+
+def _token_spans(tokens: Sequence[str], special: Sequence[bool], scores: Sequence[float]) -> str:
+    """Tokens shaded by score (red positive, blue negative), scaled to the largest |score|
+    of the non-special tokens; ``data-v`` holds the exact value."""
+    ranked = [abs(v) for v, s in zip(scores, special) if not s] or [0.0]
+    top = max(ranked) or 1.0
+    spans = []
+    for token, is_special, v in zip(tokens, special, scores):
+        alpha = 0.0 if is_special else min(1.0, abs(v) / top)
+        rgb = "220,50,47" if v >= 0 else "38,139,210"
+        cls = "tf-tok special" if is_special else "tf-tok"
+        spans.append(
+            f"<span class='{cls}' data-v='{v:.6g}' title='{v:.4f}' "
+            f"style='background: rgba({rgb},{alpha:.3f})'>{html.escape(token)}</span>"
+        )
+    return " ".join(spans)
+
+
+def attribution_html(att: TokenAttributions, *, heading: str = "h3") -> str:
+    """Each method's token scores, and (when computed) the deletion curves with their areas.
+
+    Args:
+        att: from :func:`~torchformer.viz.attribution.token_attributions`.
+    """
+    h = heading
+    parts = [
+        "<p class='tf-note'>Attention shows where the model looked; integrated gradients "
+        "what the prediction depends on (attributions to the token embeddings, baseline: "
+        "every token [PAD]); rollout follows attention through all layers. The deletion "
+        "curves below check them: remove each method's top tokens and watch the "
+        "probability fall.</p>"
+    ]
+    for method, scores in att.scores.items():
+        parts.append(
+            f"<div class='tf-attribution' data-method='{method}'><{h}>"
+            f"{html.escape(METHOD_NAMES.get(method, method))}</{h}>"
+            f"<div class='tf-tokens'>{_token_spans(att.tokens, att.special, scores)}</div></div>"
+        )
+    if att.ig_delta is not None:
+        parts.append(
+            "<p class='tf-note'>Integrated gradients attributes the predicted class's "
+            "log-odds; its completeness gap |Σ attributions − (log-odds(text) − "
+            f"log-odds(baseline))| = {att.ig_delta:.2e}.</p>"
+        )
+    if att.deletion:
+        aucs = {m: deletion_auc(c) for m, c in att.deletion.items()}
+        best = min((m for m in aucs if m != "random"), key=aucs.__getitem__)
+        rows = "".join(
+            f"<tr><td>{html.escape(m.replace('_', ' '))}</td><td class='num'>{a:.4f}</td></tr>"
+            for m, a in aucs.items()
+        )
+        plot = png_data_uri(plot_deletion_curves(att.deletion, FRACTIONS))
+        parts.append(
+            f"<{h}>Deletion curves</{h}>"
+            f"<img class='tf-plot tf-deletion' alt='deletion curves' src='{plot}'>"
+            "<table class='tf-table tf-deletion-auc'><tr><th>method</th>"
+            f"<th>area under the curve (lower: more faithful)</th></tr>{rows}</table>"
+            f"<p class='tf-note'>For this text, <b>{html.escape(best.replace('_', ' '))}</b> "
+            "explains the model best (random: the mean of three random orders).</p>"
+        )
+    return "".join(parts)
+
+
 def alignment_html(
     cross_attentions: Sequence[Tensor] | Tensor,
     source_tokens: Sequence[str],
@@ -150,6 +234,7 @@ def explain_html(
     """The whole explain page for a ``TextClassifier`` and one text."""
     attention = attention_for_text(classifier, text)
     n_tokens = len(attention.tokens)
+    attributions = token_attributions(classifier, text, deletion=True)
     body = (
         f"<section id='prediction'><h2>Prediction</h2>{prediction_html(attention.prediction)}</section>"
         f"<section id='input'><h2>Input</h2><pre class='tf-text'>{html.escape(text)}</pre>"
@@ -157,8 +242,14 @@ def explain_html(
         f"(max length {classifier.settings.max_length}, {classifier.settings.truncation}).</p></section>"
         f"<section id='attention'><h2>Attention</h2>"
         f"{attention_html(attention, key='explain', window=window, max_values=max_values)}</section>"
+        f"<section id='attributions'><h2>Attributions</h2>{attribution_html(attributions)}</section>"
     )
-    nav = [("prediction", "Prediction"), ("input", "Input"), ("attention", "Attention")]
+    nav = [
+        ("prediction", "Prediction"),
+        ("input", "Input"),
+        ("attention", "Attention"),
+        ("attributions", "Attributions"),
+    ]
     subtitle = f"{attention.prediction['label']} ({attention.prediction['confidence']:.3f})"
     return page(title, body, subtitle=subtitle, nav=nav)
 

@@ -36,6 +36,7 @@ __all__ = [
     "plot_bleu",
     "plot_calibration",
     "plot_confusion_matrix",
+    "plot_deletion_curves",
     "plot_learning_curves",
     "png_data_uri",
     "reliability_bins",
@@ -377,5 +378,27 @@ def plot_alignment(
     ax.set_xticks(range(S), list(source_tokens), rotation=90, fontsize=8)
     ax.set_yticks(range(T), list(target_tokens), fontsize=8)
     ax.set(xlabel="source", ylabel="output", title=title or "cross-attention alignment")
+    fig.tight_layout()
+    return _to_png(fig)
+
+
+def plot_deletion_curves(
+    curves: dict[str, Sequence[float]], fractions: Sequence[float], *, title: str = ""
+) -> bytes:
+    """Deletion curves: the predicted class's probability as each method's top tokens are
+    removed (lower, sooner: the method found what the prediction depends on)."""
+    fig = Figure(figsize=(5.5, 3.4))
+    ax = fig.subplots()
+    for method, curve in curves.items():
+        style = {"linestyle": "--", "color": "grey"} if method == "random" else {"marker": "o"}
+        ax.plot([100 * f for f in fractions], list(curve), label=method.replace("_", " "), **style)
+    ax.set(
+        xlabel="tokens removed, highest-scored first (%)",
+        ylabel="probability of the prediction",
+        ylim=(0, 1.02),
+        title=title or "deletion curves",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _to_png(fig)

@@ -33,7 +33,8 @@ import numpy as np
 from torchformer.evaluate.classification import expected_calibration_error
 from torchformer.train.logging import read_metrics
 from torchformer.viz.attention import attention_for_text
-from torchformer.viz.explain import attention_html
+from torchformer.viz.attribution import token_attributions
+from torchformer.viz.explain import attention_html, attribution_html
 from torchformer.viz.image_report import (
     image_attention_examples,
     image_errors_table,
@@ -432,14 +433,17 @@ def _attention_examples(run_dir: Path, e: EvalFiles | None, n_examples: int) -> 
         chosen_note,
     ]
     for i, (kind, record) in enumerate(chosen):
-        parts.append(
-            _example_html(i, kind, record, attention_for_text(model, str(first(record, TEXT_KEYS))))
-        )
+        text = str(first(record, TEXT_KEYS))
+        attributions = token_attributions(model, text, deletion=True)
+        parts.append(_example_html(i, kind, record, attention_for_text(model, text), attributions))
     return "".join(parts)
 
 
-def _example_html(i: int, kind: str, record: dict[str, Any], attention: Any) -> str:
-    """One example: the stored outcome, the prediction on the stored text, the attention views."""
+def _example_html(
+    i: int, kind: str, record: dict[str, Any], attention: Any, attributions: Any = None
+) -> str:
+    """One example: the stored outcome, the prediction on the stored text, the attention
+    views and the attributions (integrated gradients, rollout, deletion curves)."""
     pred = attention.prediction
     stored_pred, stored_conf = first(record, PRED_KEYS), first(record, CONF_KEYS)
     status = "tf-wrong" if kind == "wrong" else "tf-ok"
@@ -455,7 +459,15 @@ def _example_html(i: int, kind: str, record: dict[str, Any], attention: Any) -> 
         f"<p class='tf-note'>On the text below the model predicts {now}.</p>"
         f"<details><summary>text ({len(text)} characters, {len(attention.tokens)} tokens)</summary>"
         f"<pre class='tf-text'>{html.escape(text)}</pre></details>"
-        f"{attention_html(attention, key=f'ex{i}', max_values=REPORT_MAX_VALUES, heading='h4')}</div>"
+        f"{attention_html(attention, key=f'ex{i}', max_values=REPORT_MAX_VALUES, heading='h4')}"
+        + (
+            ""
+            if attributions is None
+            else "<details class='tf-attributions'><summary>attributions: integrated gradients, "
+            f"rollout, deletion curves</summary>{attribution_html(attributions, heading='h4')}"
+            "</details>"
+        )
+        + "</div>"
     )
 
 

@@ -27,31 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from torchformer.viz.attention import attention_rollout
 from torchformer.viz.explain import prediction_html
 from torchformer.viz.templates import page
 
 __all__ = ["ImageAttention", "attention_rollout", "image_attention", "image_explain_html"]
-
-
-def attention_rollout(
-    attentions: list[Tensor] | tuple[Tensor, ...], *, residual: float = 0.5
-) -> Tensor:
-    """Rollout of per-layer attention (each (B, H, T, T)) -> (B, T, T).
-
-    ``residual``: the identity's share in each layer (½ in the paper).
-    """
-    rollout = None
-    for probs in attentions:
-        a = probs.float().mean(dim=1)  # (B, T, T) mean over heads
-        eye = torch.eye(a.size(-1), device=a.device).expand_as(a)
-        a = residual * eye + (1.0 - residual) * a
-        a = a / a.sum(dim=-1, keepdim=True)
-        rollout = a if rollout is None else a @ rollout  # later layers on the left
-    if rollout is None:
-        raise ValueError("attention_rollout needs the attention of at least one layer")
-    return rollout
 
 
 @dataclass
