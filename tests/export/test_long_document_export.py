@@ -33,6 +33,17 @@ def long_classifier(kind: str) -> TextClassifier:
             chunk_pooling="attention",
         ),
         "sliding_window": dict(attention="sliding_window", attention_window=8, max_len=512),
+        # a Longformer as loaded from its checkpoint: global projections, RoBERTa positions
+        "longformer": dict(
+            attention="sliding_window",
+            attention_window=8,
+            max_len=512,
+            global_tokens=(0,),
+            global_projections=True,
+            position_offset=tokenizer.pad_id + 1,
+            pad_id=tokenizer.pad_id,
+            flavour="longformer",
+        ),
     }[kind]
     torch.manual_seed(0)
     config = preset(
@@ -46,10 +57,14 @@ def long_classifier(kind: str) -> TextClassifier:
         **extra,
     )
     model = EncoderForSequenceClassification(config).eval()
+    if kind == "longformer":  # global projections unlike the local ones (else untested)
+        with torch.no_grad():
+            for layer in model.encoder.layers:
+                layer.self_attn.q_global.weight.normal_(0.0, 0.5)
     return TextClassifier(model, tokenizer, InferenceSettings(max_length=400))
 
 
-@pytest.fixture(scope="module", params=["chunks", "sliding_window"])
+@pytest.fixture(scope="module", params=["chunks", "sliding_window", "longformer"])
 def exported(request, tmp_path_factory):
     clf = long_classifier(request.param)
     out = tmp_path_factory.mktemp(f"export-{request.param}")
