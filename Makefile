@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # The CPU wheel; an unpinned torch pulls several GB of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup test test-all lint format demo bench mutate clean
+.PHONY: setup test test-all lint format docs demo bench mutate clean
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ format:
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The documentation site (mkdocs.yml): tutorials and the API reference, built strictly
+# (a broken link, anchor or API reference fails) into site/. NO_MKDOCS_2_WARNING
+# silences Material's notice about its successor, which is not about this site.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 demo:
 	$(BIN)/torchformer demo
 
@@ -42,4 +48,4 @@ mutate:
 	$(BIN)/mutmut results
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache .ruff_cache
