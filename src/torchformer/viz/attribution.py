@@ -290,9 +290,9 @@ def faithfulness(
     """Mean deletion AUC per method (and random) over ``texts``, with its spread.
 
     Returns:
-        {"texts": N, "fractions": [...], "auc": {method: mean}, "auc_std": {...},
-         "curve": {method: mean curve}, "wins": {method: share of texts where it has the
-         lowest AUC}, "ig_delta_mean": ...}.
+        A dict: "texts" (N), "fractions", "auc" (method -> mean), "auc_std", "curve"
+        (method -> mean curve), "wins" (method -> share of the texts on which it has the
+        lowest AUC), "ig_delta_mean".
     """
     per_text: dict[str, list[float]] = {}
     curves: dict[str, list[list[float]]] = {}
