@@ -334,6 +334,40 @@ def load_into(
     return load_state_strict(model, state, source=str(Path(source)), new_ok=new_ok, ignore=ignore)
 
 
+def encoder_family(
+    *,
+    model_types: tuple[str, ...],
+    config_from_hf,
+    config_to_hf,
+    layout: Layout,
+    hf_name: str,
+    flavour: str,
+    classifier=EncoderForSequenceClassification,
+):
+    """The ``Family`` of a BERT-like checkpoint layout: base, classification and masked-LM
+    models named ``{hf_name}Model`` / ``ForSequenceClassification`` / ``ForMaskedLM``,
+    their weights moved by ``layout``, and models of ``flavour`` saved in it.
+    ``classifier``: builds the classification model from a config (BigBird's differs)."""
+    from torchformer.checkpoints.registry import Family
+
+    return Family(
+        model_types=model_types,
+        config_from_hf=config_from_hf,
+        config_to_hf=config_to_hf,
+        tasks={"base": Encoder, "classification": classifier, "masked_lm": EncoderForMaskedLM},
+        architectures={
+            Encoder: f"{hf_name}Model",
+            EncoderForSequenceClassification: f"{hf_name}ForSequenceClassification",
+            EncoderForMaskedLM: f"{hf_name}ForMaskedLM",
+        },
+        load_into=lambda model, hf_state, *, source: load_into(
+            model, hf_state, source=source, layout=layout
+        ),
+        state_to_hf=lambda model: state_to_hf(model, layout),
+        accepts=lambda model: model.config.flavour == flavour,
+    )
+
+
 def _family():
     from torchformer.checkpoints.registry import Family
 

@@ -27,27 +27,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from torch import Tensor, nn
-
 from torchformer.checkpoints.bert import (
     HEAD_MAP,
     Layout,
     encoder_config,
     encoder_config_to_hf,
+    encoder_family,
     encoder_map,
 )
-from torchformer.checkpoints.bert import (
-    load_into as _load_into,
-)
-from torchformer.checkpoints.bert import (
-    state_to_hf as _state_to_hf,
-)
-from torchformer.checkpoints.hf import CheckpointError, LoadReport
+from torchformer.checkpoints.hf import CheckpointError
 from torchformer.checkpoints.keymap import KeyMap
 from torchformer.models.encoder import (
-    Encoder,
     EncoderConfig,
-    EncoderForMaskedLM,
     EncoderForSequenceClassification,
 )
 
@@ -134,37 +125,12 @@ def classifier(config: EncoderConfig) -> EncoderForSequenceClassification:
     return EncoderForSequenceClassification(replace(config, pooler_activation=config.activation))
 
 
-def state_to_hf(model: nn.Module) -> dict[str, Tensor]:
-    """Our model's weights under BigBird names."""
-    return _state_to_hf(model, LAYOUT)
-
-
-def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> LoadReport:
-    """Load BigBird weights into one of our encoder models, strictly."""
-    return _load_into(model, hf_state, source=source, layout=LAYOUT)
-
-
-def _family():
-    from torchformer.checkpoints.registry import Family
-
-    return Family(
-        model_types=MODEL_TYPES,
-        config_from_hf=config_from_hf,
-        config_to_hf=config_to_hf,
-        tasks={
-            "base": Encoder,
-            "classification": classifier,
-            "masked_lm": EncoderForMaskedLM,
-        },
-        architectures={
-            Encoder: "BigBirdModel",
-            EncoderForSequenceClassification: "BigBirdForSequenceClassification",
-            EncoderForMaskedLM: "BigBirdForMaskedLM",
-        },
-        load_into=load_into,
-        state_to_hf=state_to_hf,
-        accepts=lambda model: model.config.flavour == "big_bird",
-    )
-
-
-FAMILY = _family()
+FAMILY = encoder_family(
+    model_types=MODEL_TYPES,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    layout=LAYOUT,
+    hf_name="BigBird",
+    flavour="big_bird",
+    classifier=classifier,
+)

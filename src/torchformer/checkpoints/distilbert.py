@@ -12,23 +12,17 @@ tied ``vocab_projector``.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from torchformer.checkpoints.bert import (
     Layout,
     encoder_config,
     encoder_config_to_hf,
+    encoder_family,
     encoder_map,
 )
-from torchformer.checkpoints.bert import load_into as _load_into
-from torchformer.checkpoints.bert import state_to_hf as _state_to_hf
-from torchformer.checkpoints.hf import CheckpointError, LoadReport
+from torchformer.checkpoints.hf import CheckpointError
 from torchformer.checkpoints.keymap import KeyMap
 from torchformer.models.encoder import (
-    Encoder,
     EncoderConfig,
-    EncoderForMaskedLM,
-    EncoderForSequenceClassification,
 )
 
 MODEL_TYPES = ("distilbert",)
@@ -130,37 +124,11 @@ def config_to_hf(config: EncoderConfig, *, architecture: str = "DistilBertModel"
     return hf
 
 
-def state_to_hf(model: nn.Module) -> dict[str, Tensor]:
-    """Our model's weights under DistilBERT names."""
-    return _state_to_hf(model, LAYOUT)
-
-
-def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> LoadReport:
-    """Load DistilBERT weights into one of our encoder models, strictly."""
-    return _load_into(model, hf_state, source=source, layout=LAYOUT)
-
-
-def _family():
-    from torchformer.checkpoints.registry import Family
-
-    return Family(
-        model_types=MODEL_TYPES,
-        config_from_hf=config_from_hf,
-        config_to_hf=config_to_hf,
-        tasks={
-            "base": Encoder,
-            "classification": EncoderForSequenceClassification,
-            "masked_lm": EncoderForMaskedLM,
-        },
-        architectures={
-            Encoder: "DistilBertModel",
-            EncoderForSequenceClassification: "DistilBertForSequenceClassification",
-            EncoderForMaskedLM: "DistilBertForMaskedLM",
-        },
-        load_into=load_into,
-        state_to_hf=state_to_hf,
-        accepts=lambda model: model.config.flavour == "distilbert",
-    )
-
-
-FAMILY = _family()
+FAMILY = encoder_family(
+    model_types=MODEL_TYPES,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    layout=LAYOUT,
+    hf_name="DistilBert",
+    flavour="distilbert",
+)

@@ -21,28 +21,18 @@ dense attention takes over below twice the window (same result).
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from torchformer.checkpoints.bert import (
     LAYER_PAIRS,
     Layout,
     encoder_config,
     encoder_config_to_hf,
+    encoder_family,
     encoder_map,
 )
-from torchformer.checkpoints.bert import (
-    load_into as _load_into,
-)
-from torchformer.checkpoints.bert import (
-    state_to_hf as _state_to_hf,
-)
-from torchformer.checkpoints.hf import CheckpointError, LoadReport
+from torchformer.checkpoints.hf import CheckpointError
 from torchformer.checkpoints.roberta import HEADS
 from torchformer.models.encoder import (
-    Encoder,
     EncoderConfig,
-    EncoderForMaskedLM,
-    EncoderForSequenceClassification,
 )
 
 MODEL_TYPES = ("longformer",)
@@ -115,37 +105,11 @@ def config_to_hf(config: EncoderConfig, *, architecture: str = "LongformerModel"
     return hf
 
 
-def state_to_hf(model: nn.Module) -> dict[str, Tensor]:
-    """Our model's weights under Longformer names."""
-    return _state_to_hf(model, LAYOUT)
-
-
-def load_into(model: nn.Module, hf_state: dict[str, Tensor], *, source: str) -> LoadReport:
-    """Load Longformer weights into one of our encoder models, strictly."""
-    return _load_into(model, hf_state, source=source, layout=LAYOUT)
-
-
-def _family():
-    from torchformer.checkpoints.registry import Family
-
-    return Family(
-        model_types=MODEL_TYPES,
-        config_from_hf=config_from_hf,
-        config_to_hf=config_to_hf,
-        tasks={
-            "base": Encoder,
-            "classification": EncoderForSequenceClassification,
-            "masked_lm": EncoderForMaskedLM,
-        },
-        architectures={
-            Encoder: "LongformerModel",
-            EncoderForSequenceClassification: "LongformerForSequenceClassification",
-            EncoderForMaskedLM: "LongformerForMaskedLM",
-        },
-        load_into=load_into,
-        state_to_hf=state_to_hf,
-        accepts=lambda model: model.config.flavour == "longformer",
-    )
-
-
-FAMILY = _family()
+FAMILY = encoder_family(
+    model_types=MODEL_TYPES,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    layout=LAYOUT,
+    hf_name="Longformer",
+    flavour="longformer",
+)
