@@ -162,7 +162,11 @@ def check_config_sizes(hf: dict, *, source: str) -> None:
 def estimate_parameters(config: Any) -> int:
     """A lower bound on the parameters of a model built from ``config`` (any family's
     ``Config``): embeddings (a ViT's patch projection), position tables and the attention
-    and feed-forward matrices (norms, biases and heads left out)."""
+    and feed-forward matrices (norms, biases and heads left out). A config with an
+    ``estimate_parameters()`` method (the RNN encoder–decoder) answers for itself."""
+    own = getattr(config, "estimate_parameters", None)
+    if callable(own):
+        return int(own())
     d, f, heads = config.d_model, config.d_ff, config.n_heads
     head_dim = getattr(config, "head_dim", None) or d // heads
     kv_heads = getattr(config, "n_kv_heads", None) or heads

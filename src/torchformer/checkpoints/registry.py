@@ -40,6 +40,7 @@ FAMILY_MODULES = {
     "qwen2": "torchformer.checkpoints.llama",
     "roberta": "torchformer.checkpoints.roberta",
     "t5": "torchformer.checkpoints.t5",
+    "torchformer-rnn": "torchformer.checkpoints.rnn",
     "torchformer-transformer": "torchformer.checkpoints.t5",
     "torchformer-transformer-xl": "torchformer.checkpoints.transformer_xl",
     "vit": "torchformer.checkpoints.vit",

@@ -37,6 +37,7 @@ from torchformer.generate.greedy import decode_loop, iter_decode
 from torchformer.generate.processors import build_processor
 from torchformer.generate.sampling import sample_next
 from torchformer.models.decoder import DecoderForCausalLM, make_step
+from torchformer.models.rnn_seq2seq import RNNSeq2Seq
 from torchformer.models.seq2seq import Seq2Seq
 from torchformer.models.transformer_xl import TransformerXLForCausalLM
 from torchformer.nn.cache import KVCache
@@ -165,8 +166,9 @@ def uncached_seq2seq_step(model: Seq2Seq, context: Tensor, src_mask: Tensor | No
 
 def _start(model: Any, input_ids: Tensor, attention_mask: Tensor | None, config: GenerationConfig):
     """(step, first ids, empty cache) for ``model``."""
-    if isinstance(model, Seq2Seq):
-        if model.config.flavour != "t5" and config.max_new_tokens > model.config.max_len:
+    if isinstance(model, Seq2Seq | RNNSeq2Seq):
+        unbounded = getattr(model.config, "flavour", None) == "t5"  # relative positions
+        if not unbounded and config.max_new_tokens > model.config.max_len:
             raise ValueError(
                 f"max_new_tokens={config.max_new_tokens} exceeds the model's max_len "
                 f"{model.config.max_len} (its decoder has that many positions)"

@@ -73,7 +73,7 @@ TASKS: dict[str, TaskEntry] = {
             "translation",
             "torchformer.tasks.translate",
             "translation.json",
-            ("torchformer-transformer",),
+            ("torchformer-transformer", "torchformer-rnn"),
         ),
     )
 }

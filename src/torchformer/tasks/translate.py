@@ -37,6 +37,9 @@ from torchformer.data.batching import TokenBudgetBatchSampler
 from torchformer.evaluate.bleu import corpus_scores
 from torchformer.evaluate.rouge import ROUGE_TYPES, rouge_scores
 from torchformer.io import atomic_write_text, replace_dir
+from torchformer.models.rnn_seq2seq import PRESETS as RNN_PRESETS
+from torchformer.models.rnn_seq2seq import RNNSeq2Seq, rnn_preset
+from torchformer.models.seq2seq import PRESETS as TRANSFORMER_PRESETS
 from torchformer.models.seq2seq import Seq2Seq, preset, sequence_loss
 from torchformer.tasks.translate_data import (
     DataConfig,
@@ -66,7 +69,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelConfig:
-    """Which encoder–decoder to train (``models.seq2seq.PRESETS``) and what to change in it.
+    """Which encoder–decoder to train and what to change in it.
+
+    ``preset``: a Transformer (``models.seq2seq.PRESETS``) or an RNN encoder–decoder with
+    additive attention (``models.rnn_seq2seq.PRESETS``, e.g. ``rnn-small-cpu``: Bahdanau et
+    al.'s model, the baseline of ``multi30k-rnn``). ``norm_first`` and ``attn_impl`` are the
+    Transformer's; an RNN preset refuses ``norm_first``.
 
     Embedding sharing follows the vocabulary: a joint one shares the source/target tables
     and ties the output projection to them; separate ones tie only the output projection.
@@ -165,11 +173,37 @@ def load_pretrained_model(config: TranslateConfig) -> tuple[Seq2Seq, Tokenizer]:
     return model.train(), tokenizer
 
 
-def build_model(config: TranslateConfig, src_tok: Tokenizer, tgt_tok: Tokenizer) -> Seq2Seq:
-    """A freshly initialised ``Seq2Seq`` sized to the tokenizers (seeded by the caller)."""
+def build_model(
+    config: TranslateConfig, src_tok: Tokenizer, tgt_tok: Tokenizer
+) -> Seq2Seq | RNNSeq2Seq:
+    """A freshly initialised encoder–decoder sized to the tokenizers (seeded by the caller).
+
+    Raises:
+        ValueError: an unknown preset, or ``norm_first`` given for an RNN preset.
+    """
     m = config.model
     pad_id, start_id, eos_id = special_ids(tgt_tok)
     joint = config.tokenizer.joint
+    if m.preset in RNN_PRESETS:
+        if m.norm_first is not None:
+            raise ValueError(f"model.norm_first: the RNN preset {m.preset!r} has no norms")
+        rnn = rnn_preset(
+            m.preset,
+            vocab_size=tgt_tok.vocab_size,
+            src_vocab_size=None if joint else src_tok.vocab_size,
+            share_embeddings=joint,
+            max_len=config.data.max_length,
+            pad_id=pad_id,
+            decoder_start_id=start_id,
+            eos_id=eos_id,
+            **({} if m.dropout is None else {"dropout": m.dropout}),
+        )
+        return RNNSeq2Seq(rnn)
+    if m.preset not in TRANSFORMER_PRESETS:
+        raise ValueError(
+            f"model.preset: unknown {m.preset!r}; Transformer presets: "
+            f"{', '.join(sorted(TRANSFORMER_PRESETS))}; RNN presets: {', '.join(sorted(RNN_PRESETS))}"
+        )
     overrides = {"dropout": m.dropout, "norm_first": m.norm_first}
     cfg = preset(
         m.preset,
@@ -297,6 +331,7 @@ class TranslationTask:
             total_steps=total_steps,
             d_model=self.translator.model.config.d_model,
             scale=tc.lr,
+            plateau_mode="min" if tc.metric == "loss" else "max",
         )
 
     def checkpoints_to_keep(self) -> int:
@@ -406,7 +441,7 @@ def _averaged_model(run: Run, best: Translator) -> Translator | None:
     window = averaging_window(run.ckpts.steps(), n, run.stopper.best_step)
     if n < 2 or len(window) < 2:
         return None
-    model = Seq2Seq(best.model.config)
+    model = type(best.model)(best.model.config)
     model.load_state_dict(average_checkpoints([run.ckpts.path_for(s) for s in window]))
     with replace_dir(run.run_dir / "averaged") as tmp:
         write_model_dir(tmp, model, best.src_tokenizer, best.tgt_tokenizer, best.settings)

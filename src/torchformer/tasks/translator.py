@@ -4,7 +4,8 @@ The public inference object of the translation task. A translation model directo
 (a run's ``best/``) holds:
 
 - ``config.json`` + ``model.safetensors``: the ``Seq2Seq`` model in our own layout
-  (``model_type: "torchformer-transformer"``, see ``checkpoints.t5``);
+  (``model_type: "torchformer-transformer"``, see ``checkpoints.t5``), or the RNN
+  encoder–decoder (``"torchformer-rnn"``, ``checkpoints.rnn``), or T5/BART in HF layout;
 - ``source_tokenizer.json`` and ``target_tokenizer.json`` (the same file twice for a
   joint vocabulary);
 - ``translation.json``: languages and decoding defaults (beam size, length penalty,
@@ -37,6 +38,7 @@ from torchformer.generate.beam import beam_search
 from torchformer.generate.generation import PrefixCache, uncached_seq2seq_step
 from torchformer.generate.greedy import greedy_decode
 from torchformer.io import JsonSettings, recover_dir
+from torchformer.models.rnn_seq2seq import RNNSeq2Seq
 from torchformer.models.seq2seq import Seq2Seq
 from torchformer.tasks.classifier import validate_texts
 from torchformer.tasks.translate_data import SOURCE_TOKENIZER, TARGET_TOKENIZER, EncodedPairs
@@ -81,7 +83,7 @@ def _banning(step, banned: torch.Tensor):
 
 @torch.inference_mode()
 def generate_ids(
-    model: Seq2Seq,
+    model: Seq2Seq | RNNSeq2Seq,
     sources: list[list[int]],
     *,
     beam_size: int = 1,
@@ -139,14 +141,14 @@ class Translator:
     """A trained (or loaded) translation model ready for ``translate()``.
 
     Args:
-        model: a ``Seq2Seq`` model.
+        model: a ``Seq2Seq`` or ``RNNSeq2Seq`` model.
         src_tokenizer / tgt_tokenizer: its tokenizers (the same object for a joint vocabulary).
         settings: languages and decoding defaults.
     """
 
     def __init__(
         self,
-        model: Seq2Seq,
+        model: Seq2Seq | RNNSeq2Seq,
         src_tokenizer: Tokenizer,
         tgt_tokenizer: Tokenizer,
         settings: TranslationSettings | None = None,
@@ -159,7 +161,7 @@ class Translator:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, **overrides) -> Translator:
         """Load a translation model directory (a run's ``best/``, or the run); ``overrides`` change
-        ``Seq2SeqConfig`` fields (e.g. ``attn_impl``).
+        the model config's fields (e.g. a Transformer's ``attn_impl``).
 
         Raises:
             FileNotFoundError: a tokenizer file is missing.
@@ -266,7 +268,7 @@ def run_model_dir(path: Path) -> Path:
 
 def write_model_dir(
     out_dir: str | os.PathLike,
-    model: Seq2Seq,
+    model: Seq2Seq | RNNSeq2Seq,
     src_tokenizer: Tokenizer,
     tgt_tokenizer: Tokenizer,
     settings: TranslationSettings,
