@@ -15,6 +15,7 @@ import torchformer
 from torchformer.cli import main
 from torchformer.config import load_config
 from torchformer.data.records import DataError
+from torchformer.models.rnn_seq2seq import PRESETS as RNN_PRESETS
 from torchformer.models.seq2seq import PRESETS
 from torchformer.tasks.translate import (
     TranslateConfig,
@@ -215,9 +216,15 @@ def test_bad_gzip_tsv_names_file_line_and_column(tmp_path: Path) -> None:
 def test_shipped_translation_configs_load() -> None:
     folder = Path(torchformer.__file__).parent / "configs"
     shipped = sorted(folder.glob("multi30k-*.yaml"), key=lambda p: p.stem)
-    names = ["multi30k-base", "multi30k-small", "multi30k-t5", "multi30k-t5-small"]
+    names = ["multi30k-base", "multi30k-rnn", "multi30k-small", "multi30k-t5", "multi30k-t5-small"]
     assert [p.stem for p in shipped] == names
-    for name in names[2:]:  # T5's text-to-text format: a task prefix before every source
+    rnn = load_config(TranslateConfig, folder / "multi30k-rnn.yaml")  # the RNN baseline
+    assert (
+        rnn.model.preset in RNN_PRESETS
+        and rnn.data == load_config(TranslateConfig, folder / "multi30k-small.yaml").data
+    )  # the Transformer's data, so the two compare
+    shipped.pop(1)
+    for name in names[3:]:  # T5's text-to-text format: a task prefix before every source
         config = load_config(TranslateConfig, folder / f"{name}.yaml")
         assert config.data.source_prefix == "translate German to English: "
         assert config.model.pretrained or PRESETS[config.model.preset].flavour == "t5"

@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         from torchformer.bench.faithfulness import main as bench_faithfulness
 
         return bench_faithfulness(argv[2:])
+    if argv[:2] == ["bench", "seq2seq-throughput"]:  # RNN vs Transformer training tokens/s
+        from torchformer.bench.seq2seq_throughput import main as bench_seq2seq
+
+        bench_seq2seq(argv[2:])
+        return 0
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Writes RUN/bench/deploy.json and deploy.md. `torchformer bench attention --help`: "
         "time and memory of each attention kind against dense SDPA as T grows. "
         "`torchformer bench faithfulness --help`: deletion curves of attention, rollout and "
-        "integrated gradients.",
+        "integrated gradients. `torchformer bench seq2seq-throughput --help`: training "
+        "target tokens/s of the RNN baseline vs the Transformer on the same Multi30k batches.",
     )
     p.add_argument("run", help="run directory (or an HF-layout model directory)")
     p.add_argument(

@@ -1,8 +1,10 @@
-"""Transformer building blocks: attention, masks, feed-forward, norms, positions, KV cache.
+"""Transformer building blocks: attention, masks, feed-forward, norms, positions, KV cache
+(and the additive attention of the RNN encoder–decoder the Transformer replaced).
 
 ``nn/`` imports torch only; every model in ``torchformer.models`` is built from these.
 """
 
+from torchformer.nn.additive_attention import AdditiveAttention
 from torchformer.nn.attention import MultiHeadAttention, fast_attention, reference_attention
 from torchformer.nn.cache import KVCache, LayerCache
 from torchformer.nn.feed_forward import FeedForward, GatedFeedForward, get_activation
@@ -14,6 +16,7 @@ from torchformer.nn.relative_position import RelativePositionBias
 from torchformer.nn.sparse import AttentionPattern, pattern_mask, sliding_window_attention
 
 __all__ = [
+    "AdditiveAttention",
     "AttentionPattern",
     "DecoderLayer",
     "EncoderLayer",
