@@ -11,21 +11,24 @@ the names exported here and never import a task's internals.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torchformer.checkpoints.hf import resolve_model_dir
-from torchformer.config import load_config
+from torchformer.config import load_config, read_yaml
 from torchformer.io import recover_dir
 from torchformer.tasks.classifier import SIDECAR_NAME, InferenceSettings, TextClassifier
+from torchformer.tasks.ensemble import EnsembleClassifier
 from torchformer.tasks.image_classifier import ImageClassifier, ImageSettings, Normalization
-from torchformer.tasks.registry import task_module, task_of_model_dir
+from torchformer.tasks.registry import ENSEMBLE_FILE, task_module, task_of_model_dir
 from torchformer.tasks.translator import Translator, generate_ids
 
 __all__ = [
     "SIDECAR_NAME",
+    "EnsembleClassifier",
     "ImageClassifier",
     "ImageSettings",
     "InferenceSettings",
@@ -36,6 +39,7 @@ __all__ = [
     "load",
     "task_config",
     "train",
+    "trainable_parameters",
 ]
 
 
@@ -45,7 +49,8 @@ def load(path: str | os.PathLike, **overrides: Any) -> Any:
     The task is the one the directory records (``torchformer.json`` / ``translation.json``),
     or, for a plain Hugging Face directory, the one task that claims its ``model_type``.
     Returns that task's object: a ``TextClassifier`` for classification, an
-    ``ImageClassifier`` for image classification, a ``Translator`` for translation.
+    ``ImageClassifier`` for image classification, a ``Translator`` for translation, and
+    an ``EnsembleClassifier`` for an ensemble directory (``ensemble.json``).
 
     Args:
         path: a run directory, a model directory, or a cached Hugging Face Hub name.
@@ -58,6 +63,8 @@ def load(path: str | os.PathLike, **overrides: Any) -> Any:
         CheckpointError: the weights do not fit the task's model.
     """
     run_or_model = resolve_model_dir(path)
+    if (run_or_model / ENSEMBLE_FILE).is_file():
+        return EnsembleClassifier.from_dir(run_or_model, **overrides)
     recover_dir(run_or_model / "best")  # a crash while the run replaced best/
     best = run_or_model / "best"
     model_dir = best if (best / "config.json").is_file() else run_or_model
@@ -85,3 +92,35 @@ def train(config: Any, *, resume: bool = False, overwrite: bool = False) -> Path
     """Train the task ``config.task`` names (a config from :func:`task_config`);
     returns the run directory."""
     return task_module(config.task).train(config, resume=resume, overwrite=overwrite)
+
+
+def trainable_parameters(run_dir: str | os.PathLike) -> int | None:
+    """How many parameters a run trained (those with ``requires_grad``).
+
+    Read from the run's ``manifest.json`` when it records ``trainable_parameters``;
+    otherwise a classification run's model is built again from its ``config.yaml`` as
+    training built it (its saved tokenizer, frozen parts frozen) and counted. None for
+    the other tasks when the manifest does not say.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no ``config.yaml``.
+    """
+    run_dir = Path(run_dir)
+    manifest_file = run_dir / "manifest.json"
+    if manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        for where in (manifest, manifest.get("extra") or {}):
+            if isinstance(where.get("trainable_parameters"), int):
+                return where["trainable_parameters"]
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml; not a run directory")
+    if read_yaml(config_file).get("task", "classification") != "classification":
+        return None
+    from torchformer.tasks.classify import ClassificationTask, ClassifyConfig
+
+    config = load_config(ClassifyConfig, config_file)
+    config.run_dir = str(run_dir)  # its saved tokenizer, wherever the run was started from
+    # As the loop prepares the model of a process that reads what rank 0 wrote.
+    model = ClassificationTask(config).prepare(run_dir, resume=True, main=False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "torchformer.cli.bench",
     "torchformer.cli.serve",
     "torchformer.cli.viz",
+    "torchformer.cli.ensemble",
+    "torchformer.cli.ablate",
 ]
 
 

@@ -2,6 +2,8 @@
 
 - ``onnx``: ``export_classifier(clf, out_dir)`` writes ``model.onnx`` + tokenizer, settings,
   labels and ``export.json``, after a parity grid against PyTorch (``ParityError`` beyond 1e-4).
+- ``ensemble_onnx``: an ensemble whose members share a tokenizer as one graph (reached through
+  ``export_classifier``), on the same parity grid.
 - ``quantize``: ``quantize_onnx``, ``accuracy_gate``, ``cpu_int8_support``.
 - ``runtime``: ``OnnxClassifier.from_dir(export_dir)`` — the ``TextClassifier.predict`` contract
   on onnxruntime.

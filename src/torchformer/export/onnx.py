@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from torchformer.api import TextClassifier
+from torchformer.api import EnsembleClassifier, TextClassifier
 from torchformer.models.long_document import max_input_length
 
 logger = logging.getLogger(__name__)
@@ -221,16 +221,33 @@ def export_model(
         opset: ONNX opset; SDPA maps to the ``Attention`` operator from 23 on.
     """
     attn_impl = resolve_attn_impl(attn_impl, opset)
+    graph = _LogitsOnly(with_attention(model, attn_impl))
+    return export_graph(
+        graph, path, attn_impl=attn_impl, opset=opset, max_length=max_input_length(model.config)
+    )
+
+
+def export_graph(
+    graph: nn.Module, path: str | os.PathLike, *, attn_impl: str, opset: int, max_length: int
+) -> Path:
+    """Write ``graph`` ((input_ids, attention_mask) (B, T) int64 -> logits (B, C)) as one
+    ONNX file with dynamic batch and sequence axes (1 <= T <= ``max_length``).
+
+    Args:
+        attn_impl: the attention path the graph's models already run ("sdpa" maps SDPA
+            to one ONNX ``Attention`` node from opset 23 on, "reference").
+        opset: ONNX opset.
+    """
     translations = {}
     if attn_impl == "sdpa" and opset >= ATTENTION_OPSET:
         translations[torch.ops.aten.scaled_dot_product_attention.default] = _sdpa_as_attention
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = _LogitsOnly(with_attention(model, attn_impl)).eval()
+    graph = graph.eval()
     example = (torch.full((2, 16), 5, dtype=torch.long), torch.ones(2, 16, dtype=torch.long))
     example[1][1, 10:] = 0  # one padded row, as in real batches
     batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = torch.export.Dim("sequence", min=1, max=max_input_length(model.config))
+    seq = torch.export.Dim("sequence", min=1, max=max_length)
     axes = {0: batch, 1: seq}
     with (
         warnings.catch_warnings(),
@@ -273,11 +290,16 @@ def check_parity(
     batches: tuple[int, ...] = GRID_BATCHES,
     lengths: tuple[int, ...],
     tolerance: float = DEFAULT_TOLERANCE,
+    vocab_size: int | None = None,
 ) -> ParityReport:
     """Compare ONNX logits with ``model``'s over batches × lengths (never raises on mismatch).
 
     Padded positions are part of the check only through the logits: padding is
     masked, so the logits of a row must not depend on it.
+
+    Args:
+        model: a classifier (its output's ``logits``) or a module returning logits (B, C).
+        vocab_size: the ids' range (default: ``model.config.vocab_size``).
     """
     from torchformer.export.session import make_session
 
@@ -286,11 +308,13 @@ def check_parity(
         session = make_session(session_or_path)
     report = ParityReport(tolerance=tolerance)
     model = model.eval()
+    vocab_size = vocab_size or model.config.vocab_size
     for batch in batches:
         for length in lengths:
-            input_ids, attention_mask = grid_inputs(model.config.vocab_size, batch, length)
+            input_ids, attention_mask = grid_inputs(vocab_size, batch, length)
             with torch.inference_mode():
-                expected = model(input_ids, attention_mask=attention_mask).logits.float().numpy()
+                out = model(input_ids, attention_mask=attention_mask)
+                expected = getattr(out, "logits", out).float().numpy()  # (B, C)
             feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
             report.cells.append(compare_cell(session, feed, expected, batch, length))
     return report
@@ -356,36 +380,80 @@ def export_classifier(
     truncation, cleaning), ``labels.json`` and ``export.json`` (opset, versions,
     input/output names, the parity grid and its verdict).
 
+    An ``EnsembleClassifier`` whose members share a tokenizer and preprocessing is
+    exported as one graph (``export.ensemble_onnx``).
+
     Raises:
         ParityError: a grid cell exceeds ``tolerance``; the files are kept for
             inspection and ``export.json`` records ``"passed": false``, which makes
             ``OnnxClassifier.from_dir`` refuse the directory.
+        ValueError: an ensemble whose members' tokenizers or preprocessing differ.
     """
+    options = dict(attn_impl=attn_impl, opset=opset, tolerance=tolerance, batches=batches)
+    if isinstance(clf, EnsembleClassifier):
+        from torchformer.export.ensemble_onnx import export_ensemble
+
+        return export_ensemble(clf, out_dir, **options, lengths=lengths, source=source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     attn_impl = resolve_attn_impl(attn_impl, opset)
     onnx_path = export_model(clf.model, out / ONNX_NAME, attn_impl=attn_impl, opset=opset)
-    clf.tokenizer.save(out / TOKENIZER_NAME)
-    clf.settings.write(out)
-    (out / LABELS_NAME).write_text(json.dumps(clf.labels, indent=2) + "\n", encoding="utf-8")
+    write_preprocessing(out, clf)
     lengths = lengths or default_grid_lengths(clf)
     report = check_parity(
         clf.model, onnx_path, batches=batches, lengths=lengths, tolerance=tolerance
     )
-    metadata = {
+    metadata = export_metadata(
+        onnx_path,
+        report,
+        opset=opset,
+        attn_impl=attn_impl,
+        labels=clf.labels,
+        max_sequence_length=max_input_length(clf.model.config),
+        source=source,
+    )
+    return finish_export(out, onnx_path, report, metadata)
+
+
+def write_preprocessing(out: Path, clf: TextClassifier) -> None:
+    """``tokenizer.json``, ``torchformer.json`` and ``labels.json``: what turns text into
+    the graph's inputs and its outputs into labels."""
+    clf.tokenizer.save(out / TOKENIZER_NAME)
+    clf.settings.write(out)
+    (out / LABELS_NAME).write_text(json.dumps(clf.labels, indent=2) + "\n", encoding="utf-8")
+
+
+def export_metadata(
+    onnx_path: Path,
+    report: ParityReport,
+    *,
+    opset: int,
+    attn_impl: str,
+    labels: list[str],
+    max_sequence_length: int,
+    source: str | None,
+) -> dict[str, Any]:
+    """The ``export.json`` of an exported text classifier."""
+    return {
         "format": "onnx",
         "opset": opset,
         "inputs": list(INPUT_NAMES),
         "output": OUTPUT_NAME,
         "dynamic_axes": {"batch": 0, "sequence": 1},
-        "max_sequence_length": max_input_length(clf.model.config),
+        "max_sequence_length": max_sequence_length,
         "attn_impl": attn_impl,
-        "labels": clf.labels,
+        "labels": labels,
         "source": source,
         "versions": _versions(),
         "files": {ONNX_NAME: {"bytes": onnx_path.stat().st_size, "sha256": sha256_of(onnx_path)}},
         "parity": report.to_dict(),
     }
+
+
+def finish_export(
+    out: Path, onnx_path: Path, report: ParityReport, metadata: dict[str, Any]
+) -> ExportResult:
+    """Write ``export.json``; raise ``ParityError`` when the grid failed (files kept)."""
     write_metadata(out, metadata)
     if not report.passed:
         raise ParityError(report, onnx_path)

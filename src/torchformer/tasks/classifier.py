@@ -161,15 +161,20 @@ class TextClassifier:
             TypeError / ValueError: a non-string text, or one that is empty (or empty
                 after the run's cleaning) or not valid Unicode, naming its index.
         """
-        probs = self.predict_proba(texts, batch_size=batch_size)
-        out = []
-        for row in probs.tolist():
-            best = max(range(len(row)), key=row.__getitem__)
-            out.append(
-                {
-                    "label": self.labels[best],
-                    "confidence": row[best],
-                    "probabilities": dict(zip(self.labels, row)),
-                }
-            )
-        return out
+        return predictions_of(self.predict_proba(texts, batch_size=batch_size), self.labels)
+
+
+def predictions_of(probs: Tensor, labels: list[str]) -> list[dict]:
+    """``predict()``'s answer for class probabilities ``probs`` (N, C) over ``labels``:
+    for each row ``{"label", "confidence", "probabilities": {label: p}}``."""
+    out = []
+    for row in probs.tolist():
+        best = max(range(len(row)), key=row.__getitem__)
+        out.append(
+            {
+                "label": labels[best],
+                "confidence": row[best],
+                "probabilities": dict(zip(labels, row)),
+            }
+        )
+    return out

@@ -14,6 +14,7 @@ exact resume, distribution over torchrun processes — is ``train.loop``'s.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from torchformer.checkpoints import load_pretrained, save_pretrained
+from torchformer.checkpoints.peft import save_adapter
 from torchformer.data.batching import (
     LengthBucketBatchSampler,
     TokenBudgetBatchSampler,
@@ -33,6 +35,7 @@ from torchformer.evaluate.classification import StreamingClassificationMetrics, 
 from torchformer.io import recover_dir
 from torchformer.models.encoder import EncoderForSequenceClassification, preset
 from torchformer.models.long_document import extend_position_embeddings
+from torchformer.nn.lora import apply_lora, lora_layers, merge_lora
 from torchformer.tasks.classifier import InferenceSettings, TextClassifier
 from torchformer.tasks.classify_data import (
     DataConfig,
@@ -43,16 +46,22 @@ from torchformer.tasks.classify_data import (
 )
 from torchformer.text.cleaning import TextCleaner, check_cleaning_steps
 from torchformer.text.tokenizer import Tokenizer
+from torchformer.train.adversarial import embedding_adversarial_loss
+from torchformer.train.checkpoint import unwrap_model
 from torchformer.train.distributed import World
 from torchformer.train.logging import fingerprint_records
 from torchformer.train.loop import LoopConfig, Run, fit
 from torchformer.train.optim import build_optimizer
+from torchformer.train.rdrop import rdrop_loss
 from torchformer.train.schedules import Scheduler, build_scheduler
 from torchformer.train.seed import seed_everything
+from torchformer.train.unfreeze import GradualUnfreezing
 
 logger = logging.getLogger(__name__)
 
 PACKAGED_MINILM = "minilm"
+MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # what the package holds
+ADAPTER_DIR = "adapter"  # best/adapter/: LoRA adapters in PEFT's format
 
 
 @dataclass
@@ -85,6 +94,14 @@ class ModelConfig:
         max_positions: extend the position table to this many positions by repeating
             the trained ones (Longformer's initialisation), to read whole documents with
             a sparse ``attention``.
+        lora_r: LoRA (Hu et al., 2021; ``nn.lora``): train rank-``lora_r`` adapters on
+            the ``lora_targets`` projections ("q", "k", "v", "out", "ffn_up",
+            "ffn_down", "ffn") and the new head (classifier and pooler), the rest of
+            the encoder frozen; ``lora_alpha`` scales the update by alpha / r,
+            ``lora_dropout`` drops the adapters' inputs. ``best/`` holds the merged
+            weights (a plain model for ``predict``, export and serving) and
+            ``best/adapter/`` the adapters in PEFT's format (``peft`` loads them onto the
+            ``transformers`` model). None: full fine-tuning.
     """
 
     base: str = PACKAGED_MINILM
@@ -101,6 +118,10 @@ class ModelConfig:
     attention: Literal["full", "sliding_window", "block_sparse", "lsh"] | None = None
     attention_window: int | None = None
     max_positions: int | None = None
+    lora_r: int | None = None
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = ("q", "v")
 
 
 @dataclass
@@ -119,14 +140,43 @@ class TokenizerConfig:
 
 @dataclass
 class TrainConfig(LoopConfig):
-    """The loop's settings (``train.loop.LoopConfig``) plus the classifier's batching.
+    """The loop's settings (``train.loop.LoopConfig``) plus the classifier's batching and
+    fine-tuning techniques (each off by default).
 
     ``batch_size`` is the global batch: under torchrun each of N processes trains on
     its share of every batch, so the same config trains the same model on any N.
-    ``max_tokens``: batches of similar lengths whose padded size (examples × longest)
-    stays within this many tokens, at most ``batch_size`` (``eval_batch_size``)
-    examples — fairseq's ``--max-tokens``: whole long documents then come a few at a
-    time instead of 32 at once (None: fixed ``batch_size``).
+
+    Attributes:
+        max_tokens: batches of similar lengths whose padded size (examples × longest)
+            stays within this many tokens, at most ``batch_size`` (``eval_batch_size``)
+            examples — fairseq's ``--max-tokens``: whole long documents then come a few
+            at a time instead of 32 at once (None: fixed ``batch_size``).
+        warmup_ratio: the fraction of the steps the rate warms up over (not with
+            ``schedule: stlr``, whose rise is its warm-up).
+        stlr_cut_frac: ``schedule: stlr`` (ULMFiT's slanted triangular rates,
+            ``train.schedules``): the fraction of the steps the rate rises for (0.1).
+        stlr_ratio: ``schedule: stlr``: how much smaller the first and last rates are
+            than the peak ``lr`` (32).
+        layer_lr_decay: discriminative learning rates (``train.optim``): the head gets
+            ``lr``, the top encoder layer ``lr * d``, the next ``lr * d**2``, ..., the
+            embeddings ``lr * d**(L + 1)``; ULMFiT's ``eta^(l-1) = eta^l / 2.6`` is
+            0.385, ELECTRA uses 0.8 (None: one rate).
+        unfreeze: gradual unfreezing (``train.unfreeze``): "off", "epoch" (train the
+            head alone for the first epoch, then one more layer group each epoch, from
+            the top layer down to the embeddings) or a number N (one more every N
+            optimizer steps). Not with ``model.freeze_encoder``. (In YAML write
+            ``"off"`` quoted: a bare ``off`` reads as false.)
+        adversarial: adversarial training on the embedding output (``train.adversarial``):
+            "none", "fgm" (Miyato et al., 2017) or "pgd" (Madry et al., 2018); the loss
+            is the clean loss plus ``adv_weight`` times the loss under a perturbation of
+            radius ``adv_epsilon`` per example (padding not perturbed).
+        adv_epsilon: the perturbation's L2 radius per example (1.0).
+        adv_weight: the weight of the adversarial loss (1.0).
+        pgd_steps: PGD's ascent steps K (3).
+        pgd_alpha: PGD's step size (0.3).
+        rdrop_alpha: R-Drop (Liang et al., 2021; ``train.rdrop``): two passes with
+            different dropout, their mean cross-entropy plus this times the symmetric
+            KL divergence between their predictions (0: off). Not with ``adversarial``.
     """
 
     batch_size: int = 32
@@ -134,6 +184,16 @@ class TrainConfig(LoopConfig):
     warmup_ratio: float = 0.06
     eval_batch_size: int = 64
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # early stopping and best/
+    stlr_cut_frac: float = 0.1
+    stlr_ratio: float = 32.0
+    layer_lr_decay: float | None = None
+    unfreeze: Literal["off", "epoch"] | int = "off"
+    adversarial: Literal["none", "fgm", "pgd"] = "none"
+    adv_epsilon: float = 1.0
+    adv_weight: float = 1.0
+    pgd_steps: int = 3
+    pgd_alpha: float = 0.3
+    rdrop_alpha: float = 0.0
 
 
 @dataclass
@@ -241,6 +301,16 @@ def build_model(
     if m.freeze_encoder:
         for p in model.encoder.parameters():
             p.requires_grad_(False)
+    if m.lora_r is not None:
+        summary = apply_lora(
+            model,
+            r=m.lora_r,
+            alpha=m.lora_alpha,
+            dropout=m.lora_dropout,
+            targets=m.lora_targets,
+            trainable=("classifier", "pooler"),
+        )
+        logger.info("LoRA: %s", summary)
     return model, tokenizer
 
 
@@ -401,7 +471,9 @@ class ClassificationTask:
     units = "samples"
 
     def __init__(self, config: ClassifyConfig) -> None:
+        check_finetuning(config)
         self.config = config
+        self.unfreezing: GradualUnfreezing | None = None
 
     def prepare(
         self, run_dir: Path, *, resume: bool, main: bool
@@ -422,35 +494,51 @@ class ClassificationTask:
                 "sizes": {k: len(v) for k, v in self.encoded.items()},
                 "labels": self.label_names,
                 "skipped_rows": self.splits.skipped,
+                # at the start (gradual unfreezing adds more later; LoRA: the adapters + head)
+                "trainable_parameters": sum(
+                    p.numel() for p in self.model.parameters() if p.requires_grad
+                ),
+                "parameters": sum(p.numel() for p in self.model.parameters()),
             },
         }
 
     def train_sampler(self, world: World) -> LengthBucketBatchSampler | TokenBudgetBatchSampler:
         tc, lengths = self.config.train, self.encoded["train"].lengths
         if tc.max_tokens is not None:
-            return TokenBudgetBatchSampler(
+            self.sampler = TokenBudgetBatchSampler(
                 lengths,
                 tc.max_tokens,
                 seed=tc.seed,
                 max_batch_size=tc.batch_size,
                 **world.sampler_args,
             )
-        return LengthBucketBatchSampler(lengths, tc.batch_size, seed=tc.seed, **world.sampler_args)
+        else:
+            self.sampler = LengthBucketBatchSampler(
+                lengths, tc.batch_size, seed=tc.seed, **world.sampler_args
+            )
+        return self.sampler  # its epoch drives gradual unfreezing
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(
-            model, lr=self.config.train.lr, weight_decay=self.config.train.weight_decay
+        tc = self.config.train
+        optimizer = build_optimizer(
+            model, lr=tc.lr, weight_decay=tc.weight_decay, layer_lr_decay=tc.layer_lr_decay
         )
+        if tc.unfreeze != "off":  # after the optimizer: it holds every parameter
+            self.unfreezing = GradualUnfreezing(model, tc.unfreeze)
+        return optimizer
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
         tc = self.config.train
-        return build_scheduler(
+        self.scheduler = build_scheduler(  # its step count drives gradual unfreezing
             optimizer,
             tc.schedule,
-            warmup_steps=int(tc.warmup_ratio * total_steps),
+            warmup_steps=0 if tc.schedule == "stlr" else int(tc.warmup_ratio * total_steps),
             total_steps=total_steps,
             plateau_mode="min" if tc.metric == "loss" else "max",
+            cut_frac=tc.stlr_cut_frac,
+            ratio=tc.stlr_ratio,
         )
+        return self.scheduler
 
     def checkpoints_to_keep(self) -> int:
         return self.config.train.keep_checkpoints
@@ -466,13 +554,40 @@ class ClassificationTask:
     def batch_loss(
         self, model: torch.nn.Module, indices: list[int], device: torch.device
     ) -> torch.Tensor:
+        """The batch's cross-entropy; with ``train.rdrop_alpha`` R-Drop's loss, with
+        ``train.adversarial`` the clean plus the weighted adversarial loss. (Extra
+        forward passes bypass the DDP wrapper, which expects one per backward.)"""
+        tc = self.config.train
+        if self.unfreezing is not None:  # the loop's position, as restored on resume
+            self.unfreezing.apply(step=self.scheduler.last_step, epoch=self.sampler.epoch)
         input_ids, attention_mask, labels = _batch(
             self.encoded["train"], indices, self.tokenizer.pad_id, device
         )
         weights = None if self.class_weights is None else self.class_weights.to(device)
-        return model(
-            input_ids, attention_mask=attention_mask, labels=labels, class_weights=weights
-        ).loss
+        if tc.rdrop_alpha > 0:  # the batch twice in one pass: two dropout masks
+            twice = model(input_ids.repeat(2, 1), attention_mask=attention_mask.repeat(2, 1))
+            first, second = twice.logits.chunk(2)
+            return rdrop_loss(first, second, labels, alpha=tc.rdrop_alpha, class_weights=weights)
+        nets = [unwrap_model(model), model]  # the first pass through DDP, the rest not
+
+        def loss_of() -> torch.Tensor:
+            net = nets.pop() if len(nets) > 1 else nets[0]
+            return net(
+                input_ids, attention_mask=attention_mask, labels=labels, class_weights=weights
+            ).loss
+
+        if tc.adversarial == "none":
+            return loss_of()
+        losses = embedding_adversarial_loss(
+            loss_of,
+            unwrap_model(model).encoder.embeddings,
+            pad_id=self.tokenizer.pad_id,
+            method=tc.adversarial,
+            epsilon=tc.adv_epsilon,
+            steps=tc.pgd_steps,
+            alpha=tc.pgd_alpha,
+        )
+        return losses.clean + tc.adv_weight * losses.adversarial
 
     def split_size(self, split: str) -> int:
         return len(self.encoded[split]) if split in self.encoded else 0
@@ -496,7 +611,16 @@ class ClassificationTask:
 
     def save_best(self, model: torch.nn.Module, directory: Path) -> None:
         # Not through TextClassifier, which would switch the model to eval mode (no dropout).
-        save_pretrained(model, directory, tokenizer=self.tokenizer)
+        if lora_layers(model):  # the merged weights: a plain model; the adapters beside them
+            save_pretrained(merge_lora(copy.deepcopy(model)), directory, tokenizer=self.tokenizer)
+            base = self.config.model.base
+            save_adapter(
+                model,
+                directory / ADAPTER_DIR,
+                base_model_name_or_path=MINILM_HUB_NAME if base == PACKAGED_MINILM else base,
+            )
+        else:
+            save_pretrained(model, directory, tokenizer=self.tokenizer)
         self.settings.write(directory)
 
     def finish(self, run: Run) -> None:
@@ -524,6 +648,40 @@ class ClassificationTask:
                 epoch=run.state.epoch,
                 split=f"best_{name}",
             )
+
+
+def check_finetuning(config: ClassifyConfig) -> None:
+    """Refuse settings of the fine-tuning techniques that cannot work, before a run starts.
+
+    Raises:
+        ValueError: naming the ``train.`` key at fault.
+    """
+    tc = config.train
+    problems = []
+    if tc.unfreeze != "off" and config.model.freeze_encoder:
+        problems.append("train.unfreeze needs model.freeze_encoder: false")
+    if isinstance(tc.unfreeze, int) and tc.unfreeze < 1:
+        problems.append(f"train.unfreeze must be 'off', 'epoch' or >= 1, got {tc.unfreeze}")
+    if tc.layer_lr_decay is not None and not 0 < tc.layer_lr_decay <= 1:
+        problems.append(f"train.layer_lr_decay must be in (0, 1], got {tc.layer_lr_decay}")
+    if tc.rdrop_alpha < 0:
+        problems.append(f"train.rdrop_alpha must be >= 0, got {tc.rdrop_alpha}")
+    m = config.model
+    if m.lora_r is not None:
+        if m.lora_r < 1:
+            problems.append(f"model.lora_r must be >= 1, got {m.lora_r}")
+        if m.freeze_encoder or tc.unfreeze != "off":
+            problems.append(
+                "model.lora_r cannot be combined with model.freeze_encoder or train.unfreeze"
+            )
+        if m.base == "scratch":
+            problems.append("model.lora_r adapts a pretrained model; model.base is 'scratch'")
+    if tc.rdrop_alpha > 0 and tc.adversarial != "none":
+        problems.append("train.rdrop_alpha and train.adversarial cannot be combined")
+    if tc.adversarial != "none" and min(tc.adv_epsilon, tc.pgd_alpha, tc.pgd_steps) <= 0:
+        problems.append("train.adv_epsilon, train.pgd_alpha and train.pgd_steps must be > 0")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def train(config: ClassifyConfig, **options: Any) -> Path:

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["TASKS", "TaskEntry", "get_task", "task_module", "task_of_model_dir"]
+__all__ = ["ENSEMBLE_FILE", "TASKS", "TaskEntry", "get_task", "task_module", "task_of_model_dir"]
+
+# An ensemble directory (``tasks.ensemble``) holds this file instead of weights: the
+# member model directories and their weights; its ``"task"`` is the members' task.
+ENSEMBLE_FILE = "ensemble.json"
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,8 @@ def _read_json(path: Path) -> dict:
 def task_of_model_dir(model_dir: str | os.PathLike) -> str:
     """The task a model directory belongs to.
 
-    Read from a task's sidecar (its ``"task"`` field); for a plain Hugging Face
-    directory, from ``config.json``'s ``model_type`` when exactly one task claims it.
+    Read from a task's sidecar (its ``"task"`` field) or an ensemble's ``ensemble.json``;
+    for a plain Hugging Face directory, from ``config.json``'s ``model_type`` when exactly one task claims it.
 
     Raises:
         ValueError: the directory names an unknown task, or its model type belongs to no
@@ -116,6 +120,10 @@ def task_of_model_dir(model_dir: str | os.PathLike) -> str:
         FileNotFoundError: no ``config.json`` and no sidecar.
     """
     model_dir = Path(model_dir)
+    if (model_dir / ENSEMBLE_FILE).is_file():  # an ensemble of this task's models
+        name = _read_json(model_dir / ENSEMBLE_FILE).get("task", "classification")
+        get_task(name)
+        return name
     for entry in TASKS.values():
         sidecar = model_dir / entry.sidecar
         if sidecar.is_file():

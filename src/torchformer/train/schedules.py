@@ -20,7 +20,17 @@ steps ``0 .. warmup_steps`` and reaches the full rate at ``n = warmup_steps``.
 ``plateau``        warm-up, then multiply by ``plateau_factor`` whenever the
                    evaluation metric has not improved for ``plateau_patience``
                    evaluations (like ``ReduceLROnPlateau``), floored at ``min_lr_ratio``
+``stlr``           slanted triangular (Howard & Ruder, 2018, eq. 3): with
+                   ``cut = floor(T * cut_frac)``, ``p = n / cut`` while ``n < cut``,
+                   else ``1 - (n - cut) / (cut * (1 / cut_frac - 1))``, and the factor
+                   is ``(1 + p * (ratio - 1)) / ratio``: a linear rise from
+                   ``1 / ratio`` to 1 over ``cut`` steps, then a linear fall back to
+                   ``1 / ratio`` at ``T = total_steps``; its rise is the warm-up
 =================  ==========================================================
+
+Every schedule scales each parameter group's own base rate, so the ratios between
+groups (discriminative learning rates, ``train.optim``) hold at every step; ``noam``
+keeps them too, relative to the group with the highest rate.
 """
 
 from __future__ import annotations
@@ -31,10 +41,17 @@ from typing import Any, Literal, get_args
 
 import torch
 
-__all__ = ["SCHEDULES", "ScheduleName", "Scheduler", "build_scheduler", "lr_multiplier"]
+__all__ = [
+    "SCHEDULES",
+    "ScheduleName",
+    "Scheduler",
+    "build_scheduler",
+    "lr_multiplier",
+    "slanted_triangular",
+]
 
 ScheduleName = Literal[  # for config dataclasses: `schedule: ScheduleName = "linear"`
-    "linear", "cosine", "constant", "inverse_sqrt", "noam", "plateau"
+    "linear", "cosine", "constant", "inverse_sqrt", "noam", "plateau", "stlr"
 ]
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
@@ -50,11 +67,14 @@ def lr_multiplier(
     warmup_steps: int = 0,
     total_steps: int | None = None,
     min_lr_ratio: float = 0.0,
+    cut_frac: float = 0.1,
+    ratio: float = 32.0,
 ) -> float:
     """The factor applied to the base learning rate after ``step`` optimizer steps.
 
     ``noam`` returns ``min(step**-0.5, step * warmup**-1.5)``; the scheduler multiplies it
-    by ``scale * d_model**-0.5``. ``plateau`` returns the warm-up factor only.
+    by ``scale * d_model**-0.5``. ``plateau`` returns the warm-up factor only. ``stlr``
+    uses ``cut_frac`` and ``ratio`` (see :func:`slanted_triangular`).
     """
     if name in ("linear", "cosine") and step < warmup_steps:
         return step / warmup_steps
@@ -75,7 +95,28 @@ def lr_multiplier(
         if step == 0:
             return 0.0
         return min(step**-0.5, step * max(1, warmup_steps) ** -1.5)
+    if name == "stlr":
+        assert total_steps is not None
+        return slanted_triangular(step, total_steps, cut_frac=cut_frac, ratio=ratio)
     raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def slanted_triangular(step: int, total_steps: int, *, cut_frac: float, ratio: float) -> float:
+    """ULMFiT's slanted triangular factor ``(1 + p * (ratio - 1)) / ratio`` (Howard & Ruder,
+    2018, eq. 3), with ``t = step`` and ``T = total_steps``.
+
+    ``p`` is clamped at 0: when ``T * cut_frac`` is not whole, the paper's fall
+    (over ``cut * (1 / cut_frac - 1)`` steps, slightly fewer than ``T - cut``) would
+    otherwise take the rate below ``1 / ratio``, and below 0, before step ``T``. A run
+    too short for a rise (``cut = 0``) falls over its ``T`` steps.
+    """
+    cut = math.floor(total_steps * cut_frac)
+    if step < cut:
+        p = step / cut
+    else:
+        fall = cut * (1.0 / cut_frac - 1.0) if cut > 0 else total_steps
+        p = max(0.0, 1.0 - (step - cut) / fall)
+    return (1.0 + p * (ratio - 1.0)) / ratio
 
 
 class Scheduler:
@@ -221,6 +262,8 @@ def build_scheduler(
     plateau_factor: float = 0.5,
     plateau_patience: int = 2,
     plateau_threshold: float = 1e-4,
+    cut_frac: float = 0.1,
+    ratio: float = 32.0,
 ) -> Scheduler:
     """Build a :class:`Scheduler` (see the module docstring for each schedule's formula).
 
@@ -228,10 +271,13 @@ def build_scheduler(
         optimizer: its groups' current ``lr`` are the base rates (ignored by ``noam``).
         name: one of :data:`SCHEDULES`.
         warmup_steps: steps of linear warm-up from 0.
-        total_steps: required by ``linear`` and ``cosine``.
+        total_steps: required by ``linear``, ``cosine`` and ``stlr``.
         min_lr_ratio: ``cosine``'s final rate and ``plateau``'s floor, as a fraction of base.
-        d_model, scale: ``noam`` only; the peak rate is ``scale * (d_model * warmup)**-0.5``.
+        d_model, scale: ``noam`` only; the peak rate is ``scale * (d_model * warmup)**-0.5``
+            (times each group's lr over the highest group lr).
         plateau_*: ``plateau`` only; ``mode`` says whether the metric should go up or down.
+        cut_frac, ratio: ``stlr`` only: the fraction of the steps the rate rises for, and
+            how much smaller the lowest rate is than the peak (ULMFiT: 0.1 and 32).
 
     Raises:
         ValueError: unknown name, or a parameter the schedule needs is missing or invalid.
@@ -240,13 +286,15 @@ def build_scheduler(
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if name in ("linear", "cosine"):
+    if name in ("linear", "cosine", "stlr"):
         if total_steps is None or total_steps <= 0:
             raise ValueError(f"schedule {name!r} needs total_steps > 0, got {total_steps}")
         if warmup_steps > total_steps:
             raise ValueError(f"warmup_steps ({warmup_steps}) > total_steps ({total_steps})")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    if name == "stlr":
+        _check_stlr(warmup_steps, cut_frac, ratio)
 
     def multiplier(step: int) -> float:
         return lr_multiplier(
@@ -255,13 +303,18 @@ def build_scheduler(
             warmup_steps=warmup_steps,
             total_steps=total_steps,
             min_lr_ratio=min_lr_ratio,
+            cut_frac=cut_frac,
+            ratio=ratio,
         )
 
     base_lrs = None
     if name == "noam":
         if d_model is None or d_model <= 0:
             raise ValueError("schedule 'noam' needs d_model > 0")
-        base_lrs = [scale * d_model**-0.5] * len(optimizer.param_groups)
+        # Groups with different rates (discriminative lrs) keep their ratios.
+        group_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        top = max(group_lrs)
+        base_lrs = [scale * d_model**-0.5 * (lr / top if top > 0 else 1.0) for lr in group_lrs]
     plateau = None
     if name == "plateau":
         plateau = _Plateau(
@@ -278,3 +331,15 @@ def build_scheduler(
         plateau=plateau,
         min_lr_ratio=min_lr_ratio if name == "plateau" else 0.0,
     )
+
+
+def _check_stlr(warmup_steps: int, cut_frac: float, ratio: float) -> None:
+    if warmup_steps:
+        raise ValueError(
+            f"schedule 'stlr' rises over its first cut_frac of the steps (its own warm-up); "
+            f"set the warm-up to 0, got warmup_steps={warmup_steps}"
+        )
+    if not 0.0 < cut_frac < 1.0:
+        raise ValueError(f"stlr cut_frac must be in (0, 1), got {cut_frac}")
+    if ratio < 1.0:
+        raise ValueError(f"stlr ratio must be >= 1, got {ratio}")

@@ -1,0 +1,75 @@
+"""LoRA in the classification task (``model.lora_r``): only the adapters and the head
+train, ``best/`` is the merged plain model and ``best/adapter/`` the PEFT-format adapter
+that gives the same outputs on the base model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_classify_craft import checkpoints, craft_config
+
+import torchformer
+from torchformer.checkpoints import load_pretrained
+from torchformer.checkpoints.peft import load_adapter
+from torchformer.tasks.classify import train
+
+LORA = {"model.lora_r": 4, "model.lora_alpha": 8.0, "model.lora_dropout": 0.0,
+        "train.epochs": 1, "train.lr": 1e-2, "train.checkpoint_every": 1}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir) -> Path:
+    folder = tmp_path_factory.mktemp("lora")
+    return train(craft_config(folder, **LORA, **{"model.base": str(tiny_model_dir),
+                                                  "tokenizer.path": None}))  # fmt: skip
+
+
+def test_only_the_adapters_and_the_head_train(lora_run: Path, tiny_model_dir: Path) -> None:
+    extra = json.loads((lora_run / "manifest.json").read_text())["extra"]
+    steps = checkpoints(lora_run)
+    first, last = steps[min(steps)]["model"], steps[max(steps)]["model"]
+    base, _ = load_pretrained(tiny_model_dir, task="classification")
+    base_state = base.state_dict()
+    adapters = [k for k in last if ".lora_A." in k or ".lora_B." in k]
+    assert adapters and all(".q_proj." in k or ".v_proj." in k for k in adapters)
+    head = [k for k in last if k.startswith(("classifier.", "encoder.pooler."))]
+    counted = sum(last[k].numel() for k in adapters + head)
+    assert extra["trainable_parameters"] == counted < extra["parameters"]
+    for key, value in last.items():
+        if key in adapters or key in head:
+            continue
+        torch.testing.assert_close(value, base_state[key], rtol=0, atol=0, msg=key)  # frozen
+    assert any(not torch.equal(last[k], first[k]) for k in adapters if ".lora_B." in k)
+
+
+def test_best_is_the_merged_model_and_the_adapter_reproduces_it(
+    lora_run: Path, tiny_model_dir: Path
+) -> None:
+    best = lora_run / "best"
+    config = json.loads((best / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["base_model_name_or_path"] == str(tiny_model_dir)
+    classifier = torchformer.load(lora_run)  # a plain model: no LoRA modules
+    assert not any("lora" in name for name, _ in classifier.model.named_parameters())
+    pooling = classifier.model.config.pooling  # the run's (the craft config's "mean")
+    model, _ = load_pretrained(tiny_model_dir, task="classification", pooling=pooling)
+    load_adapter(model, best / "adapter")
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 6, 3, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        merged = classifier.model(ids, attention_mask=mask).logits
+        adapted = model.eval()(ids, attention_mask=mask).logits
+    torch.testing.assert_close(adapted, merged, rtol=0, atol=1e-5)
+    base, _ = load_pretrained(tiny_model_dir, task="classification", pooling=pooling)
+    with torch.no_grad():
+        assert not torch.allclose(base.eval()(ids, attention_mask=mask).logits, merged)
+
+
+def test_lora_combinations_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"model\.lora_r adapts a pretrained model"):
+        train(craft_config(tmp_path, **{"model.lora_r": 4}))
+    with pytest.raises(ValueError, match=r"cannot be combined with model\.freeze_encoder"):
+        train(craft_config(tmp_path, **{"model.lora_r": 4, "model.base": "minilm",
+                                        "model.freeze_encoder": True}))  # fmt: skip
