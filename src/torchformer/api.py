@@ -35,6 +35,7 @@ __all__ = [
     "Normalization",
     "TextClassifier",
     "Translator",
+    "check_config",
     "generate_ids",
     "load",
     "task_config",
@@ -92,6 +93,18 @@ def train(config: Any, *, resume: bool = False, overwrite: bool = False) -> Path
     """Train the task ``config.task`` names (a config from :func:`task_config`);
     returns the run directory."""
     return task_module(config.task).train(config, resume=resume, overwrite=overwrite)
+
+
+def check_config(config: Any) -> None:
+    """Refuse settings the task of ``config`` cannot train with, before any run starts
+    (a task module's ``check_config``, where it has one).
+
+    Raises:
+        ValueError: naming the config key at fault.
+    """
+    checker = getattr(task_module(config.task), "check_config", None)
+    if checker is not None:
+        checker(config)
 
 
 def trainable_parameters(run_dir: str | os.PathLike) -> int | None:

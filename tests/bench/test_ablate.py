@@ -145,3 +145,15 @@ def test_reading_and_variant_parsing():
     for bad in ("nolist", "baseline=--train.lr 1", "a/b=--train.lr 1", "x=train.lr 1", "y="):
         with pytest.raises(ValueError):
             parse_variant(bad)
+
+
+def test_a_variant_the_task_cannot_run_is_refused_before_any_run(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run started before every variant was checked")
+
+    monkeypatch.setattr(api, "train", no_training)
+    bad = Variant("both", ["--train.rdrop_alpha", "1.0", "--train.adversarial", "fgm"])
+    with pytest.raises(ValueError, match=r"rdrop_alpha and train\.adversarial"):
+        run_ablation(
+            tiny_config(tmp_path), [Variant("ok", []), bad], seeds=1, out_dir=tmp_path / "a"
+        )

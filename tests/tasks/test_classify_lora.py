@@ -14,9 +14,11 @@ from test_classify_craft import checkpoints, craft_config
 import torchformer
 from torchformer.checkpoints import load_pretrained
 from torchformer.checkpoints.peft import load_adapter
-from torchformer.tasks.classify import train
+from torchformer.tasks.classify import ClassificationTask, train
+from torchformer.tasks.ensemble import average_run
 
 LORA = {"model.lora_r": 4, "model.lora_alpha": 8.0, "model.lora_dropout": 0.0,
+        "model.pooling": "pooler",  # transformers' BERT classifier: the adapter reproduces it
         "train.epochs": 1, "train.lr": 1e-2, "train.checkpoint_every": 1}  # fmt: skip
 
 
@@ -53,7 +55,7 @@ def test_best_is_the_merged_model_and_the_adapter_reproduces_it(
     assert config["r"] == 4 and config["base_model_name_or_path"] == str(tiny_model_dir)
     classifier = torchformer.load(lora_run)  # a plain model: no LoRA modules
     assert not any("lora" in name for name, _ in classifier.model.named_parameters())
-    pooling = classifier.model.config.pooling  # the run's (the craft config's "mean")
+    pooling = classifier.model.config.pooling  # the run's: "pooler"
     model, _ = load_pretrained(tiny_model_dir, task="classification", pooling=pooling)
     load_adapter(model, best / "adapter")
     ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 6, 3, 0]])
@@ -73,3 +75,24 @@ def test_lora_combinations_that_cannot_work_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot be combined with model\.freeze_encoder"):
         train(craft_config(tmp_path, **{"model.lora_r": 4, "model.base": "minilm",
                                         "model.freeze_encoder": True}))  # fmt: skip
+
+
+def test_no_adapter_is_written_where_peft_would_not_reproduce_the_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Mean pooling: transformers' BERT classifier reads the pooler, so a PEFT adapter
+    would give another model; best/ is still the merged model, and the pooler (unused)
+    stays frozen."""
+    config = craft_config(tmp_path, **{**LORA, "model.pooling": "mean",
+                                       "model.base": str(tiny_model_dir), "tokenizer.path": None})  # fmt: skip
+    task = ClassificationTask(config)
+    model = task.prepare(tmp_path / "run", resume=False, main=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any("pooler" in n for n in trainable) and "classifier.weight" in trainable
+    task.save_best(model, tmp_path / "best")
+    assert (tmp_path / "best/config.json").is_file() and not (tmp_path / "best/adapter").exists()
+
+
+def test_averaging_a_lora_run_is_refused(lora_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="LoRA run"):
+        average_run(lora_run, tmp_path / "avg", last=2)

@@ -189,3 +189,19 @@ def test_average_writes_the_mean_of_the_last_checkpoints_up_to_the_best(tmp_path
     assert averaged.tokenizer.backend.to_str() == best.tokenizer.backend.to_str()
     too_many = ["ensemble", "--average", str(run), "--last", "50", "--out", str(tmp_path / "x")]
     assert main(too_many) == 2 and not (tmp_path / "x").exists()
+
+
+def test_output_over_a_member_or_foreign_files_is_refused(member_runs, tmp_path):
+    a, b = member_runs
+    for out in (a, a / "best", a.parent):  # the member, inside it, or around it
+        with pytest.raises(ValueError, match="which it is built from"):
+            write_ensemble(out, [a, b], overwrite=True)
+    assert (a / "best" / "config.json").is_file()  # nothing of the member was touched
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an ensemble or averaged model"):
+        write_ensemble(foreign, [a, b], overwrite=True)
+    assert (foreign / "todo.txt").read_text() == "mine"
+    write_ensemble(tmp_path / "ens", [a, b])
+    write_ensemble(tmp_path / "ens", [b, a], overwrite=True)  # an ensemble of ours: replaced

@@ -128,7 +128,8 @@ def _run_one(
     config = api.task_config(
         task, config_path, [*overrides, "--train.seed", str(seed), "--run_dir", str(run_dir)]
     )
-    resumed = (run_dir / "config.yaml").is_file()  # interrupted before its record
+    # interrupted before its record (a run writes its tokenizer before config.yaml)
+    resumed = run_dir.is_dir() and any(run_dir.iterdir())
     log(f"{variant.name} seed {seed}: {'resuming' if resumed else 'training'} in {run_dir}")
     start = time.perf_counter()
     api.train(config, resume=resumed)
@@ -199,8 +200,8 @@ def run_ablation(
         raise ValueError(f"--seeds {seeds}: at least one seed")
     task, common = _task_of(config_path), list(common)
     base_seed = api.task_config(task, config_path, common).train.seed  # checks the overrides
-    for v in variants:  # every variant's overrides are checked before the first run
-        api.task_config(task, config_path, [*common, *v.overrides])
+    for v in variants:  # every variant is checked before the first run
+        api.check_config(api.task_config(task, config_path, [*common, *v.overrides]))
     out = Path(out_dir) if out_dir else Path("runs") / f"ablation-{config_path.stem}"
     all_variants = [Variant(BASELINE, []), *variants]
     seed_list = [base_seed + i for i in range(seeds)]

@@ -96,9 +96,10 @@ class ModelConfig:
             a sparse ``attention``.
         lora_r: LoRA (Hu et al., 2021; ``nn.lora``): train rank-``lora_r`` adapters on
             the ``lora_targets`` projections ("q", "k", "v", "out", "ffn_up",
-            "ffn_down", "ffn") and the new head (classifier and pooler), the rest of
-            the encoder frozen; ``lora_alpha`` scales the update by alpha / r,
-            ``lora_dropout`` drops the adapters' inputs. ``best/`` holds the merged
+            "ffn_down", "ffn") and the new head (the classifier, and the pooler with
+            ``pooling: pooler``), the rest of the encoder frozen; ``lora_alpha``
+            scales the update by alpha / r, ``lora_dropout`` drops the adapters'
+            inputs. ``best/`` holds the merged
             weights (a plain model for ``predict``, export and serving) and
             ``best/adapter/`` the adapters in PEFT's format (``peft`` loads them onto the
             ``transformers`` model). None: full fine-tuning.
@@ -160,7 +161,7 @@ class TrainConfig(LoopConfig):
         layer_lr_decay: discriminative learning rates (``train.optim``): the head gets
             ``lr``, the top encoder layer ``lr * d``, the next ``lr * d**2``, ..., the
             embeddings ``lr * d**(L + 1)``; ULMFiT's ``eta^(l-1) = eta^l / 2.6`` is
-            0.385, ELECTRA uses 0.8 (None: one rate).
+            0.385; BEiT-style fine-tuning uses 0.65-0.8 (None: one rate).
         unfreeze: gradual unfreezing (``train.unfreeze``): "off", "epoch" (train the
             head alone for the first epoch, then one more layer group each epoch, from
             the top layer down to the embeddings) or a number N (one more every N
@@ -308,10 +309,21 @@ def build_model(
             alpha=m.lora_alpha,
             dropout=m.lora_dropout,
             targets=m.lora_targets,
-            trainable=("classifier", "pooler"),
+            trainable=new_head(m),
         )
         logger.info("LoRA: %s", summary)
     return model, tokenizer
+
+
+def new_head(m: ModelConfig) -> tuple[str, ...]:
+    """The modules LoRA leaves trainable: the classifier, the pooler when it is used
+    (pooling "pooler") and chunk-and-pool's attention scorer."""
+    head = ["classifier"]
+    if m.pooling == "pooler":
+        head.append("pooler")
+    if m.long_document == "chunks" and m.chunk_pooling == "attention":
+        head.append("chunk_scorer")
+    return tuple(head)
 
 
 def _chunk_ids(m: ModelConfig, tokenizer: Tokenizer) -> dict[str, int]:
@@ -474,6 +486,7 @@ class ClassificationTask:
         check_finetuning(config)
         self.config = config
         self.unfreezing: GradualUnfreezing | None = None
+        self._adapter_note = False  # "best/adapter/ not written" said once
 
     def prepare(
         self, run_dir: Path, *, resume: bool, main: bool
@@ -525,6 +538,7 @@ class ClassificationTask:
         )
         if tc.unfreeze != "off":  # after the optimizer: it holds every parameter
             self.unfreezing = GradualUnfreezing(model, tc.unfreeze)
+            self.unfreezing.apply(step=0, epoch=0)  # the head alone, as the run starts
         return optimizer
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
@@ -613,12 +627,16 @@ class ClassificationTask:
         # Not through TextClassifier, which would switch the model to eval mode (no dropout).
         if lora_layers(model):  # the merged weights: a plain model; the adapters beside them
             save_pretrained(merge_lora(copy.deepcopy(model)), directory, tokenizer=self.tokenizer)
-            base = self.config.model.base
-            save_adapter(
-                model,
-                directory / ADAPTER_DIR,
-                base_model_name_or_path=MINILM_HUB_NAME if base == PACKAGED_MINILM else base,
-            )
+            base, why_not = self.config.model.base, peft_mismatch(model, self.config.model)
+            if why_not is None:
+                save_adapter(
+                    model,
+                    directory / ADAPTER_DIR,
+                    base_model_name_or_path=MINILM_HUB_NAME if base == PACKAGED_MINILM else base,
+                )
+            elif not self._adapter_note:
+                logger.info("best/%s/ not written: %s", ADAPTER_DIR, why_not)
+                self._adapter_note = True
         else:
             save_pretrained(model, directory, tokenizer=self.tokenizer)
         self.settings.write(directory)
@@ -650,6 +668,20 @@ class ClassificationTask:
             )
 
 
+def peft_mismatch(model: torch.nn.Module, m: ModelConfig) -> str | None:
+    """Why a LoRA classifier's adapters would not reproduce it on ``transformers``'
+    ``BertForSequenceClassification`` under ``peft`` (None: they would)."""
+    if getattr(model.config, "flavour", None) != "bert":
+        return f"PEFT-format adapters are written for BERT models ({m.base} is not one)"
+    if m.pooling != "pooler":
+        return f"transformers' BERT classifier reads the pooler; this one pools by {m.pooling!r}"
+    if m.long_document != "truncate" or m.max_positions is not None:
+        return "transformers' BERT classifier reads one truncated sequence"
+    if m.attention not in (None, "full"):
+        return f"transformers' BERT has full attention, not {m.attention!r}"
+    return None
+
+
 def check_finetuning(config: ClassifyConfig) -> None:
     """Refuse settings of the fine-tuning techniques that cannot work, before a run starts.
 
@@ -676,12 +708,31 @@ def check_finetuning(config: ClassifyConfig) -> None:
             )
         if m.base == "scratch":
             problems.append("model.lora_r adapts a pretrained model; model.base is 'scratch'")
+        if m.max_positions is not None:
+            problems.append(
+                "model.lora_r cannot be combined with model.max_positions (the new position "
+                "rows would stay untrained)"
+            )
+        if not 0 <= m.lora_dropout < 1:
+            problems.append(f"model.lora_dropout must be in [0, 1), got {m.lora_dropout}")
+    if tc.rdrop_alpha > 0 and config.data.class_weights:
+        problems.append("train.rdrop_alpha cannot be combined with data.class_weights")
+    if tc.adv_weight < 0:
+        problems.append(f"train.adv_weight must be >= 0, got {tc.adv_weight}")
+    if tc.schedule == "stlr" and not (0 < tc.stlr_cut_frac < 1 and tc.stlr_ratio >= 1):
+        problems.append(
+            f"train.stlr_cut_frac must be in (0, 1) and train.stlr_ratio >= 1, got "
+            f"{tc.stlr_cut_frac} and {tc.stlr_ratio}"
+        )
     if tc.rdrop_alpha > 0 and tc.adversarial != "none":
         problems.append("train.rdrop_alpha and train.adversarial cannot be combined")
     if tc.adversarial != "none" and min(tc.adv_epsilon, tc.pgd_alpha, tc.pgd_steps) <= 0:
         problems.append("train.adv_epsilon, train.pgd_alpha and train.pgd_steps must be > 0")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+check_config = check_finetuning  # what ``torchformer.api.check_config`` calls
 
 
 def train(config: ClassifyConfig, **options: Any) -> Path:

@@ -246,9 +246,8 @@ def write_ensemble(
         ValueError: see :class:`EnsembleClassifier` and :func:`member_model_dir`.
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     member_dirs = [member_model_dir(m) for m in members]
+    _check_output(out, [Path(m) for m in members] + member_dirs, overwrite=overwrite)
     names = [str(m) for m in members]
     loaded = [TextClassifier.from_dir(d) for d in member_dirs]
     ensemble = EnsembleClassifier(loaded, weights, names=names)  # checks labels and weights
@@ -262,6 +261,31 @@ def write_ensemble(
         atomic_write_text(tmp / ENSEMBLE_FILE, json.dumps(spec, indent=2) + "\n")
     ensemble.path = out
     return ensemble
+
+
+def _check_output(out: Path, inputs: Sequence[Path], *, overwrite: bool) -> None:
+    """Refuse to write ``out`` over what it is made from, or over a directory that is
+    not one of ours (an ensemble or averaged model) even with ``overwrite``.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is off, or it holds something
+            other than an earlier ensemble / averaged model.
+        ValueError: ``out`` is, contains or lies inside one of ``inputs``.
+    """
+    target = out.resolve()
+    for source in inputs:
+        src = source.resolve()
+        if target == src or src.is_relative_to(target) or target.is_relative_to(src):
+            raise ValueError(f"--out {out}: would overwrite {source}, which it is built from")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    ours = (out / ENSEMBLE_FILE).is_file() or (out / AVERAGING_FILE).is_file()
+    if not ours and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out} holds files that are not an ensemble or averaged model; not replaced"
+        )
 
 
 # ----------------------------------------------------------------------- checkpoint averaging
@@ -315,8 +339,7 @@ def average_run(
     if not (run / "best" / "config.json").is_file():
         raise FileNotFoundError(f"{run}: no best/ model; expected a finished classification run")
     best = member_model_dir(run)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    _check_output(out, [run, best], overwrite=overwrite)
     paths = checkpoint_paths(run)
     best_step = best_step_of(run)
     window = averaging_window(list(paths), last, best_step)
@@ -327,8 +350,14 @@ def average_run(
             f"--train.keep_checkpoints (at least {last} plus the patience) and "
             "--train.eval_every or --train.checkpoint_every so that enough are kept"
         )
+    averaged = average_checkpoints([paths[s] for s in window])
+    if any(".lora_A." in key for key in averaged):
+        raise ValueError(
+            f"{run}: a LoRA run (model.lora_r); the mean of the adapters' A and B matrices "
+            "is not the mean of their updates B·A, so its checkpoints are not averaged"
+        )
     clf = TextClassifier.from_dir(best)
-    clf.model.load_state_dict(average_checkpoints([paths[s] for s in window]))
+    clf.model.load_state_dict(averaged)
     record = {"run": str(run.resolve()), "steps": window, "best_step": best_step}
     with replace_dir(out) as tmp:
         clf.save(tmp)

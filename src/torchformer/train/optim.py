@@ -14,7 +14,8 @@ Discriminative (layer-wise) learning rates, ``layer_lr_decay = d``: the paramete
 grouped by depth from the top (:func:`layer_groups`): the head (classifier, pooler and
 anything else outside the encoder's stack) gets ``lr``, the top layer ``lr * d``, the
 next ``lr * d**2``, ..., the embeddings ``lr * d**(L + 1)``: the layer-wise decay of
-ELECTRA (Clark et al., 2020) and BEiT. ULMFiT's rule (Howard & Ruder, 2018, sec. 3.2)
+BEiT (Bao et al., 2022; ELECTRA's differs by one power of ``d``: its top layer gets
+``lr * d**2``). ULMFiT's rule (Howard & Ruder, 2018, sec. 3.2)
 ``eta^(l-1) = eta^l / 2.6`` is ``d = 1 / 2.6``. Inside each depth the decay / no-decay
 split above still holds: groups ``head.decay``, ``head.no_decay``, ``layer_3.decay``
 (the encoder's ``layers.3``), ..., ``embeddings.no_decay``. Schedules scale each group's
