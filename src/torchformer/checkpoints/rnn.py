@@ -10,54 +10,9 @@ translation model.
 
 from __future__ import annotations
 
-from dataclasses import fields
-from pathlib import Path
-
-from torch import Tensor, nn
-
-from torchformer.checkpoints.hf import CheckpointError, LoadReport, load_state_strict
-from torchformer.config import ConfigError, config_from_dict, config_to_dict
+from torchformer.checkpoints.own_layout import own_layout_family
 from torchformer.models.rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig
 
 MODEL_TYPE = "torchformer-rnn"
 
-
-def config_from_hf(hf: dict, *, source: str = "config.json") -> RNNSeq2SeqConfig:
-    """Our config from ``config.json``; an unknown key or bad value names the file."""
-    data = {k: v for k, v in hf.items() if k not in ("model_type", "architectures")}
-    unknown = sorted(set(data) - {f.name for f in fields(RNNSeq2SeqConfig)})
-    if unknown:
-        raise CheckpointError(f"{source}: unknown keys {', '.join(unknown)} for {MODEL_TYPE}")
-    try:
-        return config_from_dict(RNNSeq2SeqConfig, data, source=source)
-    except (ConfigError, ValueError) as e:
-        raise CheckpointError(str(e)) from e
-
-
-def config_to_hf(config: RNNSeq2SeqConfig, *, architecture: str = "RNNSeq2Seq") -> dict:
-    return {"model_type": MODEL_TYPE, "architectures": [architecture], **config_to_dict(config)}
-
-
-def state_to_hf(model: nn.Module) -> dict[str, Tensor]:
-    return dict(model.state_dict())
-
-
-def load_into(model: nn.Module, state: dict[str, Tensor], *, source: str) -> LoadReport:
-    return load_state_strict(model, dict(state), source=str(Path(source)))
-
-
-def _family():
-    from torchformer.checkpoints.registry import Family
-
-    return Family(
-        model_types=(MODEL_TYPE,),
-        config_from_hf=config_from_hf,
-        config_to_hf=config_to_hf,
-        tasks={"seq2seq_lm": RNNSeq2Seq},
-        architectures={RNNSeq2Seq: "RNNSeq2Seq"},
-        load_into=load_into,
-        state_to_hf=state_to_hf,
-    )
-
-
-FAMILY = _family()
+FAMILY = own_layout_family(MODEL_TYPE, RNNSeq2SeqConfig, "seq2seq_lm", RNNSeq2Seq)
