@@ -4,14 +4,13 @@ the embeddings (FGM, PGD) and R-Drop — config, batch loss and exact resume."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from test_classify import toy_rows, write_csv
 
 import torchformer
 from torchformer.config import ConfigError, load_config, save_config
@@ -20,30 +19,7 @@ from torchformer.tasks.classify import ClassificationTask, ClassifyConfig, train
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.checkpoint import load_checkpoint
 
-POS = ["great", "wonderful", "superb", "moving", "brilliant", "funny", "loved", "beautiful"]
-NEG = ["awful", "boring", "dull", "terrible", "worst", "bad", "hated", "tedious"]
-FILLER = ["the", "film", "movie", "plot", "actors", "was", "really", "and", "story", "a", "this"]
-
-
-def craft_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 else "neg"
-        words = rng.choices(FILLER, k=rng.randint(3, 12)) + rng.choices(
-            POS if label == "pos" else NEG, k=2
-        )
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
-
-def craft_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+craft_rows, craft_csv = toy_rows, write_csv  # the classification tests' toy reviews
 
 
 def craft_config(tmp_path: Path, run: str = "run", **overrides) -> ClassifyConfig:
