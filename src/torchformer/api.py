@@ -21,7 +21,7 @@ from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.config import load_config, read_yaml
 from torchformer.io import recover_dir
 from torchformer.tasks.classifier import SIDECAR_NAME, InferenceSettings, TextClassifier
-from torchformer.tasks.ensemble import EnsembleClassifier
+from torchformer.tasks.ensemble import EnsembleClassifier, write_ensemble
 from torchformer.tasks.image_classifier import ImageClassifier, ImageSettings, Normalization
 from torchformer.tasks.registry import ENSEMBLE_FILE, task_module, task_of_model_dir
 from torchformer.tasks.translator import Translator, generate_ids
@@ -36,11 +36,13 @@ __all__ = [
     "TextClassifier",
     "Translator",
     "check_config",
+    "evaluate_on_config",
     "generate_ids",
     "load",
     "task_config",
     "train",
     "trainable_parameters",
+    "write_ensemble",
 ]
 
 
@@ -105,6 +107,25 @@ def check_config(config: Any) -> None:
     checker = getattr(task_module(config.task), "check_config", None)
     if checker is not None:
         checker(config)
+
+
+def evaluate_on_config(
+    model: Any, config: Any, split: str = "test", *, batch_size: int | None = None
+) -> dict:
+    """Metrics of a loaded model on a split of the data a task config describes, drawn
+    exactly as a run with that config draws it (same files, same seeded samples).
+
+    Classification only (a ``TextClassifier`` or an ``EnsembleClassifier``): used by
+    ``torchformer ablate --ensemble`` to score an ensemble of seeds on each seed's
+    own test sample.
+
+    Raises:
+        ValueError: a task without this evaluation, or a split the config lacks.
+    """
+    evaluate = getattr(task_module(config.task), "evaluate_on_config", None)
+    if evaluate is None:
+        raise ValueError(f"task {config.task!r} has no evaluation on a config's split")
+    return evaluate(model, config, split, batch_size=batch_size)
 
 
 def trainable_parameters(run_dir: str | os.PathLike) -> int | None:

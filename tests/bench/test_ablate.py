@@ -157,3 +157,68 @@ def test_a_variant_the_task_cannot_run_is_refused_before_any_run(tmp_path, monke
         run_ablation(
             tiny_config(tmp_path), [Variant("ok", []), bad], seeds=1, out_dir=tmp_path / "a"
         )
+
+
+def test_evaluate_on_config_reproduces_a_runs_own_test_metrics(ablation):
+    """The split a config describes, scored through the public API, is the split the run
+    was tested on: same accuracy and loss as its own eval/test."""
+    _, out, _ = ablation
+    run = out / "frozen" / "seed-8"
+    cfg = api.task_config("classification", run / "config.yaml")
+    got = api.evaluate_on_config(api.load(run), cfg, "test")
+    own = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert got["num_examples"] == own["num_examples"] == 40
+    assert got["accuracy"] == pytest.approx(own["accuracy"])
+    assert got["loss"] == pytest.approx(own["loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="split 'dev'"):
+        api.evaluate_on_config(api.load(run), cfg, "dev")
+
+
+def test_ensemble_row_is_the_probability_average_of_the_seed_runs(ablation, monkeypatch):
+    config, out, args = ablation
+    before = json.loads((out / "ablation.json").read_text())
+    monkeypatch.setattr(api, "train", lambda *a, **k: pytest.fail("nothing is to be retrained"))
+    assert main([*args, "--train.eval_every", "6", "--ensemble", "baseline"]) == 0
+    report = json.loads((out / "ablation.json").read_text())
+    rows = {row["variant"]: row for row in report["variants"]}
+    assert list(rows) == ["baseline", "frozen", "fastlr", "baseline-ensemble"]
+    for name in ("baseline", "frozen", "fastlr"):  # the single runs' rows are unchanged
+        assert rows[name]["accuracy"] == before["variants"][list(rows).index(name)]["accuracy"]
+
+    # By hand: the two baseline runs' probabilities averaged, on the test file.
+    test = [json.loads(line) for line in (config.parent / "test.jsonl").read_text().splitlines()]
+    members = [torchformer.load(out / "baseline" / f"seed-{s}") for s in (7, 8)]
+    texts, labels = [r["text"] for r in test], [str(r["label"]) for r in test]
+    probs = (
+        sum(
+            m.predict_proba(texts)[:, [m.labels.index(c) for c in members[0].labels]]
+            for m in members
+        )
+        / 2
+    )
+    predicted = [members[0].labels[i] for i in probs.argmax(-1).tolist()]
+    expected = sum(p == y for p, y in zip(predicted, labels)) / len(labels)
+    ens = rows["baseline-ensemble"]
+    assert ens["accuracy"]["mean"] == pytest.approx(expected)
+    assert ens["accuracy"]["std"] == pytest.approx(0.0)  # one test file: every seed's sample
+    assert ens["trainable_parameters"] == sum(
+        r["trainable_parameters"] for r in report["runs"] if r["variant"] == "baseline"
+    )
+    # Paired differences: per seed, this row minus the baseline run of that seed.
+    base = {r["seed"]: r["test"]["accuracy"] for r in report["runs"] if r["variant"] == "baseline"}
+    for name in ("frozen", "baseline-ensemble"):
+        diffs = [
+            r["test"]["accuracy"] - base[r["seed"]] for r in report["runs"] if r["variant"] == name
+        ]
+        assert len(diffs) == 2
+        paired = rows[name]["paired_difference"]["accuracy"]
+        assert paired["mean"] == pytest.approx(statistics.mean(diffs))
+        assert paired["std"] == pytest.approx(statistics.stdev(diffs))
+    assert "| baseline-ensemble |" in (out / "ablation.md").read_text()
+    # A second call scores nothing again (the record is kept) and gives the same row.
+    monkeypatch.setattr(api, "evaluate_on_config", lambda *a, **k: pytest.fail("rescored"))
+    assert main([*args, "--train.eval_every", "6", "--ensemble", "baseline"]) == 0
+    again = json.loads((out / "ablation.json").read_text())["variants"][-1]
+    assert again["accuracy"] == ens["accuracy"]
+    with pytest.raises(ValueError, match=r"--ensemble.*nosuch"):
+        run_ablation(config, [], seeds=2, out_dir=out, ensembles=["nosuch"], log=str)

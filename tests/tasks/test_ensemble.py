@@ -113,12 +113,46 @@ def test_evaluate_through_the_cli_scores_the_ensemble(ensemble_dir, tmp_path, ca
     records = [*toy_records(60, seed=11), ("<br /> superb film", "pos")]
     data = write_jsonl(records, tmp_path / "labelled.jsonl")
     assert main(["evaluate", str(ensemble_dir), "--data", str(data), "--name", "ens-eval"]) == 0
-    metrics = json.loads((ensemble_dir.parent / "eval" / "ens-eval" / "metrics.json").read_text())
+    # An ensemble directory keeps its evaluations (others may share its parent).
+    metrics = json.loads((ensemble_dir / "eval" / "ens-eval" / "metrics.json").read_text())
     ens = torchformer.load(ensemble_dir)
-    predicted = [p["label"] for p in ens.predict([t for t, _ in records])]
+    texts = [t for t, _ in records]
+    predicted = [p["label"] for p in ens.predict(texts)]
     accuracy = sum(p == y for p, (_, y) in zip(predicted, records)) / len(records)
     assert metrics["num_examples"] == len(records)
     assert metrics["accuracy"] == pytest.approx(accuracy)
+    # Each member scored in the same pass equals that member evaluated alone.
+    assert [m["member"] for m in metrics["members"]] == ens.names
+    printed = capsys.readouterr().out
+    for member, name, row in zip(ens.members, ens.names, metrics["members"]):
+        probs = member.predict_proba(texts)
+        labels = torch.tensor([member.labels.index(y) for _, y in records])
+        alone = (probs.argmax(-1) == labels).float().mean().item()
+        assert row["accuracy"] == pytest.approx(alone)
+        nll = -probs.gather(1, labels[:, None]).log().mean().item()
+        assert row["loss"] == pytest.approx(nll, rel=1e-5)
+        assert f"member {name} (weight 0.500): accuracy {alone:.4f}" in printed
+    assert metrics["precision"] == "fp32"
+    out = ensemble_dir / "eval" / "ens-bf16"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(ensemble_dir),
+                "--data",
+                str(data),
+                "--name",
+                "ens-bf16",
+                "--precision",
+                "bf16",
+            ]
+        )
+        == 0
+    )
+    bf16 = json.loads((out / "metrics.json").read_text())
+    assert bf16["precision"] == "bf16" and bf16["num_examples"] == len(records)
+    assert bf16["loss"] == pytest.approx(metrics["loss"], abs=0.05)  # bf16 rounding only
+    assert bf16["loss"] != pytest.approx(metrics["loss"], rel=1e-7)  # autocast took effect
 
 
 def test_serve_answers_with_the_ensemble(ensemble_dir):

@@ -14,7 +14,15 @@ refuses a finished run whose overrides differ from the ones asked for.
 ``ablation.json`` and ``ablation.md`` give per variant the mean ± sample standard
 deviation over seeds and an honest reading against the baseline: "within noise" when
 |mean − baseline mean| ≤ the larger of the two standard deviations, else "gain" or
-"loss" (with a single seed there is no estimate of the noise, and no reading).
+"loss" (with a single seed there is no estimate of the noise, and no reading). Since every
+variant's seed-N run draws the same data sample as the baseline's seed-N run, each row
+also gives the paired difference to the baseline (mean ± std over seeds of the per-seed
+differences), which removes the spread that comes from the samples themselves.
+
+With ``--ensemble NAME ...`` a variant's seed runs are also combined into one ensemble
+(probability averaging, ``OUT/NAME/ensemble``), scored on each seed's own test sample
+(``api.evaluate_on_config``), and reported as the row ``NAME-ensemble``: paired with
+the baseline run of the same seed, at the cost of training all its members.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from torchformer.io import atomic_write_text
 
 __all__ = [
     "BASELINE",
+    "ENSEMBLE_SUFFIX",
     "RUN_RECORD",
     "Variant",
     "format_markdown",
@@ -48,6 +57,9 @@ __all__ = [
 
 BASELINE = "baseline"
 RUN_RECORD = "ablation_run.json"
+ENSEMBLE_DIR = "ensemble"  # OUT/VARIANT/ensemble: the ensemble of the variant's seed runs
+ENSEMBLE_RECORD = "ablation_ensemble.json"
+ENSEMBLE_SUFFIX = "-ensemble"
 METRICS = ("accuracy", "macro_f1")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -173,6 +185,7 @@ def run_ablation(
     seeds: int = 3,
     out_dir: str | Path | None = None,
     common: Sequence[str] = (),
+    ensembles: Sequence[str] = (),
     log: Callable[[str], None] = print,
     command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -185,12 +198,15 @@ def run_ablation(
         seeds: runs per variant; seeds are the config's ``train.seed`` + 0, 1, ...
         out_dir: where the runs and the table go (default ``runs/ablation-CONFIG``).
         common: overrides applied to every run, the baseline included.
+        ensembles: variants (``baseline`` included) whose seed runs are also combined
+            into an ensemble and reported as the row ``NAME-ensemble``.
         log: progress messages.
         command: the command line that asked for it (recorded).
 
     Raises:
-        ValueError: ``seeds`` < 1, duplicate variant names, a bad config or override, or
-            a finished run made with other overrides.
+        ValueError: ``seeds`` < 1, duplicate variant names, a bad config or override, a
+            finished run made with other overrides, or an ensemble of an unknown variant
+            or of a single seed.
     """
     config_path = Path(config_path)
     names = [v.name for v in variants]
@@ -198,6 +214,11 @@ def run_ablation(
         raise ValueError(f"variant names must be unique and not {BASELINE!r}: {names}")
     if seeds < 1:
         raise ValueError(f"--seeds {seeds}: at least one seed")
+    unknown = sorted(set(ensembles) - {BASELINE, *names})
+    if unknown:
+        raise ValueError(f"--ensemble {unknown}: not among the variants {[BASELINE, *names]}")
+    if ensembles and seeds < 2:
+        raise ValueError("--ensemble needs --seeds 2 or more (an ensemble of the seed runs)")
     task, common = _task_of(config_path), list(common)
     base_seed = api.task_config(task, config_path, common).train.seed  # checks the overrides
     for v in variants:  # every variant is checked before the first run
@@ -215,6 +236,12 @@ def run_ablation(
             else:
                 record = _run_one(task, config_path, variant, seed, run_dir, common, log)
             runs.append(record)
+    rows = list(all_variants)
+    for variant in all_variants:
+        if variant.name in ensembles:
+            members = [r for r in runs if r["variant"] == variant.name]
+            runs += _ensemble_runs(task, config_path, variant, members, out, common, log)
+            rows.append(Variant(variant.name + ENSEMBLE_SUFFIX, variant.overrides))
     report = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": list(command) if command else None,
@@ -222,11 +249,75 @@ def run_ablation(
         "task": task,
         "common_overrides": common,
         "seeds": seed_list,
-        "variants": summarize(runs, all_variants),
+        "variants": summarize(runs, rows),
         "runs": runs,
     }
     write_ablation(report, out)
     return report
+
+
+def _ensemble_runs(
+    task: str,
+    config_path: Path,
+    variant: Variant,
+    members: list[dict[str, Any]],
+    out: Path,
+    common: list[str],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The ensemble of ``variant``'s seed runs, scored on each seed's test sample: one
+    record per seed, like a run's (wall time and trainable parameters: all members')."""
+    ens_dir = out / variant.name / ENSEMBLE_DIR
+    record_file = ens_dir / ENSEMBLE_RECORD
+    member_dirs = [m["run_dir"] for m in members]
+    if record_file.is_file():
+        saved = json.loads(record_file.read_text(encoding="utf-8"))
+        if saved.get("members") == member_dirs:
+            log(f"{variant.name}{ENSEMBLE_SUFFIX}: scored earlier, skipped")
+            return saved["runs"]
+    log(f"{variant.name}{ENSEMBLE_SUFFIX}: {len(members)} members, scoring on each seed's test")
+    ensemble = api.write_ensemble(ens_dir, member_dirs, overwrite=True)
+    params = [m["trainable_parameters"] for m in members]
+    records = []
+    for member in members:
+        config = api.task_config(
+            task, config_path, [*common, *variant.overrides, "--train.seed", str(member["seed"])]
+        )
+        metrics = api.evaluate_on_config(ensemble, config, "test")
+        records.append(
+            {
+                "variant": variant.name + ENSEMBLE_SUFFIX,
+                "seed": member["seed"],  # the test sample of this seed
+                "overrides": member["overrides"],
+                "run_dir": str(ens_dir),
+                "test": {k: float(metrics[k]) for k in METRICS},
+                "wall_s": sum(m["wall_s"] for m in members),
+                "train_s": None,
+                "trainable_parameters": None if None in params else sum(params),
+            }
+        )
+    atomic_write_text(
+        record_file,
+        json.dumps({"members": member_dirs, "runs": records}, indent=2) + "\n",
+    )
+    return records
+
+
+def paired_difference(
+    runs: list[dict[str, Any]], name: str, metric: str
+) -> dict[str, float | None] | None:
+    """Mean ± std over seeds of (``name``'s metric − the baseline's) for the seeds both
+    have; None when they share none."""
+    base = {r["seed"]: r["test"][metric] for r in runs if r["variant"] == BASELINE}
+    diffs = [
+        r["test"][metric] - base[r["seed"]]
+        for r in runs
+        if r["variant"] == name and r["seed"] in base
+    ]
+    if not diffs:
+        return None
+    mean, std = _mean_std(diffs)
+    return {"mean": mean, "std": std}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -258,6 +349,9 @@ def summarize(runs: list[dict[str, Any]], variants: Sequence[Variant]) -> list[d
         for metric in METRICS:
             mean, std = _mean_std([r["test"][metric] for r in mine])
             row[metric] = {"mean": mean, "std": std}
+        row["paired_difference"] = {
+            metric: paired_difference(runs, variant.name, metric) for metric in METRICS
+        }
         row["wall_s"] = statistics.mean(r["wall_s"] for r in mine)
         params = sorted({r["trainable_parameters"] for r in mine}, key=lambda p: (p is None, p))
         row["trainable_parameters"] = params[0] if len(params) == 1 else params
@@ -283,6 +377,14 @@ def _pm(value: dict[str, float | None]) -> str:
     return f"{value['mean']:.4f} ± {std:.4f}" if std is not None else f"{value['mean']:.4f}"
 
 
+def _paired(row: dict[str, Any]) -> str:
+    diff = (row.get("paired_difference") or {}).get("accuracy")
+    if row["variant"] == BASELINE or diff is None:
+        return "—"
+    std = f" ± {100 * diff['std']:.2f}" if diff["std"] is not None else ""
+    return f"{100 * diff['mean']:+.2f}{std}"
+
+
 def _params(value: Any) -> str:
     if isinstance(value, list):
         return " / ".join(_params(v) for v in value)
@@ -300,24 +402,33 @@ def format_markdown(report: dict[str, Any]) -> str:
         "model, mean ± sample standard deviation over seeds.",
         "",
         "| variant | overrides | runs | test accuracy | test macro F1 | reading (accuracy) "
-        "| reading (macro F1) | wall time (s) | trainable parameters |",
-        "|---|---|---:|---|---|---|---|---:|---:|",
+        "| reading (macro F1) | Δ accuracy, paired | wall time (s) | trainable parameters |",
+        "|---|---|---:|---|---|---|---|---|---:|---:|",
     ]
     for row in report["variants"]:
         overrides = " ".join(row["overrides"]) or "—"
         lines.append(
             f"| {row['variant']} | `{overrides}` | {len(row['seeds'])} | {_pm(row['accuracy'])} "
             f"| {_pm(row['macro_f1'])} | {row['reading']['accuracy']} "
-            f"| {row['reading']['macro_f1']} | {row['wall_s']:.1f} "
+            f"| {row['reading']['macro_f1']} | {_paired(row)} | {row['wall_s']:.1f} "
             f"| {_params(row['trainable_parameters'])} |"
         )
     lines += [
         "",
         "Reading: *within noise* when |mean − baseline mean| ≤ the larger of the two standard "
         "deviations; otherwise *gain* or *loss*. With few seeds this is a rough screen, not "
-        "a significance test.",
+        "a significance test. *Δ accuracy, paired*: the mean ± std over seeds of (this "
+        "run − the baseline run of the same seed, which drew the same data sample), in "
+        "points.",
         "",
     ]
+    if any(row["variant"].endswith(ENSEMBLE_SUFFIX) for row in report["variants"]):
+        lines += [
+            f"*NAME{ENSEMBLE_SUFFIX}*: the probability average of NAME's seed runs, scored on "
+            "each seed's test sample; its wall time and trainable parameters are all its "
+            "members' together.",
+            "",
+        ]
     if report.get("command"):
         lines += [f"Command: `{shlex.join(report['command'])}`", ""]
     return "\n".join(lines)

@@ -31,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="output directory (default runs/ablation-CONFIG)"
     )
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="also combine these variants' seed runs (baseline allowed) into an ensemble, "
+        "scored on each seed's test sample: the row NAME-ensemble",
+    )
     p.set_defaults(func=ablate_command, accepts_overrides=True)
 
 
@@ -49,6 +57,7 @@ def ablate_command(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         out_dir=args.out,
         common=args.overrides,
+        ensembles=args.ensemble,
         log=lambda m: print(m, flush=True),
         command=["torchformer", *sys.argv[1:]] if _run_as_torchformer() else None,
     )

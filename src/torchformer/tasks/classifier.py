@@ -10,6 +10,7 @@ BERT-family directory from the Hub.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +21,8 @@ from torch import Tensor
 from torchformer.checkpoints import load_pretrained, save_pretrained
 from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import pad_batch
+from torchformer.data.records import DataError
+from torchformer.evaluate.classification import StreamingClassificationMetrics
 from torchformer.io import JsonSettings
 from torchformer.models.encoder import EncoderForSequenceClassification
 from torchformer.text.preprocessor import TextPreprocessor
@@ -178,3 +181,95 @@ def predictions_of(probs: Tensor, labels: list[str]) -> list[dict]:
             }
         )
     return out
+
+
+def evaluate_records(
+    clf,
+    records: Sequence,
+    *,
+    batch_size: int = 64,
+    source: str | os.PathLike | None = None,
+    text_field: str | None = "text",
+    label_field: str | None = "label",
+) -> dict:
+    """Classification metrics of ``clf`` (a ``TextClassifier`` or an ensemble) over
+    labelled records (``.text``, ``.label``, ``.id``): what ``torchformer evaluate``
+    writes. Texts are cleaned once with the model's own steps, then predicted in
+    batches of ``batch_size``; the loss is the mean negative log-probability of the
+    true label (for an ensemble: of its averaged probabilities).
+
+    Raises:
+        DataError: a label the model does not know, or a text its cleaning empties,
+            naming ``source``, the record and the field.
+    """
+    unknown = sorted({str(r.label) for r in records} - set(clf.labels))
+    if unknown:
+        raise DataError(
+            f"labels {unknown} are not among the model's labels {clf.labels}",
+            file=source,
+            field=label_field,
+        )
+    cleaned, empty = clf.cleaner.clean_and_find_empty(r.text for r in records)  # once
+    if empty:
+        raise DataError(
+            f"the text of record {records[empty[0]].id!r} is empty after the model's "
+            f"cleaning steps {list(clf.cleaner.steps)} ({len(empty)} such record(s))",
+            file=source,
+            field=text_field,
+        )
+    metrics = StreamingClassificationMetrics(clf.labels)
+    names = getattr(clf, "names", None) if hasattr(clf, "members") else None  # an ensemble
+    member_counts = [_MemberScore(len(clf.labels)) for _ in names or []]
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        texts = cleaned[start : start + batch_size]
+        labels = torch.tensor([clf.labels.index(str(r.label)) for r in chunk])  # (B,)
+        if names is None:
+            probs = clf.predict_proba(texts, batch_size=batch_size, cleaned=True)  # (B, C)
+        else:
+            probs, members = clf.predict_proba(
+                texts, batch_size=batch_size, cleaned=True, return_members=True
+            )
+            for score, member_probs in zip(member_counts, members):
+                score.update(member_probs, labels)
+        log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()  # (B, C)
+        metrics.update(
+            log_probs,
+            labels,
+            texts=[r.text for r in chunk],
+            ids=[r.id for r in chunk],
+            loss=torch.nn.functional.nll_loss(log_probs, labels, reduction="none"),  # (B,)
+        )
+    result = metrics.compute()
+    if names is not None:  # each member on the same texts, from the same forward passes
+        result["members"] = [
+            {"member": name, "weight": weight, **score.compute()}
+            for name, weight, score in zip(names, clf.weights, member_counts)
+        ]
+    return result
+
+
+class _MemberScore:
+    """Accuracy, macro F1 and mean NLL of one ensemble member, accumulated over batches."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.nll, self.count = 0.0, 0
+
+    def update(self, probs: Tensor, labels: Tensor) -> None:
+        """``probs`` (B, C), ``labels`` (B,)."""
+        predicted = probs.argmax(-1)
+        n = self.confusion.shape[0]
+        self.confusion += torch.bincount(labels * n + predicted, minlength=n * n).view(n, n)
+        picked = probs.gather(1, labels[:, None]).squeeze(1)  # (B,)
+        self.nll -= picked.clamp_min(torch.finfo(probs.dtype).tiny).log().sum().item()
+        self.count += len(labels)
+
+    def compute(self) -> dict[str, float]:
+        tp = self.confusion.diag().double()
+        f1 = 2 * tp / (self.confusion.sum(0) + self.confusion.sum(1)).double().clamp_min(1)
+        return {
+            "accuracy": (tp.sum() / max(self.count, 1)).item(),
+            "macro_f1": f1.mean().item(),
+            "loss": self.nll / max(self.count, 1),
+        }

@@ -36,7 +36,7 @@ from torchformer.io import recover_dir
 from torchformer.models.encoder import EncoderForSequenceClassification, preset
 from torchformer.models.long_document import extend_position_embeddings
 from torchformer.nn.lora import apply_lora, lora_layers, merge_lora
-from torchformer.tasks.classifier import InferenceSettings, TextClassifier
+from torchformer.tasks.classifier import InferenceSettings, TextClassifier, evaluate_records
 from torchformer.tasks.classify_config import (
     ADAPTER_DIR,
     MINILM_HUB_NAME,
@@ -80,6 +80,7 @@ __all__ = [  # the task's public names (its configs live in classify_config)
     "TrainConfig",
     "build_model",
     "check_config",
+    "evaluate_on_config",
     "evaluate_split",
     "load",
     "packaged_minilm_dir",
@@ -554,3 +555,33 @@ def load(path: str | os.PathLike, **overrides: Any) -> TextClassifier:
 
 
 CONFIG = ClassifyConfig
+
+
+def evaluate_on_config(
+    clf: Any, config: ClassifyConfig, split: str = "test", *, batch_size: int | None = None
+) -> dict:
+    """Metrics of a loaded classifier (or ensemble) on a split of the data ``config``
+    describes, drawn exactly as a run with this config draws it (the same file, the same
+    seeded samples through ``train.seed``): e.g. an ensemble of several seeds' runs on
+    each seed's own test sample.
+
+    Raises:
+        ValueError: ``split`` is not train/val/test, or the config has no such data.
+        DataError: see :func:`torchformer.tasks.classifier.evaluate_records`.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split {split!r}: expected 'train', 'val' or 'test'")
+    records = getattr(load_splits(config.data, seed=config.train.seed), split)
+    if not records:
+        raise ValueError(f"the config's data has no {split} split (data.test_file, or IMDB)")
+    source = config.data.imdb_dir or config.data.source
+    if split == "test" and config.data.test_file:
+        source = config.data.test_file
+    return evaluate_records(
+        clf,
+        records,
+        batch_size=batch_size or config.train.eval_batch_size,
+        source=source,
+        text_field=config.data.text_column,
+        label_field=config.data.label_column,
+    )

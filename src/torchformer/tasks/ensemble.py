@@ -165,17 +165,26 @@ class EnsembleClassifier:
 
     @torch.inference_mode()
     def predict_proba(
-        self, texts: list[str] | str, *, batch_size: int = 32, cleaned: bool = False
-    ) -> Tensor:
+        self,
+        texts: list[str] | str,
+        *,
+        batch_size: int = 32,
+        cleaned: bool = False,
+        return_members: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Class probabilities (N, C) in ``labels`` order: the weighted mean of the
         members'. ``cleaned`` is accepted for the ``TextClassifier`` contract: the texts
-        ``clean()`` returns are the texts as given, and each member cleans them itself."""
+        ``clean()`` returns are the texts as given, and each member cleans them itself.
+        With ``return_members``: also each member's own probabilities (N, C), in
+        ``labels`` order (what ``evaluate`` scores the members by, in the same pass)."""
         texts = validate_texts(texts)
         probs = torch.zeros(len(texts), len(self.labels))
+        members = []
         for member, weight, order in zip(self.members, self.weights, self.orders):
-            member_probs = member.predict_proba(texts, batch_size=batch_size)  # (N, C)
-            probs += weight * member_probs[:, order]
-        return probs
+            member_probs = member.predict_proba(texts, batch_size=batch_size)[:, order]  # (N, C)
+            probs += weight * member_probs
+            members.append(member_probs)
+        return (probs, members) if return_members else probs
 
     def predict(self, texts: list[str] | str, *, batch_size: int = 32) -> list[dict]:
         """For each text: ``{"label", "confidence", "probabilities": {label: p}}``.
