@@ -194,8 +194,8 @@ def evaluate_records(
 ) -> dict:
     """Classification metrics of ``clf`` (a ``TextClassifier`` or an ensemble) over
     labelled records (``.text``, ``.label``, ``.id``): what ``torchformer evaluate``
-    writes. Texts are cleaned once with the model's own steps, then predicted in
-    batches of ``batch_size``; the loss is the mean negative log-probability of the
+    writes. Texts are cleaned once with the model's own steps, sorted by length over
+    the whole data (each batch pads little), then predicted in batches of ``batch_size``; the loss is the mean negative log-probability of the
     true label (for an ensemble: of its averaged probabilities).
 
     Raises:
@@ -220,9 +220,11 @@ def evaluate_records(
     metrics = StreamingClassificationMetrics(clf.labels)
     names = getattr(clf, "names", None) if hasattr(clf, "members") else None  # an ensemble
     member_counts = [_MemberScore(len(clf.labels)) for _ in names or []]
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        texts = cleaned[start : start + batch_size]
+    # The whole file sorted by length, so each batch pads little (not only within a batch).
+    order = sorted(range(len(records)), key=lambda i: len(cleaned[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = [records[i] for i in order[start : start + batch_size]]
+        texts = [cleaned[i] for i in order[start : start + batch_size]]
         labels = torch.tensor([clf.labels.index(str(r.label)) for r in chunk])  # (B,)
         if names is None:
             probs = clf.predict_proba(texts, batch_size=batch_size, cleaned=True)  # (B, C)

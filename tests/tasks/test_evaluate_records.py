@@ -1,0 +1,79 @@
+"""``evaluate_records``: the one scoring loop behind ``torchformer evaluate`` and
+``api.evaluate_on_config``; the whole data is sorted by length before batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from torchformer.data.records import DataError
+from torchformer.tasks.classifier import evaluate_records
+
+
+@dataclass
+class Record:
+    text: str
+    label: str
+    id: str
+
+
+class Cleaner:
+    steps = ("strip",)
+
+    def clean_and_find_empty(self, texts):
+        cleaned = [t.strip() for t in texts]
+        return cleaned, [i for i, t in enumerate(cleaned) if not t]
+
+
+class LengthClassifier:
+    """Says "pos" for texts longer than 5 characters; records every batch it is given."""
+
+    labels = ("neg", "pos")
+
+    def __init__(self):
+        self.cleaner = Cleaner()
+        self.batches = []
+
+    def predict_proba(self, texts, *, batch_size, cleaned):
+        assert cleaned and len(texts) <= batch_size
+        self.batches.append(list(texts))
+        p = torch.tensor([[0.1, 0.9] if len(t) > 5 else [0.8, 0.2] for t in texts])
+        return p
+
+
+def test_batches_are_sorted_by_length_over_the_whole_data():
+    lengths = [9, 1, 7, 3, 8, 2, 6, 4, 5]
+    records = [Record(" " + "x" * n + " ", "pos" if n > 5 else "neg", f"r{n}") for n in lengths]
+    records[0].label = "neg"  # one error: r9 is predicted pos
+    clf = LengthClassifier()
+    result = evaluate_records(clf, records, batch_size=4)
+    seen = [len(t) for batch in clf.batches for t in batch]
+    assert seen == sorted(lengths)  # across batches, not only within each
+    assert [len(b) for b in clf.batches] == [4, 4, 1]
+    assert result["num_examples"] == 9
+    assert result["accuracy"] == pytest.approx(8 / 9)
+    assert [e["id"] for e in result["errors"]] == ["r9"]
+    # the loss is the mean NLL of the true label's probability
+    expected = (
+        -sum(
+            torch.tensor(0.1 if r.id == "r9" else (0.9 if r.label == "pos" else 0.8)).log().item()
+            for r in records
+        )
+        / 9
+    )
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_unknown_labels_and_texts_cleaned_to_nothing_are_named():
+    clf = LengthClassifier()
+    with pytest.raises(DataError, match=r"my\.csv.*field 'stars'.*\['meh'\]"):
+        evaluate_records(clf, [Record("fine", "meh", "a")], source="my.csv", label_field="stars")
+    with pytest.raises(DataError, match=r"my\.csv.*field 'review'.*record 'b'"):
+        evaluate_records(
+            clf,
+            [Record("fine", "pos", "a"), Record("   ", "neg", "b")],
+            source="my.csv",
+            text_field="review",
+        )
