@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
         bench_seq2seq(argv[2:])
         return 0
+    if argv[:2] == ["bench", "machine"]:  # this CPU's measured fp32/bf16/int8 GEMM ceiling
+        from torchformer.bench.machine import main as bench_machine
+
+        return bench_machine(argv[2:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(
