@@ -5,26 +5,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from torchformer.bench.deploy import PATHS, BenchSettings
+from torchformer.bench.deploy import ALL_PATHS, PATHS, BenchSettings
 
 
 def _paths(text: str) -> tuple[str, ...]:
+    if text.strip() == "all":
+        return ALL_PATHS
     names = tuple(p.strip() for p in text.split(",") if p.strip())
-    unknown = sorted(set(names) - set(PATHS))
+    unknown = sorted(set(names) - set(ALL_PATHS))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}"
+            f"unknown path(s) {unknown}; choose from {', '.join(ALL_PATHS)}, or 'all'"
         )
-    return names
+    return tuple(dict.fromkeys(names))  # each once, in the order given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     d = BenchSettings()
     p = subparsers.add_parser(
         "bench",
-        help="benchmark PyTorch, transformers, ONNX fp32 and ONNX int8 on the same texts",
-        description="Latency (batch 1), throughput (length-sorted batches), size, peak memory and "
-        "accuracy of each deployment path, measured in one run on the same pre-tokenized texts. "
+        help="benchmark PyTorch (fp32, bf16, compiled), transformers and ONNX (fp32, fused, "
+        "int8 dynamic and static) on the same texts",
+        description="Latency (batch 1), throughput (length-sorted batches), size, peak memory, "
+        "accuracy and agreement with torchformer fp32 of each deployment path, measured in one "
+        "run on the same pre-tokenized texts (with --machine, also the fraction of the CPU's "
+        "peak). "
         "Writes RUN/bench/deploy.json and deploy.md. `torchformer bench attention --help`: "
         "time and memory of each attention kind against dense SDPA as T grows. "
         "`torchformer bench faithfulness --help`: deletion curves of attention, rollout and "
@@ -53,7 +58,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--onnx-dir", help="export directory to use (default: RUN/bench/onnx, made if absent)"
     )
-    p.add_argument("--paths", type=_paths, default=d.paths, help=f"subset of {','.join(PATHS)}")
+    p.add_argument(
+        "--paths",
+        type=_paths,
+        default=d.paths,
+        help=f"comma-separated, from {','.join(ALL_PATHS)}, or 'all' (default {','.join(PATHS)}); "
+        "a path that cannot run here is skipped with the reason",
+    )
+    p.add_argument(
+        "--machine",
+        help="JSON of `torchformer bench machine --out`: adds each path's fraction of the CPU's "
+        "peak for its arithmetic (fp32, bf16, int8)",
+    )
+    p.add_argument(
+        "--calibration-file",
+        help="CSV/TSV/JSONL of texts to calibrate onnx-int8-static on (default: the rows of "
+        "--texts-file after the sample, or IMDB training reviews)",
+    )
+    p.add_argument(
+        "--calibration-texts",
+        type=int,
+        default=d.calibration_texts,
+        help="calibration texts for onnx-int8-static (default 128)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the IMDB sample")
     p.add_argument("--out", help="output directory (default: RUN/bench)")
     p.set_defaults(func=bench_command)
@@ -73,9 +100,15 @@ def bench_command(args: argparse.Namespace) -> int:
         text_column=args.text_column,
         label_column=args.label_column or None,
         paths=args.paths,
+        calibration_file=args.calibration_file,
+        calibration_texts=args.calibration_texts,
     )
     report = run_benchmark(
-        args.run, settings, onnx_dir=args.onnx_dir, log=lambda m: print(m, flush=True)
+        args.run,
+        settings,
+        onnx_dir=args.onnx_dir,
+        machine=args.machine,
+        log=lambda m: print(m, flush=True),
     )
     json_path, md_path = write_report(report, args.out or Path(args.run) / "bench")
     print()

@@ -1,4 +1,4 @@
-"""Dynamic int8 quantization of an exported classifier, behind an accuracy gate.
+"""Faster graphs of an exported classifier, each behind a check: int8 and fused operators.
 
 onnxruntime's dynamic quantization stores the weights of every MatMul/Gemm as
 int8 (per output channel by default) and quantizes activations on the fly, so
@@ -11,17 +11,30 @@ trusted:
 - speed: int8 is only fast with integer dot-product instructions (x86 VNNI or
   AMX, Arm dot-product/i8mm). ``cpu_int8_support`` reads the CPU's flags and
   says when int8 is unlikely to be faster.
+
+Two more graphs for the deployment benchmark:
+
+- ``quantize_onnx_static``: static int8 (QDQ format), activation scales fixed
+  beforehand from a calibration sample (which must not be the texts it is
+  measured on), so no per-call min/max pass over the activations;
+- ``fuse_onnx``: onnxruntime's transformer optimizer (BERT fusions: BiasGelu,
+  SkipLayerNormalization, Attention where it matches), accepted only when the
+  fused graph reproduces the unfused one's logits (``ParityError`` otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from torchformer.data.records import Label
 
@@ -47,6 +60,21 @@ REPORTED_FLAGS = (
     "i8mm",
 )
 INT8_DOT_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "asimddp", "i8mm")
+# bf16 dot products (x86 AVX512-BF16 / AMX, Arm BF16): without them bf16 matmuls are emulated.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# Operators the transformer optimizer fuses into (counted before and after ``fuse_onnx``).
+FUSED_OP_TYPES = (
+    "Attention",
+    "MultiHeadAttention",
+    "EmbedLayerNormalization",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "Gelu",
+    "BiasGelu",
+    "FastGelu",
+    "GemmFastGelu",
+)
+FUSION_TOLERANCE = 1e-4  # max |logit diff| between the fused and the unfused graph
 
 
 def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
@@ -100,6 +128,41 @@ def cpu_int8_support(flags: set[str] | None = None) -> CpuInt8Support:
     return CpuInt8Support(flags=present, int8_dot_product=dot, warning=warning)
 
 
+def bf16_unsupported(flags: set[str] | None = None) -> str | None:
+    """Why bf16 autocast is not worth measuring on this CPU, or None when it has bf16 dot products."""
+    flags = cpu_flags() if flags is None else flags
+    if any(f in flags for f in BF16_FLAGS):
+        return None
+    return (
+        "the CPU has no bf16 dot-product instructions (avx512_bf16, amx_bf16, Arm bf16): "
+        "bf16 matmuls would be emulated, slower than fp32"
+    )
+
+
+@contextlib.contextmanager
+def _errors_only() -> Iterator[None]:
+    """onnxruntime's quantizer and optimizer log every skipped tensor and failed shape
+    inference through the root logger (and print some): keep errors only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _load_for_quantization(path: str | os.PathLike) -> Any:
+    import onnx
+
+    model = onnx.load(str(path))
+    # The dynamo exporter's value_info annotations can disagree with ONNX shape
+    # inference (which the quantizer runs); they are hints only, so drop them.
+    del model.graph.value_info[:]
+    return model
+
+
 def quantize_onnx(
     fp32_path: str | os.PathLike,
     int8_path: str | os.PathLike,
@@ -121,16 +184,9 @@ def quantize_onnx(
         raise ImportError(
             "int8 quantization needs onnx and onnxruntime: pip install 'torchformer[export]'"
         ) from e
-    model = onnx.load(str(fp32_path))
-    # The dynamo exporter's value_info annotations can disagree with ONNX shape
-    # inference (which the quantizer runs); they are hints only, so drop them.
-    del model.graph.value_info[:]
+    model = _load_for_quantization(fp32_path)
     int8_path = Path(int8_path)
-    # The quantizer logs every skipped tensor through the root logger; keep errors only.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with _errors_only():
         quantize_dynamic(
             model,
             int8_path,
@@ -140,9 +196,186 @@ def quantize_onnx(
             weight_type=QuantType.QInt8,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    finally:
-        root.setLevel(level)
     return int8_path
+
+
+def quantize_onnx_static(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    calibration: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    per_channel: bool = True,
+) -> Path:
+    """Static int8 quantization of MatMul/Gemm (QDQ format), written to ``int8_path``.
+
+    Weights are QInt8 (per output channel by default); activations are QInt8 with
+    scales fixed by a MinMax pass over ``calibration``, so nothing is measured at
+    run time. The calibration batches should not be the texts the model is then
+    evaluated or timed on.
+
+    Args:
+        calibration: (input_ids, attention_mask) pairs, int64 (B, T) each, tokenized
+            and padded as at inference.
+
+    Raises:
+        ValueError: no calibration batch.
+    """
+    try:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+    except ImportError as e:
+        raise ImportError(
+            "int8 quantization needs onnx and onnxruntime: pip install 'torchformer[export]'"
+        ) from e
+    feeds = [
+        {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        for ids, mask in calibration
+    ]
+    if not feeds:
+        raise ValueError("static int8 quantization needs at least one calibration batch")
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rest = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rest, None)
+
+        def rewind(self) -> None:
+            self.rest = iter(feeds)
+
+    int8_path = Path(int8_path)
+    with _errors_only():
+        quantize_static(
+            _load_for_quantization(fp32_path),
+            int8_path,
+            Feeds(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    return int8_path
+
+
+def op_counts(path: str | os.PathLike, op_types: Sequence[str] = FUSED_OP_TYPES) -> dict[str, int]:
+    """How many nodes of each of ``op_types`` (any domain) the graph at ``path`` has (zeros left out)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    counts = {op: sum(n.op_type == op for n in nodes) for op in op_types}
+    return {op: n for op, n in counts.items() if n}
+
+
+def graph_parity(
+    reference: str | os.PathLike,
+    candidate: str | os.PathLike,
+    feeds: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    tolerance: float = FUSION_TOLERANCE,
+) -> Any:
+    """The ``ParityReport`` of one ONNX graph against another on the same inputs (one cell per
+    (input_ids, attention_mask) pair; a feed the candidate cannot run fails its cell)."""
+    from torchformer.export.onnx import INPUT_NAMES, OUTPUT_NAME, ParityReport, compare_cell
+    from torchformer.export.session import make_session
+
+    expected_session, session = make_session(reference), make_session(candidate)
+    report = ParityReport(tolerance=tolerance)
+    for ids, mask in feeds:
+        feed = dict(zip(INPUT_NAMES, (ids.astype(np.int64), mask.astype(np.int64))))
+        expected = expected_session.run([OUTPUT_NAME], feed)[0]  # (B, C)
+        report.cells.append(compare_cell(session, feed, expected, *ids.shape))
+    return report
+
+
+@dataclass
+class FusionResult:
+    """A fused graph that passed its parity check, and the fused operators it holds."""
+
+    path: Path
+    parity: Any  # ParityReport against the unfused graph
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = self.parity.worst
+        return {
+            "parity_max_abs_diff": worst.max_abs_diff,
+            "parity_inputs": len(self.parity.cells),
+            "tolerance": self.parity.tolerance,
+            "ops_before": self.ops_before,
+            "ops_after": self.ops_after,
+        }
+
+
+def fuse_onnx(
+    fp32_path: str | os.PathLike,
+    fused_path: str | os.PathLike,
+    *,
+    num_heads: int,
+    hidden_size: int,
+    feeds: Sequence[tuple[np.ndarray, np.ndarray]],
+    tolerance: float = FUSION_TOLERANCE,
+    opt_level: int = 2,
+) -> FusionResult:
+    """onnxruntime's BERT fusions applied to ``fp32_path``, accepted only when the fused
+    graph reproduces the unfused logits on ``feeds`` within ``tolerance``.
+
+    The fused graph is written to ``fused_path``; one already there is re-checked, not
+    rebuilt.
+
+    Args:
+        feeds: (input_ids, attention_mask) int64 (B, T) pairs to compare on (padded rows
+            included: a fusion that mishandles the mask shows there).
+        opt_level: onnxruntime's offline optimisation before the Python fusions; 2 adds
+            CPU-provider fusions (SkipLayerNormalization), so the graph is for CPUs.
+
+    Raises:
+        ParityError: the fused graph differs beyond ``tolerance`` or cannot run a feed;
+            it is moved to ``*.rejected.onnx``, kept for inspection.
+    """
+    from torchformer.export.onnx import ParityError
+
+    fused_path = Path(fused_path)
+    if not fused_path.is_file():
+        _optimize_bert(fp32_path, fused_path, num_heads, hidden_size, opt_level)
+    report = graph_parity(fp32_path, fused_path, feeds, tolerance=tolerance)
+    if not report.passed:
+        rejected = fused_path.with_suffix(".rejected.onnx")
+        fused_path.replace(rejected)
+        raise ParityError(report, rejected)
+    return FusionResult(fused_path, report, op_counts(fp32_path), op_counts(fused_path))
+
+
+def _optimize_bert(
+    fp32_path: str | os.PathLike, fused_path: Path, num_heads: int, hidden_size: int, level: int
+) -> None:
+    try:
+        from onnxruntime.transformers import optimizer
+    except ImportError as e:
+        raise ImportError(
+            "graph fusion needs onnxruntime (with its transformers tools): "
+            "pip install 'torchformer[export]'"
+        ) from e
+    with _errors_only():
+        model = optimizer.optimize_model(
+            str(fp32_path),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            opt_level=level,
+            use_gpu=False,
+        )
+        model.save_model_to_file(str(fused_path))
 
 
 @dataclass
