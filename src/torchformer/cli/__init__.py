@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
         bench_seq2seq(argv[2:])
         return 0
+    if argv[:2] == ["bench", "serve"]:  # open-loop load on a server: throughput, p50/p99 latency
+        from torchformer.bench.serve_load import main as bench_serve
+
+        return bench_serve(argv[2:])
     if argv[:2] == ["bench", "machine"]:  # this CPU's measured fp32/bf16/int8 GEMM ceiling
         from torchformer.bench.machine import main as bench_machine
 

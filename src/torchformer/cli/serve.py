@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-batch-size", type=int, default=d.max_batch_size, help="texts per model call"
     )
     p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=d.max_batch_tokens,
+        help="padded tokens (texts × longest) per model call: a batch runs as length-sorted "
+        "sub-batches within this and --max-batch-size",
+    )
+    p.add_argument(
         "--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait for a batch to fill"
     )
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="texts waiting before 503")
@@ -76,7 +83,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export directories: int8 when it passed its gate (auto), or force one",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="inference threads (default: all cores)"
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes behind the port, each with its own copy of the model (default 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="inference threads per worker (default: all cores; with --workers N, cores ÷ N)",
     )
     p.add_argument(
         "--limit-concurrency",
@@ -133,8 +149,17 @@ def serve_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from torchformer.serve.app import create_app, load_predictor
     from torchformer.serve.server import uvicorn_config
+    from torchformer.serve.workers import (
+        WorkerSettings,
+        create_worker_app,
+        run_workers,
+        threads_per_worker,
+    )
+
+    if args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
 
     api_key = None
     if args.api_key_env:
@@ -155,6 +180,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_texts=args.max_texts,
         max_chars=args.max_chars,
         max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_new_tokens=args.max_new_tokens,
@@ -168,15 +194,24 @@ def serve_command(args: argparse.Namespace) -> int:
         max_header_bytes=args.max_header_bytes,
         limit_concurrency=args.limit_concurrency,
     )
-    predictor = load_predictor(args.path, precision=args.precision, threads=args.threads)
-    backend = getattr(predictor, "backend", "pytorch")
-    logger.info("serving %s (%s) on http://%s:%d", args.path, backend, args.host, args.port)
-    app = create_app(
-        predictor,
-        limits=limits,
-        api_key=api_key,
+    worker = WorkerSettings(
+        path=str(args.path),
+        precision=args.precision,
+        threads=threads_per_worker(args.workers, args.threads),
+        api_key_env=args.api_key_env,
         model_name=str(args.path),
         allowed_hosts=args.allowed_hosts,
+        limits=limits,
+        server=settings,
     )
+    where = f"http://{args.host}:{args.port}"
+    if args.workers > 1:
+        if not os.path.exists(args.path):  # before N workers each fail on it
+            raise FileNotFoundError(f"{args.path}: no such run, model or export directory")
+        logger.info("serving %s on %s: %d workers", args.path, where, args.workers)
+        run_workers(worker, workers=args.workers, host=args.host, port=args.port)
+        return 0
+    app = create_worker_app(worker)
+    logger.info("serving %s on %s", args.path, where)
     uvicorn.Server(uvicorn_config(app, settings=settings, host=args.host, port=args.port)).run()
     return 0

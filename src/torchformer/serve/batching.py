@@ -10,10 +10,19 @@ each request its own slice of the results. When a merged batch fails, each of it
 requests is run again alone, so that a bad request fails by itself and its error names
 only its own texts.
 
-Requests are never split: one larger than ``max_batch_size`` forms its own
-batch (the predictor chunks it). The queue bound is in texts; a request that
-would overflow it is refused at once (``QueueFullError``) rather than left to
-grow memory and latency without bound.
+Length grouping (when the batcher is given ``text_lengths``): a collected batch is not
+one model call. Its texts are sorted by length (tokens, for a classifier) and packed into
+sub-batches of at most ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens
+(texts × the longest), one model call each, shortest first; so short texts no longer pay
+for the padding of a long one, and a request whose texts are all done is answered at once,
+without waiting for the longer sub-batches. Each text's answer goes back to its request,
+in the request's order. A model pads each call to its own longest text and masks the
+padding, so a text's answer does not depend on its neighbours (up to float rounding).
+
+Requests are collected whole: one larger than ``max_batch_size`` forms its own
+batch (without length grouping, one call: the predictor chunks it). The queue bound is in
+texts; a request that would overflow it is refused at once (``QueueFullError``) rather than
+left to grow memory and latency without bound.
 """
 
 from __future__ import annotations
@@ -46,10 +55,15 @@ class MicroBatcher:
 
     Args:
         predict_batch: texts -> one result per text, in order (runs in a worker thread).
-        max_batch_size: most texts per model call (a single larger request runs alone).
+        max_batch_size: most texts per model call (a single larger request is collected
+            alone: one call without ``text_lengths``, split into sub-batches with it).
         max_wait_ms: longest the oldest waiting request is held back to fill a batch.
         max_queue: most texts waiting (not yet running) before requests are refused.
-        on_batch: called on the event loop with the size of each batch run.
+        on_batch: called on the event loop with the size of each model call.
+        text_lengths: texts -> the length of each (runs in the worker thread); when given,
+            a batch runs as length-sorted sub-batches (see the module docstring).
+        max_batch_tokens: with ``text_lengths``, most padded tokens (texts × longest) per
+            model call; a text longer than this runs alone.
     """
 
     def __init__(
@@ -60,10 +74,16 @@ class MicroBatcher:
         max_wait_ms: float = 10.0,
         max_queue: int = 256,
         on_batch: Callable[[int], None] | None = None,
+        text_lengths: Callable[[list[Any]], Sequence[int]] | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1 or None, got {max_batch_tokens}")
         self.predict_batch = predict_batch
+        self.text_lengths = text_lengths
+        self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -147,25 +167,68 @@ class MicroBatcher:
         if not batch:
             return
         try:
-            results = await self._predict([t for item in batch for t in item.texts])
+            if self.text_lengths is None:
+                await self._run_whole(batch)
+            else:
+                await self._run_by_length(batch)
         except Exception as error:
-            if len(batch) == 1:
+            if len(batch) == 1 and self.text_lengths is None:
                 if not batch[0].future.done():  # the client may have gone away
                     batch[0].future.set_exception(error)
                 return
             # One bad request must not fail the others, nor show them its text: run each
-            # request alone, so each gets its own result or its own error (whose index and
-            # quoted text, if any, are its own).
+            # request not yet answered alone, in one call in its own order, so each gets its
+            # own result or its own error (whose index and quoted text, if any, are its own).
             for item in batch:
                 if not item.future.done():
-                    await self._execute([item])
-            return
+                    await self._run_alone(item)
+
+    async def _run_whole(self, batch: list[_Pending]) -> None:
+        """All the batch's texts in one call, in arrival order."""
+        results = await self._predict([t for item in batch for t in item.texts])
         start = 0
         for item in batch:
             end = start + len(item.texts)
             if not item.future.done():
                 item.future.set_result(list(results[start:end]))
             start = end
+
+    async def _run_by_length(self, batch: list[_Pending]) -> None:
+        """The batch's texts sorted by length, in sub-batches within the size and token
+        caps; each request is answered as soon as its last text is done."""
+        from torchformer.data.batching import pack_by_tokens  # imports torch: only when used
+
+        texts = [t for item in batch for t in item.texts]
+        owner = [k for k, item in enumerate(batch) for _ in item.texts]  # text -> its request
+        loop = asyncio.get_running_loop()
+        lengths = await loop.run_in_executor(self._executor, self.text_lengths, texts)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])  # stable: ties keep order
+        sub_batches = pack_by_tokens(
+            order, lengths, max_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size
+        )
+        results: list[Any] = [None] * len(texts)
+        left = [len(item.texts) for item in batch]
+        starts = [0]
+        for item in batch:
+            starts.append(starts[-1] + len(item.texts))
+        for indices in sub_batches:
+            for i, result in zip(indices, await self._predict([texts[i] for i in indices])):
+                results[i] = result
+                k = owner[i]
+                left[k] -= 1
+                if left[k] == 0 and not batch[k].future.done():
+                    batch[k].future.set_result(results[starts[k] : starts[k + 1]])
+
+    async def _run_alone(self, item: _Pending) -> None:
+        """One request's texts in one call, in its own order: its result or its error."""
+        try:
+            results = await self._predict(item.texts)
+        except Exception as error:
+            if not item.future.done():
+                item.future.set_exception(error)
+            return
+        if not item.future.done():
+            item.future.set_result(list(results))
 
     async def _predict(self, texts: list[str]) -> Sequence[Any]:
         """One model call, in the worker thread."""

@@ -73,6 +73,29 @@ def header_timeout_protocol(seconds: float) -> type:
     return HeaderTimeoutProtocol
 
 
+def uvicorn_options(
+    settings: ServerSettings | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+) -> dict[str, Any]:
+    """The keyword arguments ``torchformer serve`` gives ``uvicorn.Config`` / ``uvicorn.run``
+    (``http``: the header-deadline protocol class)."""
+    settings = settings or ServerSettings()
+    return {
+        "host": host,
+        "port": port,
+        "http": header_timeout_protocol(settings.header_timeout_s),
+        "limit_concurrency": settings.limit_concurrency,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "server_header": False,
+        "log_level": log_level,
+    }
+
+
 def uvicorn_config(
     app: Any,
     *,
@@ -84,16 +107,5 @@ def uvicorn_config(
     """The ``uvicorn.Config`` that ``torchformer serve`` runs ``app`` with."""
     import uvicorn
 
-    settings = settings or ServerSettings()
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=header_timeout_protocol(settings.header_timeout_s),
-        limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.keep_alive_s,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        h11_max_incomplete_event_size=settings.max_header_bytes,
-        server_header=False,
-        log_level=log_level,
-    )
+    options = uvicorn_options(settings, host=host, port=port, log_level=log_level)
+    return uvicorn.Config(app, **options)
