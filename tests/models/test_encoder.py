@@ -243,3 +243,47 @@ def test_initialisation_follows_bert():
     assert 0.015 < emb[1:].std().item() < 0.025  # N(0, 0.02)
     assert model.layers[0].self_attn.q_proj.bias.abs().sum() == 0
     assert torch.equal(model.layers[0].attn_norm.weight, torch.ones(32))
+
+
+def test_an_unpadded_batch_runs_attention_without_a_mask_but_a_graph_keeps_it(monkeypatch):
+    """Nothing padded: SDPA gets no mask (its fastest kernel), with the same outputs. A
+    traced or exported graph keeps the mask, so it still hides the padding of later inputs."""
+    import torchformer.nn.attention as attention
+
+    model = build(Encoder, attn_impl="sdpa")
+    ids, attention_mask = batch()
+    full = torch.ones_like(attention_mask)
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kwargs):
+        seen.append(attn_mask)
+        return real_sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        unmasked = model(ids, attention_mask=full).last_hidden_state
+        assert seen and all(m is None for m in seen)
+        seen.clear()
+        padded = model(ids, attention_mask=attention_mask).last_hidden_state
+        assert seen and all(m is not None for m in seen)
+        assert torch.allclose(unmasked, model(ids).last_hidden_state, atol=1e-6)
+    monkeypatch.undo()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, ids, mask):
+            return self.inner(ids, attention_mask=mask).last_hidden_state
+
+    # Exported with an unpadded example, run on the padded batch: padding still hidden.
+    exported = torch.export.export(Hidden(model), (ids, full)).module()
+    with torch.no_grad():
+        out = exported(ids, attention_mask)
+    assert torch.allclose(real(out, attention_mask), real(padded, attention_mask), atol=1e-5)
+    traced = torch.jit.trace(Hidden(model), (ids, full), check_trace=False)
+    with torch.no_grad():
+        out = traced(ids, attention_mask)
+    assert torch.allclose(real(out, attention_mask), real(padded, attention_mask), atol=1e-5)

@@ -28,7 +28,7 @@ from torchformer.nn import (
     FeedForward,
     MultiHeadAttention,
     get_activation,
-    padding_mask,
+    padding_mask_if_padded,
 )
 
 Pooling = Literal["cls", "pooler", "mean"]
@@ -221,7 +221,7 @@ class Encoder(nn.Module):
         """Encode token ids (B, T); ``attention_mask`` (B, T) is 1 for tokens, 0 for padding."""
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         # No mask at all when nothing is padded: SDPA then takes its fastest kernel.
-        mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, T)
+        mask = padding_mask_if_padded(attention_mask)  # (B, 1, 1, T) or None
         hidden, attentions = [x], []
         for layer in self.layers:
             x, probs = layer(x, mask=mask, return_attentions=return_attentions)

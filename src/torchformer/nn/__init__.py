@@ -9,7 +9,13 @@ from torchformer.nn.attention import MultiHeadAttention, fast_attention, referen
 from torchformer.nn.cache import KVCache, LayerCache
 from torchformer.nn.feed_forward import FeedForward, GatedFeedForward, get_activation
 from torchformer.nn.layers import DecoderLayer, EncoderLayer
-from torchformer.nn.masks import causal_mask, causal_padding_mask, combine_masks, padding_mask
+from torchformer.nn.masks import (
+    causal_mask,
+    causal_padding_mask,
+    combine_masks,
+    padding_mask,
+    padding_mask_if_padded,
+)
 from torchformer.nn.norms import LayerNorm, RMSNorm, build_norm
 from torchformer.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from torchformer.nn.relative_position import RelativePositionBias
@@ -37,6 +43,7 @@ __all__ = [
     "fast_attention",
     "get_activation",
     "padding_mask",
+    "padding_mask_if_padded",
     "pattern_mask",
     "reference_attention",
     "sliding_window_attention",

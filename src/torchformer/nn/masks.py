@@ -22,6 +22,27 @@ def padding_mask(attention_mask: Tensor) -> Tensor:
     return attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
 
 
+def padding_mask_if_padded(attention_mask: Tensor | None) -> Tensor | None:
+    """``padding_mask(attention_mask)``, or None when no position is padded.
+
+    Without a mask, PyTorch's SDPA takes its fastest kernel: at batch 1 (never padded) the
+    masked call took ~1.4x as long on a 2-core CPU (docs/results.md, issue 17). The check
+    reads the mask's values, so while a graph is traced, compiled or exported the mask is
+    always kept (the graph must serve padded inputs too).
+    """
+    if attention_mask is None:
+        return None
+    tracing = (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
+    if not tracing and bool(attention_mask.all()):
+        return None
+    return padding_mask(attention_mask)
+
+
 def causal_mask(t: int, s: int | None = None, *, device: torch.device | None = None) -> Tensor:
     """Hide the future: query i may see keys 0..i (+ offset when S > T).
 
