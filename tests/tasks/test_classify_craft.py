@@ -243,6 +243,11 @@ def test_ulmfit_with_pgd_resumes_exactly_and_unfreezes_from_the_top(tmp_path):
     assert any(changed(a[6], a[9], "encoder.layers.0."))
     assert not any(changed(a[1], a[9], "encoder.embeddings."))
     assert any(changed(a[9], a[12], "encoder.embeddings."))
+    # the manifest counts what the run trains by its end (all of it, as full fine-tuning
+    # counts), not the first group alone
+    manifest = json.loads((unbroken / "manifest.json").read_text())
+    every = sum(p.numel() for p in torchformer.load(unbroken).model.parameters())
+    assert manifest["extra"]["trainable_parameters"] == every
     # stlr over the 18 steps (cut = 9), on the head; the embeddings at lr * 0.5**3
     logged = [json.loads(x) for x in (unbroken / "metrics.jsonl").read_text().splitlines()]
     lr_at = {x["step"]: x["lr"] for x in logged if x["split"] == "train"}

@@ -377,13 +377,19 @@ class ClassificationTask:
                 "sizes": {k: len(v) for k, v in self.encoded.items()},
                 "labels": self.label_names,
                 "skipped_rows": self.splits.skipped,
-                # at the start (gradual unfreezing adds more later; LoRA: the adapters + head)
-                "trainable_parameters": sum(
-                    p.numel() for p in self.model.parameters() if p.requires_grad
-                ),
+                # what training updates (LoRA: the adapters + head); with gradual
+                # unfreezing, every group it unfreezes by the end, not only the first
+                "trainable_parameters": self._trained_parameters(),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
             },
         }
+
+    def _trained_parameters(self) -> int:
+        trained = {id(p): p for p in self.model.parameters() if p.requires_grad}
+        if self.unfreezing is not None:
+            for _, params in self.unfreezing.groups:
+                trained.update((id(p), p) for p in params)
+        return sum(p.numel() for p in trained.values())
 
     def train_sampler(self, world: World) -> LengthBucketBatchSampler | TokenBudgetBatchSampler:
         tc, lengths = self.config.train, self.encoded["train"].lengths
