@@ -200,6 +200,13 @@ def test_ensemble_row_is_the_probability_average_of_the_seed_runs(ablation, monk
     expected = sum(p == y for p, y in zip(predicted, labels)) / len(labels)
     ens = rows["baseline-ensemble"]
     assert ens["accuracy"]["mean"] == pytest.approx(expected)
+    for record in (r for r in report["runs"] if r["variant"] == "baseline-ensemble"):
+        alone = [
+            sum(pred["label"] == y for pred, y in zip(m.predict(texts), labels)) / len(labels)
+            for m in members
+        ]
+        got = [m["accuracy"] for m in record["members_test"]]
+        assert got == pytest.approx(alone)
     assert ens["accuracy"]["std"] == pytest.approx(0.0)  # one test file: every seed's sample
     assert ens["trainable_parameters"] == sum(
         r["trainable_parameters"] for r in report["runs"] if r["variant"] == "baseline"

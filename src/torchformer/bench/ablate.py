@@ -291,6 +291,10 @@ def _ensemble_runs(
                 "overrides": member["overrides"],
                 "run_dir": str(ens_dir),
                 "test": {k: float(metrics[k]) for k in METRICS},
+                # each member on this same sample, from the same pass: what averaging adds
+                "members_test": [
+                    {k: float(m[k]) for k in METRICS} for m in metrics.get("members", [])
+                ],
                 "wall_s": sum(m["wall_s"] for m in members),
                 "train_s": None,
                 "trainable_parameters": None if None in params else sum(params),
