@@ -297,3 +297,22 @@ def test_bench_skips_paths_that_cannot_run_with_the_reason(tiny_model_dir, tiny_
     _, md_path = write_report(report, tmp_path / "out")
     md = md_path.read_text()
     assert "- skipped onnx-fp32-fused: ParityError" in md and "| torchformer |" in md
+
+
+def test_call_order_lets_every_path_follow_every_other():
+    """A rotation kept each path behind the same neighbour (a spinning neighbour slowed one
+    path only); the seeded shuffle puts every path behind every other one, about equally."""
+    from collections import Counter
+
+    from torchformer.bench.deploy import call_order
+
+    paths = ["a", "b", "c", "d"]
+    orders = [call_order(paths, 0, r, i) for r in range(3) for i in range(200)]
+    assert all(sorted(o) == paths for o in orders)
+    assert call_order(paths, 0, 1, 5) == call_order(paths, 0, 1, 5)  # seeded
+    assert len({tuple(o) for o in orders}) > 12  # not a handful of rotations
+    follows = Counter((o[k - 1], o[k]) for o in orders for k in range(1, len(o)))
+    pairs = [(x, y) for x in paths for y in paths if x != y]
+    assert set(follows) == set(pairs)
+    expected = sum(follows.values()) / len(pairs)
+    assert all(0.7 * expected < follows[p] < 1.3 * expected for p in pairs)

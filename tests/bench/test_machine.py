@@ -15,7 +15,8 @@ from torchformer.cli import main as cli_main
 
 TINY = {"shapes": [(32, 48), (48, 32)], "rows": 16, "seconds": 0.02, "threads": 1}
 KEYS = {"threads", "cpu", "flags", "torch", "onnxruntime", "rows", "shapes", "per_shape",
-        "peaks", "means", "int8_backends", "int8_detail", "seconds"}  # fmt: skip
+        "peaks", "means", "int8_backends", "int8_detail", "fp32_backends", "fp32_detail",
+        "seconds"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,10 @@ def test_result_has_every_key_and_positive_peaks(tiny_result) -> None:
     assert r["int8_backends"]["onnxruntime MatMulInteger"] > 0
     ran = {n: p for n, p in r["int8_backends"].items() if p is not None}
     assert r["peaks"]["int8"] == max(ran.values())
+    # fp32: torch.matmul and onnxruntime's MatMul (the ONNX paths' kernel); the faster counts
+    assert set(r["fp32_backends"]) == {"torch.matmul", "onnxruntime MatMul"}
+    assert all(v > 0 for v in r["fp32_backends"].values())
+    assert r["peaks"]["fp32"] == max(r["fp32_backends"].values())
     assert set(r["flags"]) <= set(machine.RELEVANT_FLAGS) and r["flags"] == sorted(r["flags"])
     assert r["torch"] == torch.__version__
 
@@ -46,7 +51,8 @@ def test_result_has_every_key_and_positive_peaks(tiny_result) -> None:
 def test_format_ceiling_lists_each_dtype_and_backend(tiny_result) -> None:
     text = machine.format_ceiling(tiny_result)
     assert text.splitlines()[0].startswith("| dtype | 32x48 (M=16) | 48x32 (M=16) | peak | mean |")
-    assert "| fp32 GFLOP/s |" in text and "| bf16 GFLOP/s |" in text
+    assert "| fp32 GFLOP/s, torch.matmul |" in text and "| bf16 GFLOP/s |" in text
+    assert "| fp32 GFLOP/s, onnxruntime MatMul |" in text and "(fp32 peak)" in text
     assert "| int8 GOP/s, onnxruntime MatMulInteger |" in text and "(int8 peak)" in text
     assert "flags: " in text
 
@@ -151,7 +157,7 @@ def test_cli_writes_the_json_and_prints_the_table(tmp_path, capsys) -> None:
     assert written["shapes"] == [[16, 16], [16, 24], [24, 16]] and written["rows"] == 8
     assert set(written["peaks"]) == {"fp32", "int8"}
     assert written["peaks"]["fp32"] == max(written["per_shape"]["fp32"].values())
-    assert "| fp32 GFLOP/s |" in capsys.readouterr().out
+    assert "| fp32 GFLOP/s, torch.matmul |" in capsys.readouterr().out
 
 
 def test_cli_reports_a_missing_model_directory(tmp_path, capsys) -> None:

@@ -32,8 +32,9 @@ reported once). Each path runs in its own process (``spawn``) with the same
 fixed thread count (``torch.set_num_threads`` / onnxruntime ``intra_op_num_threads``),
 so its peak resident memory is its own and the ONNX processes never import
 torch. After a warm-up, paths are interleaved batch by batch (and text by text
-for latency), the first path rotating, so that the load of a shared machine
-hits every path alike; the speed-up of each path over ``transformers`` is also
+for latency) in a fresh seeded order per item, with the machine left idle for
+``settle_ms`` before each call, so that the load of a shared machine and the still
+spinning threads of the previous call hit every path alike; the speed-up of each path over ``transformers`` is also
 reported per round (paired: same round, same minutes).
 
 With a machine file (``torchformer bench machine --out FILE.json``), each path
@@ -48,6 +49,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import resource
 import statistics
 import time
@@ -105,6 +107,7 @@ class BenchSettings:
     paths: tuple[str, ...] = PATHS
     calibration_file: str | None = None  # onnx-int8-static; default: see calibration_texts()
     calibration_texts: int = 128
+    settle_ms: float = 10.0  # idle before each timed call (other paths' threads stop spinning)
 
 
 @dataclass
@@ -766,19 +769,32 @@ def _score(
             result.max_logit_diff = float(np.abs(logits[name] - reference).max())
 
 
-def _rotated(items: list[str], k: int) -> list[str]:
-    k %= len(items)
-    return items[k:] + items[:k]
+def call_order(paths: Sequence[str], seed: int, r: int, i: int) -> list[str]:
+    """The order in which the paths run item ``i`` of round ``r``: a fresh seeded shuffle
+    per item, so that every path follows every other one equally often.
+
+    A rotation (the first path moving on by one each item) keeps the cyclic order, so each
+    path always ran right after the same neighbour, and a neighbour whose threads were still
+    spinning (onnxruntime's and OpenMP's worker threads busy-wait for a while after a call)
+    slowed that one path only: our batch-1 p50 read 63 ms behind onnx-int8-static against
+    41 ms for transformers, which always followed us (docs/results.md, issue 17).
+    """
+    order = list(paths)
+    random.Random(f"{seed}:{r}:{i}").shuffle(order)
+    return order
 
 
-def _measure_round(workers, inputs, r, results, latencies, logits) -> None:
-    """One round, interleaved at the finest grain: every batch (then every single text)
-    is run by each path in turn, the starting path rotating, so load changes on a
-    shared machine hit all paths alike instead of whichever one ran that minute."""
+def _measure_round(workers, inputs, r, results, latencies, logits, settings) -> None:
+    """One round, interleaved at the finest grain: every batch (then every single text) is
+    run by each path in turn (``call_order``), so load changes on a shared machine hit all
+    paths alike instead of whichever one ran that minute; before each call the machine is
+    left idle for ``settle_ms`` (untimed), so no other path's threads still spin."""
     paths = list(workers)
     totals = dict.fromkeys(paths, 0.0)
+    settle = settings.settle_ms / 1000
     for b in range(len(inputs.batches)):
-        for p in _rotated(paths, r + b):
+        for p in call_order(paths, settings.seed, r, b):
+            time.sleep(settle)
             seconds, out = workers[p].call("batch", (b, r == 0))
             totals[p] += seconds
             if out is not None:
@@ -786,7 +802,8 @@ def _measure_round(workers, inputs, r, results, latencies, logits) -> None:
     for p in paths:
         results[p].throughput_rounds.append(len(inputs.lengths) / totals[p])
     for i in range(len(inputs.singles)):
-        for p in _rotated(paths, r + i):
+        for p in call_order(paths, settings.seed, r, len(inputs.batches) + i):
+            time.sleep(settle)
             latencies[p].append(workers[p].call("single", i))
 
 
@@ -836,7 +853,7 @@ def _measure(
     latencies: dict[str, list[float]] = {p: [] for p in paths}
     logits: dict[str, list[np.ndarray]] = {p: [] for p in paths}
     for r in range(settings.rounds if paths else 0):
-        _measure_round(workers, inputs, r, results, latencies, logits)
+        _measure_round(workers, inputs, r, results, latencies, logits, settings)
         log(
             f"round {r + 1}/{settings.rounds}: "
             + ", ".join(f"{p} {results[p].throughput_rounds[-1]:.1f}" for p in paths)
@@ -979,8 +996,9 @@ def _report(run, model_dir, settings, threads, source, inputs, results, labelled
             f"first {len(inputs.singles)} texts, pooled over rounds; throughput: texts sorted by token "
             f"length, batches of {settings.batch_size} padded to their longest, one pass per round, "
             "median over rounds; each path in its own process; paths interleaved batch by batch "
-            "(text by text for latency), first path rotating; agreement and max logit difference "
-            "against torchformer fp32 on the throughput pass"
+            "(text by text for latency) in a fresh seeded order per item, "
+            f"{settings.settle_ms:g} ms idle before each call; agreement and max logit "
+            "difference against torchformer fp32 on the throughput pass"
         ),
         "results": {name: asdict(r) for name, r in results.items()},
         "best": best.name if best else None,

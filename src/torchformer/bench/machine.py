@@ -175,8 +175,7 @@ def _onnxruntime_matmul_integer(a: np.ndarray, b: np.ndarray, threads: int) -> C
     onnxruntime pre-pack it as it does in a deployed model.
     """
     try:
-        import onnx
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (checked here: the error says what to install)
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as e:
         raise ImportError(
@@ -195,6 +194,18 @@ def _onnxruntime_matmul_integer(a: np.ndarray, b: np.ndarray, threads: int) -> C
             numpy_helper.from_array(np.zeros(n, dtype=np.int8), "b_zero_point"),
         ],
     )
+    session = _one_node_session(graph, threads)
+    feed = {"A": (a.astype(np.int16) + 128).astype(np.uint8)}  # (M, K)
+    return lambda: session.run(None, feed)[0]  # (M, N) int32
+
+
+def _one_node_session(graph: Any, threads: int) -> Any:
+    """An onnxruntime session of a one-node graph, set up as ``make_session`` sets up a
+    deployed model (all graph optimizations, ``threads`` intra-op threads)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 9)  # readable by older onnxruntime builds
     onnx.checker.check_model(model)
@@ -203,11 +214,36 @@ def _onnxruntime_matmul_integer(a: np.ndarray, b: np.ndarray, threads: int) -> C
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(
+    return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    feed = {"A": (a.astype(np.int16) + 128).astype(np.uint8)}  # (M, K)
-    return lambda: session.run(None, feed)[0]  # (M, N) int32
+
+
+def _onnxruntime_matmul_fp32(rows: int, k: int, n: int, threads: int) -> Callable[[], Any]:
+    """fp32 ``MatMul`` with a constant weight (pre-packed by onnxruntime's MLAS, as in an
+    exported model): the fp32 kernel the ONNX paths run, which on some CPUs is faster than
+    ``torch.matmul``'s, so the fp32 ceiling is the faster of the two."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((k, n), dtype=np.float32)  # (K, N)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["Y"])],
+        "matmul_fp32",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+        initializer=[numpy_helper.from_array(weight, "B")],
+    )
+    session = _one_node_session(graph, threads)
+    feed = {"A": rng.standard_normal((rows, k), dtype=np.float32)}  # (M, K)
+    got = session.run(None, feed)[0]
+    want = feed["A"].astype(np.float64) @ weight.astype(np.float64)
+    if not np.allclose(got, want, rtol=1e-3, atol=1e-3 * np.sqrt(k)):
+        raise KernelCheckError(
+            f"onnxruntime MatMul: max |error| {np.abs(got - want).max():.3g} against numpy's "
+            f"product for ({rows}, {k}) @ ({k}, {n}); not timed"
+        )
+    return lambda: session.run(None, feed)[0]  # (M, N)
 
 
 def _torch_int_mm(a: np.ndarray, b: np.ndarray, threads: int) -> Callable[[], Any]:
@@ -281,6 +317,24 @@ def _measure_int8(rows, shapes, seconds, threads) -> dict[str, dict]:
         detail[name] = _summarize(rows, shapes, times)
     if all("error" in d for d in detail.values()):
         raise RuntimeError(f"no int8 backend could run: {detail}")
+    return detail
+
+
+def _measure_fp32(rows, shapes, seconds, threads) -> dict[str, dict]:
+    """fp32 throughput of ``torch.matmul`` and of onnxruntime's ``MatMul`` (the latter
+    ``{"error": why}`` when onnxruntime is missing or fails)."""
+    builds = {
+        "torch.matmul": lambda k, n: _torch_matmul_call(rows, k, n, torch.float32),
+        "onnxruntime MatMul": lambda k, n: _onnxruntime_matmul_fp32(rows, k, n, threads),
+    }
+    detail: dict[str, dict] = {}
+    for name, build in builds.items():
+        try:
+            times = [_median_seconds(build(k, n), seconds) for k, n in shapes]
+        except (ImportError, RuntimeError) as e:
+            detail[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            continue
+        detail[name] = _summarize(rows, shapes, times)
     return detail
 
 
@@ -370,10 +424,14 @@ def measure_ceiling(
                 peaks = {name: d.get("peak") for name, d in detail.items()}
                 summary = detail[max((n for n in peaks if peaks[n] is not None), key=peaks.get)]
                 result["int8_backends"], result["int8_detail"] = peaks, detail
+            elif dtype == "fp32":
+                detail = _measure_fp32(rows, shapes, seconds, threads)
+                peaks = {name: d.get("peak") for name, d in detail.items()}
+                summary = detail[max((n for n in peaks if peaks[n] is not None), key=peaks.get)]
+                result["fp32_backends"], result["fp32_detail"] = peaks, detail
             else:
-                torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
                 times = [
-                    _median_seconds(_torch_matmul_call(rows, k, n, torch_dtype), seconds)
+                    _median_seconds(_torch_matmul_call(rows, k, n, torch.bfloat16), seconds)
                     for k, n in shapes
                 ]
                 summary = _summarize(rows, shapes, times)
@@ -400,22 +458,23 @@ def format_ceiling(result: dict) -> str:
     header = ["dtype", *(f"{key} (M={result['rows']})" for key in keys), "peak", "mean"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for dtype in result["per_shape"]:
-        if dtype == "int8":
-            continue
+        if dtype in ("int8", "fp32") and f"{dtype}_detail" in result:
+            continue  # one row per backend, below
         per = result["per_shape"][dtype]
         cells = [per[k] for k in keys] + [result["peaks"][dtype], result["means"][dtype]]
         lines.append(f"| {dtype} GFLOP/s | " + " | ".join(_cell(c) for c in cells) + " |")
-    for name, detail in result.get("int8_detail", {}).items():
-        if "error" in detail:
-            cells = ["n/a"] * len(keys) + ["n/a", detail["error"]]
-        else:
-            cells = [_cell(detail["per_shape"][k]) for k in keys]
-            best = detail["peak"] == result["peaks"]["int8"]
-            cells += [
-                _cell(detail["peak"]) + (" (int8 peak)" if best else ""),
-                _cell(detail["mean"]),
-            ]
-        lines.append(f"| int8 GOP/s, {name} | " + " | ".join(cells) + " |")
+    for dtype, unit in (("fp32", "GFLOP/s"), ("int8", "GOP/s")):
+        for name, detail in result.get(f"{dtype}_detail", {}).items():
+            if "error" in detail:
+                cells = ["n/a"] * len(keys) + ["n/a", detail["error"]]
+            else:
+                cells = [_cell(detail["per_shape"][k]) for k in keys]
+                best = detail["peak"] == result["peaks"][dtype]
+                cells += [
+                    _cell(detail["peak"]) + (f" ({dtype} peak)" if best else ""),
+                    _cell(detail["mean"]),
+                ]
+            lines.append(f"| {dtype} {unit}, {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"CPU: {result['cpu']}; {result['threads']} thread(s); torch {result['torch']}, "

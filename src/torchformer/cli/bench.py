@@ -56,6 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--rounds", type=int, default=d.rounds, help="interleaved repetitions (default 3)"
     )
     p.add_argument(
+        "--settle-ms",
+        type=float,
+        default=d.settle_ms,
+        help="idle time before each timed call, so the previous path's threads stop spinning "
+        f"(default {d.settle_ms:g})",
+    )
+    p.add_argument(
         "--onnx-dir", help="export directory to use (default: RUN/bench/onnx, made if absent)"
     )
     p.add_argument(
@@ -95,6 +102,7 @@ def bench_command(args: argparse.Namespace) -> int:
         latency_texts=args.latency_texts,
         threads=args.threads,
         rounds=args.rounds,
+        settle_ms=args.settle_ms,
         seed=args.seed,
         texts_file=args.texts_file,
         text_column=args.text_column,
