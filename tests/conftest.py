@@ -10,6 +10,14 @@ import pytest
 from torchformer.data.paths import data_dir
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The CPU's SIMD and dot-product flags, at the end of every run's output (``-q``
+    included): int8 and bf16 results, and which paths a test expects to run, depend on them."""
+    from torchformer.export.quantize import cpu_int8_support
+
+    terminalreporter.write_line(cpu_int8_support().summary().splitlines()[0])
+
+
 # --- real data (tier 3, `-m data`) -----------------------------------------------------
 @pytest.fixture(scope="session")
 def imdb_labeled() -> dict:

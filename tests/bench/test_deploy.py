@@ -22,7 +22,7 @@ from torchformer.bench.deploy import (
     write_report,
 )
 from torchformer.cli import main
-from torchformer.export.quantize import bf16_unsupported, op_counts
+from torchformer.export.quantize import bf16_unsupported, default_reduce_range, op_counts
 
 
 def test_fixed_inputs_are_length_sorted_padded_batches(tiny_classifier):
@@ -224,8 +224,19 @@ def test_bench_new_paths_agree_with_torchformer_fp32(
     assert fused["model_file"].endswith("model.fused.onnx")
     assert fused["details"]["parity_max_abs_diff"] <= 1e-4
     assert fused["details"]["ops_after"] != fused["details"]["ops_before"]
-    for name in ("onnx-int8-fused", "onnx-int8-static"):  # quantized: close, not identical
-        assert results[name]["agreement"] >= 90 and 0 < results[name]["max_logit_diff"] < 0.2
+    # Quantized: close, not identical. The error is read against the spread of the fp32
+    # logits: 0.07% of it here (AMD EPYC, AVX-512 VNNI); 5.3% on a CI machine whose flags
+    # were not recorded (the report header prints them now) — the size that onnxruntime's
+    # 16-bit multiply-adds saturating on CPUs without VNNI/AMX gives, where 7-bit weights
+    # are now chosen. A broken scale or zero point gives errors of the order of the spread.
+    spread = report["reference_logit_range"]
+    assert spread > 1
+    bound = 0.1
+    for name in ("onnx-int8-fused", "onnx-int8-static"):
+        diff = results[name]["max_logit_diff"]
+        assert results[name]["agreement"] >= 90, name
+        assert 0 < diff < bound * spread, (name, diff, spread)
+        assert ("7-bit" in results[name]["details"]["quantization"]) == default_reduce_range()
     static = onnx_dir / "model.int8-static.onnx"
     assert results["onnx-int8-static"]["model_file"] == str(static)
     assert set(op_counts(static, ("QuantizeLinear", "DequantizeLinear"))) == {

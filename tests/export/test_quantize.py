@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from torchformer.export.quantize import (
     accuracy_gate,
     cpu_flags,
     cpu_int8_support,
+    default_reduce_range,
     quantize_onnx,
 )
 from torchformer.export.runtime import OnnxClassifier
@@ -113,6 +115,30 @@ def test_cpu_flags_and_int8_warning(tmp_path):
     assert cpu_int8_support(cpu_flags(arm)).int8_dot_product
     assert "slower" in cpu_int8_support({"sse2"}).warning
     assert cpu_flags(tmp_path / "missing") == set()
+    # 7-bit weights exactly where onnxruntime's u8*s8 multiply-adds can saturate.
+    assert default_reduce_range(cpu_flags(plain)) is True
+    assert default_reduce_range({"avx512f", "avx512bw"}) is True
+    assert default_reduce_range(cpu_flags(vnni)) is False
+    assert default_reduce_range(cpu_flags(arm)) is False
+    assert default_reduce_range(set()) is False  # unknown CPU: full 8 bits
+
+
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_reduce_range_stores_7_bit_weights(tiny_export_dir, tmp_path, reduce_range):
+    import onnx
+    from onnx import numpy_helper
+
+    path = quantize_onnx(
+        tiny_export_dir / "model.onnx", tmp_path / "model.int8.onnx", reduce_range=reduce_range
+    )
+    weights = [
+        numpy_helper.to_array(i)
+        for i in onnx.load(str(path)).graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and i.dims and len(i.dims) == 2
+    ]
+    assert weights
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest <= 64 if reduce_range else largest == 127
 
 
 def test_quantize_cli_rejects_a_failed_export(tiny_export_dir, tmp_path, capsys):

@@ -317,6 +317,11 @@ def run_benchmark(
     report_ceiling = _ceiling(config, inputs, results, machine_info, threads, log)
     report = _report(run, model_dir, settings, threads, source, inputs, results, gold is not None)
     report["skipped"] = skipped
+    # The scale the quantized paths' max logit difference is read against (it depends on
+    # the model, and int8 error on the CPU's kernels: VNNI or plain AVX2).
+    report["reference_logit_range"] = (
+        float(reference.max() - reference.min()) if reference is not None else None
+    )
     report |= report_ceiling
     report["cpu"] = asdict(cpu_int8_support())
     report["pooling"] = config.get("torchformer_pooling", "pooler")

@@ -37,7 +37,10 @@ def prepare_onnx(
         result = export_classifier(clf, onnx_dir, source=str(model_dir))
         log(f"parity {result.parity.summary()}")
     if int8 and not (onnx_dir / INT8_NAME).is_file():
-        log("quantizing to int8 (dynamic, per-channel QInt8; accuracy measured below, no gate) ...")
+        log(
+            f"quantizing to int8 (dynamic, per-channel QInt8{_bits()}; accuracy measured below, "
+            "no gate) ..."
+        )
         quantize_onnx(onnx_dir / ONNX_NAME, onnx_dir / INT8_NAME)
     return onnx_dir
 
@@ -107,7 +110,9 @@ def _prepare_plain(path: str, model_dir: Path, onnx_dir: Path) -> tuple[Path, di
     if path in ("torchformer", "transformers", "torchformer-compile"):
         return model_dir, {}
     if path == "onnx-int8":
-        return onnx_dir / INT8_NAME, {"quantization": "dynamic, per-channel QInt8 weights"}
+        return onnx_dir / INT8_NAME, {
+            "quantization": f"dynamic, per-channel QInt8 weights{_bits()}"
+        }
     return onnx_dir / ONNX_NAME, {}
 
 
@@ -129,7 +134,7 @@ def _prepare_static(
         return target, recorded or {"calibration": f"unknown ({target.name} was already there)"}
     texts, source = calibration_texts(settings, bench)
     info = {
-        "quantization": "static QDQ, per-channel QInt8 weights, QInt8 activations, MinMax",
+        "quantization": f"static QDQ, per-channel QInt8 weights{_bits()}, QInt8 activations, MinMax",
         "calibration": source,
     }
     log(f"quantizing to static int8 (calibration: {source}) ...")
@@ -180,9 +185,18 @@ def _fused_path(
     if not target.is_file():
         from torchformer.export.quantize import quantize_onnx
 
-        log("quantizing the fused graph to int8 (dynamic, per-channel QInt8) ...")
+        log(f"quantizing the fused graph to int8 (dynamic, per-channel QInt8{_bits()}) ...")
         _try(quantize_onnx, fused_file, target)
-    return target, {"quantization": "dynamic, per-channel QInt8 weights, of the fused graph"}
+    return target, {
+        "quantization": f"dynamic, per-channel QInt8 weights{_bits()}, of the fused graph"
+    }
+
+
+def _bits() -> str:
+    """What the quantizer does to the weights on this CPU (``default_reduce_range``)."""
+    from torchformer.export.quantize import default_reduce_range
+
+    return " (7-bit: reduce_range, no VNNI/AMX here)" if default_reduce_range() else ""
 
 
 def _recorded(onnx_dir: Path, key: str) -> dict[str, Any] | None:

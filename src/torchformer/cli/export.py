@@ -92,7 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="one weight scale per tensor instead of per output channel",
     )
-    q.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs without VNNI)")
+    q.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="7-bit weights (default: on for x86 CPUs with AVX2/AVX-512 but no VNNI/AMX, "
+        "whose 16-bit multiply-adds saturate; off elsewhere)",
+    )
     q.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     q.add_argument("--seed", type=int, default=0, help="seed of the IMDB sample")
     q.set_defaults(func=quantize_command)
@@ -158,6 +164,7 @@ def quantize_command(args: argparse.Namespace) -> int:
     from torchformer.export.quantize import (
         accuracy_gate,
         cpu_int8_support,
+        default_reduce_range,
         quantize_onnx,
         validation_slice,
     )
@@ -176,6 +183,8 @@ def quantize_command(args: argparse.Namespace) -> int:
             label_column=args.label_column,
             seed=args.seed,
         )
+        if args.reduce_range is None:
+            args.reduce_range = default_reduce_range()
         int8_path = quantize_onnx(
             out / ONNX_NAME,
             out / INT8_NAME,

@@ -120,12 +120,27 @@ def cpu_int8_support(flags: set[str] | None = None) -> CpuInt8Support:
     elif "avx2" in flags or "avx512bw" in flags:
         warning = (
             "no int8 dot-product instructions (VNNI/AMX): int8 MatMul falls back to "
-            "16-bit multiply-adds, usually a small speed-up at best; consider --reduce-range "
-            "(7-bit weights avoid their saturation) and measure with torchformer bench"
+            "16-bit multiply-adds, usually a small speed-up at best; weights are quantized to "
+            "7 bits here (reduce_range) to avoid their saturation; measure with torchformer bench"
         )
     else:
         warning = "no AVX2 nor int8 dot-product instructions: int8 is likely slower than fp32 here"
     return CpuInt8Support(flags=present, int8_dot_product=dot, warning=warning)
+
+
+def default_reduce_range(flags: set[str] | None = None) -> bool:
+    """Whether to quantize weights to 7 bits on this CPU: yes on x86 with AVX2 or AVX-512
+    but no int8 dot-product instructions (VNNI/AMX).
+
+    There onnxruntime multiplies uint8 activations by int8 weights with 16-bit
+    multiply-adds (``vpmaddubsw``), whose pairwise sums saturate at 32,767 when both
+    factors are large; 7-bit weights keep every pair in range. This is onnxruntime's own
+    advice for U8S8 on such CPUs, and Optimum's AVX2/AVX-512 quantization configurations
+    set it, its VNNI one does not. Elsewhere (VNNI, AMX, Arm, unknown flags) full 8 bits.
+    """
+    flags = cpu_flags() if flags is None else flags
+    x86_simd = "avx2" in flags or "avx512bw" in flags
+    return x86_simd and not any(f in flags for f in INT8_DOT_FLAGS)
 
 
 def bf16_unsupported(flags: set[str] | None = None) -> str | None:
@@ -168,14 +183,15 @@ def quantize_onnx(
     int8_path: str | os.PathLike,
     *,
     per_channel: bool = True,
-    reduce_range: bool = False,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Dynamic int8 quantization of MatMul/Gemm weights (QInt8), written to ``int8_path``.
 
     Args:
         per_channel: one scale per output channel (more accurate, same speed).
-        reduce_range: 7-bit weights, for CPUs without VNNI (avoids overflow in
-            their 16-bit multiply-adds) — costs a little accuracy elsewhere.
+        reduce_range: 7-bit weights, for CPUs without VNNI (avoids saturation in
+            their 16-bit multiply-adds) — costs a little accuracy elsewhere. None
+            (the default): ``default_reduce_range()`` of this CPU.
     """
     try:
         import onnx
@@ -186,6 +202,8 @@ def quantize_onnx(
         ) from e
     model = _load_for_quantization(fp32_path)
     int8_path = Path(int8_path)
+    if reduce_range is None:
+        reduce_range = default_reduce_range()
     with _errors_only():
         quantize_dynamic(
             model,
@@ -205,6 +223,7 @@ def quantize_onnx_static(
     calibration: Iterable[tuple[np.ndarray, np.ndarray]],
     *,
     per_channel: bool = True,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Static int8 quantization of MatMul/Gemm (QDQ format), written to ``int8_path``.
 
@@ -216,6 +235,7 @@ def quantize_onnx_static(
     Args:
         calibration: (input_ids, attention_mask) pairs, int64 (B, T) each, tokenized
             and padded as at inference.
+        reduce_range: 7-bit weights; None (the default): ``default_reduce_range()``.
 
     Raises:
         ValueError: no calibration batch.
@@ -251,6 +271,8 @@ def quantize_onnx_static(
             self.rest = iter(feeds)
 
     int8_path = Path(int8_path)
+    if reduce_range is None:
+        reduce_range = default_reduce_range()
     with _errors_only():
         quantize_static(
             _load_for_quantization(fp32_path),
@@ -259,6 +281,7 @@ def quantize_onnx_static(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=per_channel,
+            reduce_range=reduce_range,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
