@@ -40,9 +40,13 @@ def test_result_has_every_key_and_positive_peaks(tiny_result) -> None:
     assert r["int8_backends"]["onnxruntime MatMulInteger"] > 0
     ran = {n: p for n, p in r["int8_backends"].items() if p is not None}
     assert r["peaks"]["int8"] == max(ran.values())
-    # fp32: torch.matmul and onnxruntime's MatMul (the ONNX paths' kernel); the faster counts
-    assert set(r["fp32_backends"]) == {"torch.matmul", "onnxruntime MatMul"}
-    assert all(v > 0 for v in r["fp32_backends"].values())
+    # fp32: torch.matmul, oneDNN's linear (our models' inference kernel) and onnxruntime's
+    # MatMul (the ONNX paths' kernel); the fastest counts
+    assert set(r["fp32_backends"]) == {"torch.matmul", "oneDNN linear", "onnxruntime MatMul"}
+    assert (r["fp32_backends"]["oneDNN linear"] is None) == (
+        not torch.backends.mkldnn.is_available()
+    )
+    assert all(v > 0 for v in r["fp32_backends"].values() if v is not None)
     assert r["peaks"]["fp32"] == max(r["fp32_backends"].values())
     assert set(r["flags"]) <= set(machine.RELEVANT_FLAGS) and r["flags"] == sorted(r["flags"])
     assert r["torch"] == torch.__version__
@@ -53,6 +57,7 @@ def test_format_ceiling_lists_each_dtype_and_backend(tiny_result) -> None:
     assert text.splitlines()[0].startswith("| dtype | 32x48 (M=16) | 48x32 (M=16) | peak | mean |")
     assert "| fp32 GFLOP/s, torch.matmul |" in text and "| bf16 GFLOP/s |" in text
     assert "| fp32 GFLOP/s, onnxruntime MatMul |" in text and "(fp32 peak)" in text
+    assert "| fp32 GFLOP/s, oneDNN linear |" in text
     assert "| int8 GOP/s, onnxruntime MatMulInteger |" in text and "(int8 peak)" in text
     assert "flags: " in text
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from torchformer.models.encoder import Encoder, EncoderForSequenceClassification, preset
+from torchformer.nn.linear import is_plain_linear
 from torchformer.nn.lora import LoRALinear, apply_lora, lora_layers, merge_lora
 
 V, L = 50, 2
@@ -222,7 +223,7 @@ def test_merge_lora_gives_plain_linears_with_equal_outputs(targets):
     expected_weight = q.weight.detach() + q.scaling * q.lora_B.weight.detach() @ q.lora_A.weight
     assert merge_lora(model) is model
     assert not lora_layers(model)
-    assert type(model.encoder.layers[0].self_attn.q_proj) is nn.Linear
+    assert is_plain_linear(model.encoder.layers[0].self_attn.q_proj)
     torch.testing.assert_close(model.encoder.layers[0].self_attn.q_proj.weight, expected_weight)
     assert set(model.state_dict()) == base_keys  # savable as the base model again
     torch.testing.assert_close(outputs(model, inputs), adapted, rtol=0, atol=1e-6)

@@ -11,8 +11,9 @@ no end token (every run makes exactly that many tokens), by:
 - transformers: ``GPT2LMHeadModel.generate`` (its default SDPA attention and cache);
 - ours without the cache (``use_cache=False``: the prefix is re-run at every step).
 
-The three are timed in turn, the order rotating every repeat so that drift and other
-load hit them alike. Reported: tokens/s (batch * new tokens / seconds, medians), the
+The three are timed in turn, in a fresh seeded order every repeat (``bench.deploy.
+call_order``: a rotation keeps each path behind the same neighbour), so that drift and
+other load hit them alike. Reported: tokens/s (batch * new tokens / seconds, medians), the
 ratio ours / transformers, the cache's speed-up (cached / uncached tokens/s), and
 whether ours and transformers produced the same tokens.
 
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from torchformer.bench.deploy import call_order
 from torchformer.bench.encoder_speed import machine
 from torchformer.checkpoints import load_pretrained
 from torchformer.generate import generate
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
             for name in names:  # warm-up: allocator, kernels, first-call work
                 runners[name](4)
             for repeat in range(args.repeats):
-                order = names[repeat % 3 :] + names[: repeat % 3]
+                order = call_order(names, seed=batch, r=repeat, i=0)
                 for name in order:
                     seconds, outputs[name] = _time(runners[name], n)
                     times[name].append(seconds)

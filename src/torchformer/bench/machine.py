@@ -7,8 +7,11 @@ rather than read off a datasheet. A call multiplies activations (M, K) by a weig
 all-MiniLM-L6-v2's (D = 384, F = 1536): (D, D) for the attention projections, (D, F) and
 (F, D) for the feed-forward.
 
-- fp32 and bf16: ``torch.matmul`` (oneDNN/MKL; bf16 is fast only where the CPU has
-  AVX512-BF16 or AMX, and is measured and reported anyway).
+- fp32 and bf16: ``torch.matmul`` (MKL in PyTorch's wheels for fp32, oneDNN for bf16;
+  bf16 is fast only where the CPU has AVX512-BF16 or AMX, and is measured and reported
+  anyway). fp32 also: oneDNN's linear (``torchformer.nn.linear``, what our models run
+  for fp32 inference on the CPU; MKL's fast paths are Intel-only) and onnxruntime's
+  ``MatMul``; the fp32 peak is the fastest of the three.
 - int8: onnxruntime's ``MatMulInteger`` (uint8 activations with a zero point × int8
   weights with per-column zero points → int32), the kernel our dynamically quantized
   ONNX models run, and ``torch._int_mm`` (int8 × int8 → int32). Each is first checked
@@ -166,6 +169,21 @@ def _torch_matmul_call(rows: int, k: int, n: int, dtype: torch.dtype) -> Callabl
     return lambda: torch.matmul(a, b)  # (M, N)
 
 
+def _onednn_linear_call(rows: int, k: int, n: int) -> Callable[[], Any]:
+    """oneDNN's fp32 linear as ``torchformer.nn.linear.linear`` calls it for inference."""
+    if not torch.backends.mkldnn.is_available():
+        raise RuntimeError("PyTorch was built without oneDNN")
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, k, generator=generator)  # (M, K) activations
+    w = torch.randn(n, k, generator=generator)  # (N, K): nn.Linear's layout
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")  # (M, N)
+
+    return call
+
+
 def _onnxruntime_matmul_integer(a: np.ndarray, b: np.ndarray, threads: int) -> Callable[[], Any]:
     """``MatMulInteger`` as dynamic quantization emits it, in a one-node graph.
 
@@ -321,10 +339,11 @@ def _measure_int8(rows, shapes, seconds, threads) -> dict[str, dict]:
 
 
 def _measure_fp32(rows, shapes, seconds, threads) -> dict[str, dict]:
-    """fp32 throughput of ``torch.matmul`` and of onnxruntime's ``MatMul`` (the latter
-    ``{"error": why}`` when onnxruntime is missing or fails)."""
+    """fp32 throughput of ``torch.matmul``, oneDNN's linear and onnxruntime's ``MatMul``
+    (``{"error": why}`` for one that is missing or fails)."""
     builds = {
         "torch.matmul": lambda k, n: _torch_matmul_call(rows, k, n, torch.float32),
+        "oneDNN linear": lambda k, n: _onednn_linear_call(rows, k, n),
         "onnxruntime MatMul": lambda k, n: _onnxruntime_matmul_fp32(rows, k, n, threads),
     }
     detail: dict[str, dict] = {}

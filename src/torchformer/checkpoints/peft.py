@@ -33,6 +33,7 @@ from torchformer.checkpoints.bert import ARCHITECTURES, BERT, Layout
 from torchformer.checkpoints.hf import CheckpointError
 from torchformer.io import atomic_write_bytes, atomic_write_text
 from torchformer.models.encoder import Encoder, EncoderForSequenceClassification
+from torchformer.nn.linear import is_plain_linear
 from torchformer.nn.lora import LoRALinear, LoRASummary, apply_lora, lora_layers
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -369,7 +370,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRASummar
     linears = {
         name: _parent(hf[f"{name}.weight"])
         for name, m in model.named_modules()
-        if type(m) is nn.Linear and f"{name}.weight" in hf
+        if is_plain_linear(m) and f"{name}.weight" in hf
     }
     targets = _peft_targets(config, linears, adapter_dir / ADAPTER_CONFIG_NAME)
     entries = config.get("modules_to_save") or []

@@ -49,6 +49,7 @@ from torchformer.nn import (
     MultiHeadAttention,
     RMSNorm,
 )
+from torchformer.nn.linear import Linear, linear
 from torchformer.nn.positional import RotaryEmbedding
 
 
@@ -374,13 +375,13 @@ class DecoderForCausalLM(nn.Module):
         self.decoder = Decoder(config)
         self.lm_head = None
         if not config.tie_embeddings:
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
             init_weights(self.lm_head, config)
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """Hidden states (B, T, D) -> next-token logits (B, T, V)."""
         if self.lm_head is None:
-            return F.linear(hidden, self.decoder.token_embeddings.weight)  # (B, T, V)
+            return linear(hidden, self.decoder.token_embeddings.weight)  # (B, T, V)
         return self.lm_head(hidden)  # (B, T, V)
 
     def forward(

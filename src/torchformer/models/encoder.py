@@ -30,6 +30,7 @@ from torchformer.nn import (
     get_activation,
     padding_mask_if_padded,
 )
+from torchformer.nn.linear import Linear, linear
 
 Pooling = Literal["cls", "pooler", "mean"]
 
@@ -205,7 +206,7 @@ class Encoder(nn.Module):
         self.config = config
         self.embeddings = EncoderEmbeddings(config)
         self.layers = nn.ModuleList(_encoder_layer(config) for _ in range(config.n_layers))
-        self.pooler = nn.Linear(config.d_model, config.d_model) if config.add_pooler else None
+        self.pooler = Linear(config.d_model, config.d_model) if config.add_pooler else None
         self.pooler_act = get_activation(config.pooler_activation)
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
@@ -279,7 +280,7 @@ class EncoderForSequenceClassification(nn.Module):
         self.encoder = Encoder(config)
         p = config.dropout if config.classifier_dropout is None else config.classifier_dropout
         self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.classifier = Linear(config.d_model, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
         self.chunk_scorer = None  # chunk_pooling "attention": one score per chunk vector
         if config.long_document == "chunks":
@@ -291,7 +292,7 @@ class EncoderForSequenceClassification(nn.Module):
                     f">= 1, got {config.chunk_length}, {config.chunk_stride}"
                 )
             if config.chunk_pooling == "attention":
-                self.chunk_scorer = nn.Linear(config.d_model, 1, bias=False)
+                self.chunk_scorer = Linear(config.d_model, 1, bias=False)
                 init_weights(self.chunk_scorer, config.initializer_range)
 
     def pool(self, out: ModelOutput, attention_mask: Tensor | None) -> Tensor:
@@ -340,7 +341,7 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = Linear(config.d_model, config.d_model)
         self.act = get_activation(config.activation)
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
@@ -348,7 +349,7 @@ class MaskedLMHead(nn.Module):
     def forward(self, x: Tensor, token_embeddings: Tensor) -> Tensor:
         """x (B, T, D) and the tied (V, D) token embedding matrix -> logits (B, T, V)."""
         h = self.norm(self.act(self.dense(x)))  # (B, T, D)
-        return F.linear(h, token_embeddings, self.bias)  # (B, T, V)
+        return linear(h, token_embeddings, self.bias)  # (B, T, V)
 
 
 class EncoderForMaskedLM(nn.Module):

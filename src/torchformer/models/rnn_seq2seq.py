@@ -39,6 +39,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchformer.models.outputs import ModelOutput
 from torchformer.models.seq2seq import sequence_loss
 from torchformer.nn.additive_attention import AdditiveAttention
+from torchformer.nn.linear import Linear
 
 
 @dataclass
@@ -183,10 +184,10 @@ class RNNSeq2Seq(nn.Module):
             dropout=c.dropout if c.encoder_layers > 1 else 0.0,
         )
         states = 2 if c.cell == "lstm" else 1
-        self.bridge = nn.Linear(c.encoder_hidden, c.decoder_hidden * states)  # W_s
+        self.bridge = Linear(c.encoder_hidden, c.decoder_hidden * states)  # W_s
         self.attention = AdditiveAttention(c.decoder_hidden, c.context_dim, c.attention_dim)
         self.decoder_cell = cell(c.embed_dim + c.context_dim, c.decoder_hidden)
-        self.deep_output = nn.Linear(
+        self.deep_output = Linear(
             c.decoder_hidden + c.context_dim + c.embed_dim, c.embed_dim * c.maxout_pieces
         )
         init_weights(self)

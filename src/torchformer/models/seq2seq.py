@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from torchformer.models.outputs import ModelOutput
 from torchformer.models.seq2seq_config import PRESETS, Flavour, Seq2SeqConfig, preset
+from torchformer.nn.linear import Linear, linear
 
 __all__ = [
     "PRESETS",
@@ -280,7 +281,7 @@ class Seq2Seq(nn.Module):
         self.encoder = Seq2SeqEncoder(config)
         self.decoder = Seq2SeqDecoder(config)
         self.lm_head = (
-            None if config.tie_output else nn.Linear(config.d_model, config.vocab_size, bias=False)
+            None if config.tie_output else Linear(config.d_model, config.vocab_size, bias=False)
         )
         # T5 rescales the decoder output by D^-0.5 before a *tied* head (embeddings ~ N(0, 1)).
         self.output_scale = config.d_model**-0.5 if t5 and config.tie_output else 1.0
@@ -319,7 +320,7 @@ class Seq2Seq(nn.Module):
         """Decoder states (B, T, D) -> logits (B, T, V)."""
         hidden = hidden * self.output_scale
         if self.lm_head is None:
-            logits = F.linear(hidden, self.target_embeddings.weight)  # (B, T, V)
+            logits = linear(hidden, self.target_embeddings.weight)  # (B, T, V)
         else:
             logits = self.lm_head(hidden)  # (B, T, V)
         if self.config.flavour == "bart":

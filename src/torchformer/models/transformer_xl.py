@@ -37,6 +37,7 @@ from torchformer.models.decoder import init_weights
 from torchformer.models.outputs import ModelOutput
 from torchformer.nn import FeedForward
 from torchformer.nn.cache import SegmentMemory
+from torchformer.nn.linear import Linear, linear
 from torchformer.nn.positional import sinusoidal_table
 from torchformer.nn.relative_position import RelativeMultiHeadAttention
 
@@ -147,7 +148,7 @@ class TransformerXLForCausalLM(nn.Module):
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = None
         if not config.tie_embeddings:
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(lambda m: init_weights(m, config))  # GPT-2's: N(0, 0.02), unit norms
         residual_std = config.initializer_range / math.sqrt(2 * config.n_layers)
         for layer in self.layers:  # the projections into the residual stream (GPT-2 §2.3)
@@ -163,7 +164,7 @@ class TransformerXLForCausalLM(nn.Module):
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """Hidden states (B, T, D) -> next-token logits (B, T, V)."""
         if self.lm_head is None:
-            return F.linear(hidden, self.token_embeddings.weight)
+            return linear(hidden, self.token_embeddings.weight)
         return self.lm_head(hidden)
 
     def forward(

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from torchformer.models.outputs import ModelOutput
 from torchformer.nn import EncoderLayer, FeedForward, MultiHeadAttention
+from torchformer.nn.linear import Linear, linear
 
 __all__ = [
     "PRESETS",
@@ -155,7 +156,7 @@ class PatchEmbedding(nn.Module):
             return self.proj(pixels).flatten(2).transpose(1, 2)  # (B, D, H/P, W/P) -> (B, N, D)
         patches = F.unfold(pixels, kernel_size=P, stride=P).transpose(1, 2)  # (B, N, C·P·P)
         weight = self.proj.weight.flatten(1)  # (D, C·P·P): the conv kernel as a matrix
-        return F.linear(patches, weight, self.proj.bias)  # (B, N, D)
+        return linear(patches, weight, self.proj.bias)  # (B, N, D)
 
 
 def interpolate_positions(table: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -275,7 +276,7 @@ class ViTForImageClassification(nn.Module):
         self.config = config
         self.vit = ViTModel(config)
         self.dropout = nn.Dropout(config.head_dropout)
-        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.classifier = Linear(config.d_model, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 
     def forward(

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from torchformer.nn.linear import Linear
+
 
 class AdditiveAttention(nn.Module):
     """``e_j = v^T tanh(W q + U k_j)``; returns the context ``sum_j softmax(e)_j k_j``.
@@ -31,9 +33,9 @@ class AdditiveAttention(nn.Module):
 
     def __init__(self, query_dim: int, key_dim: int, attention_dim: int) -> None:
         super().__init__()
-        self.query_proj = nn.Linear(query_dim, attention_dim)  # W (with the bias of the layer)
-        self.key_proj = nn.Linear(key_dim, attention_dim, bias=False)  # U
-        self.score = nn.Linear(attention_dim, 1, bias=False)  # v
+        self.query_proj = Linear(query_dim, attention_dim)  # W (with the bias of the layer)
+        self.key_proj = Linear(key_dim, attention_dim, bias=False)  # U
+        self.score = Linear(attention_dim, 1, bias=False)  # v
 
     def project_keys(self, keys: Tensor) -> Tensor:
         """``U h_j`` for every key: (N, S, Dk) -> (N, S, A); compute once per source."""

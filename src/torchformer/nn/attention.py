@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torchformer.nn.block_sparse import block_sparse_attention, block_sparse_bias
 from torchformer.nn.cache import LayerCache
 from torchformer.nn.flex import flex_pattern_attention
+from torchformer.nn.linear import Linear, is_plain_linear, linear
 from torchformer.nn.lsh import lsh_attention, lsh_bias, shared_keys
 from torchformer.nn.masks import combine_masks
 from torchformer.nn.positional import apply_rotary
@@ -194,19 +195,19 @@ class MultiHeadAttention(nn.Module):
         self.attn_impl = attn_impl
         self.pattern = pattern if pattern is not None and pattern.kind != "full" else None
         inner, kv_inner = n_heads * head_dim, n_kv_heads * head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, kv_inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, kv_inner, bias=bias)
-        self.out_proj = nn.Linear(inner, d_model, bias=bias if out_bias is None else out_bias)
+        self.q_proj = Linear(d_model, inner, bias=bias)
+        self.k_proj = Linear(d_model, kv_inner, bias=bias)
+        self.v_proj = Linear(d_model, kv_inner, bias=bias)
+        self.out_proj = Linear(inner, d_model, bias=bias if out_bias is None else out_bias)
         self.q_global = self.k_global = self.v_global = None
         if global_projections:
             if self.pattern is None or self.pattern.kind != "sliding_window":
                 raise ValueError("global_projections need a sliding_window pattern")
             if n_kv_heads != n_heads:
                 raise ValueError("global_projections need n_kv_heads == n_heads")
-            self.q_global = nn.Linear(d_model, inner, bias=bias)
-            self.k_global = nn.Linear(d_model, inner, bias=bias)
-            self.v_global = nn.Linear(d_model, inner, bias=bias)
+            self.q_global = Linear(d_model, inner, bias=bias)
+            self.k_global = Linear(d_model, inner, bias=bias)
+            self.v_global = Linear(d_model, inner, bias=bias)
 
     def _split_heads(self, x: Tensor, heads: int | None = None) -> Tensor:
         B, L, _ = x.shape
@@ -237,7 +238,7 @@ class MultiHeadAttention(nn.Module):
         return weight, bias
 
     def _use_fused_qkv(self, rows: int) -> bool:
-        """Inference on plain ``nn.Linear`` projections, outside autograd and tracing,
+        """Inference on plain linear projections, outside autograd and tracing,
         for at least ``FUSED_QKV_MIN_ROWS`` tokens: below that (token-by-token decoding)
         copying the weights together costs more than the one bigger matmul saves."""
         if (
@@ -250,7 +251,7 @@ class MultiHeadAttention(nn.Module):
         if rows < FUSED_QKV_MIN_ROWS:
             return False
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        if not all(type(m) is nn.Linear for m in projections):
+        if not all(is_plain_linear(m) for m in projections):
             return False  # e.g. quantized or adapter-wrapped projections
         return len({m.bias is None for m in projections}) == 1  # else nothing to concatenate
 
@@ -282,7 +283,7 @@ class MultiHeadAttention(nn.Module):
             if self._use_fused_qkv(B * T):
                 # Inference: q, k, v from one matmul instead of three; one bigger GEMM
                 # and one bias pass are faster (bench/encoder_speed.py).
-                qkv = F.linear(x, *self._fused_qkv_weights())  # (B, T, (H + 2 Hkv)·Dh)
+                qkv = linear(x, *self._fused_qkv_weights())  # (B, T, (H + 2 Hkv)·Dh)
                 sizes = [self.n_heads * self.head_dim] + [kv_heads * self.head_dim] * 2
                 q, k, v = qkv.split(sizes, dim=-1)
             else:

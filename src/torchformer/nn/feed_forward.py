@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchformer.nn.linear import Linear, is_plain_linear, onednn_applies
+
 
 def gelu_tanh(x: Tensor) -> Tensor:
     """GELU with the tanh approximation (GPT-2's "gelu_new", T5's "gelu_new")."""
@@ -84,22 +86,18 @@ class FeedForward(nn.Module):
         super().__init__()
         self.act = get_activation(activation)
         self.epilogue = _ONEDNN_EPILOGUE.get(activation) if _onednn_linear_act_available() else None
-        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
-        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.up_proj = Linear(d_model, d_ff, bias=bias)
+        self.down_proj = Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def _fused_up(self, x: Tensor) -> bool:
-        """Inference in fp32 on the CPU, outside autograd, tracing and compilation."""
-        return not (
-            self.epilogue is None
-            or self.training  # dropout must run
-            or torch.is_grad_enabled()
-            or x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or type(self.up_proj) is not nn.Linear
-            or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting()
-            or torch.jit.is_tracing()
+        """Inference in fp32 on the CPU, outside autograd, autocast, tracing and compilation
+        (``nn.linear.onednn_applies``), on a plain linear layer, activation known to oneDNN."""
+        return (
+            self.epilogue is not None
+            and not self.training  # dropout must run
+            and is_plain_linear(self.up_proj)
+            and onednn_applies(x, self.up_proj.weight)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -126,9 +124,9 @@ class GatedFeedForward(nn.Module):
     ) -> None:
         super().__init__()
         self.act = get_activation(activation)
-        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
-        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
-        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.gate_proj = Linear(d_model, d_ff, bias=bias)
+        self.up_proj = Linear(d_model, d_ff, bias=bias)
+        self.down_proj = Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

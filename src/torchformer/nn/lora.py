@@ -25,8 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from torchformer.nn.linear import Linear, is_plain_linear, linear
 
 # Short names of the projections, each standing for module-name suffixes: our
 # vocabulary (q_proj, ..., ffn.up_proj) is the same in every model family.
@@ -71,7 +72,7 @@ class LoRALinear(nn.Module):
         use_rslora: bool = False,
     ) -> None:
         super().__init__()
-        if type(base) is not nn.Linear:
+        if not is_plain_linear(base):
             raise TypeError(f"LoRA adapts a plain nn.Linear, got {type(base).__name__}")
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
@@ -104,24 +105,24 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, I) -> (N, O): the base layer plus the scaled low-rank path."""
-        out = F.linear(x, self.weight, self.bias)  # (N, O)
+        out = linear(x, self.weight, self.bias)  # (N, O)
         # Same order of operations as PEFT's lora.Linear, for bit-close parity.
         return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling  # (N, O)
 
-    def merged(self) -> nn.Linear:
-        """A plain ``nn.Linear`` computing the same map: weight W + scaling · B A.
+    def merged(self) -> Linear:
+        """A plain linear layer (``nn.linear.Linear``) computing the same map: W + scaling · B A.
 
         Its parameters are frozen, like the base ones they replace; the bias is the
         base's own ``Parameter``.
         """
-        linear = nn.Linear(
+        layer = Linear(
             self.in_features, self.out_features, bias=self.bias is not None, device="meta"
         )
         with torch.no_grad():
             weight = self.weight + self.delta_weight().to(self.weight.dtype)  # (O, I)
-        linear.weight = nn.Parameter(weight, requires_grad=False)
-        linear.bias = self.bias
-        return linear.train(self.training)
+        layer.weight = nn.Parameter(weight, requires_grad=False)
+        layer.bias = self.bias
+        return layer.train(self.training)
 
     def extra_repr(self) -> str:
         return (
@@ -223,7 +224,7 @@ def apply_lora(
         module = model.get_submodule(name)
         if isinstance(module, LoRALinear):
             raise ValueError(f"{name} already has a LoRA adapter")
-        if type(module) is not nn.Linear:
+        if not is_plain_linear(module):
             raise TypeError(
                 f"LoRA target {name} is a {type(module).__name__}, not an nn.Linear; name its "
                 "linear layers instead (e.g. 'self_attn.q_proj')"

@@ -28,6 +28,7 @@ from torchformer.nn.attention import (
     fast_attention,
     reference_attention,
 )
+from torchformer.nn.linear import Linear
 from torchformer.nn.positional import sinusoidal_table
 
 
@@ -128,7 +129,7 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
     ) -> None:
         super().__init__(d_model, n_heads, bias=bias, dropout=dropout, attn_impl=attn_impl)
         inner = n_heads * self.head_dim
-        self.pos_proj = nn.Linear(d_model, inner, bias=False)  # W_R
+        self.pos_proj = Linear(d_model, inner, bias=False)  # W_R
         self.content_bias = nn.Parameter(torch.zeros(n_heads, self.head_dim))  # u
         self.position_bias = nn.Parameter(torch.zeros(n_heads, self.head_dim))  # v
 

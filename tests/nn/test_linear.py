@@ -1,0 +1,88 @@
+"""nn.linear: oneDNN's kernel for fp32 CPU inference only, the standard op everywhere else."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchformer.nn import linear as linear_module
+from torchformer.nn.linear import Linear, is_plain_linear, linear, onednn_applies
+
+needs_onednn = pytest.mark.skipif(not linear_module._ONEDNN, reason="PyTorch built without oneDNN")
+
+
+def _calls(fn) -> set[str]:
+    """Names of the operators ``fn()`` dispatched (profiler events)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+@needs_onednn
+def test_inference_uses_onednn_and_matches_f_linear():
+    torch.manual_seed(0)
+    layer = Linear(48, 80)
+    for x in (
+        torch.randn(3, 7, 48),
+        torch.randn(5, 48),
+        torch.randn(2, 6, 48)[:, -1:],
+        torch.randn(48),
+    ):
+        with torch.inference_mode():
+            assert onednn_applies(x, layer.weight)
+            ours = layer(x)
+            ops = _calls(lambda x=x: layer(x))
+        assert "mkldnn::_linear_pointwise" in ops and "aten::addmm" not in ops
+        reference = F.linear(x, layer.weight, layer.bias).detach()
+        assert ours.shape == reference.shape
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # no_grad counts as inference too
+        assert onednn_applies(torch.randn(2, 48), layer.weight)
+    # Tied heads: no bias, the embedding matrix as the weight.
+    table, hidden = torch.randn(100, 48), torch.randn(4, 48)
+    with torch.inference_mode():
+        tied = linear(hidden, table)
+    torch.testing.assert_close(tied, hidden @ table.T, rtol=1e-5, atol=1e-5)
+
+
+def test_training_autocast_and_other_dtypes_keep_the_standard_op():
+    layer = Linear(16, 8)
+    x = torch.randn(4, 16)
+    assert not onednn_applies(x, layer.weight)  # autograd on: oneDNN's op has no backward
+    out = layer(x)
+    out.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert not onednn_applies(x.double(), layer.weight.double())
+        assert not onednn_applies(x.bfloat16(), layer.weight.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not onednn_applies(x, layer.weight)
+            assert layer(x).dtype == torch.bfloat16  # autocast still sees the linear
+
+
+def test_graphs_hold_the_standard_linear():
+    layer = Linear(16, 8).eval()
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, x)
+    assert "aten::linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
+    exported = torch.export.export(layer, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert any("linear" in t for t in targets) and not any("mkldnn" in t for t in targets)
+
+
+def test_linear_is_nn_linear_for_state_dicts_and_checks():
+    ours, theirs = Linear(6, 4), nn.Linear(6, 4)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert isinstance(ours, nn.Linear)
+    assert is_plain_linear(ours) and is_plain_linear(theirs)
+
+    class Wrapped(nn.Linear):
+        pass
+
+    assert not is_plain_linear(Wrapped(2, 2)) and not is_plain_linear(nn.Identity())
