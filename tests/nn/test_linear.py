@@ -86,3 +86,55 @@ def test_linear_is_nn_linear_for_state_dicts_and_checks():
         pass
 
     assert not is_plain_linear(Wrapped(2, 2)) and not is_plain_linear(nn.Identity())
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(4, 6, 48), (9, 48), (48,)])
+def test_training_runs_onednn_with_the_gradients_of_f_linear(shape):
+    torch.manual_seed(1)
+    weight = nn.Parameter(torch.randn(80, 48))
+    bias = nn.Parameter(torch.randn(80))
+    x = torch.randn(*shape, requires_grad=True)
+    upstream = torch.randn(*shape[:-1], 80)
+
+    def grads(fn):
+        for t in (x, weight, bias):
+            t.grad = None
+        fn(x, weight, bias).backward(upstream)
+        return [t.grad.clone() for t in (x, weight, bias)]
+
+    ops = _calls(lambda: grads(linear))
+    # forward and both backward products on oneDNN; no MKL product anywhere
+    assert "mkldnn::_linear_pointwise" in ops and not {"aten::addmm", "aten::mm"} & ops
+    for ours, reference in zip(grads(linear), grads(F.linear)):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+    # A frozen weight (LoRA's base layer) gets no gradient and costs no product.
+    weight.requires_grad_(False)
+    x.grad = weight.grad = None
+    linear(x, weight, bias).backward(upstream)
+    assert weight.grad is None and x.grad is not None
+
+
+@needs_onednn
+def test_double_backward_works_as_with_f_linear():
+    torch.manual_seed(2)
+    weight = torch.randn(5, 7, requires_grad=True)
+    x = torch.randn(3, 7, requires_grad=True)
+
+    def penalty(fn):
+        (gx,) = torch.autograd.grad(fn(x, weight).tanh().sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.pow(2).sum(), weight)
+        return gw
+
+    torch.testing.assert_close(penalty(linear), penalty(F.linear), rtol=1e-5, atol=1e-5)
+
+
+def test_tensor_subclasses_keep_f_linear():
+    class Tagged(torch.Tensor):
+        pass
+
+    weight = nn.Parameter(torch.randn(4, 3))
+    x = torch.randn(2, 3).as_subclass(Tagged)
+    ops = _calls(lambda: linear(x, weight).sum().backward())
+    assert "mkldnn::_linear_pointwise" not in ops
+    assert weight.grad is not None

@@ -71,7 +71,7 @@ def test_source_prefix_is_trained_with_and_saved_for_translate(tmp_path: Path, c
     config = tiny_config(tmp_path, **{
         "data.source": "jsonl", "data.train_file": str(data), "data.val_file": str(data),
         "data.source_prefix": PREFIX, "tokenizer.vocab_size": 80,
-        "train.max_steps": 200, "train.eval_every": 10**6,
+        "train.max_steps": 300, "train.eval_every": 10**6,
         "eval.rouge": True, "train.metric": "rougeL",
     })  # fmt: skip
     task = TranslationTask(config)

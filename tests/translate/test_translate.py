@@ -40,7 +40,7 @@ def records(run: Path, split: str) -> list[dict]:
 def trained_run(tmp_path_factory) -> Path:
     """A tiny model trained to reverse 64 number-word sentences (~200 steps)."""
     folder = tmp_path_factory.mktemp("reverse")
-    config = tiny_config(folder, **{"train.max_steps": 200, "train.eval_every": 10**6,
+    config = tiny_config(folder, **{"train.max_steps": 300, "train.eval_every": 10**6,
                                     "train.average_last": 2})  # fmt: skip
     return train(config)
 

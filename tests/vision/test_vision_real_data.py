@@ -49,7 +49,10 @@ def test_the_cifar10_archive_decodes_to_the_official_split_sizes():
 def test_the_digits_recipe_reaches_97_percent_within_two_minutes(tmp_path):
     pytest.importorskip("sklearn")
     start = time.perf_counter()
-    run = train(digits_config(tmp_path))
+    # The recipe's setting, 2 threads (the suite's autouse fixture sets 1): at 97% the margin
+    # is one or two of the 360 test digits, and the summation order of the kernels moves it
+    # (oneDNN linear: 98.1% on 2 threads, 96.9% on 1; MKL's F.linear: 97.2% on 2).
+    run = train(digits_config(tmp_path, **{"train.threads": 2}))
     seconds = time.perf_counter() - start
     accuracy = json.loads((run / "eval" / "test" / "metrics.json").read_text())["accuracy"]
     assert accuracy >= 0.97 and seconds <= 120, (accuracy, seconds)

@@ -9,12 +9,15 @@ one-token decoding (memory-bound: 17 vs 32 GB/s of weights) to 2,048-token batch
 (compute-bound); the figures are in ``docs/results.md`` (issue 17).
 
 ``linear`` takes oneDNN's kernel (``torch.ops.mkldnn._linear_pointwise``, the same
-operator that fuses an activation into ``FeedForward``'s first map) when nothing needs
-the other one: fp32 on the CPU, no autograd (it has no backward), no autocast (which
-would not see it), and no tracing, scripting, export or compilation (whose graphs must
-hold the standard ``aten.linear``). Otherwise it is ``F.linear``: training, bf16,
-GPUs and exported graphs are unchanged. The two agree to float rounding (a different
-summation order: ~1e-6 relative).
+operator that fuses an activation into ``FeedForward``'s first map) for fp32 on the CPU,
+outside autocast (which would not see it) and outside tracing, scripting, export and
+compilation (whose graphs must hold the standard ``aten.linear``). At inference it is
+called directly; under autograd through a small ``autograd.Function`` whose backward
+runs the two gradient products on the same kernel (a linear layer's forward and backward
+took 1.9–2.1× less time than ``F.linear``'s on this machine), for plain tensors only (a
+DTensor or other subclass keeps ``F.linear``). Everything else — bf16 autocast, GPUs,
+exported graphs — is ``F.linear``, unchanged. The two agree to float
+rounding (a different summation order: ~1e-6 relative).
 
 ``Linear`` is ``nn.Linear`` with that forward; the models in ``torchformer.models``
 build their projections from it. Its parameters and state-dict keys are ``nn.Linear``'s.
@@ -22,18 +25,27 @@ build their projections from it. Its parameters and state-dict keys are ``nn.Lin
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# TORCHFORMER_ONEDNN_LINEAR=0 turns the oneDNN path off (F.linear everywhere), e.g. to
+# compare against it or to rule it out when results differ between machines.
+_ONEDNN = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    and os.environ.get("TORCHFORMER_ONEDNN_LINEAR", "1") != "0"
+)
+_PLAIN_TYPES = (torch.Tensor, nn.Parameter)  # not DTensor, not other tensor subclasses
 
 
-def onednn_applies(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``linear`` may use oneDNN's kernel for these operands (module docstring)."""
+def _onednn_eligible(x: Tensor, weight: Tensor) -> bool:
+    """fp32 on the CPU, outside autocast, scripting, tracing, export and compilation."""
     return not (
         not _ONEDNN
-        or torch.is_grad_enabled()
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or weight.dtype != torch.float32
@@ -45,15 +57,56 @@ def onednn_applies(x: Tensor, weight: Tensor) -> bool:
     )
 
 
+def onednn_applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether oneDNN's forward-only kernel may run for these operands: inference (no
+    autograd) in fp32 on the CPU, outside autocast and graph capture (module docstring)."""
+    return not torch.is_grad_enabled() and _onednn_eligible(x, weight)
+
+
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """y = x Wᵀ + b with oneDNN's kernel for the forward product and both backward ones:
+    dx = dy W (a linear map by Wᵀ) and dW = dyᵀ x (a linear map of dyᵀ by xᵀ).
+
+    The backward products go through ``linear`` again: plain kernel calls normally, and
+    differentiable ones when the backward itself is recorded (``create_graph=True``), so
+    double backward works as with ``F.linear``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_2d = grad.reshape(-1, grad.size(-1))  # (N, O)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = linear(grad_2d, weight.t()).view(x.shape)  # (N, O) · (O, I)
+        if ctx.needs_input_grad[1]:
+            grad_w = linear(grad_2d.t(), x.reshape(-1, x.size(-1)).t())  # (O, N) · (N, I)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_2d.sum(0)  # (O,)
+        return grad_x, grad_w, grad_b
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias``: x (..., I), weight (O, I), bias (O,) -> (..., O)."""
-    if onednn_applies(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if _onednn_eligible(x, weight):
+        if not torch.is_grad_enabled():
+            return _onednn(x, weight, bias)
+        if all(type(t) in _PLAIN_TYPES for t in (x, weight, bias) if t is not None):
+            return _OneDNNLinearFunction.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` whose forward is ``linear`` (oneDNN for fp32 inference on the CPU)."""
+    """``nn.Linear`` whose forward is ``linear`` (oneDNN for fp32 on the CPU)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)
