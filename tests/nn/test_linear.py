@@ -138,3 +138,7 @@ def test_tensor_subclasses_keep_f_linear():
     ops = _calls(lambda: linear(x, weight).sum().backward())
     assert "mkldnn::_linear_pointwise" not in ops
     assert weight.grad is not None
+    # at inference too (a quantized weight is such a subclass: F.linear dispatches to it)
+    with torch.inference_mode():
+        ops = _calls(lambda: linear(torch.randn(2, 3), weight.detach().as_subclass(Tagged)))
+    assert "mkldnn::_linear_pointwise" not in ops

@@ -14,8 +14,9 @@ outside autocast (which would not see it) and outside tracing, scripting, export
 compilation (whose graphs must hold the standard ``aten.linear``). At inference it is
 called directly; under autograd through a small ``autograd.Function`` whose backward
 runs the two gradient products on the same kernel (a linear layer's forward and backward
-took 1.9–2.1× less time than ``F.linear``'s on this machine), for plain tensors only (a
-DTensor or other subclass keeps ``F.linear``). Everything else — bf16 autocast, GPUs,
+took 1.9–2.1× less time than ``F.linear``'s on this machine). Both for plain tensors only:
+a DTensor, a torchao quantized weight or another subclass keeps ``F.linear``, which
+dispatches to its own implementation. Everything else — bf16 autocast, GPUs,
 exported graphs — is ``F.linear``, unchanged. The two agree to float
 rounding (a different summation order: ~1e-6 relative).
 
@@ -97,12 +98,13 @@ class _OneDNNLinearFunction(torch.autograd.Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias``: x (..., I), weight (O, I), bias (O,) -> (..., O)."""
-    if _onednn_eligible(x, weight):
+    if _onednn_eligible(x, weight) and all(
+        type(t) in _PLAIN_TYPES for t in (x, weight, bias) if t is not None
+    ):
         if not torch.is_grad_enabled():
             return _onednn(x, weight, bias)
-        if all(type(t) in _PLAIN_TYPES for t in (x, weight, bias) if t is not None):
-            return _OneDNNLinearFunction.apply(x, weight, bias)
-    return F.linear(x, weight, bias)
+        return _OneDNNLinearFunction.apply(x, weight, bias)
+    return F.linear(x, weight, bias)  # e.g. torchao's quantized weights, DTensor: their own op
 
 
 class Linear(nn.Linear):
