@@ -327,3 +327,30 @@ def test_call_order_lets_every_path_follow_every_other():
     assert set(follows) == set(pairs)
     expected = sum(follows.values()) / len(pairs)
     assert all(0.7 * expected < follows[p] < 1.3 * expected for p in pairs)
+
+
+def test_bench_torchao_paths_quantize_our_model_or_say_why_not(
+    tiny_model_dir, tiny_export_dir, val_file, tmp_path
+):
+    onnx_dir = tmp_path / "onnx"
+    shutil.copytree(tiny_export_dir, onnx_dir)
+    out = tmp_path / "bench"
+    paths = ["torchao-int8", "torchao-int8-weight-only"]
+    args = ["bench", str(tiny_model_dir.parent), "--texts-file", str(val_file), "--texts", "24",
+            "--batch-size", "8", "--latency-texts", "2", "--rounds", "1", "--threads", "1",
+            "--onnx-dir", str(onnx_dir), "--out", str(out), "--paths", ",".join(paths)]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "deploy.json").read_text())
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        assert set(report["skipped"]) == set(paths)
+        assert all("torchao is not installed" in why for why in report["skipped"].values())
+        return
+    assert report["skipped"] == {}
+    spread = report["reference_logit_range"]
+    for name in paths:
+        result = report["results"][name]
+        assert "torchao" in result["details"]["quantization"]
+        # quantized (not a copy of fp32) and close to it
+        assert result["agreement"] >= 90 and 0 < result["max_logit_diff"] < 0.1 * spread, name

@@ -11,7 +11,10 @@ Paths (``PATHS`` by default, any of ``ALL_PATHS`` on request):
 - ``onnx-int8-static``: static int8 (QDQ) calibrated on texts that are not the
   benchmark's;
 - ``onnx-fp32-fused``, ``onnx-int8-fused``: onnxruntime's transformer optimizer
-  on the export (used only if it reproduces the unfused logits), and its int8.
+  on the export (used only if it reproduces the unfused logits), and its int8;
+- ``torchao-int8``, ``torchao-int8-weight-only``: ours with torchao's ``quantize_``
+  (dynamic int8 activations and int8 weights, or int8 weights only), when torchao is
+  installed.
 
 A path that cannot run here (no bf16 instructions, compilation failing, a fused
 graph refused by its parity check, no calibration texts) is skipped with the

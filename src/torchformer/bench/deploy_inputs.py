@@ -21,6 +21,8 @@ EXTRA_PATHS = (
     "onnx-fp32-fused",
     "onnx-int8-fused",
     "onnx-int8-static",
+    "torchao-int8",
+    "torchao-int8-weight-only",
 )
 ALL_PATHS = PATHS + EXTRA_PATHS
 # The arithmetic of each path's matmuls: which peak of the machine file bounds it. The
@@ -35,6 +37,8 @@ COMPUTE_DTYPE = {
     "onnx-int8": "int8",
     "onnx-int8-static": "int8",
     "onnx-int8-fused": "int8",
+    "torchao-int8": "int8",
+    "torchao-int8-weight-only": "fp32",  # int8 storage, fp32 arithmetic
 }
 STATIC_INT8_NAME = "model.int8-static.onnx"
 FUSED_NAME = "model.fused.onnx"

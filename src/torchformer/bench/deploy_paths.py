@@ -109,6 +109,8 @@ def _prepare_plain(path: str, model_dir: Path, onnx_dir: Path) -> tuple[Path, di
         return model_dir, {"autocast": "bfloat16 matmuls, fp32 weights"}
     if path in ("torchformer", "transformers", "torchformer-compile"):
         return model_dir, {}
+    if path.startswith("torchao"):
+        return model_dir, _torchao_details(path)
     if path == "onnx-int8":
         return onnx_dir / INT8_NAME, {
             "quantization": f"dynamic, per-channel QInt8 weights{_bits()}"
@@ -190,6 +192,20 @@ def _fused_path(
     return target, {
         "quantization": f"dynamic, per-channel QInt8 weights{_bits()}, of the fused graph"
     }
+
+
+def _torchao_details(path: str) -> dict[str, Any]:
+    """What a torchao path runs; unavailable when torchao is not installed."""
+    try:
+        import torchao
+    except ImportError as e:
+        raise PathUnavailableError(f"torchao is not installed (pip install torchao): {e}") from e
+    config = (
+        "Int8DynamicActivationInt8WeightConfig (per-token int8 activations, per-channel int8 weights)"
+        if path == "torchao-int8"
+        else "Int8WeightOnlyConfig (per-channel int8 weights, fp32 arithmetic)"
+    )
+    return {"quantization": f"torchao {torchao.__version__} quantize_ {config}, linear layers"}
 
 
 def _bits() -> str:

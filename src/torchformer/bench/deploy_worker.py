@@ -60,6 +60,8 @@ def _load_backend(kind: str, target: str, threads: int) -> _Backend:
     model = load(target).model.eval()
     if kind == "torchformer-compile":
         return _compiled_backend(model)
+    if kind.startswith("torchao"):
+        _torchao_quantize(model, kind)
     # bf16: autocast runs the matmuls in bf16 and keeps fp32 weights, norms and softmax.
     precision = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
@@ -73,6 +75,23 @@ def _load_backend(kind: str, target: str, threads: int) -> _Backend:
         return logits.float().numpy()
 
     return _Backend(forward)
+
+
+def _torchao_quantize(model: Any, kind: str) -> None:
+    """torchao's ``quantize_`` on every linear layer, in place (its tensor subclasses keep
+    ``F.linear``, which dispatches to torchao's kernels; ``nn.linear`` steps aside)."""
+    from torchao.quantization import (
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        quantize_,
+    )
+
+    config = (
+        Int8DynamicActivationInt8WeightConfig()
+        if kind == "torchao-int8"
+        else Int8WeightOnlyConfig()
+    )
+    quantize_(model, config)
 
 
 def _transformers_backend(target: str) -> _Backend:

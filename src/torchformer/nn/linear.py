@@ -120,5 +120,9 @@ PLAIN_LINEAR = (nn.Linear, Linear)
 
 
 def is_plain_linear(module: nn.Module) -> bool:
-    """True for ``nn.Linear`` and ``Linear`` themselves, not for subclasses or wrappers."""
-    return type(module) in PLAIN_LINEAR
+    """True for ``nn.Linear`` and ``Linear`` themselves, not for subclasses or wrappers, and
+    only while their weight and bias are plain tensors (torchao's ``quantize_``, for one,
+    keeps the module and swaps the weight for a quantized tensor subclass)."""
+    if type(module) not in PLAIN_LINEAR:
+        return False
+    return all(type(t) in _PLAIN_TYPES for t in (module.weight, module.bias) if t is not None)
