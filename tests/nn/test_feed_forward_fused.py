@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchformer.nn.feed_forward import FeedForward, _onednn_linear_act_available
+from torchformer.nn import linear as linear_module
+from torchformer.nn.feed_forward import FeedForward
 
-pytestmark = pytest.mark.skipif(
-    not _onednn_linear_act_available(), reason="no oneDNN linear_pointwise op"
-)
+pytestmark = pytest.mark.skipif(not linear_module._ONEDNN, reason="no oneDNN linear_pointwise op")
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_new"])

@@ -59,10 +59,6 @@ _ONEDNN_EPILOGUE = {
 }
 
 
-def _onednn_linear_act_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
 class FeedForward(nn.Module):
     """Two linear maps with an activation between them.
 
@@ -85,7 +81,7 @@ class FeedForward(nn.Module):
     ) -> None:
         super().__init__()
         self.act = get_activation(activation)
-        self.epilogue = _ONEDNN_EPILOGUE.get(activation) if _onednn_linear_act_available() else None
+        self.epilogue = _ONEDNN_EPILOGUE.get(activation)  # used when onednn_applies()
         self.up_proj = Linear(d_model, d_ff, bias=bias)
         self.down_proj = Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
