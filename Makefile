@@ -37,15 +37,14 @@ docs:
 demo:
 	$(BIN)/torchformer demo
 
-# Mutation testing (not in CI): mutmut 3, configured in pyproject.toml ([tool.mutmut]);
-# the result and the survivors, with why each is harmless or what kills it: docs/mutation.md.
+# Mutation testing (not in CI): mutmut 3, one scope at a time (tools/mutate.py: train/
+# against tests/train, then the task packages against the task tests; each in
+# build/mutate/<scope>/, `python tools/mutate.py SCOPE --resume` goes on after a stop).
+# The result and the survivors, with why each is harmless: docs/mutation.md.
 mutate:
 	$(BIN)/pip install -q "mutmut>=3.8"
-	rm -rf mutants
-	TORCHFORMER_DATA=$${TORCHFORMER_DATA:-$(CURDIR)/../shared/data} OMP_NUM_THREADS=1 \
-		$(BIN)/mutmut run --max-children 2 || true
-	$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
-	$(BIN)/mutmut results
+	$(BIN)/python tools/mutate.py train
+	$(BIN)/python tools/mutate.py tasks
 
 clean:
 	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache .ruff_cache

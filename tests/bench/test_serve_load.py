@@ -1,14 +1,12 @@
 """The server load bench: an open-loop schedule, its report, errors counted; against a real
 uvicorn server on a free loopback port (in a thread; ``--server``: a subprocess)."""
 
-import contextlib
 import json
 import socket
 import threading
-import time
 
 import pytest
-import uvicorn
+from server_helpers import FakeClassifier, serving
 
 from torchformer.bench.serve_load import main, run_load
 from torchformer.serve.app import ServeLimits, create_app
@@ -18,43 +16,6 @@ KEYS = {
     "errors", "errors_by_kind", "wall_s", "throughput_requests_per_s", "throughput_texts_per_s",
     "latency_ms", "late_starts", "max_start_lag_ms", "waited_for_connection",
 }  # fmt: skip
-
-
-class Fake:
-    """A classifier that fails on "boom" and, while ``release`` is clear, holds every call."""
-
-    labels = ("neg", "pos")
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.release.set()
-
-    def predict(self, texts, *, batch_size=32):
-        self.release.wait(10)
-        if "boom" in texts:
-            raise RuntimeError("model exploded")
-        return [{"label": "pos", "confidence": 1.0, "probabilities": {"neg": 0.0, "pos": 1.0}}
-                for _ in texts]  # fmt: skip
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` under uvicorn in a background thread, on a free 127.0.0.1 port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def _check_report(report, *, requests):
@@ -67,8 +28,8 @@ def _check_report(report, *, requests):
 
 def test_a_tiny_model_under_load_gets_a_full_report(tiny_classifier):
     texts = ["a wonderful film", "boring and awful", "the plot was quite dull", "superb"]
-    with serving(create_app(tiny_classifier)) as url:
-        report = run_load(url, texts, rate=20, duration_s=1.0, texts_per_request=2)
+    with serving(create_app(tiny_classifier)) as served:
+        report = run_load(served.url, texts, rate=20, duration_s=1.0, texts_per_request=2)
     _check_report(report, requests=20)
     assert report["ok"] == 20 and report["errors"] == 0 and report["errors_by_kind"] == {}
     # The schedule spans the duration (request 19 starts at 0.95 s), and each answer adds 2 texts.
@@ -80,12 +41,12 @@ def test_a_tiny_model_under_load_gets_a_full_report(tiny_classifier):
 
 
 def test_the_load_is_open_loop_and_latency_counts_from_the_schedule():
-    fake = Fake()
+    fake = FakeClassifier()
     fake.release.clear()  # the model answers nothing until 1.0 s after the start
-    with serving(create_app(fake, limits=ServeLimits(max_wait_ms=1))) as url:
+    with serving(create_app(fake, limits=ServeLimits(max_wait_ms=1))) as served:
         timer = threading.Timer(1.0, fake.release.set)
         timer.start()
-        report = run_load(url, ["fine"], rate=20, duration_s=0.5)
+        report = run_load(served.url, ["fine"], rate=20, duration_s=0.5)
         timer.join()
     _check_report(report, requests=10)
     assert report["ok"] == 10
@@ -95,8 +56,8 @@ def test_the_load_is_open_loop_and_latency_counts_from_the_schedule():
 
 
 def test_error_answers_and_unreachable_servers_are_counted_as_errors():
-    with serving(create_app(Fake())) as url:
-        report = run_load(url, ["fine", "boom"], rate=20, duration_s=0.5)
+    with serving(create_app(FakeClassifier())) as served:
+        report = run_load(served.url, ["fine", "boom"], rate=20, duration_s=0.5)
     _check_report(report, requests=10)
     assert report["ok"] == 5 and report["errors"] == 5 and report["errors_by_kind"] == {"500": 5}
 
@@ -126,8 +87,8 @@ def _texts_file(tmp_path):
 
 def test_the_command_writes_its_report(tmp_path, capsys):
     out = tmp_path / "load.json"
-    with serving(create_app(Fake())) as url:
-        argv = [url, "--rate", "10", "--duration", "0.5", "--texts-per-request", "3"]
+    with serving(create_app(FakeClassifier())) as served:
+        argv = [served.url, "--rate", "10", "--duration", "0.5", "--texts-per-request", "3"]
         argv += ["--texts-file", str(_texts_file(tmp_path)), "--out", str(out), "--warmup", "1"]
         assert main(argv) == 0
     report = json.loads(out.read_text())

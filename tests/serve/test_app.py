@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from server_helpers import error_message
 
 from torchformer.cli import main
 from torchformer.cli.serve import is_loopback
@@ -43,13 +44,6 @@ def client(tiny_classifier):
         yield c
 
 
-def _error(response, status, code):
-    assert response.status_code == status, response.text
-    body = response.json()["error"]
-    assert body["status"] == status and body["code"] == code and body["message"]
-    return body["message"]
-
-
 def test_predict_matches_predict_api(client, tiny_classifier):
     texts = ["a wonderful film", "boring and awful"]
     response = client.post("/predict", json={"texts": texts}, headers=KEY)
@@ -62,12 +56,14 @@ def test_predict_matches_predict_api(client, tiny_classifier):
 
 
 def test_api_key_is_required_when_configured(client):
-    assert "missing" in _error(client.post("/predict", json={"texts": ["x"]}), 401, "unauthorized")
+    assert "missing" in error_message(
+        client.post("/predict", json={"texts": ["x"]}), 401, "unauthorized"
+    )
     bad = {"X-API-Key": "nope"}
-    assert "wrong" in _error(
+    assert "wrong" in error_message(
         client.post("/predict", json={"texts": ["x"]}, headers=bad), 401, "unauthorized"
     )
-    _error(client.get("/metrics"), 401, "unauthorized")
+    error_message(client.get("/metrics"), 401, "unauthorized")
     assert client.get("/metrics", headers=KEY).status_code == 200
     assert client.get("/health").status_code == 200  # health stays open for probes
 
@@ -90,15 +86,15 @@ def test_api_key_is_required_when_configured(client):
     ],
 )
 def test_malformed_requests_get_422(client, body, code, needle):
-    assert needle in _error(client.post("/predict", content=body, headers=KEY), 422, code)
+    assert needle in error_message(client.post("/predict", content=body, headers=KEY), 422, code)
 
 
 def test_limits_answer_413(client):
-    msg = _error(
+    msg = error_message(
         client.post("/predict", json={"texts": ["a"] * 5}, headers=KEY), 413, "too_many_texts"
     )
     assert "5 texts; at most 4" in msg
-    msg = _error(
+    msg = error_message(
         client.post("/predict", json={"texts": ["ok", "x" * 101]}, headers=KEY),
         413,
         "text_too_long",
@@ -112,12 +108,12 @@ def test_limits_answer_413(client):
         + b"y" * (ServeLimits(max_texts=4, max_chars=100).max_body_bytes + 1)
         + b'"]}'
     )
-    _error(client.post("/predict", content=huge, headers=KEY), 413, "body_too_large")
+    error_message(client.post("/predict", content=huge, headers=KEY), 413, "body_too_large")
 
 
 def test_unknown_routes_and_methods_are_json_errors(client):
-    _error(client.get("/nope"), 404, "not_found")
-    _error(client.get("/predict"), 405, "method_not_allowed")
+    error_message(client.get("/nope"), 404, "not_found")
+    error_message(client.get("/predict"), 405, "method_not_allowed")
 
 
 def test_health_and_metrics_count_everything(client):
@@ -145,7 +141,7 @@ def test_health_and_metrics_count_everything(client):
 def test_a_failing_model_gives_500_and_the_server_keeps_serving():
     fake = Recorder(fail_on="boom")
     with TestClient(create_app(fake)) as c:
-        assert "model exploded" in _error(
+        assert "model exploded" in error_message(
             c.post("/predict", json={"texts": ["boom"]}), 500, "prediction_failed"
         )
         assert c.post("/predict", json={"texts": ["fine"]}).status_code == 200
@@ -186,7 +182,7 @@ def test_full_queue_answers_503():
             return rejected, await running, await queued
 
     rejected, running, queued = asyncio.run(scenario())
-    assert "queue full" in _error(rejected, 503, "queue_full")
+    assert "queue full" in error_message(rejected, 503, "queue_full")
     assert rejected.headers["retry-after"] == "1"
     assert running.status_code == 200 and queued.status_code == 200
 

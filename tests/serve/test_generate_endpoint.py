@@ -7,6 +7,7 @@ import threading
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from server_helpers import error_message
 
 from torchformer.serve.app import ServeLimits, create_app
 
@@ -47,13 +48,6 @@ def client(fake):
     limits = ServeLimits(max_chars=50, max_new_tokens=20)
     with TestClient(create_app(fake, limits=limits, api_key="s3cret")) as c:
         yield c
-
-
-def _error(response, status, code):
-    assert response.status_code == status, response.text
-    body = response.json()["error"]
-    assert body["status"] == status and body["code"] == code and body["message"]
-    return body["message"]
 
 
 def events(response) -> list[tuple[str | None, dict]]:
@@ -116,7 +110,7 @@ def test_a_failure_mid_stream_is_an_error_event_and_the_server_keeps_serving(cli
     assert got[:2] == [(None, {"text": "a"}), (None, {"text": "b"})]
     assert got[-1][0] == "error" and got[-1][1]["error"]["code"] == "generation_failed"
     whole = client.post("/generate", headers=KEY, json={"prompt": "explode", "max_new_tokens": 5})
-    assert "model exploded" in _error(whole, 500, "generation_failed")
+    assert "model exploded" in error_message(whole, 500, "generation_failed")
     assert (
         client.post(
             "/generate", headers=KEY, json={"prompt": "ok", "max_new_tokens": 1}
@@ -144,13 +138,13 @@ def test_a_failure_mid_stream_is_an_error_event_and_the_server_keeps_serving(cli
     ],
 )
 def test_bad_requests_get_the_predict_error_shapes(client, body, status, code, needle):
-    assert needle in _error(client.post("/generate", headers=KEY, json=body), status, code)
+    assert needle in error_message(client.post("/generate", headers=KEY, json=body), status, code)
 
 
 def test_key_json_and_routes(client):
-    _error(client.post("/generate", json={"prompt": "x"}), 401, "unauthorized")
-    _error(client.post("/generate", headers=KEY, content=b"{oops"), 422, "invalid_json")
-    assert "/generate" in _error(
+    error_message(client.post("/generate", json={"prompt": "x"}), 401, "unauthorized")
+    error_message(client.post("/generate", headers=KEY, content=b"{oops"), 422, "invalid_json")
+    assert "/generate" in error_message(
         client.post("/predict", headers=KEY, json={"texts": ["x"]}), 404, "not_found"
     )
     health = client.get("/health").json()
@@ -176,6 +170,6 @@ def test_one_generation_at_a_time_and_a_full_wait_queue_answers_503(fake):
 
     started, rejected, running, waiting = asyncio.run(scenario())
     assert started == 1  # the second request waited for the first instead of running beside it
-    _error(rejected, 503, "queue_full")
+    error_message(rejected, 503, "queue_full")
     assert rejected.headers["retry-after"] == "1"
     assert running.json()["completion"] == waiting.json()["completion"] == "ab"

@@ -6,15 +6,11 @@ Small in CI (50 valid requests over 8 clients, 300 bad ones); raise LOAD_SCALE t
 import asyncio
 import itertools
 import os
-import socket
-import threading
-import time
 from collections import Counter
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
+from server_helpers import serving
 
 from torchformer.serve.app import ServeLimits, create_app
 
@@ -22,27 +18,6 @@ SCALE = int(os.environ.get("LOAD_SCALE", "1"))
 N_VALID, N_BAD, CLIENTS = 50 * SCALE, 300 * SCALE, 8
 KEY = {"X-API-Key": "load-test-key"}
 LIMITS = ServeLimits(max_texts=8, max_chars=2000, max_batch_size=16, max_wait_ms=5, max_queue=512)
-
-
-@contextmanager
-def serving(app):
-    """Run ``app`` with uvicorn in a background thread on 127.0.0.1, a free port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # loopback only; port chosen by the OS
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", timeout_keep_alive=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def _bad_requests():
@@ -83,7 +58,8 @@ def test_server_answers_a_burst_correctly_and_survives_bad_requests(tiny_classif
     pool = [t for t, _ in deploy_fixtures.toy_records(200, seed=11)]
     bodies = [pool[i * 3 % 200 : i * 3 % 200 + 1 + i % 3] for i in range(N_VALID)]  # 1-3 texts each
     app = create_app(tiny_classifier, limits=LIMITS, api_key=KEY["X-API-Key"])
-    with serving(app) as base:
+    with serving(app) as served:
+        base = served.url
         assert base.startswith("http://127.0.0.1:")
         valid = asyncio.run(_burst(base, [{"json": {"texts": b}, "headers": KEY} for b in bodies]))
         assert [r.status_code for r in valid] == [200] * N_VALID

@@ -9,27 +9,12 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
+from server_helpers import FakeClassifier, error_message, serving
 
 from torchformer.serve.app import ServeLimits, create_app
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # valid JSON nested far past Python's recursion limit
-
-
-class Fake:
-    """A classifier answering "pos" for every text; ``release`` holds it back while clear."""
-
-    labels = ("neg", "pos")
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.release.set()
-
-    def predict(self, texts, *, batch_size=32):
-        self.release.wait(10)
-        return [{"label": "pos", "confidence": 1.0, "probabilities": {"neg": 0.0, "pos": 1.0}}
-                for _ in texts]  # fmt: skip
 
 
 class FakeLM:
@@ -37,36 +22,31 @@ class FakeLM:
         return iter(["x"])
 
 
-def _error(response, status, code):
-    assert response.status_code == status, response.text
-    body = response.json()["error"]
-    assert body["status"] == status and body["code"] == code and body["message"]
-    return body["message"]
-
-
 @pytest.mark.parametrize(
     ("model", "route", "body"),
     [
-        (Fake(), "/predict", DEEP),
-        (Fake(), "/predict", b'{"texts": ' + DEEP + b"}"),
+        (FakeClassifier(), "/predict", DEEP),
+        (FakeClassifier(), "/predict", b'{"texts": ' + DEEP + b"}"),
         (FakeLM(), "/generate", b'{"prompt": "hi", "stop": ' + DEEP + b"}"),
     ],
     ids=["predict", "predict-texts", "generate"],
 )
-def test_deeply_nested_json_is_a_counted_json_error(model, route, body):
+def test_deeply_nested_json_is_a_counted_jsonerror_message(model, route, body):
     with TestClient(create_app(model), raise_server_exceptions=False) as c:
-        assert "nested too deeply" in _error(c.post(route, content=body), 422, "invalid_json")
+        assert "nested too deeply" in error_message(
+            c.post(route, content=body), 422, "invalid_json"
+        )
         assert c.get("/metrics").json()["requests_by_endpoint"][route] == {"422": 1}
 
 
 def test_an_unexpected_error_is_a_counted_json_500(caplog):
-    class Broken(Fake):
+    class Broken(FakeClassifier):
         @property
         def labels(self):
             raise RuntimeError("labels went missing")
 
     with TestClient(create_app(Broken()), raise_server_exceptions=False) as c:
-        message = _error(c.get("/health"), 500, "internal_error")
+        message = error_message(c.get("/health"), 500, "internal_error")
         assert "labels went missing" not in message  # internals stay in the log
         assert c.get("/metrics").json()["requests_by_endpoint"]["/health"] == {"500": 1}
     assert "labels went missing" in caplog.text
@@ -97,14 +77,14 @@ async def _call_app(app, messages, *, path="/predict"):
 
 
 def test_a_slow_body_gets_408():
-    app = create_app(Fake(), limits=ServeLimits(body_timeout_s=0.2))
+    app = create_app(FakeClassifier(), limits=ServeLimits(body_timeout_s=0.2))
     part = {"type": "http.request", "body": b'{"texts": ["a', "more_body": True}
     status, body = asyncio.run(_call_app(app, [part]))
     assert status == 408 and b'"code":"request_timeout"' in body
 
 
 def test_a_client_leaving_mid_body_is_one_log_line(caplog):
-    app = create_app(Fake())
+    app = create_app(FakeClassifier())
     part = {"type": "http.request", "body": b'{"texts": ["a', "more_body": True}
     with caplog.at_level(logging.DEBUG, logger="torchformer"):
         asyncio.run(_call_app(app, [part, {"type": "http.disconnect"}]))  # does not raise
@@ -116,7 +96,7 @@ def test_a_client_leaving_mid_body_is_one_log_line(caplog):
 
 
 def test_health_shows_no_paths(tmp_path):
-    model = Fake()
+    model = FakeClassifier()
     model.path = tmp_path / "export" / "model.int8.onnx"  # as an ONNX predictor has
     with TestClient(create_app(model, model_name=str(tmp_path / "runs" / "imdb"))) as c:
         health = c.get("/health")
@@ -124,11 +104,11 @@ def test_health_shows_no_paths(tmp_path):
     assert health.json()["model"] == "imdb" and health.json()["model_file"] == "model.int8.onnx"
 
 
-def test_allowed_hosts_refuse_other_hosts_with_a_counted_json_error():
-    app = create_app(Fake(), allowed_hosts=["api.example.com", "*.internal"])
+def test_allowed_hosts_refuse_other_hosts_with_a_counted_jsonerror_message():
+    app = create_app(FakeClassifier(), allowed_hosts=["api.example.com", "*.internal"])
     with TestClient(app, base_url="http://api.example.com") as c:
         refused = c.get("http://evil.example.net/health")
-        assert "evil.example.net" in _error(refused, 400, "invalid_host")
+        assert "evil.example.net" in error_message(refused, 400, "invalid_host")
         assert c.post("/predict", json={"texts": ["a"]}).status_code == 200
         assert c.get("http://node1.internal/health").status_code == 200
         metrics = c.get("/metrics").json()["requests_by_endpoint"]
@@ -136,28 +116,6 @@ def test_allowed_hosts_refuse_other_hosts_with_a_counted_json_error():
 
 
 # --- the real server (uvicorn on 127.0.0.1) ------------------------------------------------
-@contextlib.contextmanager
-def serving(app, settings):
-    """Run ``app`` with uvicorn as ``torchformer serve`` configures it, on a free loopback port."""
-    from torchformer.serve.server import uvicorn_config
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn_config(app, settings=settings, log_level="error"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname()[1], server, thread
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 def _raw(port, data, wait=3.0):
     """Send ``data`` on a fresh connection; what the server answers until it closes, and
     how long that took."""
@@ -171,11 +129,12 @@ def _raw(port, data, wait=3.0):
 
 
 def test_the_server_times_out_slow_headers_and_slow_bodies():
-    from torchformer.serve.server import ServerSettings
+    from torchformer.serve.server import ServerSettings, uvicorn_config
 
-    app = create_app(Fake(), limits=ServeLimits(body_timeout_s=0.3))
+    app = create_app(FakeClassifier(), limits=ServeLimits(body_timeout_s=0.3))
     settings = ServerSettings(header_timeout_s=0.3, max_header_bytes=4096)
-    with serving(app, settings) as (port, _, _):
+    with serving(app, uvicorn_config(app, settings=settings, log_level="error")) as served:
+        port = served.port
         answer, took = _raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty")
         assert answer == b"" and took < 2  # closed, not held open
         head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
@@ -193,15 +152,16 @@ def _post_ignoring_errors(url, body):
 
 
 def test_shutdown_waits_for_requests_in_flight_at_most_its_deadline():
-    from torchformer.serve.server import ServerSettings
+    from torchformer.serve.server import ServerSettings, uvicorn_config
 
-    model = Fake()
+    model = FakeClassifier()
     model.release.clear()  # the request in flight never finishes by itself
     stuck = threading.Thread(target=lambda: None)
     app = create_app(model, limits=ServeLimits(max_wait_ms=0))
     try:
-        with serving(app, ServerSettings(graceful_shutdown_s=1)) as (port, server, thread):
-            url = f"http://127.0.0.1:{port}/predict"
+        settings = ServerSettings(graceful_shutdown_s=1)
+        with serving(app, uvicorn_config(app, settings=settings, log_level="error")) as served:
+            server, thread, url = served.server, served.thread, f"{served.url}/predict"
             stuck = threading.Thread(target=_post_ignoring_errors, args=(url, {"texts": ["a"]}))
             stuck.start()
             time.sleep(0.3)
