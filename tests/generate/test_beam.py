@@ -195,13 +195,55 @@ def test_n_best_is_sorted_and_scores_are_length_normalised_log_probs():
             assert EOS not in h.ids[:-1]
 
 
+class ScriptedModel:
+    """A confident model of one input: after the prefix ``answer[:t]`` it gives ``answer[t]``
+    probability ~0.99; off that path every token, eos included, is equally likely. It is
+    its own cache: ``select`` reorders the rows' prefixes, the step appends the fed token."""
+
+    def __init__(self, answer: list[int], vocab: int = 8):
+        self.answer, self.vocab, self.prefixes = answer, vocab, None
+
+    def select(self, rows):
+        self.prefixes = [list(self.prefixes[r]) for r in rows.tolist()]
+
+    def step(self, last_ids, cache):
+        if self.prefixes is None:  # the first call is fed the start token
+            self.prefixes = [[] for _ in range(last_ids.size(0))]
+        else:
+            self.prefixes = [[*p, tok] for p, tok in zip(self.prefixes, last_ids[:, -1].tolist())]
+        logits = torch.zeros(len(self.prefixes), self.vocab)
+        for row, prefix in enumerate(self.prefixes):
+            t = len(prefix)
+            if t < len(self.answer) and prefix == self.answer[:t]:
+                logits[row, self.answer[t]] = 7.0
+        return logits
+
+
+def scripted_beam(answer, **kwargs):
+    model = ScriptedModel(answer)
+    return beam_search(model.step, torch.full((1, 1), PAD), cache=model, beam_size=3,
+                       max_new_tokens=12, eos_id=EOS, pad_id=PAD, n_best=3, **kwargs)[0]  # fmt: skip
+
+
+def test_heuristic_stopping_keeps_decoding_while_the_best_beam_is_ahead():
+    # The first step's eos (one start beam: it is among the top 3) and the poor beams'
+    # eos continuations fill the pool of 3 by step 4; the confident answer ends at step 6.
+    answer = [5, 6, 7, 4, 3, EOS]
+    early = scripted_beam(answer, early_stopping=True)
+    assert early[0].ids != answer and early[0].score < -1.0  # stopped before it finished
+    for mode in ("heuristic", False, "never"):
+        best = scripted_beam(answer, early_stopping=mode)[0]
+        assert best.ids == answer and best.score > -0.01, mode
+
+
 def test_exact_stopping_is_never_worse_than_early_stopping():
     model = random_model("t5", seed=5)
     src, src_mask = padded_source()
-    early = run_beam(model, src, src_mask, beam_size=2, length_penalty=1.5)
+    early = run_beam(model, src, src_mask, beam_size=2, length_penalty=1.5, early_stopping=True)
+    heuristic = run_beam(model, src, src_mask, beam_size=2, length_penalty=1.5)
     exact = run_beam(model, src, src_mask, beam_size=2, length_penalty=1.5, early_stopping=False)
-    for a, b in zip(early, exact, strict=True):
-        assert b[0].score >= a[0].score - 1e-6
+    for a, h, b in zip(early, heuristic, exact, strict=True):
+        assert b[0].score >= h[0].score - 1e-6 and h[0].score >= a[0].score - 1e-6
 
 
 def test_bad_arguments_are_errors():
@@ -211,6 +253,8 @@ def test_bad_arguments_are_errors():
         run_beam(model, src, src_mask, beam_size=2, n_best=3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         run_beam(model, src, src_mask, max_new_tokens=0)
+    with pytest.raises(ValueError, match='early_stopping must be True, "heuristic"'):
+        run_beam(model, src, src_mask, early_stopping="sometimes")
 
 
 # --- end to end -------------------------------------------------------------------------

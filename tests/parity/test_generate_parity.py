@@ -89,7 +89,7 @@ def test_gpt2_beam_matches(gpt2_pair, prompts, rules, length_penalty):
         mask,
         do_sample=False,
         num_beams=3,
-        early_stopping=True,
+        early_stopping=False,
         length_penalty=length_penalty,
         **rules,
     )
@@ -172,7 +172,12 @@ def test_t5_generate_matches(t5_pair, options):
     mask[1, 5:] = 0
     src = src.masked_fill(mask == 0, 0)
     ref = hf.generate(
-        src, attention_mask=mask, max_new_tokens=16, do_sample=False, early_stopping=True, **options
+        src,
+        attention_mask=mask,
+        max_new_tokens=16,
+        do_sample=False,
+        early_stopping=False,
+        **options,
     )
     out = generate(ours, src, attention_mask=mask, max_new_tokens=16, **options)
     # HF pads a finished beam hypothesis with eos when pad_token_id is 0 (falsy).

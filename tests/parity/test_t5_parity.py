@@ -132,14 +132,24 @@ def test_hf_to_ours_to_hf(tmp_path, proj, tied):
 @pytest.mark.parity
 @pytest.mark.parametrize(
     ("length_penalty", "early_stopping"),
-    [(1.0, True), (0.0, True), (2.0, True), (-0.5, True), (1.0, False)],
+    [
+        (1.0, True),
+        (0.0, True),
+        (2.0, True),
+        (-0.5, True),
+        (1.0, False),
+        (1.0, "heuristic"),
+        (2.0, "heuristic"),
+        (-0.5, "heuristic"),
+    ],
 )
 def test_beam_search_matches_hf_generate(tmp_path, length_penalty, early_stopping):
     """Same ids and scores as ``generate(num_beams=4)`` for all 4 returned hypotheses.
 
     A small vocabulary and a moderately peaked untied head (and a likelier eos)
     give outputs that mix eos-terminated and cut-off hypotheses of many lengths.
-    early_stopping=False is our exact stopping bound, HF's "never".
+    early_stopping=False is our exact stopping bound, HF's "never"; our "heuristic" is
+    HF's False.
     """
     vocab, beams, max_new = 24, 4, 12
     hf = hf_t5("relu", False, vocab=vocab, head_std=0.5)
@@ -155,7 +165,8 @@ def test_beam_search_matches_hf_generate(tmp_path, length_penalty, early_stoppin
     src = src.masked_fill(src_mask == 0, 0)
     out = hf.generate(
         input_ids=src, attention_mask=src_mask, num_beams=beams, num_return_sequences=beams,
-        length_penalty=length_penalty, early_stopping=True if early_stopping else "never",
+        length_penalty=length_penalty,
+        early_stopping={True: True, False: "never", "heuristic": False}[early_stopping],
         max_new_tokens=max_new, do_sample=False, output_scores=True, return_dict_in_generate=True,
     )  # fmt: skip
     with torch.no_grad():

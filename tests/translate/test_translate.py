@@ -57,6 +57,9 @@ def test_tiny_model_learns_to_reverse_and_decodes_exactly(trained_run: Path) -> 
         translator.translate(src[:8], beam_size=3, use_cache=False) == tgt[:8]
     )  # same without the cache
     assert translator.translate(src[0]) == tgt[0]  # one string in, one string out
+    assert translator.settings.early_stopping == "heuristic"  # HF's default beam stopping
+    with pytest.raises(ValueError, match="early_stopping"):
+        translator.translate(src[0], beam_size=3, early_stopping="soon")
 
 
 def test_run_directory_holds_model_scores_and_hypotheses(trained_run: Path) -> None:

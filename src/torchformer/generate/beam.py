@@ -28,9 +28,17 @@ against it token for token:
   hypotheses, the best ``beam`` that do not end in eos continue.
 - at ``max_new_tokens`` the top ``beam`` continuations are finished as they are.
 - an input is done when it has ``beam`` finished hypotheses and
-  (``early_stopping=True``) at once, or (``early_stopping=False``) once no live
-  beam could still beat the worst of them at any reachable length — the exact
-  bound, which is HF's ``early_stopping="never"``.
+  (``early_stopping=True``) at once; (``"heuristic"``) once the best live beam,
+  scored as if it ended at the current length, no longer beats the worst of
+  them — HF's ``early_stopping=False``, its default; or (``False``, also
+  spelled ``"never"``) once no live beam could still beat the worst of them at
+  any reachable length — the exact bound, HF's ``early_stopping="never"``.
+
+  ``True`` can end an input before its best beam has finished: when the other
+  beams are poor, their eos continuations fill the pool within a few steps
+  (the first step's, from a single start beam, is among the top ``beam``) and
+  a well-trained model's correct, longer hypothesis is never scored.
+  ``"heuristic"`` keeps decoding while that beam is ahead, at little cost.
 
 Shapes: B inputs, K beam size, N = B * K rows, V vocabulary, t generated length.
 """
@@ -53,6 +61,21 @@ class Hypothesis(NamedTuple):
 
 
 StepFn = Callable[[Tensor, Any], Tensor]
+
+EARLY_STOPPING = (True, "heuristic", False)
+
+
+def check_early_stopping(value: bool | str) -> bool | str:
+    """``value`` as one of ``EARLY_STOPPING`` (``"never"`` is False).
+
+    Raises:
+        ValueError: anything else (HF's False is ``"heuristic"`` here: say which).
+    """
+    if value == "never":
+        return False
+    if value is True or value is False or value == "heuristic":
+        return value
+    raise ValueError(f'early_stopping must be True, "heuristic" or False ("never"), got {value!r}')
 
 
 def _collect_finished(
@@ -93,13 +116,15 @@ def _is_done(
     beam_size: int,
     max_new_tokens: int,
     length_penalty: float,
-    early_stopping: bool,
+    early_stopping: bool | str,
 ) -> bool:
     """Whether an input's finished hypotheses are final after step t."""
     if len(pool) < beam_size:
         return False
-    if early_stopping:
+    if early_stopping is True:
         return True
+    if early_stopping == "heuristic":
+        return best_live / t**length_penalty <= pool[-1].score
     # Log-probabilities are <= 0, so a live beam's sum can only fall; its best
     # normalised score is at the length (t + 1 .. max) with the largest length ** alpha.
     best_denominator = max((t + 1) ** length_penalty, max_new_tokens**length_penalty)
@@ -117,7 +142,7 @@ def beam_search(
     eos_id: int | Sequence[int] | None,
     pad_id: int,
     length_penalty: float = 1.0,
-    early_stopping: bool = True,
+    early_stopping: bool | str = "heuristic",
     n_best: int = 1,
     process: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> list[list[Hypothesis]]:
@@ -136,7 +161,9 @@ def beam_search(
             results are final; the rows only keep the batch rectangular).
         length_penalty: alpha of score / length ** alpha.
         early_stopping: stop an input as soon as it has ``beam_size`` finished
-            hypotheses (True), or only when no live beam can beat them (False).
+            hypotheses (True); once its best live beam, ended now, would not beat
+            them (``"heuristic"``, HF's False); or only when no live beam can beat
+            them at any length (False or ``"never"``; see the module docstring).
         n_best: how many hypotheses to return per input (<= beam_size).
         process: ``process(seqs (N, T0 + t), log_probs (N, V)) -> log_probs``, applied
             to each step's log-probabilities before they are added to the beam scores
@@ -152,6 +179,7 @@ def beam_search(
         raise ValueError(f"n_best must be in 1..beam_size={beam_size}, got {n_best}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    early_stopping = check_early_stopping(early_stopping)
     B, K = first_ids.size(0), beam_size
     device = first_ids.device
     ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)

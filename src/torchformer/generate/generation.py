@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchformer.generate.beam import beam_search
+from torchformer.generate.beam import beam_search, check_early_stopping
 from torchformer.generate.greedy import decode_loop, iter_decode
 from torchformer.generate.processors import build_processor
 from torchformer.generate.sampling import sample_next
@@ -59,7 +59,9 @@ class GenerationConfig:
         num_beams: > 1 runs beam search (deterministic; not with ``do_sample``).
         length_penalty: beam score = log-prob / length ** length_penalty.
         early_stopping: beam search stops an input at ``num_beams`` finished
-            hypotheses (True) or when none can be beaten any more (False).
+            hypotheses (True); once its best live beam, ended now, would not beat them
+            (``"heuristic"``, the default: HF's default, its False); or when none can
+            be beaten at any length (False or ``"never"``; ``generate.beam``).
         repetition_penalty: > 1 discourages tokens already in the sequence (1: off).
         no_repeat_ngram_size: n > 0 never repeats an n-gram of the sequence.
         banned_ids: ids never generated.
@@ -77,7 +79,7 @@ class GenerationConfig:
     top_p: float | None = None
     num_beams: int = 1
     length_penalty: float = 1.0
-    early_stopping: bool = True
+    early_stopping: bool | str = "heuristic"
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     banned_ids: tuple[int, ...] = ()
@@ -104,6 +106,7 @@ class GenerationConfig:
                 )
         if self.do_sample and self.num_beams > 1:
             raise ValueError("do_sample with num_beams > 1 (beam sampling) is not supported")
+        self.early_stopping = check_early_stopping(self.early_stopping)
 
     @classmethod
     def build(cls, config: GenerationConfig | None = None, **options: Any) -> GenerationConfig:

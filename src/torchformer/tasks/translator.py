@@ -34,7 +34,7 @@ from torchformer.checkpoints.hf import resolve_model_dir
 from torchformer.data.batching import pad_batch
 from torchformer.evaluate.bleu import corpus_scores
 from torchformer.evaluate.rouge import rouge_scores
-from torchformer.generate.beam import beam_search
+from torchformer.generate.beam import beam_search, check_early_stopping
 from torchformer.generate.generation import PrefixCache, uncached_seq2seq_step
 from torchformer.generate.greedy import greedy_decode
 from torchformer.io import JsonSettings, recover_dir
@@ -58,6 +58,9 @@ class TranslationSettings(JsonSettings):
 
     ``max_len_offset``: an output may have at most (longest source in the batch +
     this) tokens, capped by the model's ``max_len`` (Vaswani et al. 2017, 6.1: input + 50).
+
+    ``early_stopping``: when beam search stops an input (``generate.beam``): ``"heuristic"``
+    (HF's default) keeps going while the best live beam is ahead of the finished ones.
     """
 
     FILE_NAME: ClassVar[str] = SETTINGS_NAME
@@ -68,6 +71,7 @@ class TranslationSettings(JsonSettings):
     beam_size: int = 5
     length_penalty: float = 1.0
     max_len_offset: int = 50
+    early_stopping: bool | str = "heuristic"
 
 
 def _banning(step, banned: torch.Tensor):
@@ -89,6 +93,7 @@ def generate_ids(
     beam_size: int = 1,
     max_new_tokens: int,
     length_penalty: float = 1.0,
+    early_stopping: bool | str = "heuristic",
     use_cache: bool = True,
     banned_ids: tuple[int, ...] = (),
 ) -> list[list[int]]:
@@ -132,6 +137,7 @@ def generate_ids(
             eos_id=cfg.eos_id,
             pad_id=cfg.pad_id,
             length_penalty=length_penalty,
+            early_stopping=early_stopping,
         )
         rows = [h[0].ids for h in hyps]
     return [row[: row.index(cfg.eos_id)] if cfg.eos_id in row else row for row in rows]
@@ -203,6 +209,7 @@ class Translator:
         max_len: int | None = None,
         batch_size: int = 32,
         length_penalty: float | None = None,
+        early_stopping: bool | str | None = None,
         use_cache: bool = True,
     ) -> list[str] | str:
         """Translate one text (returns a string) or a list of texts (returns a list).
@@ -213,6 +220,9 @@ class Translator:
                 capped by the model's maximum length.
             batch_size: sentences decoded together (sorted by length, order restored).
             length_penalty: alpha of the beam score / length ** alpha.
+            early_stopping: when beam search stops (default: the model directory's,
+                ``"heuristic"``; True: at ``beam_size`` finished hypotheses; False: the
+                exact bound; ``generate.beam`` says more).
             use_cache: decode with the KV cache (False: recompute the prefix; slower).
 
         Raises:
@@ -222,6 +232,9 @@ class Translator:
         texts = validate_texts(texts)
         beam = beam_size or self.settings.beam_size
         alpha = self.settings.length_penalty if length_penalty is None else length_penalty
+        stopping = check_early_stopping(
+            self.settings.early_stopping if early_stopping is None else early_stopping
+        )
         prefix = self.settings.source_prefix
         sources = self.src_tokenizer.encode_batch(
             [prefix + text for text in texts], max_length=self.model.config.max_len
@@ -237,6 +250,7 @@ class Translator:
                 beam_size=beam,
                 max_new_tokens=self.max_new_tokens(batch, max_len),
                 length_penalty=alpha,
+                early_stopping=stopping,
                 use_cache=use_cache,
                 banned_ids=self.banned_ids,
             )
