@@ -65,6 +65,16 @@ def val_file(tmp_path_factory):
 
 
 # --- threads ------------------------------------------------------------------------------
+def pytest_configure(config) -> None:
+    """One intra-op thread from the start, so that module- and session-scoped fixtures (which
+    run before the per-test fixture below) train on one thread too: a model a fixture trains
+    is then the same whatever OMP_NUM_THREADS and the core count say (the summation order
+    of two threads moves the tiny models' last digits, and a borderline test with them)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Run every test on one intra-op thread, restoring the setting after.

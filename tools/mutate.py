@@ -37,7 +37,14 @@ SCOPES: dict[str, tuple[list[str], list[str]]] = {
     "train": (["src/torchformer/train/"], ["tests/train/"]),
     "tasks": (
         ["src/torchformer/tasks/"],
-        ["tests/tasks/", "tests/translate/", "tests/lm/", "tests/vision/", "tests/test_api.py"],
+        [
+            "tests/tasks/",
+            "tests/translate/",
+            "tests/lm/",
+            "tests/vision/",
+            "tests/generate/",
+            "tests/test_api.py",
+        ],
     ),
 }
 

@@ -247,7 +247,9 @@ def test_text_stream_holds_back_split_characters_and_stop_string_prefixes():
     assert "\ufffd" not in "".join(pieces)  # the 2-byte "é" came out whole
     assert stream_.done and stream_.add([65]) == ""  # nothing after the stop string
     plain = TextStream(ByteTokenizer())
-    assert "".join(plain.add([b]) for b in data) + plain.flush() == "café, then tea. END more"
+    pieces = [plain.add([b]) for b in data]
+    assert pieces[:5] == ["c", "a", "f", "", "é"]  # each character as soon as it is whole
+    assert "".join(pieces) + plain.flush() == "café, then tea. END more"
     with pytest.raises(ValueError, match="empty"):
         TextStream(ByteTokenizer(), stop=[""])
 

@@ -72,6 +72,7 @@ def test_a_char_model_learns_and_its_run_generates(tmp_path, capsys):
     assert best["loss"] == pytest.approx(min(r["loss"] for r in val), rel=1e-4)
     lm = torchformer.load(run)
     assert isinstance(lm, LanguageModel)
+    assert lm.model.config.d_ff == 4 * 32  # GPT-2's feed-forward width, 4 d
     text = lm.generate("the ", max_new_tokens=10, seed=1)
     assert text.startswith("the ") and len(text) == 14  # a character model: 10 characters
     assert text == lm.generate("the ", max_new_tokens=10, seed=1)  # seeded: reproducible
@@ -184,6 +185,9 @@ def test_a_model_trained_as_transformers_gpt2_loads_as_ours_with_equal_logits(tm
     with torch.no_grad():
         assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-5)
     assert records(run, "val")  # the loop trained and validated it like ours
+    c = theirs.config  # every dropout of the config, GPT-2's d_ff = 4 d
+    assert c.resid_pdrop == c.attn_pdrop == c.embd_pdrop == cfg.model.dropout
+    assert c.n_inner in (None, 4 * 32) and c.n_positions == 16
 
 
 def test_a_split_without_one_block_is_an_error_naming_the_settings(tmp_path):
@@ -192,8 +196,33 @@ def test_a_split_without_one_block_is_an_error_naming_the_settings(tmp_path):
     one = tmp_path / "one.txt"
     one.write_text("a single short document\n", encoding="utf-8")
     cfg = tiny_config(tmp_path, **{"data.source": str(one), "data.split": "file"})
-    with pytest.raises(DataError, match=r"data.split='file'; every data.val_every=10-th"):
+    with pytest.raises(DataError, match=r"data.split='file'; every data.val_every=10-th") as e:
         train(cfg)
+    assert e.value.file == str(one) and e.value.field == "data.source"
+
+
+def test_a_byte_level_bpe_model_learns_its_vocabulary_from_the_training_split(tmp_path):
+    cfg = tiny_config(tmp_path, **{"tokenizer.kind": "bpe", "tokenizer.vocab_size": 300,
+                                   "tokenizer.min_frequency": 1, "train.epochs": 1})  # fmt: skip
+    run = train(cfg)
+    lm = torchformer.load(run)
+    assert 256 < lm.tokenizer.vocab_size <= 300  # the 256 bytes and merges of the corpus
+    assert lm.model.config.vocab_size == lm.tokenizer.vocab_size
+    assert len(lm.tokenizer.encode("the king and a rose.")) < len("the king and a rose.")
+    best = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    logged = records(run, "best_val")[-1]  # finish() logs what it wrote
+    assert logged["loss"] == pytest.approx(best["loss"]) and best["blocks"] > 0
+    assert (run / "samples" / "best.txt").read_text(encoding="utf-8")
+
+
+def test_a_prompt_the_vocabulary_cannot_spell_samples_from_nothing_with_a_warning(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, **{"samples.prompt": "\u03a9 ", "train.epochs": 1})
+    with caplog.at_level("WARNING", logger="torchformer.tasks.language_model"):
+        run = train(cfg)
+    assert "sampling without a prompt" in caplog.text
+    assert "characters not in the vocabulary: ['\u03a9']" in caplog.text
+    sample = (run / "samples" / "best.txt").read_text(encoding="utf-8")
+    assert sample and "\u03a9" not in sample
 
 
 def txl_config(tmp_path: Path, mem_len: int = 16, **overrides) -> LanguageModelConfig:
@@ -217,6 +246,7 @@ def test_transformer_xl_learns_reads_validation_in_streams_and_loads(tmp_path):
     assert best["blocks"] == 3  # the held-out text as 3 ordered streams
     lm = torchformer.load(run)
     assert type(lm.model).__name__ == "TransformerXLForCausalLM"
+    assert lm.model.config.mem_len == 16 and lm.model.config.segment_len == 16
     text = lm.generate("the ", max_new_tokens=30, seed=0)
     assert len(text) == 34 and text == lm.generate("the ", max_new_tokens=30, seed=0)
     assert lm.perplexity("the king and a rose. " * 3) < 10  # segment by segment
@@ -255,3 +285,17 @@ def test_a_sliding_window_language_model_trains_and_saves_as_mistral(tmp_path):
     assert lm.model.config.sliding_window == 6
     text = lm.generate("the ", max_new_tokens=20, seed=0)  # (may end early at end-of-text)
     assert text.startswith("the ") and 4 < len(text) <= 24
+
+
+def test_the_token_cache_defaults_to_the_data_directory_else_the_users_cache(tmp_path, monkeypatch):
+    from torchformer.tasks.language_model import token_cache_dir
+
+    assert token_cache_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+    monkeypatch.setenv("TORCHFORMER_DATA", str(tmp_path / "data"))
+    preferred = token_cache_dir(None)
+    assert preferred == (tmp_path / "data" / "cache" / "tokens").resolve() and preferred.is_dir()
+    blocked = tmp_path / "a-file"  # the data "directory" cannot hold a cache
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("TORCHFORMER_DATA", str(blocked))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert token_cache_dir(None) == tmp_path / "home" / ".cache" / "torchformer" / "tokens"

@@ -101,6 +101,10 @@ def test_continued_pretraining_learns_writes_a_bert_directory_and_loads(tmp_path
     assert (best / "tokenizer.json").is_file() and (best / "masked_lm.json").is_file()
     final = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert final["ppl"] == pytest.approx(min(r["ppl"] for r in val), rel=1e-4)
+    assert final["blocks"] == 8 and final["precision"] == "fp32"  # data.val_max_blocks
+    assert final["masked_tokens"] == val[-1]["masked_tokens"]  # the same fixed masks
+    logged = records(run, "best_val")
+    assert len(logged) == 1 and logged[0]["loss"] == pytest.approx(final["loss"])
     mlm = torchformer.load(run)
     assert isinstance(mlm, MaskedLanguageModel)
     top = mlm.fill_mask("the king and [MASK] queen.", top_k=3)
@@ -144,5 +148,7 @@ def test_a_scratch_encoder_with_its_own_wordpiece_pretrains_and_feeds_the_classi
     model, _ = load_pretrained(run / "best", task="masked_lm")
     assert model.config.vocab_size == tokenizer.vocab_size and model.config.d_model == 32
     assert model.config.dropout == model.config.attn_dropout == 0.0  # model.dropout
+    assert model.config.max_len == 512  # BERT's positions, for fine-tuning on longer texts
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())  # data.cache_dir
     _, report = load_pretrained(run / "best", task="classification", num_labels=2)
     assert all(k.startswith("classifier.") for k in report.new_keys)

@@ -96,3 +96,24 @@ def test_no_adapter_is_written_where_peft_would_not_reproduce_the_model(
 def test_averaging_a_lora_run_is_refused(lora_run: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="LoRA run"):
         average_run(lora_run, tmp_path / "avg", last=2)
+
+
+def test_peft_adapters_are_refused_for_what_transformers_bert_classifier_cannot_read():
+    from types import SimpleNamespace
+
+    from torchformer.tasks.classify_config import ModelConfig, peft_mismatch
+
+    bert = SimpleNamespace(config=SimpleNamespace(flavour="bert"))
+    plain = ModelConfig(base="some-bert", pooling="pooler")
+    assert peft_mismatch(bert, plain) is None
+    roberta = SimpleNamespace(config=SimpleNamespace(flavour="roberta"))
+    assert "written for BERT models (some-bert is not one)" in peft_mismatch(roberta, plain)
+    cases = {
+        "pools by 'mean'": ModelConfig(base="b", pooling="mean"),
+        "one truncated sequence": ModelConfig(base="b", pooling="pooler", long_document="chunks"),
+        "full attention, not 'sliding_window'": ModelConfig(
+            base="b", pooling="pooler", attention="sliding_window"
+        ),
+    }
+    for message, m in cases.items():
+        assert message in peft_mismatch(bert, m), message

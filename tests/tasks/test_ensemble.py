@@ -238,4 +238,6 @@ def test_output_over_a_member_or_foreign_files_is_refused(member_runs, tmp_path)
         write_ensemble(foreign, [a, b], overwrite=True)
     assert (foreign / "todo.txt").read_text() == "mine"
     write_ensemble(tmp_path / "ens", [a, b])
+    with pytest.raises(FileExistsError):  # overwrite is off by default
+        write_ensemble(tmp_path / "ens", [b, a])
     write_ensemble(tmp_path / "ens", [b, a], overwrite=True)  # an ensemble of ours: replaced

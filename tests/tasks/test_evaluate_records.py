@@ -77,3 +77,37 @@ def test_unknown_labels_and_texts_cleaned_to_nothing_are_named():
             source="my.csv",
             text_field="review",
         )
+
+
+class TwoMemberEnsemble(LengthClassifier):
+    """An ensemble of the length rule and a member that always says "neg" (0.6); its own
+    probabilities are the weighted mean, as ``tasks.ensemble`` computes them."""
+
+    names, weights = ("length", "neg"), (0.75, 0.25)
+    members = names
+
+    def predict_proba(self, texts, *, batch_size, cleaned, return_members=False):
+        a = super().predict_proba(texts, batch_size=batch_size, cleaned=cleaned)
+        b = torch.tensor([[0.6, 0.4]] * len(texts))
+        mean = 0.75 * a + 0.25 * b
+        return (mean, [a, b]) if return_members else mean
+
+
+def test_an_ensemble_reports_each_member_on_the_same_batches():
+    records = [Record("x" * n, "pos" if n > 5 else "neg", f"r{n}") for n in (1, 2, 3, 7, 8, 9)]
+    records[5].label = "neg"  # the length rule misses r9; the "neg" member gets 4 of 6
+    clf = TwoMemberEnsemble()
+    result = evaluate_records(clf, records, batch_size=4)
+    assert result["accuracy"] == pytest.approx(5 / 6)
+    length, neg = result["members"]
+    assert (length["member"], length["weight"], neg["member"], neg["weight"]) == (
+        "length", 0.75, "neg", 0.25)  # fmt: skip
+    assert length["accuracy"] == pytest.approx(5 / 6) and neg["accuracy"] == pytest.approx(4 / 6)
+    # macro F1: length rule neg F1 = 2*3/(3+4) , pos F1 = 2*2/(2+3); the "neg" member: 0.8, 0
+    assert length["macro_f1"] == pytest.approx((6 / 7 + 4 / 5) / 2)
+    assert neg["macro_f1"] == pytest.approx((2 * 4 / (4 + 6)) / 2)
+    nll = -(3 * torch.tensor(0.8).log() + 2 * torch.tensor(0.9).log() + torch.tensor(0.1).log())
+    assert length["loss"] == pytest.approx(nll.item() / 6, rel=1e-5)
+    assert neg["loss"] == pytest.approx(
+        -(4 * torch.tensor(0.6).log() + 2 * torch.tensor(0.4).log()).item() / 6, rel=1e-5
+    )

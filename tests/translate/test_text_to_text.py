@@ -19,7 +19,7 @@ from torchformer.data.parallel import read_parallel_table
 from torchformer.data.records import DataError
 from torchformer.evaluate.rouge import rouge_scores
 from torchformer.tasks.translate import TranslationTask, train
-from torchformer.tasks.translate_data import encode_pairs
+from torchformer.tasks.translate_data import encode_pairs, load_pairs, prepare_data
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.loop import fit
 
@@ -103,7 +103,7 @@ def test_source_prefix_is_trained_with_and_saved_for_translate(tmp_path: Path, c
 
 
 def test_rouge_metric_without_rouge_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"needs eval\.rouge"):
+    with pytest.raises(ValueError, match=r"^train\.metric 'rougeL' needs eval\.rouge: true$"):
         TranslationTask(tiny_config(tmp_path, **{"train.metric": "rougeL"}))
 
 
@@ -198,3 +198,42 @@ def test_encode_pairs_keeps_a_tokenizer_start_token() -> None:
         max_length=16, drop_long=True, start_id=start,
     )  # fmt: skip
     assert encoded.tgt_ids[0] == tok.encode("b a") and encoded.tgt_ids[0][0] == start
+
+
+def test_evaluation_pairs_are_cut_to_max_length_with_the_start_token_counted() -> None:
+    tok = Tokenizer.train_bpe(["a b c d e f", "f e d c b a"] * 5, vocab_size=40, min_frequency=1)
+    bare = Tokenizer.train_bpe(
+        ["a b c"], vocab_size=40, min_frequency=1, special_tokens=("<pad>", "<unk>")
+    )
+    pair = torchformer.data.parallel.SentencePair("a b c d e f", "f e d c b a")
+    for tgt_tok, lead in ((tok, []), (bare, [7])):
+        cut, dropped = encode_pairs([pair], tok, tgt_tok, max_length=4, drop_long=False, start_id=7)
+        assert dropped == 0 and len(cut.src_ids[0]) == 4 and len(cut.tgt_ids[0]) == 4
+        assert cut.tgt_ids[0][: len(lead)] == lead
+        kept, dropped = encode_pairs([pair], tok, tgt_tok, max_length=4, drop_long=True, start_id=7)
+        assert dropped == 1 and len(kept) == 0  # training leaves long pairs out instead
+
+
+def test_without_validation_files_a_seeded_share_of_train_is_held_out(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, n_train=40, n_val=40, **{"data.val_fraction": 0.25})
+    data = config.data
+    data.val_src = data.val_tgt = None
+    first, again, other = (load_pairs(data, seed=s) for s in (0, 0, 1))
+    assert len(first["val"]) == 10 and len(first["train"]) == 30
+    assert not {(p.src, p.tgt) for p in first["val"]} & {(p.src, p.tgt) for p in first["train"]}
+    assert first == again and first["val"] != other["val"]
+
+
+def test_long_training_pairs_are_dropped_with_a_warning_and_none_left_is_an_error(
+    tmp_path: Path, caplog
+) -> None:
+    config = tiny_config(tmp_path, **{"data.max_length": 6})
+    with caplog.at_level("WARNING", logger="torchformer.tasks.translate_data"):
+        prepared = prepare_data(
+            config.data, config.tokenizer, tmp_path / "run", seed=0, write=False
+        )
+    assert prepared.dropped["train"] > 0 and len(prepared.encoded["train"]) > 0
+    assert f"dropped {prepared.dropped['train']} training pairs longer than 6 tokens" in caplog.text
+    config = tiny_config(tmp_path, **{"data.max_length": 3})
+    with pytest.raises(DataError, match=r"every training pair is longer than data\.max_length=3"):
+        prepare_data(config.data, config.tokenizer, tmp_path / "run", seed=0, write=False)

@@ -177,6 +177,8 @@ def test_separate_wordpiece_vocabularies_train_and_translate(tmp_path: Path) -> 
     translator = torchformer.load(run)
     cfg = translator.model.config
     assert not cfg.share_embeddings and cfg.src_vocab_size == translator.src_tokenizer.vocab_size
+    assert cfg.vocab_size == translator.tgt_tokenizer.vocab_size
+    assert cfg.max_len == config.data.max_length == 16
     assert (
         translator.model.tgt_embed is not None and translator.model.lm_head is None
     )  # output tied to target
@@ -255,6 +257,27 @@ def test_run_selects_best_or_averaged_on_validation(trained_run: Path) -> None:
     scores = selection["validation"]
     assert selection["model"] == max(scores, key=scores.get)
     assert set(scores) == {"best", "averaged"}
+    assert selection["by"] == "validation beam3 bleu"  # the config's metric is the loss
+    val = json.loads((trained_run / "eval/val/scores.json").read_text())
+    assert scores["best"] == val["beam3"]["bleu"]
+
+
+def test_a_chrf_run_selects_on_chrf_and_its_plateau_schedule_maximises_it(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, n_val=8, **{"train.max_steps": 24, "train.eval_every": 6,
+                                               "train.metric": "chrf", "train.schedule": "plateau",
+                                               "train.warmup_steps": 0, "train.average_last": 2,
+                                               "eval.beam_size": 2})  # fmt: skip
+    run = train(config)
+    vals = [r["chrf"] for r in records(run, "val")]
+    assert len(vals) == 4 and len(set(vals)) > 1
+    last = sorted((run / "checkpoints").glob("*"))[-1]
+    plateau = load_checkpoint(last)["scheduler"]["plateau"]
+    assert plateau["best"] == pytest.approx(max(vals))  # "max": a higher chrF is better
+    selection = json.loads((run / "selected_model.json").read_text())
+    assert selection["by"] == "validation beam2 chrf"
+    for name, folder in (("best", "val"), ("averaged", "averaged_val")):
+        scores = json.loads((run / "eval" / folder / "scores.json").read_text())
+        assert selection["validation"][name] == scores["beam2"]["chrf"]
 
 
 def test_load_of_a_run_follows_its_selection(trained_run: Path, tmp_path: Path) -> None:
@@ -266,6 +289,24 @@ def test_load_of_a_run_follows_its_selection(trained_run: Path, tmp_path: Path) 
     loaded = torchformer.load(run).model.state_dict()
     key = "encoder.layers.0.ffn.up_proj.weight"
     torch.testing.assert_close(loaded[key], averaged[key])
+    # Killed between the two renames of a replacement of averaged/: the load puts the
+    # previous version back and still follows the selection.
+    (run / "averaged").rename(run / ".averaged.old")
+    loaded = torchformer.load(run).model.state_dict()
+    assert (run / "averaged" / "config.json").is_file() and not (run / ".averaged.old").exists()
+    torch.testing.assert_close(loaded[key], averaged[key])
+
+
+def test_save_writes_a_model_directory_that_translates_the_same(trained_run, tmp_path) -> None:
+    translator = torchformer.load(trained_run)
+    out = translator.save(tmp_path / "saved")
+    for name in ("config.json", "model.safetensors", "source_tokenizer.json",
+                 "target_tokenizer.json", "translation.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    again = torchformer.load(out)
+    assert isinstance(again, Translator) and again.settings == translator.settings
+    src, _ = reversal_pairs(8, 0)
+    assert again.translate(src, beam_size=2) == translator.translate(src, beam_size=2)
 
 
 def test_averaging_window_ends_at_the_best_checkpoint() -> None:

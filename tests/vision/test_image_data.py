@@ -171,3 +171,40 @@ def test_a_file_added_to_a_cached_folder_is_decoded_again(tmp_path):
     assert len(again["train"]) == len(first["train"]) + 1
     assert "train/square/new.png" in again["train"].names
     assert len(list((tmp_path / "cache").glob("images-*.pt"))) == 2  # a new key, a new file
+
+
+def labelled_split(counts: list[int]):
+    from torchformer.data.images import ImageSplit
+
+    labels = torch.tensor([c for c, n in enumerate(counts) for _ in range(n)])
+    n = len(labels)
+    return ImageSplit(
+        torch.zeros(n, 1, 2, 2, dtype=torch.uint8), labels, [f"{i}.png" for i in range(n)]
+    )
+
+
+def test_a_sample_takes_the_classes_in_turn_and_is_seeded():
+    from torchformer.tasks.image_classify import _balanced_sample
+
+    split = labelled_split([10, 3, 7])
+    sample = _balanced_sample(split, 9, seed=0)
+    assert sample.labels.bincount().tolist() == [3, 3, 3]
+    assert set(sample.names) <= set(split.names) and len(set(sample.names)) == 9
+    short = _balanced_sample(split, 14, seed=0)  # class 1 runs out: the others fill in
+    assert short.labels.bincount().tolist() == [6, 3, 5]
+    assert _balanced_sample(split, 9, seed=0).names == sample.names
+    assert _balanced_sample(split, 9, seed=1).names != sample.names
+    assert (
+        _balanced_sample(split, None, seed=0) is split and _balanced_sample(split, 20, 0) is split
+    )
+
+
+def test_the_held_out_share_is_stratified_and_every_class_keeps_one():
+    from torchformer.tasks.image_classify import _hold_out
+
+    split = labelled_split([40, 20, 3])
+    train, val = _hold_out(split, 0.1, seed=0)
+    assert val.labels.bincount().tolist() == [4, 2, 1]  # round(0.3) = 0, but at least 1
+    assert sorted(train.names + val.names, key=lambda s: int(s[:-4])) == split.names
+    with pytest.raises(ValueError, match=r"data.val_fraction must be in \(0, 1\), got 1.0"):
+        _hold_out(split, 1.0, seed=0)

@@ -64,6 +64,65 @@ def test_load_predicts_paths_arrays_pil_images_and_tensors_alike(shapes_run, sha
         clf.predict([3.5])
 
 
+def test_every_array_and_tensor_layout_decodes_to_the_pixels_of_its_pil_image(shapes_run):
+    clf = torchformer.load(shapes_run)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)  # not the model's 16x16: resized
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    as_rgb, as_gray = clf.to_pixels(Image.fromarray(rgb)), clf.to_pixels(Image.fromarray(gray))
+    assert as_rgb.shape == (1, 3, 16, 16) and not torch.equal(as_rgb, as_gray)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    for image in (rgb, chw, rgba):
+        assert torch.equal(clf.to_pixels(image), as_rgb)
+    for image in (gray, gray[..., None], torch.from_numpy(gray)[None]):
+        assert torch.equal(clf.to_pixels(image), as_gray)
+    for channels in (2, 5):
+        with pytest.raises(ValueError, match=r"images\[0\]: expected \(H, W\), \(H, W, 3\)"):
+            clf.to_pixels(rng.integers(0, 256, (24, 20, channels), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"images\[1\]: expected a uint8 .* float32"):
+        clf.to_pixels([rgb, rgb.astype(np.float32)])
+    with pytest.raises(ValueError, match=r"^images is empty$"):
+        clf.to_pixels([])
+
+
+def test_save_writes_a_model_directory_that_loads_and_predicts_the_same(shapes_run, tmp_path):
+    clf = torchformer.load(shapes_run)
+    out = clf.save(tmp_path / "saved")
+    again = torchformer.load(out)
+    assert isinstance(again, ImageClassifier) and again.labels == clf.labels
+    assert again.channels == clf.channels and again.normalization == clf.normalization
+    images = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+              for i in range(4)]  # fmt: skip
+    assert torch.equal(again.to_pixels(images), clf.to_pixels(images))
+    with torch.no_grad():
+        pixels = clf.to_pixels(images)
+        assert torch.equal(again.logits(pixels), clf.logits(pixels))
+
+
+def test_best_is_scored_on_validation_and_test_and_both_are_logged(shapes_run):
+    rows = [json.loads(x) for x in (shapes_run / "metrics.jsonl").read_text().splitlines()]
+    last_epoch = max(r["epoch"] for r in rows if r["split"] == "train")
+    for name in ("val", "test"):
+        logged = [r for r in rows if r["split"] == f"best_{name}"]
+        assert len(logged) == 1 and logged[0]["epoch"] == last_epoch + 1  # epochs completed
+        assert logged[0]["accuracy"] == pytest.approx(metrics(shapes_run, name)["accuracy"])
+
+
+def test_normalization_round_trips_through_the_hugging_face_file(tmp_path):
+    from torchformer.tasks.image_classifier import Normalization
+
+    norm = Normalization(size=8, mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.25])
+    data = json.loads(norm.write(tmp_path).read_text())
+    assert data["rescale_factor"] == 1 / 255 and data["size"] == {"height": 8, "width": 8}
+    assert Normalization.read(tmp_path, default_size=99) == norm
+    plain = Normalization.read(tmp_path / "absent", default_size=12, channels=1)
+    assert plain == Normalization(size=12, mean=[0.5], std=[0.5])  # ViT's default
+    white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    expected = torch.tensor([(1 - 0.1) / 0.4, (1 - 0.2) / 0.5, (1 - 0.3) / 0.25])
+    torch.testing.assert_close(norm.apply(white)[0, :, 0, 0], expected)
+
+
 def test_the_final_evaluation_keeps_the_worst_images_for_the_report(shapes_run):
     test = shapes_run / "eval" / "test"
     errors = [json.loads(x) for x in (test / "errors.jsonl").read_text().splitlines()]
