@@ -59,6 +59,21 @@ def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_p
     assert isinstance(
         denoiser.reconstruct("the king and [MASK].", max_new_tokens=8, num_beams=2), str
     )
+    import torchformer.tasks.denoising as denoising
+
+    seen = {}
+    real = denoising.generate
+
+    def spy(model, ids, **options):
+        seen.update(options)
+        return real(model, ids, **options)
+
+    denoising.generate = spy
+    try:
+        denoiser.reconstruct("the king and [MASK].", max_new_tokens=5, num_beams=3)
+    finally:
+        denoising.generate = real
+    assert seen == {"max_new_tokens": 5, "num_beams": 3}
     # Resume mid-run: the same corruption, the same weights. (WordPiece training is not
     # reproducible across processes: the second run takes the first one's vocabulary.)
     vocab = str(run / "tokenizer.json")

@@ -201,17 +201,32 @@ def test_a_split_without_one_block_is_an_error_naming_the_settings(tmp_path):
     assert e.value.file == str(one) and e.value.field == "data.source"
 
 
+def test_a_split_shorter_than_one_block_is_an_error_naming_the_source(tmp_path):
+    from torchformer.data.records import DataError
+
+    corpus = tmp_path / "short.txt"  # every 10th line held out: 2 lines, 6 characters
+    corpus.write_text("".join(f"{'ab' if i % 10 == 9 else 'abcdefgh'}\n" for i in range(20)))
+    cfg = tiny_config(tmp_path, **{"data.source": str(corpus)})
+    with pytest.raises(DataError, match=r"the val split has \d+ tokens, fewer than one block of "
+                                        r"data.block_size \+ 1 = 17") as e:  # fmt: skip
+        train(cfg)
+    assert e.value.file == str(corpus) and e.value.field == "data.source"
+
+
 def test_a_byte_level_bpe_model_learns_its_vocabulary_from_the_training_split(tmp_path):
     cfg = tiny_config(tmp_path, **{"tokenizer.kind": "bpe", "tokenizer.vocab_size": 300,
-                                   "tokenizer.min_frequency": 1, "train.epochs": 1})  # fmt: skip
+                                   "tokenizer.min_frequency": 1, "train.epochs": 1,
+                                   "model.d_model": 64})  # fmt: skip
     run = train(cfg)
     lm = torchformer.load(run)
     assert 256 < lm.tokenizer.vocab_size <= 300  # the 256 bytes and merges of the corpus
     assert lm.model.config.vocab_size == lm.tokenizer.vocab_size
+    assert lm.model.config.d_ff == 4 * 64  # GPT-2's feed-forward width
     assert len(lm.tokenizer.encode("the king and a rose.")) < len("the king and a rose.")
     best = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     logged = records(run, "best_val")[-1]  # finish() logs what it wrote
     assert logged["loss"] == pytest.approx(best["loss"]) and best["blocks"] > 0
+    assert best["precision"] == "fp32" and logged["epoch"] == 1  # one epoch completed
     assert (run / "samples" / "best.txt").read_text(encoding="utf-8")
 
 
@@ -247,6 +262,7 @@ def test_transformer_xl_learns_reads_validation_in_streams_and_loads(tmp_path):
     lm = torchformer.load(run)
     assert type(lm.model).__name__ == "TransformerXLForCausalLM"
     assert lm.model.config.mem_len == 16 and lm.model.config.segment_len == 16
+    assert lm.model.config.bos_id == lm.model.config.eos_id == lm.tokenizer.eos_id
     text = lm.generate("the ", max_new_tokens=30, seed=0)
     assert len(text) == 34 and text == lm.generate("the ", max_new_tokens=30, seed=0)
     assert lm.perplexity("the king and a rose. " * 3) < 10  # segment by segment
@@ -283,6 +299,7 @@ def test_a_sliding_window_language_model_trains_and_saves_as_mistral(tmp_path):
     assert config["model_type"] == "mistral" and config["sliding_window"] == 6
     lm = torchformer.load(run)
     assert lm.model.config.sliding_window == 6
+    assert lm.model.config.d_ff == 128  # Llama's SwiGLU width: 8/3 d rounded up to 64
     text = lm.generate("the ", max_new_tokens=20, seed=0)  # (may end early at end-of-text)
     assert text.startswith("the ") and 4 < len(text) <= 24
 

@@ -105,6 +105,8 @@ def test_continued_pretraining_learns_writes_a_bert_directory_and_loads(tmp_path
     assert final["masked_tokens"] == val[-1]["masked_tokens"]  # the same fixed masks
     logged = records(run, "best_val")
     assert len(logged) == 1 and logged[0]["loss"] == pytest.approx(final["loss"])
+    assert logged[0]["epoch"] == 1 and logged[0]["step"] == 6
+    assert json.loads((best / "masked_lm.json").read_text())["block_size"] == 24
     mlm = torchformer.load(run)
     assert isinstance(mlm, MaskedLanguageModel)
     top = mlm.fill_mask("the king and [MASK] queen.", top_k=3)
@@ -138,12 +140,14 @@ def test_a_scratch_encoder_with_its_own_wordpiece_pretrains_and_feeds_the_classi
 
     cfg = tiny_config(tmp_path, **{"model.base": "scratch", "model.preset": "tiny",
                                    "tokenizer.vocab_size": 120, "train.lr": 3e-3,
+                                   "tokenizer.lowercase": False,
                                    "model.dropout": 0.0})  # fmt: skip
     run = train(cfg)
     val = records(run, "val")
     assert val[-1]["loss"] < val[0]["loss"]
     tokenizer = Tokenizer.from_pretrained_dir(run / "best")
     assert tokenizer.vocab_size <= 120 and tokenizer.mask_id is not None
+    assert not tokenizer.lowercases  # tokenizer.lowercase: false
     assert (run / "tokenizer.json").is_file()  # a resumed run keeps this vocabulary
     model, _ = load_pretrained(run / "best", task="masked_lm")
     assert model.config.vocab_size == tokenizer.vocab_size and model.config.d_model == 32

@@ -78,7 +78,8 @@ def newest_checkpoint(run_dir: Path) -> dict:
 
 
 def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
-    run = train(tiny_config(tmp_path, **{"train.epochs": 8}))
+    config = tiny_config(tmp_path, **{"train.epochs": 8})
+    run = train(config)
     for name in (
         "config.yaml",
         "manifest.json",
@@ -99,6 +100,12 @@ def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
     preds = clf.predict(["a wonderful superb film", "an awful boring movie"])
     assert [p["label"] for p in preds] == ["pos", "neg"]
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in preds)
+    # The same split, drawn from the config, scored again outside the run.
+    again = torchformer.api.evaluate_on_config(clf, config, "test")
+    assert again["num_examples"] == 32
+    assert again["accuracy"] == pytest.approx(test_metrics["accuracy"], abs=1 / 32)
+    with pytest.raises(ValueError, match="split 'dev': expected 'train', 'val' or 'test'"):
+        torchformer.api.evaluate_on_config(clf, config, "dev")
 
 
 def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path):

@@ -62,6 +62,19 @@ def test_tiny_model_learns_to_reverse_and_decodes_exactly(trained_run: Path) -> 
         translator.translate(src[0], beam_size=3, early_stopping="soon")
 
 
+def test_the_model_and_settings_follow_the_config(trained_run: Path) -> None:
+    translator = torchformer.load(trained_run)
+    cfg, tok = translator.model.config, translator.tgt_tokenizer
+    assert cfg.share_embeddings and cfg.src_vocab_size is None  # one joint vocabulary
+    assert (cfg.pad_id, cfg.eos_id) == (tok.pad_id, tok.eos_id) and cfg.max_len == 16
+    assert (translator.settings.src_lang, translator.settings.tgt_lang) == ("de", "en")
+    assert translator.settings.beam_size == 3  # eval.beam_size
+    rows = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    for split in ("best_val", "averaged_val"):  # the final scoring of both models is logged
+        (row,) = [r for r in rows if r["split"] == split]
+        assert {"greedy_bleu", "beam3_bleu", "greedy_chrf", "beam3_chrf"} <= set(row)
+
+
 def test_run_directory_holds_model_scores_and_hypotheses(trained_run: Path) -> None:
     for name in ("config.yaml", "manifest.json", "source_tokenizer.json", "target_tokenizer.json",
                  "best/config.json", "best/model.safetensors", "best/source_tokenizer.json",
@@ -412,3 +425,41 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
         train(config)
     assert "last good checkpoint (step 3)" in str(err.value)
     assert "last good checkpoint (step 3)" in records(Path(config.run_dir), "train")[-1]["error"]
+
+
+def test_adamw_is_the_decoupled_optimizer_and_enough_checkpoints_are_kept_to_average(
+    tmp_path: Path,
+) -> None:
+    from torchformer.tasks.translate import TranslationTask
+
+    config = tiny_config(tmp_path, n_val=8, **{"train.max_steps": 2, "train.optimizer": "adamw",
+                                               "train.weight_decay": 0.1, "eval.beam_size": 1})  # fmt: skip
+    run = train(config)
+    groups = load_checkpoint(sorted((run / "checkpoints").glob("*.pt"))[-1])["optimizer"]
+    assert all(g["decoupled_weight_decay"] for g in groups["param_groups"])
+    keep = {"train.keep_checkpoints": 2, "train.patience": 3}
+    assert (
+        TranslationTask(
+            tiny_config(tmp_path, **keep, **{"train.average_last": 5})
+        ).checkpoints_to_keep()
+        == 8
+    )
+    assert (
+        TranslationTask(
+            tiny_config(tmp_path, **keep, **{"train.average_last": 1})
+        ).checkpoints_to_keep()
+        == 2
+    )
+
+
+def test_tokenizers_are_trained_to_the_configured_size_and_saved_in_the_run(tmp_path: Path) -> None:
+    from torchformer.tasks.translate_data import load_or_train_tokenizers
+
+    config = tiny_config(tmp_path, **{"tokenizer.vocab_size": 40})
+    src, tgt = reversal_pairs(64, 0)
+    pairs = [torchformer.data.parallel.SentencePair(a, b) for a, b in zip(src, tgt)]
+    run_dir = tmp_path / "tok-run"
+    run_dir.mkdir()
+    a, b = load_or_train_tokenizers(config.tokenizer, run_dir, pairs)
+    assert a.vocab_size == b.vocab_size == 40
+    assert sorted(p.name for p in run_dir.iterdir())  # written by default

@@ -115,6 +115,7 @@ def test_normalization_round_trips_through_the_hugging_face_file(tmp_path):
     norm = Normalization(size=8, mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.25])
     data = json.loads(norm.write(tmp_path).read_text())
     assert data["rescale_factor"] == 1 / 255 and data["size"] == {"height": 8, "width": 8}
+    assert data["image_processor_type"] == "ViTImageProcessor"
     assert Normalization.read(tmp_path, default_size=99) == norm
     plain = Normalization.read(tmp_path / "absent", default_size=12, channels=1)
     assert plain == Normalization(size=12, mean=[0.5], std=[0.5])  # ViT's default
@@ -295,3 +296,43 @@ def test_an_image_servers_api_description_documents_the_upload(image_client):
     assert (
         "415" in schema["responses"] and "application/json" not in schema["requestBody"]["content"]
     )
+
+
+def test_training_statistics_are_the_same_whatever_the_chunk_size():
+    from torchformer.tasks.image_classifier import Normalization
+
+    pixels = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
+    whole = Normalization.from_pixels(pixels, size=4)
+    x = pixels.double() / 255
+    torch.testing.assert_close(torch.tensor(whole.mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(
+        torch.tensor(whole.std, dtype=torch.float64), x.std(dim=(0, 2, 3), unbiased=False)
+    )
+    chunked = Normalization.from_pixels(pixels, size=4, chunk=2)  # 3 chunks
+    torch.testing.assert_close(torch.tensor(chunked.mean), torch.tensor(whole.mean))
+    torch.testing.assert_close(torch.tensor(chunked.std), torch.tensor(whole.std))
+
+
+def test_a_checkpoints_image_size_is_read_from_its_config(tmp_path):
+    from torchformer.tasks.image_classify import _checkpoint_image_size
+
+    for value, expected in ((32, 32), ([48, 48], 48), (None, 224)):  # 224: ViT's default
+        folder = tmp_path / str(expected)
+        folder.mkdir()
+        config = {"model_type": "vit"} | ({} if value is None else {"image_size": value})
+        (folder / "config.json").write_text(json.dumps(config))
+        assert _checkpoint_image_size(str(folder)) == expected
+
+
+def test_train_and_test_samples_are_balanced_and_validation_is_held_out_first(
+    tmp_path, shapes_folder
+):
+    from torchformer.tasks.image_classify import load_image_splits
+
+    config = vit_config(tmp_path, shapes_folder, **{"data.train_samples": 30,
+                                                    "data.test_samples": 9})  # fmt: skip
+    splits, classes = load_image_splits(config, 16)
+    assert classes == ["hbar", "square", "vbar"]
+    assert splits["train"].labels.bincount().tolist() == [10, 10, 10]
+    assert splits["test"].labels.bincount().tolist() == [3, 3, 3]
+    assert len(splits["val"]) == 24  # 20% of the 120 training images, before the sample
