@@ -12,13 +12,22 @@ docs/mutation.md.
 
 ``--sample N`` tries N mutants drawn uniformly at random (``--seed``) instead of all of
 them, and reports the killed share of the sample with its 95% (Wilson) interval: an
-unbiased estimate when the whole scope would take hours. ``--resume --sample N`` draws
+unbiased estimate when the whole scope would take hours; each sampled mutant's status is
+written to ``build/mutate/<scope>/sample-seed<seed>.json``. ``--resume --sample N`` draws
 the same sample and tries the ones not yet tried.
+
+``--recheck`` (with ``--sample``) runs each sampled mutant that survived again against the
+whole test files its mapped tests are in. mutmut maps a function to the tests that called
+it, and a module- or session-scoped fixture's calls (a tiny training run shared by a
+file's tests) count for the first test that requested the fixture only: the later tests
+that check the fixture's run are never run against that function's mutants. A mutant a
+file's test fails on is counted as killed in ``killed_with_recheck``.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -115,11 +124,37 @@ def run_sample(mutmut: list[str], work: Path, env: dict, args) -> dict:
         counts[statuses[name]] = counts.get(statuses[name], 0) + 1
     killed = counts.get("killed", 0)
     low, high = wilson(killed, len(sample))
-    (work / "sample.json").write_text(json.dumps({"seed": args.seed, "mutants": sample,
+    (work / f"sample-seed{args.seed}.json").write_text(json.dumps({"seed": args.seed, "mutants": sample,
         "status": {n: statuses[n] for n in sample}}, indent=1))  # fmt: skip
     return {"scope": args.scope, "population": len(statuses), "sample": len(sample),
             "seed": args.seed, **counts, "killed_pct": round(100 * killed / len(sample), 1),
             "killed_pct_95ci": [round(100 * low, 1), round(100 * high, 1)]}  # fmt: skip
+
+
+def recheck(mutmut: list[str], work: Path, env: dict, names: list[str], workers: int) -> dict:
+    """Run each mutant against the whole test files of its mapped tests; name -> killed."""
+
+    def files_of(name: str) -> list[str]:
+        out = subprocess.run([*mutmut, "tests-for-mutant", name], cwd=work, env=env,
+                             capture_output=True, text=True).stdout  # fmt: skip
+        return sorted({line.split("::")[0] for line in out.split() if "::" in line})
+
+    def killed(name: str) -> bool:
+        files = files_of(name)
+        if not files:
+            return False
+        run_env = dict(env, MUTANT_UNDER_TEST=name, PYTHONPATH=str(work / "mutants" / "src"))
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+               "-m", "not slow", *files]  # fmt: skip
+        try:
+            result = subprocess.run(cmd, cwd=work / "mutants", env=run_env,
+                                    capture_output=True, timeout=900)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return True  # as mutmut counts a timeout: the mutant hangs a test
+        return result.returncode == 1  # 1: a test failed (other codes: could not run)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(names, pool.map(killed, names)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sample", type=int, default=0, help="try this many mutants drawn at random (0: all)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample's draw")
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="with --sample: run survivors against their tests' whole files",
+    )
     args = parser.parse_args(argv)
 
     work = ROOT / "build" / "mutate" / args.scope
@@ -143,7 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("TORCHFORMER_DATA", str(ROOT.parent / "shared" / "data"))
     mutmut = [sys.executable, "-m", "mutmut"]
     if args.sample:
-        print(json.dumps(run_sample(mutmut, work, env, args)))
+        result = run_sample(mutmut, work, env, args)
+        if args.recheck:
+            record = json.loads((work / f"sample-seed{args.seed}.json").read_text())
+            left = [n for n, status in record["status"].items() if status != "killed"]
+            again = recheck(mutmut, work, env, left, args.max_children)
+            record["recheck"] = again
+            (work / f"sample-seed{args.seed}.json").write_text(json.dumps(record, indent=1))
+            killed = result.get("killed", 0) + sum(again.values())
+            low, high = wilson(killed, result["sample"])
+            result |= {"killed_with_recheck": killed,
+                       "killed_with_recheck_pct": round(100 * killed / result["sample"], 1),
+                       "killed_with_recheck_pct_95ci": [round(100 * low, 1), round(100 * high, 1)]}  # fmt: skip
+        print(json.dumps(result))
         return 0
     # mutmut exits non-zero when mutants survive; the stats below are the result.
     subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=work, env=env)
