@@ -252,6 +252,8 @@ def test_text_stream_holds_back_split_characters_and_stop_string_prefixes():
     assert "".join(pieces) + plain.flush() == "café, then tea. END more"
     with pytest.raises(ValueError, match="empty"):
         TextStream(ByteTokenizer(), stop=[""])
+    twice = TextStream(ByteTokenizer(), stop=["."])  # the first occurrence ends the text
+    assert twice.add(list(b"one. two. three")) + twice.flush() == "one"
 
 
 def test_a_row_with_every_token_banned_ends_instead_of_failing(lm):

@@ -4,6 +4,7 @@ Tiny Shakespeare (tier 3)."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -187,6 +188,8 @@ def test_a_model_trained_as_transformers_gpt2_loads_as_ours_with_equal_logits(tm
     assert records(run, "val")  # the loop trained and validated it like ours
     c = theirs.config  # every dropout of the config, GPT-2's d_ff = 4 d
     assert c.resid_pdrop == c.attn_pdrop == c.embd_pdrop == cfg.model.dropout
+    assert (c.n_embd, c.n_layer, c.n_head) == (32, 2, 4)  # model.d_model / n_layers / n_heads
+    assert c.activation_function == ours.config.activation
     assert c.n_inner in (None, 4 * 32) and c.n_positions == 16
 
 
@@ -227,6 +230,10 @@ def test_a_byte_level_bpe_model_learns_its_vocabulary_from_the_training_split(tm
     logged = records(run, "best_val")[-1]  # finish() logs what it wrote
     assert logged["loss"] == pytest.approx(best["loss"]) and best["blocks"] > 0
     assert best["precision"] == "fp32" and logged["epoch"] == 1  # one epoch completed
+    assert best["ppl"] == pytest.approx(math.exp(best["loss"]))
+    capped = train(tiny_config(tmp_path / "capped", **{"data.val_max_blocks": 2,
+                                                       "train.epochs": 1}))  # fmt: skip
+    assert json.loads((capped / "eval" / "val" / "metrics.json").read_text())["blocks"] == 2
     assert (run / "samples" / "best.txt").read_text(encoding="utf-8")
 
 
@@ -262,6 +269,7 @@ def test_transformer_xl_learns_reads_validation_in_streams_and_loads(tmp_path):
     lm = torchformer.load(run)
     assert type(lm.model).__name__ == "TransformerXLForCausalLM"
     assert lm.model.config.mem_len == 16 and lm.model.config.segment_len == 16
+    assert (lm.model.config.d_model, lm.model.config.n_layers) == (32, 2)
     assert lm.model.config.bos_id == lm.model.config.eos_id == lm.tokenizer.eos_id
     text = lm.generate("the ", max_new_tokens=30, seed=0)
     assert len(text) == 34 and text == lm.generate("the ", max_new_tokens=30, seed=0)

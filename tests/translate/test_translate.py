@@ -463,3 +463,10 @@ def test_tokenizers_are_trained_to_the_configured_size_and_saved_in_the_run(tmp_
     a, b = load_or_train_tokenizers(config.tokenizer, run_dir, pairs)
     assert a.vocab_size == b.vocab_size == 40
     assert sorted(p.name for p in run_dir.iterdir())  # written by default
+    other = tmp_path / "not-written"
+    other.mkdir()
+    rare = tiny_config(tmp_path, **{"tokenizer.min_frequency": 1000, "tokenizer.lowercase": True})
+    c, _ = load_or_train_tokenizers(rare.tokenizer, other, pairs, write=False)
+    assert not list(other.iterdir())  # write=False: nothing saved
+    assert c.vocab_size < 40  # no pair is frequent enough to merge: characters and specials
+    assert c.encode("ONE TWO") == c.encode("one two")  # tokenizer.lowercase

@@ -117,6 +117,10 @@ def test_normalization_round_trips_through_the_hugging_face_file(tmp_path):
     assert data["rescale_factor"] == 1 / 255 and data["size"] == {"height": 8, "width": 8}
     assert data["image_processor_type"] == "ViTImageProcessor"
     assert Normalization.read(tmp_path, default_size=99) == norm
+    data["size"] = 24  # older processor files give one integer
+    (tmp_path / "int").mkdir()
+    (tmp_path / "int" / "preprocessor_config.json").write_text(json.dumps(data))
+    assert Normalization.read(tmp_path / "int", default_size=99).size == 24
     plain = Normalization.read(tmp_path / "absent", default_size=12, channels=1)
     assert plain == Normalization(size=12, mean=[0.5], std=[0.5])  # ViT's default
     white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
