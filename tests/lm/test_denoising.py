@@ -41,7 +41,7 @@ def tiny_config(tmp_path: Path, **overrides) -> DenoisingConfig:
     return masked_lm_config(tmp_path, DenoisingConfig, **{**values, **overrides})
 
 
-def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_path):
+def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_path, monkeypatch):
     run = train(tiny_config(tmp_path / "a"))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r["split"] == "val"]
@@ -61,18 +61,11 @@ def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_p
     )
     import torchformer.tasks.denoising as denoising
 
-    seen = {}
-    real = denoising.generate
-
-    def spy(model, ids, **options):
-        seen.update(options)
-        return real(model, ids, **options)
-
-    denoising.generate = spy
-    try:
-        denoiser.reconstruct("the king and [MASK].", max_new_tokens=5, num_beams=3)
-    finally:
-        denoising.generate = real
+    seen, real = {}, denoising.generate
+    monkeypatch.setattr(
+        denoising, "generate", lambda model, ids, **o: seen.update(o) or real(model, ids, **o)
+    )
+    denoiser.reconstruct("the king and [MASK].", max_new_tokens=5, num_beams=3)
     assert seen == {"max_new_tokens": 5, "num_beams": 3}
     # Resume mid-run: the same corruption, the same weights. (WordPiece training is not
     # reproducible across processes: the second run takes the first one's vocabulary.)

@@ -24,7 +24,12 @@ from torchformer.tasks.translate import (
     select_model,
     train,
 )
-from torchformer.tasks.translate_data import EncodedPairs, make_batch
+from torchformer.tasks.translate_data import (
+    SOURCE_TOKENIZER,
+    TARGET_TOKENIZER,
+    EncodedPairs,
+    make_batch,
+)
 from torchformer.tasks.translator import Translator, generate_ids
 from torchformer.text.tokenizer import Tokenizer
 from torchformer.train.checkpoint import load_checkpoint
@@ -462,7 +467,7 @@ def test_tokenizers_are_trained_to_the_configured_size_and_saved_in_the_run(tmp_
     run_dir.mkdir()
     a, b = load_or_train_tokenizers(config.tokenizer, run_dir, pairs)
     assert a.vocab_size == b.vocab_size == 40
-    assert sorted(p.name for p in run_dir.iterdir())  # written by default
+    assert sorted(p.name for p in run_dir.iterdir()) == [SOURCE_TOKENIZER, TARGET_TOKENIZER]
     other = tmp_path / "not-written"
     other.mkdir()
     rare = tiny_config(tmp_path, **{"tokenizer.min_frequency": 1000, "tokenizer.lowercase": True})

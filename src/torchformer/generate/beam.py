@@ -62,11 +62,9 @@ class Hypothesis(NamedTuple):
 
 StepFn = Callable[[Tensor, Any], Tensor]
 
-EARLY_STOPPING = (True, "heuristic", False)
-
 
 def check_early_stopping(value: bool | str) -> bool | str:
-    """``value`` as one of ``EARLY_STOPPING`` (``"never"`` is False).
+    """``value`` as True, ``"heuristic"`` or False (``"never"`` is False).
 
     Raises:
         ValueError: anything else (HF's False is ``"heuristic"`` here: say which).
