@@ -53,6 +53,13 @@ def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_p
     assert model.config.flavour == "bart"
     denoiser = torchformer.load(run)
     assert isinstance(denoiser, Denoiser)
+    assert denoiser.model.config.attn_impl != "reference"  # overrides reach the loaded model
+    assert torchformer.load(run, attn_impl="reference").model.config.attn_impl == "reference"
+    t = denoiser.tokenizer  # [SEP] ends a sequence and starts the decoder; the vocabulary's [PAD]
+    assert model.config.eos_id == model.config.decoder_start_id == t.sep_id != 2  # (BART's: 2)
+    assert model.config.pad_id == t.pad_id != 1 and model.config.vocab_size == t.vocab_size
+    settings = json.loads((run / "best" / "denoising.json").read_text())
+    assert settings["block_size"] == 24 and settings["base"] == "scratch"
     # Six steps do not make a denoiser; the path from text to generated text must work.
     source = denoiser.tokenizer.backend.encode("the king and [MASK].", add_special_tokens=False).ids
     assert denoiser.tokenizer.mask_id in source  # the mask is one token, not spelled out
@@ -63,10 +70,14 @@ def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_p
 
     seen, real = {}, denoising.generate
     monkeypatch.setattr(
-        denoising, "generate", lambda model, ids, **o: seen.update(o) or real(model, ids, **o)
+        denoising,
+        "generate",
+        lambda model, ids, **o: seen.update(o, ids=ids.tolist()) or real(model, ids, **o),
     )
     denoiser.reconstruct("the king and [MASK].", max_new_tokens=5, num_beams=3)
-    assert seen == {"max_new_tokens": 5, "num_beams": 3}
+    assert seen == {"max_new_tokens": 5, "num_beams": 3, "ids": [[t.cls_id, *source, t.sep_id]]}
+    denoiser.reconstruct("the king and [MASK].")
+    assert (seen["max_new_tokens"], seen["num_beams"]) == (64, 4)  # the defaults
     # Resume mid-run: the same corruption, the same weights. (WordPiece training is not
     # reproducible across processes: the second run takes the first one's vocabulary.)
     vocab = str(run / "tokenizer.json")

@@ -74,12 +74,20 @@ def test_a_char_model_learns_and_its_run_generates(tmp_path, capsys):
     lm = torchformer.load(run)
     assert isinstance(lm, LanguageModel)
     assert lm.model.config.d_ff == 4 * 32  # GPT-2's feed-forward width, 4 d
+    assert lm.model.config.attn_impl != "reference"
+    assert torchformer.load(run, attn_impl="reference").model.config.attn_impl == "reference"
     text = lm.generate("the ", max_new_tokens=10, seed=1)
     assert text.startswith("the ") and len(text) == 14  # a character model: 10 characters
     assert text == lm.generate("the ", max_new_tokens=10, seed=1)  # seeded: reproducible
     assert set(text) <= set("".join(WORDS) + " .\nand")  # only characters it was trained on
     samples = sorted((run / "samples").glob("*.txt"))
     assert len(samples) >= 2 and (run / "samples" / "best.txt").read_text()
+    losses = [r["loss"] for r in val]
+    saves = sum(loss < min(losses[:i], default=math.inf) for i, loss in enumerate(losses))
+    numbered = sorted(p.name for p in (run / "samples").glob("best-*.txt"))  # one per best/
+    assert numbered == [f"best-{i:03d}.txt" for i in range(1, saves + 1)]
+    final = (run / "samples" / "best.txt").read_text(encoding="utf-8")
+    assert final.startswith("the ") and len(final) <= 4 + 12  # samples.prompt, max_new_tokens
     # Streaming hands out the same text piece by piece; a stop string ends it before itself.
     pieces = list(lm.stream("the ", max_new_tokens=30, seed=2))
     assert len(pieces) > 1 and "the " + "".join(pieces) == lm.generate(
@@ -131,6 +139,11 @@ def test_resume_gives_the_weights_of_an_unbroken_run(tmp_path):
     a = load_checkpoint(unbroken / "checkpoints" / "step-000040.pt")["model"]
     b = load_checkpoint(resumed / "checkpoints" / "step-000040.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The resumed run numbers its samples on from the ones written before the stop.
+    names = [
+        sorted(p.name for p in (r / "samples").glob("best-*.txt")) for r in (unbroken, resumed)
+    ]
+    assert names[0] == names[1] and len(names[0]) == 2
 
 
 def test_token_files_are_reused_by_a_second_run(tmp_path):
@@ -319,6 +332,7 @@ def test_the_token_cache_defaults_to_the_data_directory_else_the_users_cache(tmp
     monkeypatch.setenv("TORCHFORMER_DATA", str(tmp_path / "data"))
     preferred = token_cache_dir(None)
     assert preferred == (tmp_path / "data" / "cache" / "tokens").resolve() and preferred.is_dir()
+    assert token_cache_dir(None) == preferred  # the next run finds it there again
     blocked = tmp_path / "a-file"  # the data "directory" cannot hold a cache
     blocked.write_text("not a directory")
     monkeypatch.setenv("TORCHFORMER_DATA", str(blocked))

@@ -106,9 +106,12 @@ def test_continued_pretraining_learns_writes_a_bert_directory_and_loads(tmp_path
     logged = records(run, "best_val")
     assert len(logged) == 1 and logged[0]["loss"] == pytest.approx(final["loss"])
     assert logged[0]["epoch"] == 1 and logged[0]["step"] == 6
-    assert json.loads((best / "masked_lm.json").read_text())["block_size"] == 24
+    settings = json.loads((best / "masked_lm.json").read_text())
+    assert settings["block_size"] == 24 and settings["base"] == "minilm"
     mlm = torchformer.load(run)
     assert isinstance(mlm, MaskedLanguageModel)
+    assert mlm.model.config.attn_impl != "reference"  # overrides reach the loaded model
+    assert torchformer.load(run, attn_impl="reference").model.config.attn_impl == "reference"
     top = mlm.fill_mask("the king and [MASK] queen.", top_k=3)
     assert len(top) == 1 and len(top[0]) == 3 and top[0][0][1] >= top[0][1][1]
     # The classifier of the classification task loads from it (the MLM head is left out).
@@ -127,9 +130,11 @@ def test_resume_replays_the_same_masks(tmp_path):
 
 
 def test_frozen_encoder_trains_the_head_only(tmp_path):
-    run = train(tiny_config(tmp_path, **{"model.freeze_encoder": True}))
+    run = train(tiny_config(tmp_path, **{"model.freeze_encoder": True, "model.dropout": 0.05}))
     before, _ = load_pretrained(torchformer.tasks.masked_lm.packaged_minilm_dir(), task="masked_lm")
     after, _ = load_pretrained(run / "best", task="masked_lm")
+    assert before.config.dropout != 0.05  # model.dropout overrides the pretrained base's
+    assert after.config.dropout == after.config.attn_dropout == 0.05
     for name, p in after.encoder.state_dict().items():
         assert torch.equal(p, before.encoder.state_dict()[name]), name
     assert not torch.equal(after.mlm_head.dense.weight, before.mlm_head.dense.weight)
@@ -149,6 +154,7 @@ def test_a_scratch_encoder_with_its_own_wordpiece_pretrains_and_feeds_the_classi
     assert tokenizer.vocab_size <= 120 and tokenizer.mask_id is not None
     assert not tokenizer.lowercases  # tokenizer.lowercase: false
     assert (run / "tokenizer.json").is_file()  # a resumed run keeps this vocabulary
+    assert json.loads((run / "best" / "masked_lm.json").read_text())["base"] == "scratch"
     model, _ = load_pretrained(run / "best", task="masked_lm")
     assert model.config.vocab_size == tokenizer.vocab_size and model.config.d_model == 32
     assert model.config.dropout == model.config.attn_dropout == 0.0  # model.dropout

@@ -169,10 +169,11 @@ class Denoiser:
 
 
 def load(path: str | os.PathLike, **overrides: Any) -> Denoiser:
-    """A denoiser: a run directory (its ``best/``) or a model directory."""
+    """A denoiser: a run directory (its ``best/``) or a model directory;
+    ``overrides`` change fields of the model's config (e.g. ``attn_impl``)."""
     path = Path(path)
     model_dir = path / "best" if (path / "best" / "config.json").is_file() else path
-    model, _ = load_pretrained(model_dir, task="seq2seq_lm")
+    model, _ = load_pretrained(model_dir, task="seq2seq_lm", **overrides)
     return Denoiser(model, Tokenizer.from_pretrained_dir(model_dir))
 
 

@@ -563,10 +563,11 @@ def train(config: LanguageModelConfig, **options: Any) -> Path:
 
 
 def load(path: str | os.PathLike, **overrides: Any) -> LanguageModel:
-    """A trained language model: a run directory (its ``best/``) or a model directory."""
+    """A trained language model: a run directory (its ``best/``) or a model directory;
+    ``overrides`` change fields of the model's config (e.g. ``attn_impl``)."""
     path = Path(path)
     return LanguageModel.from_dir(
-        path / "best" if (path / "best" / "config.json").is_file() else path
+        path / "best" if (path / "best" / "config.json").is_file() else path, **overrides
     )
 
 

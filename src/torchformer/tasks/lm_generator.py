@@ -66,9 +66,11 @@ class LanguageModel:
         self.settings = settings or LMSettings(block_size=model.config.max_len)
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> LanguageModel:
+    def from_dir(cls, path: str | os.PathLike, **overrides: Any) -> LanguageModel:
+        """A model directory; ``overrides`` change fields of the model's config (e.g.
+        ``attn_impl``, ``dropout``)."""
         model_dir = resolve_model_dir(path)
-        model, _ = load_pretrained(model_dir, task="causal_lm")
+        model, _ = load_pretrained(model_dir, task="causal_lm", **overrides)
         tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json")
         return cls(model, tokenizer, LMSettings.read(model_dir))
 

@@ -386,10 +386,11 @@ class MaskedLanguageModel:
 
 
 def load(path: str | os.PathLike, **overrides: Any) -> MaskedLanguageModel:
-    """A masked LM: a run directory (its ``best/``) or a model directory."""
+    """A masked LM: a run directory (its ``best/``) or a model directory;
+    ``overrides`` change fields of the model's config (e.g. ``attn_impl``)."""
     path = Path(path)
     model_dir = path / "best" if (path / "best" / "config.json").is_file() else path
-    model, _ = load_pretrained(model_dir, task="masked_lm")
+    model, _ = load_pretrained(model_dir, task="masked_lm", **overrides)
     return MaskedLanguageModel(model, Tokenizer.from_pretrained_dir(model_dir))
 
 

@@ -1,0 +1,113 @@
+"""The masked-LM and denoising tasks' batches without a training run: the blocks, their
+corruption, and held-out losses that do not depend on how the blocks are batched."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from test_masked_lm import tiny_config  # tests/lm is on sys.path (skips without MiniLM)
+
+from torchformer.tasks.denoising import DenoisingConfig, DenoisingTask
+from torchformer.tasks.masked_lm import MaskedLMTask
+
+CPU = torch.device("cpu")
+
+
+def prepared(tmp_path, task_class=MaskedLMTask, config_class=None, **overrides):
+    if config_class is not None:
+        overrides = {"model.preset": "bart-tiny", "tokenizer.vocab_size": 120, **overrides}
+        config = tiny_config(tmp_path, config_class, **overrides)
+    else:
+        config = tiny_config(tmp_path, **overrides)
+    task = task_class(config)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    task.prepare(tmp_path / "run", resume=False, main=True)
+    return task
+
+
+def test_a_block_is_cls_the_corpus_tokens_and_sep(tmp_path):
+    task = prepared(tmp_path)
+    t, tokens = task.tokenizer, task.files["val"].tokens
+    starts = task.val_starts[:2]
+    blocks = task._blocks("val", starts)
+    assert blocks.shape == (2, 24)  # data.block_size
+    assert (blocks[:, 0] == t.cls_id).all() and (blocks[:, -1] == t.sep_id).all()
+    for row, s in zip(blocks, starts, strict=True):
+        assert row[1:-1].tolist() == [int(x) for x in tokens[s : s + 22]]
+
+
+def test_the_corruption_never_chooses_special_tokens(tmp_path):
+    task = prepared(tmp_path)
+    t = task.tokenizer
+    ids = task._blocks("val", task.val_starts[:4])
+    ids[:, 5], ids[:, 6] = t.pad_id, t.unk_id  # specials inside the text are not chosen either
+    special = torch.isin(ids, torch.tensor([t.cls_id, t.sep_id, t.pad_id, t.unk_id]))
+    assert special[:, [0, 5, 6, -1]].all()  # ([SEP] also separates the documents)
+    chosen_any = torch.zeros_like(special)
+    for seed in range(60):
+        inputs, labels = task._corrupt(ids, seed)
+        chosen = labels != -100
+        assert not chosen[special].any() and torch.equal(inputs[special], ids[special])
+        chosen_any |= chosen
+    assert chosen_any[~special].all()  # every other position gets its turn
+
+
+def test_whole_word_masking_uses_the_tokenizers_word_pieces(tmp_path):
+    rng = random.Random(0)  # many made-up words: a 120-piece vocabulary splits them
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi"]
+    words = ["".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(400)]
+    corpus = tmp_path / "words.txt"
+    corpus.write_text("\n".join(" ".join(rng.choices(words, k=6)) for _ in range(300)) + "\n")
+    task = prepared(tmp_path, **{"masking.whole_word": True, "masking.probability": 0.4,
+                                 "model.base": "scratch", "model.preset": "tiny",
+                                 "tokenizer.vocab_size": 120, "data.source": str(corpus)})  # fmt: skip
+    ids = task._blocks("train", list(range(0, len(task.files["train"].tokens) - 23, 22)))
+    _, labels = task._corrupt(ids, 0)
+    chosen = labels != -100
+    t = task.tokenizer
+    after_special = torch.isin(ids[:, :-1], torch.tensor([t.cls_id, t.sep_id, t.pad_id]))
+    follows = task.continuation[ids[:, 1:]] & ~after_special  # "##" continues the word before
+    assert follows.any() and torch.equal(chosen[:, 1:][follows], chosen[:, :-1][follows])
+
+
+def test_held_out_masked_lm_losses_do_not_depend_on_the_batching(tmp_path):
+    task = prepared(tmp_path, **{"train.eval_batch_size": 3})
+    model = task.model.eval()
+    with torch.no_grad():
+        together = task.evaluate(model, "val", [0, 1, 2, 3, 4], CPU)  # batches of 3 and 2
+        alone = {i: task.evaluate(model, "val", [i], CPU)[i] for i in range(5)}
+    assert list(together) == [0, 1, 2, 3, 4]
+    for i in range(5):
+        assert together[i][0] == pytest.approx(alone[i][0], rel=1e-4)
+        assert together[i][1] == alone[i][1] > 0  # the masked tokens of that block
+    metrics = task.summarize("val", together)
+    total, count = sum(v[0] for v in together.values()), sum(v[1] for v in together.values())
+    assert metrics["masked_tokens"] == count and metrics["loss"] == pytest.approx(total / count)
+
+
+def test_a_denoising_pair_is_the_infilled_source_and_the_original_target(tmp_path):
+    task = prepared(tmp_path, DenoisingTask, DenoisingConfig)
+    t = task.tokenizer
+    starts = task.val_starts[:3]
+    src, mask, tgt_in, labels = task._pairs("val", starts, [1, 2, 3])
+    body = task._blocks("val", starts)[:, 1:-1]
+    assert torch.equal(labels[:, :-1], body) and (labels[:, -1] == t.sep_id).all()
+    assert (tgt_in[:, 0] == t.sep_id).all() and torch.equal(tgt_in[:, 1:], labels[:, :-1])
+    assert (src[:, 0] == t.cls_id).all() and torch.equal(mask, (src != t.pad_id).long())
+    lengths = mask.sum(1)
+    assert lengths.min() < src.size(1) == lengths.max()  # the shorter rows padded
+    for row, n in zip(src, lengths, strict=True):
+        assert row[n - 1] == t.sep_id and (row[: n - 1] == t.mask_id).any()  # spans masked
+
+
+def test_held_out_denoising_losses_do_not_depend_on_the_batching(tmp_path):
+    task = prepared(tmp_path, DenoisingTask, DenoisingConfig)
+    model = task.model.eval()
+    with torch.no_grad():
+        together = task.evaluate(model, "val", [0, 1, 2, 3], CPU)
+        alone = {i: task.evaluate(model, "val", [i], CPU)[i] for i in range(4)}
+    for i in range(4):
+        assert together[i][0] == pytest.approx(alone[i][0], rel=1e-4)  # the padding is masked
+        assert together[i][1] == alone[i][1] == 23  # 22 corpus tokens and [SEP]
