@@ -38,12 +38,15 @@ demo:
 	$(BIN)/torchformer demo
 
 # Mutation testing (not in CI): mutmut 3, one scope at a time (tools/mutate.py: train/
-# against tests/train, then the task packages against the task tests; each in
+# against tests/train, generate/ and evaluate/ against theirs, then the task packages
+# against the task tests; each in
 # build/mutate/<scope>/, `python tools/mutate.py SCOPE --resume` goes on after a stop).
 # The result and the survivors, with why each is harmless: docs/mutation.md.
 mutate:
 	$(BIN)/pip install -q "mutmut>=3.8"
 	$(BIN)/python tools/mutate.py train
+	$(BIN)/python tools/mutate.py generate
+	$(BIN)/python tools/mutate.py evaluate
 	$(BIN)/python tools/mutate.py tasks
 
 clean:

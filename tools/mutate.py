@@ -1,4 +1,4 @@
-"""Mutation testing in scopes: ``python tools/mutate.py train|tasks [--resume]``.
+"""Mutation testing in scopes: ``python tools/mutate.py train|generate|evaluate|tasks [--resume]``.
 
 mutmut 3 reads one ``[tool.mutmut]`` table and maps each mutated function to every
 selected test that reaches it. Mutating the loop (``train/``) against the task tests
@@ -44,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # small end-to-end runs of each task; tier-4 (slow) tests stay out, as in CI.
 SCOPES: dict[str, tuple[list[str], list[str]]] = {
     "train": (["src/torchformer/train/"], ["tests/train/"]),
+    # Decoding (greedy, sampling, beam search) and the metrics, against their own tests.
+    "generate": (["src/torchformer/generate/"], ["tests/generate/"]),
+    "evaluate": (["src/torchformer/evaluate/"], ["tests/evaluate/"]),
     "tasks": (
         ["src/torchformer/tasks/"],
         [

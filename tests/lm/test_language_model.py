@@ -14,6 +14,7 @@ import torch
 import torchformer
 from torchformer.cli import main
 from torchformer.config import ConfigError, load_config
+from torchformer.tasks import language_model
 from torchformer.tasks.language_model import LanguageModelConfig, train
 from torchformer.tasks.lm_generator import LanguageModel
 from torchformer.train.checkpoint import load_checkpoint
@@ -76,6 +77,7 @@ def test_a_char_model_learns_and_its_run_generates(tmp_path, capsys):
     assert lm.model.config.d_ff == 4 * 32  # GPT-2's feed-forward width, 4 d
     assert lm.model.config.attn_impl != "reference"
     assert torchformer.load(run, attn_impl="reference").model.config.attn_impl == "reference"
+    assert language_model.load(run / "best").model.config.d_ff == 4 * 32  # a model directory
     text = lm.generate("the ", max_new_tokens=10, seed=1)
     assert text.startswith("the ") and len(text) == 14  # a character model: 10 characters
     assert text == lm.generate("the ", max_new_tokens=10, seed=1)  # seeded: reproducible

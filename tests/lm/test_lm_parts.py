@@ -205,7 +205,10 @@ def test_a_short_held_out_split_is_read_as_one_transformer_xl_stream(prepared):
     assert 17 <= n < 33
     assert task.val_starts == [0] and task.val_stream_len == n - 1  # every token once
     outputs = task.evaluate(task.model.eval(), "val", [0], torch.device("cpu"))
-    assert list(outputs) == [0] and task.summarize("val", outputs)["loss"] > 0
+    assert list(outputs) == [0] and outputs[0] > 0
+    # the stream's summed loss over its n - 1 predicted tokens (not over a block's 16)
+    assert n - 1 != 16
+    assert task.summarize("val", outputs)["loss"] == pytest.approx(outputs[0] / (n - 1))
 
 
 def test_a_sample_follows_the_samples_settings_and_keeps_the_training_mode(prepared, tmp_path):
@@ -216,3 +219,14 @@ def test_a_sample_follows_the_samples_settings_and_keeps_the_training_mode(prepa
     assert text.startswith("my ") and len(text) <= 8
     assert (tmp_path / "sample.txt").read_text(encoding="utf-8") == text
     assert task.settings.block_size == 16 and task.settings.tokenizer_kind == "char"
+
+
+def test_the_built_models_begin_and_end_texts_with_the_tokenizers_end_of_text(tmp_path):
+    tokenizer = train_char_tokenizer([TEXT], end_of_text="<|endoftext|>")
+    assert tokenizer.eos_id is not None
+    for architecture in ("decoder", "transformer_xl"):
+        extra = {"model.mem_len": 8, "train.sampling": "streams"}
+        cfg = tiny_config(tmp_path, **{"model.architecture": architecture,
+                                       **(extra if architecture != "decoder" else {})})  # fmt: skip
+        c = build_model(cfg, tokenizer).config
+        assert c.bos_id == c.eos_id == tokenizer.eos_id, architecture

@@ -111,3 +111,25 @@ def test_held_out_denoising_losses_do_not_depend_on_the_batching(tmp_path):
     for i in range(4):
         assert together[i][0] == pytest.approx(alone[i][0], rel=1e-4)  # the padding is masked
         assert together[i][1] == alone[i][1] == 23  # 22 corpus tokens and [SEP]
+
+
+def test_a_given_tokenizer_without_a_mask_token_is_refused_naming_it(tmp_path):
+    from torchformer.data.records import DataError
+    from torchformer.text.lm_tokenizers import train_char_tokenizer
+
+    path = tmp_path / "chars.json"
+    train_char_tokenizer(["the king and a rose"]).save(path)
+    with pytest.raises(DataError, match=r"chars\.json.*tokenizer\.path.*cls_id, sep_id, mask_id"):
+        prepared(tmp_path, **{"model.base": "scratch", "model.preset": "tiny",
+                              "tokenizer.path": str(path)})  # fmt: skip
+
+
+def test_a_fresh_scratch_run_trains_its_own_tokenizer_over_one_left_in_the_run(tmp_path):
+    from torchformer.text.tokenizer import Tokenizer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    Tokenizer.train_wordpiece(["zzz yyy xxx"] * 5, vocab_size=40).save(run / "tokenizer.json")
+    task = prepared(tmp_path, **{"model.base": "scratch", "model.preset": "tiny",
+                                 "tokenizer.vocab_size": 120})  # fmt: skip
+    assert task.tokenizer.token_to_id("king") is not None  # learnt from this corpus

@@ -32,6 +32,7 @@ from torchformer.tasks.translate import (
 from torchformer.tasks.translate_data import (
     SOURCE_TOKENIZER,
     TARGET_TOKENIZER,
+    encode_pairs,
     load_or_train_tokenizers,
     load_pairs,
     prepare_data,
@@ -416,3 +417,40 @@ def test_without_average_last_no_averaged_model_is_written_or_selected(tmp_path:
     assert not (run / "averaged").exists() and not (run / "eval" / "averaged_val").exists()
     selection = json.loads((run / "selected_model.json").read_text())
     assert selection["model"] == "best" and set(selection["validation"]) == {"best"}
+
+
+def test_the_noam_schedule_peaks_at_train_lr_over_the_square_root_of_width_and_warmup(
+    tmp_path: Path,
+) -> None:
+    config = tiny_config(tmp_path, **{"train.schedule": "noam", "train.warmup_steps": 4,
+                                      "train.lr": 2.0})  # fmt: skip
+    task = TranslationTask(config)
+    (tmp_path / "run").mkdir()
+    model = task.prepare(tmp_path / "run", resume=False, main=True)
+    optimizer = task.build_optimizer(model)
+    scheduler = task.build_scheduler(optimizer, 100)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    d_model = model.config.d_model
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * (d_model * 4) ** -0.5)
+
+
+def test_training_pairs_with_either_side_too_long_are_dropped(tokenizer: Tokenizer) -> None:
+    short, long = "a b", " ".join(["a b c d"] * 10)
+    pairs = [SentencePair(short, short), SentencePair(long, short), SentencePair(short, long)]
+    encoded, dropped = encode_pairs(pairs, tokenizer, tokenizer, max_length=12, drop_long=True)
+    assert dropped == 2 and encoded.src_texts == [short] and encoded.tgt_texts == [short]
+    kept, none = encode_pairs(pairs, tokenizer, tokenizer, max_length=12, drop_long=False)
+    assert none == 0 and len(kept.src_texts) == 3  # evaluation keeps every pair, cut
+    assert max(map(len, kept.tgt_ids)) <= 12
+
+
+def test_a_table_is_read_in_the_configured_format_whatever_its_name(tmp_path: Path) -> None:
+    rows = [{"src": f"a b {i}", "tgt": f"b a {i}"} for i in range(6)]
+    train_file = tmp_path / "pairs.txt"  # JSON Lines under a name that says nothing
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = tiny_config(tmp_path, **{"data.source": "jsonl", "data.train_file": str(train_file),
+                                      "data.val_file": str(train_file)})  # fmt: skip
+    pairs = load_pairs(config.data, seed=0)
+    assert pairs["train"][0] == SentencePair("a b 0", "b a 0") and len(pairs["val"]) == 6

@@ -221,3 +221,59 @@ def test_the_default_cosine_schedule_decays_over_the_run(tmp_path):
     assert rates[9] == pytest.approx(0.02)  # warm-up ends at step 10
     assert rates[54] == pytest.approx(0.01)  # half-way through the decay
     assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_written_processor_file_preprocesses_like_transformers(tmp_path):
+    """transformers' ViTImageProcessor, reading our file, gives the pixels we feed the model."""
+    transformers = pytest.importorskip("transformers")
+    norm = Normalization(size=8, mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.25])
+    norm.write(tmp_path)
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    theirs = processor(images=image, return_tensors="pt")["pixel_values"]
+    ours = norm.apply(torch.from_numpy(image).permute(2, 0, 1)[None])
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_split_folders_take_the_configured_names(tmp_path):
+    from torchformer.tasks.image_classify import load_image_splits
+
+    source = make_image_folder(tmp_path / "src", per_class={"fit": 3, "dev": 2, "exam": 1})
+    cfg = vit_config(tmp_path, source, **{"data.train_split": "fit", "data.val_split": "dev",
+                                          "data.test_split": "exam"})  # fmt: skip
+    splits, classes = load_image_splits(cfg, 16)
+    assert classes == CLASSES
+    assert [len(splits[r].names) for r in ("train", "val", "test")] == [9, 6, 3]
+    assert all(n.startswith("dev/") for n in splits["val"].names)
+
+
+def test_the_training_sample_is_drawn_with_the_runs_seed(tmp_path):
+    from torchformer.tasks.image_classify import load_image_splits
+
+    source = make_image_folder(tmp_path / "src", per_class={"train": 12, "test": 1})
+
+    def sample(seed: int) -> list[str]:
+        cfg = vit_config(tmp_path, source, **{"data.train_samples": 6, "train.seed": seed})
+        return sorted(load_image_splits(cfg, 16)[0]["train"].names)
+
+    first = sample(1)
+    assert len(first) == 6 and first == sample(1)  # reproducible
+    assert any(sample(s) != first for s in (2, 3, 4))  # and the seed's own
+
+
+def test_a_splits_summary_averages_the_examples_losses():
+    from torchformer.data.images import ImageSplit
+    from torchformer.tasks.image_classify import summarize_examples
+
+    split = ImageSplit(
+        pixels=torch.zeros(4, 1, 2, 2, dtype=torch.uint8),
+        labels=torch.tensor([0, 1, 0, 1]),
+        names=["a.png", "b.png", "c.png", "d.png"],
+    )
+    two = torch.tensor([2.0, 0.0])
+    outputs = {0: (two, 0.1), 1: (two, 2.0), 2: (two.flip(0), 1.5), 3: (two.flip(0), 0.3)}
+    summary = summarize_examples(split, outputs, ["x", "y"])
+    assert summary["loss"] == pytest.approx((0.1 + 2.0 + 1.5 + 0.3) / 4)
+    assert summary["accuracy"] == 0.5 and summary["confusion_matrix"] == [[1, 1], [1, 1]]
+    assert {e["id"] for e in summary["errors"]} == {"b.png", "c.png"}

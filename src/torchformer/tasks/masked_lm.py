@@ -210,8 +210,11 @@ class MaskedLMTask(LanguageModelTask):
         t = self.tokenizer
         missing = [r for r in ("cls_id", "sep_id", "mask_id") if getattr(t, r) is None]
         if missing:
+            given = c.model.base == SCRATCH and c.tokenizer.path
             raise DataError(
-                f"the tokenizer has no {', '.join(missing)}", file=str(base), field="model.base"
+                f"the tokenizer has no {', '.join(missing)}",
+                file=str(c.tokenizer.path if given else base),
+                field="tokenizer.path" if given else "model.base",
             )
         self.special_ids = sorted(
             {i for i in (t.cls_id, t.sep_id, t.pad_id, t.unk_id) if i is not None}
