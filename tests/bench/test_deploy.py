@@ -183,8 +183,8 @@ def test_read_machine_names_what_is_wrong(tmp_path, content, message):
 
 
 # ----------------------------------------------------------------- the added paths
-NEW_PATHS = ["torchformer-bf16", "torchformer-compile", "onnx-fp32-fused", "onnx-int8-fused",
-             "onnx-int8-static"]  # fmt: skip
+NEW_PATHS = ["torchformer-bf16", "torchformer-bf16-weights", "torchformer-compile",
+             "onnx-fp32-fused", "onnx-int8-fused", "onnx-int8-static"]  # fmt: skip
 
 
 def test_bench_new_paths_agree_with_torchformer_fp32(
@@ -205,11 +205,14 @@ def test_bench_new_paths_agree_with_torchformer_fp32(
     report = json.loads((out / "deploy.json").read_text())
     results, skipped = report["results"], report["skipped"]
     # torchformer fp32 is not measured: the reference logits are computed untimed instead.
-    if bf16_unsupported() is not None:
-        assert skipped.pop("torchformer-bf16") == bf16_unsupported()
-    else:
-        bf16 = results["torchformer-bf16"]
-        assert bf16["agreement"] >= 95 and 0 < bf16["max_logit_diff"] < 0.1
+    for bf16_path in ("torchformer-bf16", "torchformer-bf16-weights"):
+        if bf16_unsupported() is not None:
+            assert skipped.pop(bf16_path) == bf16_unsupported()
+        else:
+            bf16 = results[bf16_path]
+            assert bf16["agreement"] >= 95 and 0 < bf16["max_logit_diff"] < 0.1, bf16_path
+    if bf16_unsupported() is None:
+        assert results["torchformer-bf16-weights"]["details"]["weights"].startswith("bfloat16")
     if "torchformer-compile" in skipped:  # no working compiler here: the error is the reason
         assert skipped.pop("torchformer-compile").startswith("failed on")
     else:

@@ -230,3 +230,49 @@ def test_the_built_models_begin_and_end_texts_with_the_tokenizers_end_of_text(tm
                                        **(extra if architecture != "decoder" else {})})  # fmt: skip
         c = build_model(cfg, tokenizer).config
         assert c.bos_id == c.eos_id == tokenizer.eos_id, architecture
+
+
+def test_a_stream_that_begins_with_a_stop_string_hands_out_nothing(random_lm):
+    from torchformer.tasks.lm_generator import TextStream
+
+    _, tokenizer = random_lm
+    stream = TextStream(tokenizer, stop=["the"])
+    ids = tokenizer.backend.encode("the king", add_special_tokens=False).ids
+    assert stream.add(ids) == "" and stream.done and stream.flush() == ""
+
+
+def test_beam_search_is_deterministic_from_two_beams(random_lm, monkeypatch):
+    from torchformer.tasks import lm_generator
+
+    model, tokenizer = random_lm
+    lm = LanguageModel(model, tokenizer, LMSettings(block_size=16, max_new_tokens=4))
+    seen = []
+    real = lm_generator.GenerationConfig.build
+
+    def spy(**options):
+        seen.append(options)
+        return real(**options)
+
+    monkeypatch.setattr(lm_generator.GenerationConfig, "build", staticmethod(spy))
+    lm._options(torch.tensor([[1, 2]]), False, {"num_beams": 2})
+    lm._options(torch.tensor([[1, 2]]), False, {})
+    assert seen[0]["do_sample"] is False and "seed" not in seen[0]  # beams: no sampling
+    assert seen[1]["do_sample"] is True  # one beam: the sidecar's sampling
+
+
+def test_an_empty_prompt_starts_from_end_of_text(random_lm):
+    _, tokenizer = random_lm
+    chars = train_char_tokenizer([TEXT], end_of_text="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = preset("tiny", vocab_size=chars.vocab_size, max_len=16, bos_id=None, eos_id=None)
+    lm = LanguageModel(DecoderForCausalLM(cfg).eval(), chars, LMSettings(block_size=16))
+    assert chars.eos_id not in (None, 0)
+    assert lm._prompt_ids("").tolist() == [[chars.eos_id]]
+    plain = LanguageModel(DecoderForCausalLM(cfg).eval(), tokenizer, LMSettings(block_size=16))
+    assert tokenizer.eos_id is None and plain._prompt_ids("").tolist() == [[0]]
+
+
+def test_a_language_model_has_no_test_split_to_evaluate(prepared):
+    task = prepared()
+    assert task.split_size("val") == len(task.val_starts) > 0
+    assert task.split_size("test") == 0

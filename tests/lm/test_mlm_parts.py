@@ -133,3 +133,14 @@ def test_a_fresh_scratch_run_trains_its_own_tokenizer_over_one_left_in_the_run(t
     task = prepared(tmp_path, **{"model.base": "scratch", "model.preset": "tiny",
                                  "tokenizer.vocab_size": 120})  # fmt: skip
     assert task.tokenizer.token_to_id("king") is not None  # learnt from this corpus
+
+
+def test_a_split_shorter_than_one_block_is_an_error_naming_the_source(tmp_path):
+    from torchformer.data.records import DataError
+
+    corpus = tmp_path / "short.txt"  # every 10th line held out: two words
+    lines = ("king" if i % 10 == 0 else "the king and a rose and my lord" for i in range(20))
+    corpus.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.raises(DataError, match=r"the val split has \d+ tokens, fewer than one block") as e:
+        prepared(tmp_path, **{"data.source": str(corpus)})
+    assert e.value.file == str(corpus) and e.value.field == "data.source"

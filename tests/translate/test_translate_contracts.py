@@ -174,6 +174,7 @@ def test_evaluate_translator_scores_greedy_then_beam_with_the_decoding_time(
     result = evaluate_translator(untrained, pairs, out, beam_size=2, batch_size=4)
     elapsed = time.perf_counter() - start
     assert set(result) == {"num_sentences", "greedy", "beam2"} and result["num_sentences"] == 10
+    assert not any(k.startswith("rouge") for k in result["greedy"])  # ROUGE only when asked
     assert [(c["beam_size"], len(c["sources"])) for c in decoder_calls] == [
         (1, 4), (1, 4), (1, 2), (2, 4), (2, 4), (2, 2)
     ]  # fmt: skip
@@ -454,3 +455,29 @@ def test_a_table_is_read_in_the_configured_format_whatever_its_name(tmp_path: Pa
                                       "data.val_file": str(train_file)})  # fmt: skip
     pairs = load_pairs(config.data, seed=0)
     assert pairs["train"][0] == SentencePair("a b 0", "b a 0") and len(pairs["val"]) == 6
+
+
+def test_a_runs_model_is_the_one_selected_on_validation_and_survives_a_crash(
+    tmp_path: Path,
+) -> None:
+    from torchformer.tasks.translator import SELECTION_FILE, run_model_dir
+
+    run = tmp_path / "run"
+    for name in ("best", "averaged"):
+        (run / name).mkdir(parents=True)
+        (run / name / "config.json").write_text("{}")
+    assert run_model_dir(run) == run / "best"  # nothing selected: best/
+    assert run_model_dir(run / "averaged") == run / "averaged"  # a model directory itself
+    (run / SELECTION_FILE).write_text(json.dumps({"model": "averaged"}))
+    assert run_model_dir(run) == run / "averaged"
+    (run / SELECTION_FILE).write_text(json.dumps({"model": "elsewhere"}))
+    assert run_model_dir(run) == run / "best"  # not a model of the run
+    (run / "best").rename(run / ".best.old")  # a crash while best/ was being replaced
+    assert run_model_dir(run) == run / "best" and (run / "best" / "config.json").is_file()
+
+
+def test_the_saved_settings_follow_the_eval_config(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, **{"eval.beam_size": 3, "eval.length_penalty": 0.6,
+                                      "eval.max_len_offset": 7})  # fmt: skip
+    s = settings_of(config)
+    assert (s.beam_size, s.length_penalty, s.max_len_offset) == (3, 0.6, 7)

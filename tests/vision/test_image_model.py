@@ -277,3 +277,19 @@ def test_a_splits_summary_averages_the_examples_losses():
     assert summary["loss"] == pytest.approx((0.1 + 2.0 + 1.5 + 0.3) / 4)
     assert summary["accuracy"] == 0.5 and summary["confusion_matrix"] == [[1, 1], [1, 1]]
     assert {e["id"] for e in summary["errors"]} == {"b.png", "c.png"}
+
+
+def test_image_files_of_any_size_are_resized_and_a_bad_one_is_named(pretrained, tmp_path):
+    from PIL import Image
+
+    from torchformer.data.images import ImageDataError
+
+    clf = ImageClassifier.from_dir(pretrained)
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 256, size=(24, 24, 3), dtype=np.uint8))
+    big.save(tmp_path / "big.png")
+    from_file = clf.predict_proba([tmp_path / "big.png"])
+    torch.testing.assert_close(from_file, clf.predict_proba([big]))  # resized to 16 alike
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageDataError, match=r"bad\.png"):
+        clf.predict_proba([tmp_path / "big.png", tmp_path / "bad.png"])

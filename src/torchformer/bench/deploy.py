@@ -4,7 +4,9 @@ Paths (``PATHS`` by default, any of ``ALL_PATHS`` on request):
 
 - ``torchformer``, ``transformers``: the PyTorch model, ours and Hugging Face's;
 - ``torchformer-bf16``: ours under ``torch.autocast("cpu", dtype=torch.bfloat16)``,
-  only on CPUs with bf16 dot products;
+  only on CPUs with bf16 dot products; ``torchformer-bf16-weights``: ours with every
+  weight in bf16 (``model.to(torch.bfloat16)``: no weight casts per call, but layer
+  norms and softmax in bf16 too — the accuracy columns say what that costs);
 - ``torchformer-compile``: ours through ``torch.compile`` (inductor, frozen weights,
   dynamic shapes); its compilation is the warm-up, reported apart from the timings;
 - ``onnx-fp32``, ``onnx-int8``: the export and its dynamic int8 quantization;

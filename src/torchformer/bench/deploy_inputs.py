@@ -17,6 +17,7 @@ import numpy as np
 PATHS = ("torchformer", "transformers", "onnx-fp32", "onnx-int8")  # the default set
 EXTRA_PATHS = (
     "torchformer-bf16",
+    "torchformer-bf16-weights",
     "torchformer-compile",
     "onnx-fp32-fused",
     "onnx-int8-fused",
@@ -34,6 +35,7 @@ COMPUTE_DTYPE = {
     "onnx-fp32": "fp32",
     "onnx-fp32-fused": "fp32",
     "torchformer-bf16": "bf16",
+    "torchformer-bf16-weights": "bf16",
     "onnx-int8": "int8",
     "onnx-int8-static": "int8",
     "onnx-int8-fused": "int8",

@@ -102,10 +102,12 @@ def _prepare_plain(path: str, model_dir: Path, onnx_dir: Path) -> tuple[Path, di
     from torchformer.export.onnx import INT8_NAME, ONNX_NAME
     from torchformer.export.quantize import bf16_unsupported
 
-    if path == "torchformer-bf16":
+    if path in ("torchformer-bf16", "torchformer-bf16-weights"):
         reason = bf16_unsupported()
         if reason:
             raise PathUnavailableError(reason)
+        if path == "torchformer-bf16-weights":
+            return model_dir, {"weights": "bfloat16 (every tensor, norms and softmax too)"}
         return model_dir, {"autocast": "bfloat16 matmuls, fp32 weights"}
     if path in ("torchformer", "transformers", "torchformer-compile"):
         return model_dir, {}

@@ -62,6 +62,8 @@ def _load_backend(kind: str, target: str, threads: int) -> _Backend:
         return _compiled_backend(model)
     if kind.startswith("torchao"):
         _torchao_quantize(model, kind)
+    if kind == "torchformer-bf16-weights":  # no per-call weight casts, as autocast makes
+        model = model.to(torch.bfloat16)
     # bf16: autocast runs the matmuls in bf16 and keeps fp32 weights, norms and softmax.
     precision = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
