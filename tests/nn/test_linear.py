@@ -8,7 +8,16 @@ from torch import nn
 from torchformer.nn import linear as linear_module
 from torchformer.nn.linear import Linear, is_plain_linear, linear, onednn_applies
 
-needs_onednn = pytest.mark.skipif(not linear_module._ONEDNN, reason="PyTorch built without oneDNN")
+needs_onednn = pytest.mark.skipif(
+    not linear_module.ONEDNN_AVAILABLE, reason="PyTorch built without oneDNN"
+)
+
+
+@pytest.fixture(autouse=True)
+def onednn_chosen(monkeypatch):
+    """The oneDNN path on, whatever the default chose for this CPU (off on Intel), so its
+    tests run on every machine whose PyTorch has the kernel."""
+    monkeypatch.setattr(linear_module, "_ONEDNN", linear_module.ONEDNN_AVAILABLE)
 
 
 def _calls(fn) -> set[str]:
@@ -142,3 +151,48 @@ def test_tensor_subclasses_keep_f_linear():
     with torch.inference_mode():
         ops = _calls(lambda: linear(torch.randn(2, 3), weight.detach().as_subclass(Tagged)))
     assert "mkldnn::_linear_pointwise" not in ops
+
+
+@pytest.mark.parametrize(
+    ("setting", "vendor", "wanted"),
+    [
+        (None, "AuthenticAMD", True),
+        (None, "GenuineIntel", False),  # MKL's own fast paths: F.linear
+        (None, None, True),
+        ("auto", "GenuineIntel", False),
+        (" AUTO ", "AuthenticAMD", True),
+        ("1", "GenuineIntel", True),
+        ("0", "AuthenticAMD", False),
+        ("", "AuthenticAMD", True),
+    ],
+)
+def test_onednn_is_chosen_everywhere_but_intel_unless_told(setting, vendor, wanted):
+    assert linear_module.onednn_linear_wanted(setting, vendor) is wanted
+
+
+def test_a_bad_onednn_setting_names_the_variable():
+    with pytest.raises(ValueError, match=r"TORCHFORMER_ONEDNN_LINEAR='yes': expected 0, 1 or auto"):
+        linear_module.onednn_linear_wanted("yes", "AuthenticAMD")
+
+
+def test_cpu_vendor_reads_the_first_vendor_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n"
+        "processor\t: 1\nvendor_id\t: AuthenticAMD\n"
+    )
+    assert linear_module.cpu_vendor(info) == "GenuineIntel"
+    info.write_text("processor\t: 0\nCPU implementer\t: 0x41\n")  # ARM: no vendor line
+    assert linear_module.cpu_vendor(info) is None
+    assert linear_module.cpu_vendor(tmp_path / "missing") is None
+
+
+def test_without_onednn_inference_runs_f_linear(monkeypatch):
+    monkeypatch.setattr(linear_module, "_ONEDNN", False)  # e.g. auto on an Intel CPU
+    layer = Linear(16, 8)
+    x = torch.randn(3, 16)
+    with torch.inference_mode():
+        assert not onednn_applies(x, layer.weight)
+        ops = _calls(lambda: layer(x))
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert "mkldnn::_linear_pointwise" not in ops and "aten::linear" in ops

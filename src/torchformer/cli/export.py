@@ -66,14 +66,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     q = subparsers.add_parser(
         "quantize",
-        help="int8 ONNX model behind an accuracy gate",
-        description="Dynamic int8 quantization (onnxruntime, QInt8 MatMul/Gemm weights). SRC is an "
-        "export directory or anything `export` accepts (exported first, with its parity check). "
-        "Refuses (exit 1, both accuracies printed) when int8 accuracy drops more than --threshold "
-        "points below fp32 on the validation slice.",
+        help="int8 ONNX model or bf16 weights, behind an accuracy gate",
+        description="--dtype int8 (default): dynamic int8 quantization (onnxruntime, QInt8 "
+        "MatMul/Gemm weights). SRC is an export directory or anything `export` accepts "
+        "(exported first, with its parity check). --dtype bf16: a PyTorch classifier (run or "
+        "model directory) evaluated with bf16 weights; the verdict is written to "
+        "<model dir>/bf16_gate.json, which `serve --precision auto` follows. "
+        "Refuses (exit 1, both accuracies printed) when the accuracy drops more than "
+        "--threshold points below fp32 on the validation slice.",
     )
     q.add_argument("src", help="export directory, run directory or model directory")
-    q.add_argument("--out", required=True, help="export directory to write model.int8.onnx into")
+    q.add_argument(
+        "--dtype",
+        choices=["int8", "bf16"],
+        default="int8",
+        help="int8 ONNX model (default) or bf16 weights of a PyTorch classifier",
+    )
+    q.add_argument("--out", help="int8: export directory to write model.int8.onnx into (required)")
     q.add_argument("--val-file", help="labelled CSV/TSV/JSONL file (default: IMDB test reviews)")
     q.add_argument("--text-column", default="text")
     q.add_argument("--label-column", default="label")
@@ -170,6 +179,11 @@ def quantize_command(args: argparse.Namespace) -> int:
     )
     from torchformer.export.runtime import OnnxClassifier
 
+    if args.dtype == "bf16":
+        return _gate_bf16_command(args)
+    if args.out is None:
+        print("error: --out is required with --dtype int8", file=sys.stderr)
+        return 2
     support = cpu_int8_support()
     print(support.summary())
     src, out = Path(args.src), Path(args.out)
@@ -206,6 +220,42 @@ def quantize_command(args: argparse.Namespace) -> int:
         return 1
     fp32_mb, int8_mb = (out / ONNX_NAME).stat().st_size / 2**20, kept.stat().st_size / 2**20
     print(f"wrote {kept} ({int8_mb:.1f} MiB, fp32 {fp32_mb:.1f} MiB)")
+    return 0
+
+
+def _gate_bf16_command(args: argparse.Namespace) -> int:
+    """``quantize --dtype bf16``: the bf16 accuracy gate of a PyTorch classifier."""
+    import torch
+
+    from torchformer.export.bf16 import BF16_GATE_NAME, classifier_dir, gate_bf16
+    from torchformer.export.quantize import bf16_unsupported, validation_slice
+
+    if args.out is not None:
+        print("error: --out is for int8; bf16's verdict goes next to the weights", file=sys.stderr)
+        return 2
+    unsupported = bf16_unsupported()
+    if unsupported is not None:
+        print(f"error: {unsupported}", file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        texts, gold, source = validation_slice(
+            args.val_size,
+            file=args.val_file,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            seed=args.seed,
+        )
+        gate = gate_bf16(args.src, texts, gold, source=source, threshold=args.threshold)
+    except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(gate.message())
+    print(f"wrote {classifier_dir(args.src) / BF16_GATE_NAME}")
+    if not gate.passed:
+        print("error: bf16 weights refused; `serve` keeps fp32", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -78,9 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "int8"],
+        choices=["auto", "fp32", "int8", "bf16"],
         default="auto",
-        help="export directories: int8 when it passed its gate (auto), or force one",
+        help="auto: int8 (export directories) or bf16 weights (PyTorch classifiers) when "
+        "it passed its accuracy gate (`torchformer quantize`) and the CPU has the "
+        "instructions for it, else fp32; or force one",
     )
     p.add_argument(
         "--workers",

@@ -403,7 +403,9 @@ def _optimize_bert(
 
 @dataclass
 class GateResult:
-    """fp32 vs int8 accuracy on one labelled slice; ``passed`` when the drop is within threshold."""
+    """fp32 vs a cheaper model's accuracy on one labelled slice (``name``: "int8", "bf16");
+    ``passed`` when the drop is within threshold. ``int8_accuracy`` is the cheaper model's,
+    whatever its name (``to_dict`` calls it ``<name>_accuracy``)."""
 
     n: int
     fp32_accuracy: float  # percent
@@ -412,17 +414,20 @@ class GateResult:
     threshold: float
     agreement: float  # percent of texts where both predict the same label
     passed: bool
+    name: str = "int8"
 
     def message(self) -> str:
         verdict = "PASSED" if self.passed else "REFUSED"
         return (
-            f"int8 accuracy gate {verdict}: fp32 {self.fp32_accuracy:.2f}% vs int8 "
-            f"{self.int8_accuracy:.2f}% on {self.n} texts (drop {self.drop:+.2f} points, "
-            f"threshold {self.threshold:g}; label agreement {self.agreement:.2f}%)"
+            f"{self.name} accuracy gate {verdict}: fp32 {self.fp32_accuracy:.2f}% vs "
+            f"{self.name} {self.int8_accuracy:.2f}% on {self.n} texts (drop {self.drop:+.2f} "
+            f"points, threshold {self.threshold:g}; label agreement {self.agreement:.2f}%)"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d[f"{self.name}_accuracy"] = d.pop("int8_accuracy")
+        return d
 
 
 def accuracy(predicted: Sequence[int], gold: Sequence[Label], labels: Sequence[str]) -> float:
@@ -453,10 +458,12 @@ def accuracy_gate(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = 32,
+    name: str = "int8",
 ) -> GateResult:
     """Evaluate two classifiers (``predict_proba`` contract) on the same texts and compare.
 
-    The int8 model passes when ``fp32 accuracy - int8 accuracy <= threshold`` (points).
+    The cheaper model (``int8``; its kind is ``name``) passes when ``fp32 accuracy -
+    its accuracy <= threshold`` (points).
     """
     if len(texts) != len(gold) or not texts:
         raise ValueError(
@@ -468,7 +475,9 @@ def accuracy_gate(
     acc8 = accuracy(p8, gold, int8.labels)
     agreement = 100.0 * sum(a == b for a, b in zip(p32, p8)) / len(texts)
     drop = acc32 - acc8
-    return GateResult(len(texts), acc32, acc8, drop, threshold, agreement, passed=drop <= threshold)
+    return GateResult(
+        len(texts), acc32, acc8, drop, threshold, agreement, passed=drop <= threshold, name=name
+    )
 
 
 def validation_slice(

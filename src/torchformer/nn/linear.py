@@ -20,6 +20,10 @@ dispatches to its own implementation. Everything else — bf16 autocast, GPUs,
 exported graphs — is ``F.linear``, unchanged. The two agree to float
 rounding (a different summation order: ~1e-6 relative).
 
+On Intel CPUs the official wheels' MKL is the faster of the two (its AVX-512/AMX paths;
+398 vs 336 GFLOP/s on a Xeon with AMX), so there ``linear`` is ``F.linear`` unless
+``TORCHFORMER_ONEDNN_LINEAR=1`` (``onednn_linear_wanted``).
+
 ``Linear`` is ``nn.Linear`` with that forward; the models in ``torchformer.models``
 build their projections from it. Its parameters and state-dict keys are ``nn.Linear``'s.
 """
@@ -33,12 +37,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# TORCHFORMER_ONEDNN_LINEAR=0 turns the oneDNN path off (F.linear everywhere), e.g. to
-# compare against it or to rule it out when results differ between machines.
-_ONEDNN = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    and os.environ.get("TORCHFORMER_ONEDNN_LINEAR", "1") != "0"
+
+def cpu_vendor(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
+    """The CPU's ``vendor_id`` ("GenuineIntel", "AuthenticAMD", ...), None where unknown
+    (no such file: not Linux, or no x86 vendor line: e.g. ARM)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip() or None
+    except OSError:
+        return None
+    return None
+
+
+def onednn_linear_wanted(setting: str | None, vendor: str | None) -> bool:
+    """Whether fp32 linear layers should take oneDNN's kernel rather than ``F.linear``.
+
+    ``setting`` is ``TORCHFORMER_ONEDNN_LINEAR``: "1" always, "0" never, unset or "auto":
+    everywhere but on Intel CPUs, where ``F.linear``'s MKL takes its own AVX-512/AMX code
+    paths and was the faster of the two (an Intel Xeon with AMX: 398 vs 336 GFLOP/s over
+    the model's shapes; an AMD EPYC: 215 vs 492; ``torchformer bench machine`` times both).
+
+    Raises:
+        ValueError: any other setting, naming the variable.
+    """
+    value = (setting or "auto").strip().lower()
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"TORCHFORMER_ONEDNN_LINEAR={setting!r}: expected 0, 1 or auto")
+    if value == "auto":
+        return vendor != "GenuineIntel"
+    return value == "1"
+
+
+# TORCHFORMER_ONEDNN_LINEAR=0 turns the oneDNN path off (F.linear everywhere), =1 on
+# everywhere (e.g. to compare the two, or to rule one out when results differ between
+# machines); the default "auto" is explained in onednn_linear_wanted.
+ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_linear_pointwise"
+)  # the kernel exists in this build
+_ONEDNN = ONEDNN_AVAILABLE and (  # ... and is chosen
+    onednn_linear_wanted(os.environ.get("TORCHFORMER_ONEDNN_LINEAR"), cpu_vendor())
 )
 _PLAIN_TYPES = (torch.Tensor, nn.Parameter)  # not DTensor, not other tensor subclasses
 

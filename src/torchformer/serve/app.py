@@ -157,7 +157,14 @@ def load_predictor(
 
     Args:
         precision: for export directories, "fp32", "int8", or "auto" (int8 when an
-            int8 model passed the accuracy gate, else fp32).
+            int8 model passed the accuracy gate, else fp32); for a PyTorch text
+            classifier, "fp32", "bf16" (bf16 weights), or "auto" (bf16 when its
+            ``bf16_gate.json`` passed for these weights and the CPU has bf16 dot products,
+            ``export.bf16.bf16_choice``; else fp32).
+
+    Raises:
+        ValueError: a precision the directory cannot be served in (int8 without an
+            export, bf16 for an ONNX directory or on a CPU without bf16 dot products).
     """
     from torchformer.export.onnx import METADATA_NAME, ONNX_NAME, read_metadata
 
@@ -165,6 +172,10 @@ def load_predictor(
     if (directory / METADATA_NAME).is_file() or (directory / ONNX_NAME).is_file():
         from torchformer.export.runtime import OnnxClassifier, OnnxImageClassifier
 
+        if precision == "bf16":
+            raise ValueError(
+                f"{directory}: bf16 serves a PyTorch run or model directory, not an ONNX export"
+            )
         if read_metadata(directory).get("task") == "image_classification":
             if precision == "int8":
                 raise ValueError(f"{directory}: no int8 model for image classifiers")
@@ -180,11 +191,27 @@ def load_predictor(
         )
     import torch
 
-    from torchformer.api import load
+    from torchformer.api import TextClassifier, load
+    from torchformer.export.bf16 import bf16_choice, to_bf16
+    from torchformer.export.quantize import bf16_unsupported
 
     if threads:
         torch.set_num_threads(threads)
-    return load(directory)
+    if precision == "bf16":
+        unsupported = bf16_unsupported()
+        if unsupported is not None:
+            raise ValueError(f"--precision bf16: {unsupported}")
+        choice = bf16_choice(directory)
+        if not choice.use:
+            logger.warning("serving bf16 weights without a passed accuracy gate: %s", choice.reason)
+        return to_bf16(load(directory))
+    predictor = load(directory)
+    if precision == "auto" and isinstance(predictor, TextClassifier):
+        choice = bf16_choice(directory)
+        logger.info("precision %s: %s", "bf16" if choice.use else "fp32", choice.reason)
+        if choice.use:
+            return to_bf16(predictor)
+    return predictor
 
 
 def _check_key(request: Any, api_key: str | None) -> None:
