@@ -139,3 +139,13 @@ def test_quantize_options_belong_to_their_dtype(run, capsys):
     assert main(["quantize", str(run), "--dtype", "bf16", "--out", str(run / "x")]) == 2
     assert "--out is for int8" in capsys.readouterr().err
     assert not (run / "best" / BF16_GATE_NAME).exists()
+
+
+def test_health_says_which_weights_are_served(run, bf16_cpu):
+    from fastapi.testclient import TestClient
+
+    from torchformer.serve.app import create_app
+
+    for precision, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        with TestClient(create_app(load_predictor(run, precision=precision))) as client:
+            assert client.get("/health").json()["weights_dtype"] == dtype

@@ -447,6 +447,14 @@ def _file_name(path: str | os.PathLike | None) -> str | None:
     return Path(path).name if path else None
 
 
+def _weights_dtype(predictor: Any) -> str | None:
+    """A PyTorch predictor's weight dtype ("float32", "bfloat16"); None for ONNX."""
+    model = getattr(predictor, "model", None)
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    return str(first.dtype).removeprefix("torch.") if first is not None else None
+
+
 def create_app(
     predictor: Any,
     *,
@@ -549,6 +557,7 @@ def create_app(
             "backend": getattr(predictor, "backend", "pytorch"),
             "model": Path(model_name).name if model_name else None,  # a name, not where it is
             "model_file": _file_name(getattr(predictor, "path", None)),  # ONNX: fp32 or int8
+            "weights_dtype": _weights_dtype(predictor),  # PyTorch: float32 or bfloat16
             "labels": list(getattr(predictor, "labels", None) or []) or None,
             "endpoint": "/generate" if generates else "/predict",
             "queue_depth": batcher.queue_depth,

@@ -53,6 +53,7 @@ _HEALTH_SCHEMA = {
         "backend": {"type": "string"},
         "model": {"type": ["string", "null"]},
         "model_file": {"type": ["string", "null"]},
+        "weights_dtype": {"type": ["string", "null"]},
         "labels": {"type": ["array", "null"], "items": {"type": "string"}},
         "endpoint": {"enum": ["/predict", "/generate"]},
         "queue_depth": {"type": "integer", "minimum": 0},
