@@ -276,3 +276,35 @@ def test_a_language_model_has_no_test_split_to_evaluate(prepared):
     task = prepared()
     assert task.split_size("val") == len(task.val_starts) > 0
     assert task.split_size("test") == 0
+
+
+def test_a_fresh_run_trains_its_own_tokenizer_over_one_left_in_the_run(tmp_path):
+    from torchformer.tasks.language_model import TOKENIZER_FILE
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train_char_tokenizer(["qqq zzz"]).save(run_dir / TOKENIZER_FILE)  # a stale one
+    fresh = LanguageModelTask(tiny_config(tmp_path))
+    fresh.prepare(run_dir, resume=False, main=True)
+    vocabulary = fresh.tokenizer.backend.get_vocab()
+    clean = LanguageModelTask(tiny_config(tmp_path))
+    (tmp_path / "clean").mkdir()
+    clean.prepare(tmp_path / "clean", resume=False, main=True)
+    assert vocabulary == clean.tokenizer.backend.get_vocab()  # trained on this run's corpus
+    assert vocabulary != train_char_tokenizer(["qqq zzz"]).backend.get_vocab()
+    resumed = LanguageModelTask(tiny_config(tmp_path))
+    resumed.prepare(run_dir, resume=True, main=True)  # a resume keeps the saved vocabulary
+    assert resumed.tokenizer.backend.get_vocab() == vocabulary
+
+
+def test_the_token_cache_tells_apart_the_held_out_settings(tmp_path):
+    """The cached token files are keyed by how the corpus was split: another
+    ``data.val_every`` over the same file and cache re-tokenizes, it does not reuse."""
+    sizes = {}
+    for every in (2, 3):
+        task = LanguageModelTask(tiny_config(tmp_path, **{"data.val_every": every}))
+        run_dir = tmp_path / f"run{every}"
+        run_dir.mkdir()
+        task.prepare(run_dir, resume=False, main=True)
+        sizes[every] = {name: len(f.tokens) for name, f in task.files.items()}
+    assert sizes[2]["val"] > sizes[3]["val"] and sizes[2]["train"] < sizes[3]["train"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_parallel import reversal_pairs, tiny_config, write_lines
+from tiny_parallel import reversal_pairs, tiny_config, write_lines, write_split
 
 import torchformer
 from torchformer.cli import main
@@ -45,8 +45,9 @@ def records(run: Path, split: str) -> list[dict]:
 def trained_run(tmp_path_factory) -> Path:
     """A tiny model trained to reverse 64 number-word sentences (~200 steps)."""
     folder = tmp_path_factory.mktemp("reverse")
+    test_split = write_split(folder, "test", *reversal_pairs(8, 0))  # 8 of the training pairs
     config = tiny_config(folder, **{"train.max_steps": 300, "train.eval_every": 10**6,
-                                    "train.average_last": 2})  # fmt: skip
+                                    "train.average_last": 2, **test_split})  # fmt: skip
     return train(config)
 
 
@@ -96,6 +97,19 @@ def test_run_directory_holds_model_scores_and_hypotheses(trained_run: Path) -> N
     assert config["share_embeddings"] and config["tie_output"]  # joint vocabulary: one tied matrix
     hyps = (trained_run / "eval/val/hypotheses.beam3.txt").read_text().splitlines()
     assert hyps == reversal_pairs(64, 0)[1]
+
+
+def test_the_finished_run_scores_both_models_on_the_test_split(trained_run: Path) -> None:
+    expected = reversal_pairs(8, 0)[1]
+    for name in ("test", "averaged_test"):
+        scores = json.loads((trained_run / "eval" / name / "scores.json").read_text())
+        assert scores["num_sentences"] == 8
+        hyps = (trained_run / "eval" / name / "hypotheses.beam3.txt").read_text().splitlines()
+        assert hyps == expected, name
+    logged = {
+        json.loads(x)["split"] for x in (trained_run / "metrics.jsonl").read_text().splitlines()
+    }
+    assert {"best_test", "averaged_test"} <= logged
 
 
 def test_averaged_model_is_the_mean_of_the_last_checkpoints(trained_run: Path) -> None:

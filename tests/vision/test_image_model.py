@@ -293,3 +293,47 @@ def test_image_files_of_any_size_are_resized_and_a_bad_one_is_named(pretrained, 
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(ImageDataError, match=r"bad\.png"):
         clf.predict_proba([tmp_path / "big.png", tmp_path / "bad.png"])
+
+
+def test_preparing_keeps_the_decoded_images_in_the_configured_cache(small_folder, tmp_path):
+    cache = tmp_path / "cache"
+    settings = {"data.channels": 1, "data.val_fraction": 0.25, "model.preset": "vit-digits",
+                "data.cache_dir": str(cache)}  # fmt: skip
+    ImageClassificationTask(vit_config(tmp_path, small_folder, **settings)).prepare(
+        tmp_path, resume=False, main=True
+    )
+    assert cache.is_dir() and any(p.is_file() for p in cache.rglob("*"))
+
+
+def test_each_examples_augmentation_is_seeded_by_the_run_not_the_global_generator(
+    small_folder, tmp_path
+):
+    from torchformer.train.distributed import World
+
+    settings = {"data.val_fraction": 0.25, "augment.crop_padding": 4, "augment.hflip": True}
+    task = ImageClassificationTask(vit_config(tmp_path, small_folder, **settings))
+    model = task.prepare(tmp_path, resume=False, main=True).eval()  # no dropout
+    sampler = task.train_sampler(World())
+    indices, cpu = [0, 1, 2, 3], torch.device("cpu")
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = task.batch_loss(model, indices, cpu)
+        torch.manual_seed(2)  # another global state: the same augmentation
+        again = task.batch_loss(model, indices, cpu)
+        sampler.set_epoch(1)  # another epoch: other crops and flips
+        other_epoch = task.batch_loss(model, indices, cpu)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other_epoch)
+
+
+def test_the_manifest_records_skipped_images_and_the_normalization(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class={"train": 4, "test": 1})
+    (root / "train" / "vbar" / "broken.png").write_bytes(b"not a png at all")
+    settings = {"data.val_fraction": 0.25, "data.skip_bad_images": True}
+    task = ImageClassificationTask(vit_config(tmp_path, root, **settings))
+    task.prepare(tmp_path, resume=False, main=True)
+    extra = task.manifest()["extra"]
+    assert extra["skipped_images"] == {"train": {"unreadable image": 1}}
+    assert extra["normalization"] == vars(task.normalization)
+    assert extra["normalization"]["size"] == 16 and len(extra["normalization"]["mean"]) == 3
+    assert extra["sizes"] == {"train": 9, "val": 3, "test": 3} and extra["labels"] == CLASSES

@@ -74,10 +74,15 @@ class ImageSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices: list[int] | np.ndarray) -> ImageSplit:
+    def subset(self, indices: list[int] | np.ndarray, *, skipped: bool = True) -> ImageSplit:
+        """The images at ``indices``; ``skipped``: keep the counts of files skipped while
+        reading (False for a part carved out of a split whose other part reports them)."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return ImageSplit(
-            self.pixels[idx], self.labels[idx], [self.names[i] for i in idx.tolist()], {}
+            self.pixels[idx],
+            self.labels[idx],
+            [self.names[i] for i in idx.tolist()],
+            dict(self.skipped) if skipped else {},
         )
 
 

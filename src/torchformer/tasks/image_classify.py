@@ -152,7 +152,7 @@ def _hold_out(split: ImageSplit, fraction: float, seed: int) -> tuple[ImageSplit
         members = rng.permutation(np.flatnonzero(labels == c))
         val.extend(members[: max(1, round(fraction * len(members)))].tolist())
     keep = sorted(set(range(len(split))) - set(val))
-    return split.subset(keep), split.subset(sorted(val))
+    return split.subset(keep), split.subset(sorted(val), skipped=False)  # counted once, in train
 
 
 def load_image_splits(
