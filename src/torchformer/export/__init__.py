@@ -5,6 +5,8 @@
 - ``ensemble_onnx``: an ensemble whose members share a tokenizer as one graph (reached through
   ``export_classifier``), on the same parity grid.
 - ``quantize``: ``quantize_onnx``, ``accuracy_gate``, ``cpu_int8_support``.
+- ``bf16``: ``gate_bf16`` (bf16 weights of a PyTorch classifier behind the same gate, the
+  verdict in ``bf16_gate.json``) and ``bf16_choice`` (what ``serve --precision auto`` follows).
 - ``runtime``: ``OnnxClassifier.from_dir(export_dir)`` — the ``TextClassifier.predict`` contract
   on onnxruntime.
 - ``cli``: ``torchformer export`` and ``torchformer quantize``.
