@@ -92,7 +92,8 @@ def test_the_command_writes_its_report(tmp_path, capsys):
         argv += ["--texts-file", str(_texts_file(tmp_path)), "--out", str(out), "--warmup", "1"]
         assert main(argv) == 0
     report = json.loads(out.read_text())
-    _check_report({k: v for k, v in report.items() if k != "texts"}, requests=5)
+    _check_report({k: v for k, v in report.items() if k not in ("texts", "served")}, requests=5)
+    assert report["served"]["backend"] == "pytorch" and report["served"]["weights_dtype"] is None
     assert report["ok"] == 5 and report["texts"]["n"] == 3
     assert "texts/s" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # neither a URL nor --server
@@ -110,5 +111,6 @@ def test_server_option_starts_and_stops_a_real_server(tmp_path, tiny_model_dir):
         "workers": 1,
         "threads": 1,
     }
+    assert report["served"]["weights_dtype"] == "float32"  # no bf16 gate in this run
     with socket.socket() as probe:  # stopped: its port refuses connections again
         assert probe.connect_ex(("127.0.0.1", int(report["url"].rsplit(":", 1)[1]))) != 0

@@ -149,3 +149,33 @@ def test_health_says_which_weights_are_served(run, bf16_cpu):
     for precision, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
         with TestClient(create_app(load_predictor(run, precision=precision))) as client:
             assert client.get("/health").json()["weights_dtype"] == dtype
+
+
+def test_the_gate_takes_a_run_or_its_best_directory_and_refuses_an_export(
+    run, tiny_export_dir, val_file, bf16_cpu, capsys
+):
+    from torchformer.export.bf16 import classifier_dir
+
+    assert classifier_dir(run) == classifier_dir(run / "best") == run / "best"
+    rc = main(["quantize", str(run / "best"), "--dtype", "bf16", "--val-file", str(val_file),
+               "--val-size", "20"])  # fmt: skip
+    assert rc == 0 and (run / "best" / BF16_GATE_NAME).is_file()
+    assert bf16_choice(run).use and bf16_choice(run / "best").use
+    rc = main(["quantize", str(tiny_export_dir), "--dtype", "bf16", "--val-file", str(val_file)])
+    assert rc == 1 and "an ONNX export; bf16 gates a PyTorch run" in capsys.readouterr().err
+    assert not (tiny_export_dir / BF16_GATE_NAME).exists()
+    rc = main(["quantize", str(run / "nowhere"), "--dtype", "bf16", "--val-file", str(val_file)])
+    assert rc == 1 and "not a local run or model directory" in capsys.readouterr().err
+
+
+def test_a_gate_record_needs_a_true_boolean_and_its_weights(run, bf16_cpu):
+    path = run / "best" / BF16_GATE_NAME
+    record = {"bf16": {"gate": {"passed": "false"}, "weights": {"sha256": "0" * 64}}}
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"bf16\.gate\.passed is 'false'"):
+        bf16_choice(run)
+    record["bf16"]["gate"]["passed"] = True
+    path.write_text(json.dumps(record))
+    (run / "best" / "model.safetensors").unlink()
+    choice = bf16_choice(run)
+    assert not choice.use and "no model.safetensors, the weights the gate was for" in choice.reason

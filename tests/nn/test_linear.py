@@ -8,6 +8,7 @@ from torch import nn
 from torchformer.nn import linear as linear_module
 from torchformer.nn.linear import Linear, is_plain_linear, linear, onednn_applies
 
+ONEDNN_IN_BUILD = linear_module.ONEDNN_AVAILABLE
 needs_onednn = pytest.mark.skipif(
     not linear_module.ONEDNN_AVAILABLE, reason="PyTorch built without oneDNN"
 )
@@ -164,6 +165,8 @@ def test_tensor_subclasses_keep_f_linear():
         ("1", "GenuineIntel", True),
         ("0", "AuthenticAMD", False),
         ("", "AuthenticAMD", True),
+        ("true", "GenuineIntel", True),
+        ("off", "AuthenticAMD", False),
     ],
 )
 def test_onednn_is_chosen_everywhere_but_intel_unless_told(setting, vendor, wanted):
@@ -171,8 +174,34 @@ def test_onednn_is_chosen_everywhere_but_intel_unless_told(setting, vendor, want
 
 
 def test_a_bad_onednn_setting_names_the_variable():
-    with pytest.raises(ValueError, match=r"TORCHFORMER_ONEDNN_LINEAR='yes': expected 0, 1 or auto"):
-        linear_module.onednn_linear_wanted("yes", "AuthenticAMD")
+    with pytest.raises(
+        ValueError, match=r"TORCHFORMER_ONEDNN_LINEAR='fast': expected 0, 1 or auto"
+    ):
+        linear_module.onednn_linear_wanted("fast", "AuthenticAMD")
+
+
+@pytest.mark.parametrize(
+    ("setting", "chosen"), [("0", False), ("1", ONEDNN_IN_BUILD), ("yes please", "auto")]
+)
+def test_the_environment_variable_decides_at_import(setting, chosen):
+    """In a fresh interpreter: the variable reaches ``_ONEDNN``; a bad value warns and
+    falls back to auto instead of breaking every command at import."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "from torchformer.nn import linear as m\n"
+        "print(m._ONEDNN, m.ONEDNN_AVAILABLE and m.onednn_linear_wanted('auto', m.cpu_vendor()))"
+    )
+    env = {**os.environ, "TORCHFORMER_ONEDNN_LINEAR": setting}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got, auto = done.stdout.split()
+    assert got == str(auto if chosen == "auto" else chosen)
+    if chosen == "auto":
+        assert "TORCHFORMER_ONEDNN_LINEAR='yes please': expected 0, 1 or auto" in done.stderr
 
 
 def test_cpu_vendor_reads_the_first_vendor_line(tmp_path):
@@ -184,7 +213,11 @@ def test_cpu_vendor_reads_the_first_vendor_line(tmp_path):
     assert linear_module.cpu_vendor(info) == "GenuineIntel"
     info.write_text("processor\t: 0\nCPU implementer\t: 0x41\n")  # ARM: no vendor line
     assert linear_module.cpu_vendor(info) is None
-    assert linear_module.cpu_vendor(tmp_path / "missing") is None
+    import platform
+
+    missing = linear_module.cpu_vendor(tmp_path / "missing")  # not Linux: platform.processor()
+    assert missing in ("GenuineIntel", "AuthenticAMD", None)
+    assert (missing == "GenuineIntel") == ("GenuineIntel" in platform.processor())
 
 
 def test_without_onednn_inference_runs_f_linear(monkeypatch):

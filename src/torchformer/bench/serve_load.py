@@ -262,6 +262,17 @@ def _wait_until_healthy(url: str, server: subprocess.Popen, log: Any) -> None:
         time.sleep(0.2)
 
 
+def _what_is_served(url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """``/health``'s backend, model file and weight dtype ({} when it does not answer)."""
+    import httpx
+
+    try:
+        health = httpx.get(f"{url}/health", headers=headers, timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return {k: health.get(k) for k in ("backend", "model", "model_file", "weights_dtype")}
+
+
 # --- the command -------------------------------------------------------------------------
 def load_texts(
     texts_file: str | None, *, n: int, seed: int, text_column: str
@@ -320,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         with contextlib.ExitStack() as stack:
             url = args.url or stack.enter_context(serving(args.server, _serve_args(args)))
+            served = _what_is_served(url, headers)
             report = run_load(
                 url,
                 texts,
@@ -335,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report["texts"] = {"source": source, "n": len(texts)}
+    report["served"] = served  # which model file / weight dtype answered (auto may pick int8, bf16)
     if args.server:
         report["server"] = {
             "run": str(args.server),

@@ -99,13 +99,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-per-channel",
         dest="per_channel",
         action="store_false",
-        help="one weight scale per tensor instead of per output channel",
+        help="int8: one weight scale per tensor instead of per output channel",
     )
     q.add_argument(
         "--reduce-range",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="7-bit weights (default: on for x86 CPUs with AVX2/AVX-512 but no VNNI/AMX, "
+        help="int8: 7-bit weights (default: on for x86 CPUs with AVX2/AVX-512 but no VNNI/AMX, "
         "whose 16-bit multiply-adds saturate; off elsewhere)",
     )
     q.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
@@ -248,7 +248,7 @@ def _gate_bf16_command(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         gate = gate_bf16(args.src, texts, gold, source=source, threshold=args.threshold)
-    except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
+    except (OSError, ValueError) as e:  # DataError is a ValueError; an unwritable directory
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(gate.message())

@@ -23,15 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from torchformer.data.records import Label
-from torchformer.export.onnx import sha256_of
-from torchformer.export.quantize import (
-    DEFAULT_THRESHOLD,
-    GateResult,
-    accuracy_gate,
-    bf16_unsupported,
-    cpu_flags,
-)
-from torchformer.io import atomic_write_text
+from torchformer.export import quantize
+from torchformer.export.onnx import METADATA_NAME, ONNX_NAME, sha256_of
+from torchformer.export.quantize import DEFAULT_THRESHOLD, GateResult, accuracy_gate
+from torchformer.io import atomic_write_text, recover_dir
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +35,13 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def classifier_dir(path: str | os.PathLike) -> Path:
-    """The model directory ``torchformer.load`` reads for ``path``: a run's ``best/``, or
-    ``path`` itself (a model directory)."""
+    """The model directory ``torchformer.load`` reads for ``path``: a run's ``best/``
+    (after finishing an interrupted replacement of it, as ``load`` does), or ``path``
+    itself (a model directory)."""
     path = Path(path)
     best = path / "best"
+    if path.is_dir():
+        recover_dir(best)
     return best if (best / "config.json").is_file() else path
 
 
@@ -84,7 +82,14 @@ def gate_bf16(
     """
     from torchformer.api import load
 
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"{model_dir}: not a local run or model directory")
     directory = classifier_dir(model_dir)
+    if (directory / METADATA_NAME).is_file() or (directory / ONNX_NAME).is_file():
+        raise ValueError(
+            f"{directory}: an ONNX export; bf16 gates a PyTorch run or model directory "
+            "(int8 is the ONNX route: `torchformer quantize` without --dtype)"
+        )
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} to gate")
@@ -97,7 +102,7 @@ def gate_bf16(
         "bf16": {
             "gate": {**gate.to_dict(), "source": source},
             "weights": {"file": WEIGHTS_NAME, "sha256": sha256_of(weights)},
-            "cpu": {"machine": platform.machine(), "flags": sorted(cpu_flags())},
+            "cpu": {"machine": platform.machine(), "flags": sorted(quantize.cpu_flags())},
         }
     }
     atomic_write_text(directory / BF16_GATE_NAME, json.dumps(record, indent=2) + "\n")
@@ -121,25 +126,29 @@ def bf16_choice(model_dir: str | os.PathLike, flags: set[str] | None = None) -> 
         ValueError: a ``bf16_gate.json`` that is not the JSON this module writes (named
             with the field).
     """
+    unsupported = quantize.bf16_unsupported(flags)
+    if unsupported is not None:  # before reading (and hashing) anything
+        return Bf16Choice(False, unsupported)
     directory = classifier_dir(model_dir)
     path = directory / BF16_GATE_NAME
     if not path.is_file():
         return Bf16Choice(
             False,
-            f"no {BF16_GATE_NAME} (run `torchformer quantize "
-            f"{model_dir} --dtype bf16` to gate bf16 weights)",
+            f"no {BF16_GATE_NAME} (run `torchformer quantize {model_dir} --dtype bf16` "
+            "to gate bf16 weights)",
         )
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))["bf16"]
-        passed, recorded = bool(entry["gate"]["passed"]), str(entry["weights"]["sha256"])
+        passed, recorded = entry["gate"]["passed"], str(entry["weights"]["sha256"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a bf16 gate record (bad or missing field: {e})") from None
+    if not isinstance(passed, bool):
+        raise ValueError(f"{path}: not a bf16 gate record (bf16.gate.passed is {passed!r})")
     if not passed:
         return Bf16Choice(False, f"the bf16 accuracy gate in {path} was refused")
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file() or sha256_of(weights) != recorded:
+    if not weights.is_file():
+        return Bf16Choice(False, f"{directory}: no {WEIGHTS_NAME}, the weights the gate was for")
+    if sha256_of(weights) != recorded:
         return Bf16Choice(False, f"{path} was written for other weights (sha256 differs)")
-    unsupported = bf16_unsupported(flags)
-    if unsupported is not None:
-        return Bf16Choice(False, unsupported)
     return Bf16Choice(True, f"bf16 accuracy gate passed ({path})")

@@ -148,6 +148,12 @@ def bf16_unsupported(flags: set[str] | None = None) -> str | None:
     flags = cpu_flags() if flags is None else flags
     if any(f in flags for f in BF16_FLAGS):
         return None
+    if not flags:  # no /proc/cpuinfo (not Linux): ask oneDNN instead
+        import torch
+
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return None
+        return "could not read the CPU's flags, and oneDNN reports no bf16 support"
     return (
         "the CPU has no bf16 dot-product instructions (avx512_bf16, amx_bf16, Arm bf16): "
         "bf16 matmuls would be emulated, slower than fp32"

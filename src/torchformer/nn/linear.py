@@ -31,6 +31,8 @@ build their projections from it. Its parameters and state-dict keys are ``nn.Lin
 from __future__ import annotations
 
 import os
+import platform
+import warnings
 from typing import Any
 
 import torch
@@ -39,36 +41,54 @@ from torch import Tensor, nn
 
 
 def cpu_vendor(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
-    """The CPU's ``vendor_id`` ("GenuineIntel", "AuthenticAMD", ...), None where unknown
-    (no such file: not Linux, or no x86 vendor line: e.g. ARM)."""
+    """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...): Linux's ``vendor_id``, else
+    what ``platform.processor()`` names (Windows: "... GenuineIntel"); None where unknown
+    (e.g. ARM, or an Intel Mac, whose processor string is "i386")."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "vendor_id":
                     return value.strip() or None
+        return None  # a cpuinfo without a vendor line: not x86
     except OSError:
-        return None
-    return None
+        pass
+    processor = platform.processor()
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in processor), None)
+
+
+_ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 
 def onednn_linear_wanted(setting: str | None, vendor: str | None) -> bool:
     """Whether fp32 linear layers should take oneDNN's kernel rather than ``F.linear``.
 
-    ``setting`` is ``TORCHFORMER_ONEDNN_LINEAR``: "1" always, "0" never, unset or "auto":
-    everywhere but on Intel CPUs, where ``F.linear``'s MKL takes its own AVX-512/AMX code
-    paths and was the faster of the two (an Intel Xeon with AMX: 398 vs 336 GFLOP/s over
-    the model's shapes; an AMD EPYC: 215 vs 492; ``torchformer bench machine`` times both).
+    ``setting`` is ``TORCHFORMER_ONEDNN_LINEAR``: "1" (or true/on/yes) always, "0" (or
+    false/off/no) never, unset or "auto": everywhere but on Intel CPUs, where ``F.linear``'s
+    MKL takes its own AVX-512/AMX code paths and was the faster of the two (an Intel Xeon
+    with AMX: 398 vs 336 GFLOP/s over the model's shapes; an AMD EPYC: 215 vs 492;
+    ``torchformer bench machine`` times both).
 
     Raises:
         ValueError: any other setting, naming the variable.
     """
     value = (setting or "auto").strip().lower()
-    if value not in ("0", "1", "auto"):
+    if value not in (*_ON, *_OFF, "auto"):
         raise ValueError(f"TORCHFORMER_ONEDNN_LINEAR={setting!r}: expected 0, 1 or auto")
     if value == "auto":
         return vendor != "GenuineIntel"
-    return value == "1"
+    return value in _ON
+
+
+def _chosen() -> bool:
+    """The module's choice at import; a bad setting warns and falls back to "auto" (an
+    exception at import would break every command, ``--help`` included)."""
+    setting, vendor = os.environ.get("TORCHFORMER_ONEDNN_LINEAR"), cpu_vendor()
+    try:
+        return onednn_linear_wanted(setting, vendor)
+    except ValueError as e:
+        warnings.warn(f"{e}; using auto", stacklevel=2)
+        return onednn_linear_wanted("auto", vendor)
 
 
 # TORCHFORMER_ONEDNN_LINEAR=0 turns the oneDNN path off (F.linear everywhere), =1 on
@@ -77,9 +97,7 @@ def onednn_linear_wanted(setting: str | None, vendor: str | None) -> bool:
 ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_linear_pointwise"
 )  # the kernel exists in this build
-_ONEDNN = ONEDNN_AVAILABLE and (  # ... and is chosen
-    onednn_linear_wanted(os.environ.get("TORCHFORMER_ONEDNN_LINEAR"), cpu_vendor())
-)
+_ONEDNN = ONEDNN_AVAILABLE and _chosen()  # ... and is chosen
 _PLAIN_TYPES = (torch.Tensor, nn.Parameter)  # not DTensor, not other tensor subclasses
 
 

@@ -192,7 +192,7 @@ def load_predictor(
     import torch
 
     from torchformer.api import TextClassifier, load
-    from torchformer.export.bf16 import bf16_choice, to_bf16
+    from torchformer.export.bf16 import Bf16Choice, bf16_choice, to_bf16
     from torchformer.export.quantize import bf16_unsupported
 
     if threads:
@@ -201,11 +201,20 @@ def load_predictor(
         unsupported = bf16_unsupported()
         if unsupported is not None:
             raise ValueError(f"--precision bf16: {unsupported}")
-        choice = bf16_choice(directory)
+    predictor = load(directory)
+    if precision == "bf16":
+        if not isinstance(predictor, TextClassifier):
+            raise ValueError(
+                f"{directory}: --precision bf16 is for text classifiers, "
+                f"not a {type(predictor).__name__}"
+            )
+        try:
+            choice = bf16_choice(directory)
+        except ValueError as e:  # a damaged record: the user forced bf16 anyway
+            choice = Bf16Choice(False, str(e))
         if not choice.use:
             logger.warning("serving bf16 weights without a passed accuracy gate: %s", choice.reason)
-        return to_bf16(load(directory))
-    predictor = load(directory)
+        return to_bf16(predictor)
     if precision == "auto" and isinstance(predictor, TextClassifier):
         choice = bf16_choice(directory)
         logger.info("precision %s: %s", "bf16" if choice.use else "fp32", choice.reason)
