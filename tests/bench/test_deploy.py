@@ -184,7 +184,8 @@ def test_read_machine_names_what_is_wrong(tmp_path, content, message):
 
 # ----------------------------------------------------------------- the added paths
 NEW_PATHS = ["torchformer-bf16", "torchformer-bf16-weights", "torchformer-compile",
-             "onnx-fp32-fused", "onnx-int8-fused", "onnx-int8-static"]  # fmt: skip
+             "torchformer-bf16-compile", "onnx-fp32-fused", "onnx-int8-fused",
+             "onnx-int8-static"]  # fmt: skip
 
 
 def test_bench_new_paths_agree_with_torchformer_fp32(
@@ -220,6 +221,16 @@ def test_bench_new_paths_agree_with_torchformer_fp32(
         assert compiled["max_logit_diff"] < 1e-4 and compiled["agreement"] == 100
         assert compiled["details"]["recompilations_while_timed"] == 0  # dynamic shapes hold
         assert compiled["details"]["graphs_compiled_in_warmup"] >= 1
+        assert compiled["details"]["compile_s"] == compiled["warmup_s"] > 0
+    if bf16_unsupported() is not None:
+        assert skipped.pop("torchformer-bf16-compile") == bf16_unsupported()
+    elif "torchformer-bf16-compile" in skipped:  # no working compiler here
+        assert skipped.pop("torchformer-bf16-compile").startswith("failed on")
+    else:
+        compiled = results["torchformer-bf16-compile"]
+        assert compiled["agreement"] >= 95 and 0 < compiled["max_logit_diff"] < 0.1
+        assert compiled["details"]["weights"].startswith("bfloat16, torch.compile")
+        assert compiled["details"]["recompilations_while_timed"] == 0
         assert compiled["details"]["compile_s"] == compiled["warmup_s"] > 0
     assert skipped == {}
     fused = results["onnx-fp32-fused"]

@@ -9,6 +9,7 @@ Paths (``PATHS`` by default, any of ``ALL_PATHS`` on request):
   norms and softmax in bf16 too — the accuracy columns say what that costs);
 - ``torchformer-compile``: ours through ``torch.compile`` (inductor, frozen weights,
   dynamic shapes); its compilation is the warm-up, reported apart from the timings;
+  ``torchformer-bf16-compile``: the same with bf16 weights (bf16 CPUs only);
 - ``onnx-fp32``, ``onnx-int8``: the export and its dynamic int8 quantization;
 - ``onnx-int8-static``: static int8 (QDQ) calibrated on texts that are not the
   benchmark's;

@@ -102,12 +102,14 @@ def _prepare_plain(path: str, model_dir: Path, onnx_dir: Path) -> tuple[Path, di
     from torchformer.export.onnx import INT8_NAME, ONNX_NAME
     from torchformer.export.quantize import bf16_unsupported
 
-    if path in ("torchformer-bf16", "torchformer-bf16-weights"):
+    if path in ("torchformer-bf16", "torchformer-bf16-weights", "torchformer-bf16-compile"):
         reason = bf16_unsupported()
         if reason:
             raise PathUnavailableError(reason)
         if path == "torchformer-bf16-weights":
             return model_dir, {"weights": "bfloat16 (every tensor, norms and softmax too)"}
+        if path == "torchformer-bf16-compile":
+            return model_dir, {"weights": "bfloat16, torch.compile (inductor, frozen weights)"}
         return model_dir, {"autocast": "bfloat16 matmuls, fp32 weights"}
     if path in ("torchformer", "transformers", "torchformer-compile"):
         return model_dir, {}

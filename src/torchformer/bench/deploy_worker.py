@@ -60,6 +60,8 @@ def _load_backend(kind: str, target: str, threads: int) -> _Backend:
     model = load(target).model.eval()
     if kind == "torchformer-compile":
         return _compiled_backend(model)
+    if kind == "torchformer-bf16-compile":  # bf16 weights, elementwise ops fused by inductor
+        return _compiled_backend(model.to(torch.bfloat16))
     if kind.startswith("torchao"):
         _torchao_quantize(model, kind)
     if kind == "torchformer-bf16-weights":  # no per-call weight casts, as autocast makes
