@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def onednn_chosen(monkeypatch):
-    """The oneDNN path on even where the default leaves it off (Intel CPUs)."""
+    """The oneDNN path on even when the tests run with TORCHFORMER_ONEDNN_LINEAR=0."""
     monkeypatch.setattr(linear_module, "_ONEDNN", True)
 
 

@@ -10,7 +10,7 @@ all-MiniLM-L6-v2's (D = 384, F = 1536): (D, D) for the attention projections, (D
 - fp32 and bf16: ``torch.matmul`` (MKL in PyTorch's wheels for fp32, oneDNN for bf16;
   bf16 is fast only where the CPU has AVX512-BF16 or AMX, and is measured and reported
   anyway). fp32 also: oneDNN's linear (``torchformer.nn.linear``, what our models run
-  for fp32 on non-Intel CPUs; MKL's fast paths are Intel-only) and onnxruntime's
+  for fp32 inference on the CPU; MKL's fast paths are Intel-only) and onnxruntime's
   ``MatMul``; the fp32 peak is the fastest of the three.
 - int8: onnxruntime's ``MatMulInteger`` (uint8 activations with a zero point × int8
   weights with per-column zero points → int32), the kernel our dynamically quantized

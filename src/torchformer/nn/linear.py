@@ -20,9 +20,9 @@ dispatches to its own implementation. Everything else — bf16 autocast, GPUs,
 exported graphs — is ``F.linear``, unchanged. The two agree to float
 rounding (a different summation order: ~1e-6 relative).
 
-On Intel CPUs the official wheels' MKL is the faster of the two (its AVX-512/AMX paths;
-398 vs 336 GFLOP/s on a Xeon with AMX), so there ``linear`` is ``F.linear`` unless
-``TORCHFORMER_ONEDNN_LINEAR=1`` (``onednn_linear_wanted``).
+On an Intel Xeon with AMX, MKL's GEMM alone was the faster (398 vs 336 GFLOP/s), yet
+the whole encoder ran 8% faster on oneDNN's kernel, so it is the default there too
+(``onednn_linear_wanted``; ``TORCHFORMER_ONEDNN_LINEAR=0`` turns it off).
 
 ``Linear`` is ``nn.Linear`` with that forward; the models in ``torchformer.models``
 build their projections from it. Its parameters and state-dict keys are ``nn.Linear``'s.
@@ -31,7 +31,6 @@ build their projections from it. Its parameters and state-dict keys are ``nn.Lin
 from __future__ import annotations
 
 import os
-import platform
 import warnings
 from typing import Any
 
@@ -39,61 +38,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def cpu_vendor(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
-    """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...): Linux's ``vendor_id``, else
-    what ``platform.processor()`` names (Windows: "... GenuineIntel"); None where unknown
-    (e.g. ARM, or an Intel Mac, whose processor string is "i386")."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "vendor_id":
-                    return value.strip() or None
-        return None  # a cpuinfo without a vendor line: not x86
-    except OSError:
-        pass
-    processor = platform.processor()
-    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in processor), None)
-
-
 _ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 
-def onednn_linear_wanted(setting: str | None, vendor: str | None) -> bool:
-    """Whether fp32 linear layers should take oneDNN's kernel rather than ``F.linear``.
+def onednn_linear_wanted(setting: str | None) -> bool:
+    """Whether fp32 linear layers take oneDNN's kernel rather than ``F.linear``.
 
-    ``setting`` is ``TORCHFORMER_ONEDNN_LINEAR``: "1" (or true/on/yes) always, "0" (or
-    false/off/no) never, unset or "auto": everywhere but on Intel CPUs, where ``F.linear``'s
-    MKL takes its own AVX-512/AMX code paths and was the faster of the two (an Intel Xeon
-    with AMX: 398 vs 336 GFLOP/s over the model's shapes; an AMD EPYC: 215 vs 492;
-    ``torchformer bench machine`` times both).
+    ``setting`` is ``TORCHFORMER_ONEDNN_LINEAR``: unset, "1" (or true/on/yes): yes; "0" (or
+    false/off/no): no. On by default on every CPU, Intel's included: on an Intel Xeon with
+    AMX, where MKL's own GEMM was the faster of the two in isolation (398 vs 336 GFLOP/s
+    over the model's shapes, ``torchformer bench machine``), the whole MiniLM encoder still
+    ran 8% faster on oneDNN's (1.007× vs 0.928× ``transformers``, docs/results.md, issue 17).
 
     Raises:
         ValueError: any other setting, naming the variable.
     """
-    value = (setting or "auto").strip().lower()
-    if value not in (*_ON, *_OFF, "auto"):
-        raise ValueError(f"TORCHFORMER_ONEDNN_LINEAR={setting!r}: expected 0, 1 or auto")
-    if value == "auto":
-        return vendor != "GenuineIntel"
+    value = (setting or "1").strip().lower()
+    if value not in (*_ON, *_OFF):
+        raise ValueError(f"TORCHFORMER_ONEDNN_LINEAR={setting!r}: expected 0 or 1")
     return value in _ON
 
 
 def _chosen() -> bool:
-    """The module's choice at import; a bad setting warns and falls back to "auto" (an
+    """The module's choice at import; a bad setting warns and keeps the default (an
     exception at import would break every command, ``--help`` included)."""
-    setting, vendor = os.environ.get("TORCHFORMER_ONEDNN_LINEAR"), cpu_vendor()
+    setting = os.environ.get("TORCHFORMER_ONEDNN_LINEAR")
     try:
-        return onednn_linear_wanted(setting, vendor)
+        return onednn_linear_wanted(setting)
     except ValueError as e:
-        warnings.warn(f"{e}; using auto", stacklevel=2)
-        return onednn_linear_wanted("auto", vendor)
+        warnings.warn(f"{e}; using 1", stacklevel=2)
+        return True
 
 
-# TORCHFORMER_ONEDNN_LINEAR=0 turns the oneDNN path off (F.linear everywhere), =1 on
-# everywhere (e.g. to compare the two, or to rule one out when results differ between
-# machines); the default "auto" is explained in onednn_linear_wanted.
+# TORCHFORMER_ONEDNN_LINEAR=0 turns the oneDNN path off (F.linear everywhere), e.g. to
+# compare against it or to rule it out when results differ between machines.
 ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_linear_pointwise"
 )  # the kernel exists in this build
