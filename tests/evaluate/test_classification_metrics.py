@@ -152,3 +152,27 @@ def test_write_evaluation_files(tmp_path):
     assert paths["report"].read_text().splitlines()[0].split() == [
         "precision", "recall", "f1-score", "support",
     ]  # fmt: skip
+
+
+def test_classes_seen_or_predicted_once_and_an_empty_stream():
+    """Exact per-class numbers where a class is predicted once and another has one true
+    example (random data rarely has either), and what nothing seen gives."""
+    metrics = StreamingClassificationMetrics(["a", "b", "c"])
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.3, 0.6, 0.1],
+                          [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])  # fmt: skip
+    labels = torch.tensor([0, 0, 0, 1, 2])  # predicted: a, a, b, b, c
+    metrics.update(probs.log(), labels, texts=["t1", "t2", "t3", "t4", "t5"])
+    result = metrics.compute()
+    per = {k: (v["precision"], v["recall"], v["support"]) for k, v in result["per_class"].items()}
+    assert per == {"a": (1.0, pytest.approx(2 / 3), 3), "b": (0.5, 1.0, 1), "c": (1.0, 1.0, 1)}
+    assert result["accuracy"] == pytest.approx(0.8) and result["num_examples"] == 5
+    confidence = [0.9, 0.8, 0.6, 0.7, 0.7]
+    assert result["examples"]["confidence"] == pytest.approx(confidence, abs=1e-5)
+    assert result["examples"]["correct"] == [True, True, False, True, True]
+    assert result["ece"] == pytest.approx(
+        expected_calibration_error(np.array(confidence), np.array([1, 1, 0, 1, 1], dtype=bool))
+    )
+    empty = StreamingClassificationMetrics(["a", "b"]).compute()
+    assert empty["accuracy"] == 0.0 and empty["num_examples"] == 0
+    assert empty["ece"] is None and empty["examples"] is None and empty["loss"] is None
+    assert empty["weighted_f1"] == 0.0 and empty["macro_f1"] == 0.0

@@ -17,7 +17,6 @@ import torchformer
 from torchformer.cli import main
 from torchformer.data.parallel import read_parallel_table
 from torchformer.data.records import DataError
-from torchformer.evaluate.rouge import rouge_scores
 from torchformer.tasks.translate import TranslationTask, train
 from torchformer.tasks.translate_data import encode_pairs, load_pairs, prepare_data
 from torchformer.text.tokenizer import Tokenizer
@@ -51,18 +50,6 @@ def test_csv_and_jsonl_pairs_are_read_with_quoting_and_named_errors(tmp_path: Pa
     with pytest.raises(DataError) as info:
         read_parallel_table(csv, "src", "target")
     assert "columns present: src, tgt" in str(info.value)
-
-
-def test_rouge_is_the_mean_f_measure_of_rouge_score() -> None:
-    same = rouge_scores(["the cat sat on the mat"], ["the cat sat on the mat"])
-    assert same["rouge1"] == same["rouge2"] == same["rougeL"] == 100.0
-    assert rouge_scores(["dogs bark"], ["cats purr"])["rouge1"] == 0.0
-    # unigrams: 2 of 3 hypothesis words, 2 of 4 reference words: F = 2PR / (P + R) = 4/7
-    scores = rouge_scores(["the cat sat", "a b"], ["the cat ran away", "a b"])
-    assert scores["rouge1"] == pytest.approx(100 * (4 / 7 + 1) / 2)
-    assert scores["rouge_signature"].startswith("rouge-score|agg:mean-f|stem:yes")
-    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
-        rouge_scores(["a", "b"], ["a"])
 
 
 def test_source_prefix_is_trained_with_and_saved_for_translate(tmp_path: Path, capsys) -> None:
