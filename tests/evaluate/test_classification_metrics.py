@@ -176,3 +176,57 @@ def test_classes_seen_or_predicted_once_and_an_empty_stream():
     assert empty["accuracy"] == 0.0 and empty["num_examples"] == 0
     assert empty["ece"] is None and empty["examples"] is None and empty["loss"] is None
     assert empty["weighted_f1"] == 0.0 and empty["macro_f1"] == 0.0
+
+
+@pytest.mark.parametrize("field", ["labels", "texts", "ids", "lengths"])
+def test_a_batch_of_the_wrong_size_names_its_field(field):
+    metrics = StreamingClassificationMetrics(["a", "b"])
+    batch = {"labels": torch.tensor([0, 1]), "texts": ["x", "y"], "ids": [1, 2], "lengths": [3, 4]}
+    batch[field] = batch[field][:1]
+    with pytest.raises(ValueError, match=rf"^{field} has 1 entries for a batch of 2$"):
+        metrics.update(torch.zeros(2, 2), **batch)
+    with pytest.raises(ValueError, match=r"labels \[2, 3, 4, 5, 6\] are outside \[0, 2\)"):
+        metrics.update(torch.zeros(6, 2), torch.tensor([0, 2, 3, 4, 5, 6]))  # the first 5 named
+
+
+def test_per_example_arrays_keep_their_lengths_and_types_even_when_empty():
+    metrics = StreamingClassificationMetrics(["a", "b"])
+    empty = metrics.examples()
+    assert {k: (v.dtype, v.shape) for k, v in empty.items()} == {
+        "confidence": (np.float32, (0,)),
+        "correct": (np.bool_, (0,)),
+        "length": (np.int32, (0,)),
+    }
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    metrics.update(logits, torch.tensor([0, 0]), texts=["abc", "de"], lengths=[7, 9])
+    assert metrics.examples()["length"].tolist() == [7, 9]  # given lengths win over len(text)
+    assert metrics.examples()["correct"].tolist() == [True, False]
+    untracked = StreamingClassificationMetrics(["a", "b"], track_examples=False)
+    with pytest.raises(
+        ValueError, match=r"^per-example arrays were not tracked \(track_examples=False\)$"
+    ):
+        untracked.examples()
+
+
+def test_correct_examples_come_most_confident_first():
+    metrics = StreamingClassificationMetrics(["a", "b"], top_correct=3)
+    logits = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 0.0]])  # all correct (label a)
+    metrics.update(logits, torch.tensor([0, 0, 0]), texts=["one", "three", "two"])
+    assert [e["text"] for e in metrics.correct_examples()] == ["three", "two", "one"]
+
+
+def test_written_files_default_names_and_results_without_examples(tmp_path):
+    metrics = StreamingClassificationMetrics(["a", "b"], track_examples=False)
+    metrics.update(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), texts=["x", "y"])
+    result = metrics.compute()
+    result["note"] = tmp_path  # not JSON: written with str()
+    del result["correct_examples"]
+    paths = write_evaluation(tmp_path, result)
+    assert sorted(p.name for p in paths.values()) == [
+        "classification_report.txt", "confusion_matrix.json", "correct.jsonl", "errors.jsonl",
+        "metrics.json",
+    ]  # fmt: skip
+    written = (tmp_path / "metrics.json").read_text()
+    assert json.loads(written)["note"] == str(tmp_path) and written.startswith('{\n  "accuracy"')
+    assert (tmp_path / "correct.jsonl").read_text() == ""
+    assert len((tmp_path / "errors.jsonl").read_text().splitlines()) == 1
