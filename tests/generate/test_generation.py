@@ -284,3 +284,57 @@ def test_the_cache_works_under_autograd(lm):
     out.last_hidden_state.sum().backward()
     assert lm.decoder.token_embeddings.weight.grad is not None
     lm.zero_grad()
+
+
+def _new(out, prompt_len):
+    return out[:, prompt_len:].tolist()
+
+
+def test_banned_ids_never_appear(lm):
+    ids, _ = batch(rows=2)
+    free = generate(lm, ids, max_new_tokens=12, eos_id=[])
+    often = max(range(V), key=lambda t: sum(row.count(t) for row in _new(free, ids.size(1))))
+    banned = generate(lm, ids, max_new_tokens=12, eos_id=[], banned_ids=[often])
+    assert all(often not in row for row in _new(banned, ids.size(1)))
+
+
+def test_min_new_tokens_holds_back_the_end_token(lm):
+    ids, _ = batch(rows=1)
+    first = generate(lm, ids, max_new_tokens=1, eos_id=[])[0, -1].item()  # greedy's next token
+    ended = generate(lm, ids, max_new_tokens=6, eos_id=first, pad_id=0)
+    assert _new(ended, ids.size(1))[0][0] == first  # it ends at once without the rule
+    held = generate(lm, ids, max_new_tokens=6, eos_id=first, pad_id=0, min_new_tokens=3)
+    assert first not in _new(held, ids.size(1))[0][:3]
+
+
+def test_a_left_padded_prompt_generates_as_it_would_alone(lm):
+    """The repetition penalty skips the padding (as transformers does): row 1's two pads."""
+    ids, mask = batch(rows=3)
+    options = {"max_new_tokens": 8, "eos_id": [], "repetition_penalty": 3.0}
+    alone = generate(lm, ids[1:2, 2:], **options)
+    # Pad with the token it chooses first: penalised as if seen, it would not be chosen.
+    ids[1, :2] = _new(alone, 5)[0][0]
+    together = generate(lm, ids, attention_mask=mask, **options)
+    assert _new(together, ids.size(1))[1] == _new(alone, 5)[0]
+
+
+def test_a_padded_source_translates_as_it_would_alone(s2s):
+    """The source mask reaches the encoder: a right-padded source (absolute positions, so
+    padding goes at the end) gives the translation of the source alone."""
+    ids, _ = batch(rows=2)
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    together = generate(s2s, ids, attention_mask=mask, max_new_tokens=6, eos_id=[])
+    alone = generate(s2s, ids[1:2, :-2], max_new_tokens=6, eos_id=[])
+    assert together[1].tolist() == alone[0].tolist()
+
+
+def test_max_new_tokens_may_fill_the_position_table_exactly(lm, s2s):
+    ids, mask = batch(rows=1)
+    room = lm.config.max_len - ids.size(1)
+    assert generate(lm, ids, max_new_tokens=room, eos_id=[]).size(1) == lm.config.max_len
+    with pytest.raises(ValueError, match=rf"at most {room} new tokens"):
+        generate(lm, ids, max_new_tokens=room + 1)
+    out = generate(s2s, ids, max_new_tokens=s2s.config.max_len, eos_id=[])
+    assert out.size(1) == s2s.config.max_len + 1  # the decoder start and max_len new tokens
