@@ -331,7 +331,7 @@ def test_a_padded_source_translates_as_it_would_alone(s2s):
 
 
 def test_max_new_tokens_may_fill_the_position_table_exactly(lm, s2s):
-    ids, mask = batch(rows=1)
+    ids, _ = batch(rows=1)
     room = lm.config.max_len - ids.size(1)
     assert generate(lm, ids, max_new_tokens=room, eos_id=[]).size(1) == lm.config.max_len
     with pytest.raises(ValueError, match=rf"at most {room} new tokens"):
