@@ -310,3 +310,35 @@ def test_tiny_transformer_learns_to_reverse_and_decodes_exactly():
         assert [r[0].ids for r in results] == expected
     assert reference_greedy(model, src, src_mask, max_new_tokens=8) == expected
     assert library_greedy(model, src, src_mask, max_new_tokens=8) == expected
+
+
+def _pool(*scores):
+    from torchformer.generate.beam import Hypothesis
+
+    fields = Hypothesis._fields
+    return [Hypothesis(**{f: (s if f == "score" else None) for f in fields}) for s in scores]
+
+
+def test_when_an_inputs_finished_hypotheses_are_final():
+    """transformers' rules, worked by hand: a pool of 2 whose worst normalised score is -1.0."""
+    from torchformer.generate.beam import _is_done
+
+    pool = _pool(-0.5, -1.0)
+    rules = {"t": 4, "beam_size": 2, "max_new_tokens": 10, "length_penalty": 1.0}
+    assert not _is_done(pool[:1], -100.0, **rules, early_stopping=True)  # pool not full
+    assert _is_done(pool, 0.0, **rules, early_stopping=True)
+    # heuristic: the best live sum normalised by the current length t: -4/4 = -1.0 <= -1.0
+    assert _is_done(pool, -4.0, **rules, early_stopping="heuristic")
+    assert not _is_done(pool, -3.9, **rules, early_stopping="heuristic")  # -0.975 > -1.0
+    squared = {**rules, "length_penalty": 2.0}  # -16 / 4**2 = -1.0
+    assert _is_done(pool, -16.0, **squared, early_stopping="heuristic")
+    assert not _is_done(pool, -15.9, **squared, early_stopping="heuristic")
+    # exact (False): the best it could still reach is over the longest length, 10 ** alpha
+    assert _is_done(pool, -10.0, **rules, early_stopping=False)
+    assert not _is_done(pool, -9.9, **rules, early_stopping=False)
+    assert _is_done(pool, -100.0, **squared, early_stopping=False)  # -100 / 10**2 = -1.0
+    assert not _is_done(pool, -99.0, **squared, early_stopping=False)
+    # a negative alpha favours short outputs: the best denominator is the next length, (t+1)**alpha
+    short = {**rules, "length_penalty": -1.0}  # max(5**-1, 10**-1) = 0.2: -0.2 / 0.2 = -1.0
+    assert _is_done(pool, -0.2, **short, early_stopping=False)
+    assert not _is_done(pool, -0.19, **short, early_stopping=False)

@@ -338,3 +338,15 @@ def test_max_new_tokens_may_fill_the_position_table_exactly(lm, s2s):
         generate(lm, ids, max_new_tokens=room + 1)
     out = generate(s2s, ids, max_new_tokens=s2s.config.max_len, eos_id=[])
     assert out.size(1) == s2s.config.max_len + 1  # the decoder start and max_len new tokens
+
+
+def test_top_p_accepts_one_and_refuses_what_lies_outside():
+    from torchformer.generate.sampling import top_k_filter, top_p_filter
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    assert torch.equal(top_p_filter(logits, 1.0), logits)  # all the mass: nothing dropped
+    for bad in (0.0, 1.5, 2.0):
+        with pytest.raises(ValueError, match=rf"^top_p must be in \(0, 1\], got {bad}$"):
+            top_p_filter(logits, bad)
+    assert torch.isneginf(top_k_filter(logits, 2)[0, 2:]).all()
+    assert torch.equal(top_k_filter(logits, 10), logits)  # k beyond the vocabulary: all kept
