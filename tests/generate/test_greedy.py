@@ -210,3 +210,39 @@ def test_sample_decode_and_decode_loop_share_eos_handling():
         cache=KVCache(1),
     )
     assert out[:, 1:].tolist() == [[0, 0], [0, 0]]  # the custom choice (argmin) was used
+
+
+class _Scripted:
+    """A step giving every row the same logits (two near-equal favourites), checking the
+    cache it is handed is the one decoding was given."""
+
+    def __init__(self, cache, logits):
+        self.cache, self.logits = cache, logits
+
+    def __call__(self, ids, cache):
+        assert cache is self.cache
+        return self.logits.expand(ids.size(0), -1)
+
+
+def test_sample_decode_passes_each_sampling_option_through():
+    from torchformer.generate.greedy import sample_decode
+    from torchformer.nn import KVCache
+
+    logits = torch.tensor([3.0, 2.9, 0.0, -1.0])
+    first = torch.zeros(4, 1, dtype=torch.long)
+
+    def run(seed=0, **options):
+        cache = KVCache(1)
+        gen = torch.Generator().manual_seed(seed)
+        out = sample_decode(_Scripted(cache, logits), first, max_new_tokens=8, cache=cache,
+                            generator=gen, **options)  # fmt: skip
+        return out[:, 1:]
+
+    free = run()
+    assert set(free.flatten().tolist()) >= {0, 1}  # both favourites drawn
+    for narrowing in ({"top_k": 1}, {"top_p": 0.01}, {"temperature": 1e-3}):
+        assert (run(**narrowing) == 0).all(), narrowing
+    torch.manual_seed(123)
+    again = run()
+    assert torch.equal(free, again)  # the generator, not the global seed, decides
+    assert not torch.equal(free, run(seed=1))
