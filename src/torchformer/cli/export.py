@@ -175,7 +175,6 @@ def quantize_command(args: argparse.Namespace) -> int:
         cpu_int8_support,
         default_reduce_range,
         quantize_onnx,
-        validation_slice,
     )
     from torchformer.export.runtime import OnnxClassifier
 
@@ -190,13 +189,7 @@ def quantize_command(args: argparse.Namespace) -> int:
     try:
         _ensure_export(src, out)
         fp32 = OnnxClassifier.from_dir(out, threads=args.threads)  # refuses a failed parity check
-        texts, gold, source = validation_slice(
-            args.val_size,
-            file=args.val_file,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            seed=args.seed,
-        )
+        texts, gold, source = _validation_slice(args)
         if args.reduce_range is None:
             args.reduce_range = default_reduce_range()
         int8_path = quantize_onnx(
@@ -223,12 +216,25 @@ def quantize_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validation_slice(args: argparse.Namespace) -> tuple[list, list, str]:
+    """The gate's labelled texts from the command line (``--val-file`` or IMDB test)."""
+    from torchformer.export.quantize import validation_slice
+
+    return validation_slice(
+        args.val_size,
+        file=args.val_file,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        seed=args.seed,
+    )
+
+
 def _gate_bf16_command(args: argparse.Namespace) -> int:
     """``quantize --dtype bf16``: the bf16 accuracy gate of a PyTorch classifier."""
     import torch
 
     from torchformer.export.bf16 import BF16_GATE_NAME, classifier_dir, gate_bf16
-    from torchformer.export.quantize import bf16_unsupported, validation_slice
+    from torchformer.export.quantize import bf16_unsupported
 
     if args.out is not None:
         print("error: --out is for int8; bf16's verdict goes next to the weights", file=sys.stderr)
@@ -240,13 +246,7 @@ def _gate_bf16_command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        texts, gold, source = validation_slice(
-            args.val_size,
-            file=args.val_file,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            seed=args.seed,
-        )
+        texts, gold, source = _validation_slice(args)
         gate = gate_bf16(args.src, texts, gold, source=source, threshold=args.threshold)
     except (OSError, ValueError) as e:  # DataError is a ValueError; an unwritable directory
         print(f"error: {e}", file=sys.stderr)
