@@ -61,6 +61,14 @@ SCOPES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+# Calls to the logger are not mutated (their text, level and arguments are what an operator
+# reads, not behaviour a test can pin without restating the message): mutmut skips every
+# expression starting on a line that matches, as PIT's ``avoidCallsTo`` leaves calls to the
+# common logging packages alone by default. Warnings and errors stay mutated: a user's code
+# can catch them.
+DO_NOT_MUTATE_PATTERNS = [r"^\s*logger\.(?:debug|info|warning|error|exception|critical)\("]
+
+
 def mutmut_table(scope: str) -> str:
     sources, tests = SCOPES[scope]
     return (
@@ -69,6 +77,7 @@ def mutmut_table(scope: str) -> str:
         'also_copy = ["src/torchformer/", "tests/", "configs"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-m", "not slow"]\n'
+        f"do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE_PATTERNS)}\n"
     )
 
 

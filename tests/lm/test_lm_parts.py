@@ -4,6 +4,8 @@ sampler, optimizer, Transformer-XL memory and samples (tiny random models, no tr
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from test_language_model import tiny_config  # tests/lm is on sys.path
@@ -308,3 +310,44 @@ def test_the_token_cache_tells_apart_the_held_out_settings(tmp_path):
         task.prepare(run_dir, resume=False, main=True)
         sizes[every] = {name: len(f.tokens) for name, f in task.files.items()}
     assert sizes[2]["val"] > sizes[3]["val"] and sizes[2]["train"] < sizes[3]["train"]
+
+
+def test_a_transformers_gpt2_ends_texts_with_the_tokenizers_end_of_text_and_is_gpt2_only(tmp_path):
+    pytest.importorskip("transformers")
+    tokenizer = train_char_tokenizer([TEXT], end_of_text="<|endoftext|>")
+    cfg = tiny_config(tmp_path, **{"model.implementation": "transformers"})
+    hf = build_model(cfg, tokenizer).config
+    assert hf.bos_token_id == hf.eos_token_id == tokenizer.eos_id  # not GPT-2's 50256
+    llama = tiny_config(tmp_path, **{"model.implementation": "transformers",
+                                     "model.preset": "llama-tiny"})  # fmt: skip
+    with pytest.raises(ValueError, match="transformers is available for GPT-2 presets only"):
+        build_model(llama, tokenizer)
+
+
+def test_a_batch_counts_every_position_of_its_blocks_and_the_perplexity_is_capped(prepared):
+    task = prepared()
+    assert task.batch_units([4, 9, 2]) == 3 * 16  # data.block_size tokens a block
+    blocks = len(task.val_starts)
+    huge = task.summarize("val", dict.fromkeys(range(blocks), 1000.0 * 16))  # loss 1000
+    assert huge["loss"] == pytest.approx(1000.0) and huge["ppl"] == pytest.approx(math.exp(50))
+
+
+def test_the_unlabelled_imdb_source_strips_html_and_holds_out_every_nth_review(
+    tmp_path, monkeypatch
+):
+    from torchformer.tasks.language_model import DataConfig, corpora
+
+    folder = tmp_path / "imdb" / "aclImdb" / "train" / "unsup"
+    folder.mkdir(parents=True)
+    reviews = ["One.<br /><br />Two.", "Three.", "Four.<br />Five.", "Six."]
+    for i, review in enumerate(reviews):
+        (folder / f"{i}_0.txt").write_text(review, encoding="utf-8")
+    monkeypatch.setenv("TORCHFORMER_DATA", str(tmp_path))
+    parts = corpora(DataConfig(source="imdb-unsup", val_every=2))
+    assert [text for _, text in parts["val"]] == ["One. Two.", "Four. Five."]
+    assert [text for _, text in parts["train"]] == ["Three.", "Six."]
+    # each part names its own token cache: train and held-out never share one
+    assert (parts["train"].name, parts["val"].name) == ("imdb-unsup-train", "imdb-unsup-val")
+    assert parts["val"].settings["held_out"] is True and parts["val"].settings["val_every"] == 2
+    assert parts["train"].settings["held_out"] is False
+    assert parts["train"].fingerprint() != parts["val"].fingerprint()

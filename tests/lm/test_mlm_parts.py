@@ -145,3 +145,27 @@ def test_a_split_shorter_than_one_block_is_an_error_naming_the_source(tmp_path):
     with pytest.raises(DataError, match=r"the val split has \d+ tokens, fewer than one block") as e:
         prepared(tmp_path, **{"data.source": str(corpus)})
     assert e.value.file == str(corpus) and e.value.field == "data.source"
+
+
+def test_a_denoising_batch_masks_the_padding_of_its_sources(tmp_path):
+    task = prepared(tmp_path, DenoisingTask, DenoisingConfig)
+    t = task.tokenizer
+    seen = {}
+
+    class Spy:
+        def __call__(self, src, tgt_in, **kwargs):
+            seen.update(kwargs, src=src, tgt_in=tgt_in)
+            return type("Out", (), {"loss": torch.tensor(1.5)})()
+
+    starts = task.val_starts[:4]
+    assert task.batch_loss(Spy(), starts, CPU).item() == 1.5
+    src = seen["src"]
+    assert torch.equal(seen["src_mask"], (src != t.pad_id).long())
+    assert (seen["src_mask"] == 0).any()  # the infilled sources differ in length
+    assert torch.equal(seen["tgt_in"][:, 0], torch.full((4,), t.sep_id))
+    assert (seen["labels"][:, -1] == t.sep_id).all()
+
+
+def test_a_denoising_preset_must_be_a_bart_one(tmp_path):
+    with pytest.raises(ValueError, match=r"model\.preset 't5-tiny' is not a BART preset"):
+        prepared(tmp_path, DenoisingTask, DenoisingConfig, **{"model.preset": "t5-tiny"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from test_classify import tiny_config  # tests/tasks is on sys.path
 
 from torchformer.tasks.classify import scratch_tokenizer
@@ -33,3 +34,35 @@ def test_an_ensemble_members_score_over_a_single_example():
     assert math.isclose(got["loss"], -math.log(0.75), rel_tol=1e-6)  # the mean over one
     empty = _MemberScore(num_classes=2).compute()
     assert empty["loss"] == 0.0 and empty["accuracy"] == 0.0  # nothing seen: no division by 0
+
+
+def test_a_scratch_tokenizer_keeps_the_case_when_told_not_to_lowercase(tmp_path):
+    texts = TEXTS + ["Word1 Other7 Thing13"] * 20
+    cased = scratch_tokenizer(
+        tiny_config(tmp_path, **{"tokenizer.lowercase": False}), texts, resume=False
+    )
+    lower = scratch_tokenizer(tiny_config(tmp_path), texts, resume=False)
+    assert cased.token_to_id("Word1") is not None and lower.token_to_id("Word1") is None
+    assert cased.backend.encode("Word1").ids != cased.backend.encode("word1").ids
+    assert lower.backend.encode("Word1").ids == lower.backend.encode("word1").ids
+
+
+def test_evaluating_on_a_config_names_its_own_label_column(tmp_path):
+    from test_classify import write_csv
+    from test_evaluate_records import LengthClassifier
+
+    from torchformer.data.records import DataError
+    from torchformer.tasks.classify import evaluate_on_config
+
+    rows = [{"review": f"a fine film {i}", "stars": "pos" if i % 2 else "neg"} for i in range(8)]
+    test_rows = rows[:4]
+    (tmp_path / "data").mkdir()
+    config = tiny_config(tmp_path, **{
+        "data.source": str(write_csv(tmp_path / "data" / "train.csv", rows)),
+        "data.test_file": str(write_csv(tmp_path / "data" / "test.csv", test_rows)),
+        "data.text_column": "review", "data.label_column": "stars",
+    })  # fmt: skip
+    clf = LengthClassifier()
+    clf.labels = ("bad", "good")  # a model trained on other labels than the file's
+    with pytest.raises(DataError, match=r"test\.csv.*field 'stars'.*\['neg', 'pos'\]"):
+        evaluate_on_config(clf, config, "test")

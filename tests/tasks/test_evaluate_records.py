@@ -79,6 +79,14 @@ def test_unknown_labels_and_texts_cleaned_to_nothing_are_named():
         )
 
 
+def test_without_field_names_the_errors_name_the_text_and_label_fields():
+    clf = LengthClassifier()
+    with pytest.raises(DataError, match=r"field 'label'.*\['meh'\]"):
+        evaluate_records(clf, [Record("fine", "meh", "a")])
+    with pytest.raises(DataError, match=r"field 'text'.*record 'b'"):
+        evaluate_records(clf, [Record("fine", "pos", "a"), Record("   ", "neg", "b")])
+
+
 class TwoMemberEnsemble(LengthClassifier):
     """An ensemble of the length rule and a member that always says "neg" (0.6); its own
     probabilities are the weighted mean, as ``tasks.ensemble`` computes them."""

@@ -346,6 +346,27 @@ def test_evaluation_decodes_greedily_the_first_bleu_samples_pairs(tmp_path: Path
     )
 
 
+def test_with_rouge_asked_for_the_summary_adds_the_four_rouge_scores_only(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, n_val=8, **{"train.bleu_samples": 3, "eval.rouge": True})
+    task = TranslationTask(config)
+    (tmp_path / "run").mkdir()
+    model = task.prepare(tmp_path / "run", resume=False, main=True)
+    outputs = task.evaluate(model, "val", list(range(8)), torch.device("cpu"))
+    summary = task.summarize("val", outputs)
+    # numbers only: the ROUGE signature (a string) stays out of metrics.jsonl's rows
+    assert set(summary) == {
+        "loss",
+        "ppl",
+        "bleu",
+        "chrf",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rougeLsum",
+    }
+    assert all(isinstance(v, float) for v in summary.values())
+
+
 def test_the_task_builds_optimizer_schedule_sampler_and_manifest_from_the_config(
     tmp_path: Path,
 ) -> None:
@@ -481,3 +502,26 @@ def test_the_saved_settings_follow_the_eval_config(tmp_path: Path) -> None:
                                       "eval.max_len_offset": 7})  # fmt: skip
     s = settings_of(config)
     assert (s.beam_size, s.length_penalty, s.max_len_offset) == (3, 0.6, 7)
+    fr = settings_of(tiny_config(tmp_path, **{"data.src_lang": "fr", "data.tgt_lang": "cs",
+                                              "data.source_prefix": "fr: "}))  # fmt: skip
+    assert (fr.src_lang, fr.tgt_lang, fr.source_prefix) == ("fr", "cs", "fr: ")
+
+
+def test_only_the_main_process_writes_the_runs_tokenizers(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    other = tmp_path / "rank1"
+    other.mkdir()
+    TranslationTask(config).prepare(other, resume=False, main=False)
+    assert not (other / SOURCE_TOKENIZER).exists() and not (other / TARGET_TOKENIZER).exists()
+    main = tmp_path / "rank0"
+    main.mkdir()
+    TranslationTask(config).prepare(main, resume=False, main=True)
+    assert (main / SOURCE_TOKENIZER).is_file() and (main / TARGET_TOKENIZER).is_file()
+
+
+def test_an_unknown_data_source_is_named_with_the_ones_there_are() -> None:
+    from torchformer.tasks.translate_data import DataConfig, _read_split
+
+    with pytest.raises(ValueError, match=r"data\.source must be one of 'multi30k', 'files', "
+                       r"'tsv', 'csv', 'jsonl', 'json'; got 'xml'"):  # fmt: skip
+        _read_split(DataConfig(source="xml"), "train")

@@ -337,3 +337,23 @@ def test_the_manifest_records_skipped_images_and_the_normalization(tmp_path):
     assert extra["normalization"] == vars(task.normalization)
     assert extra["normalization"]["size"] == 16 and len(extra["normalization"]["mean"]) == 3
     assert extra["sizes"] == {"train": 9, "val": 3, "test": 3} and extra["labels"] == CLASSES
+    # the training data's fingerprint: the same images give the same one, others another
+    fingerprint = task.manifest()["data_fingerprint"]
+    assert fingerprint.startswith("9-")
+    again = ImageClassificationTask(vit_config(tmp_path, root, **settings))
+    again.prepare(tmp_path, resume=False, main=True)
+    assert again.manifest()["data_fingerprint"] == fingerprint
+    other = make_image_folder(tmp_path / "other", per_class={"train": 5, "test": 1})
+    more = ImageClassificationTask(vit_config(tmp_path, other, **settings))
+    more.prepare(tmp_path, resume=False, main=True)
+    assert more.manifest()["data_fingerprint"] != fingerprint
+
+
+def test_loading_a_run_whose_best_was_being_replaced_puts_the_previous_one_back(tmp_path):
+    from torchformer.tasks.image_classify import load
+
+    run = tmp_path / "run"
+    save_pretrained(tiny_vit(num_labels=3, id2label=dict(enumerate(CLASSES))), run / ".best.old")
+    clf = load(run)  # a crash between replace_dir's two renames left only .best.old
+    assert (run / "best" / "config.json").is_file() and not (run / ".best.old").exists()
+    assert clf.labels == CLASSES

@@ -204,7 +204,6 @@ class MaskedLMTask(LanguageModelTask):
 
     def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> EncoderForMaskedLM:
         c = self.config
-        base = c.model.base if c.model.base == SCRATCH else _base_dir(c.model.base)
         parts = corpora(c.data)
         self.tokenizer = self._tokenizer(run_dir, parts, resume=resume, main=main)
         t = self.tokenizer
@@ -213,7 +212,7 @@ class MaskedLMTask(LanguageModelTask):
             given = c.model.base == SCRATCH and c.tokenizer.path
             raise DataError(
                 f"the tokenizer has no {', '.join(missing)}",
-                file=str(c.tokenizer.path if given else base),
+                file=str(c.tokenizer.path if given else _base_dir(c.model.base)),
                 field="tokenizer.path" if given else "model.base",
             )
         self.special_ids = sorted(
