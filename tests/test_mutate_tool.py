@@ -60,3 +60,15 @@ def test_every_line_the_patterns_match_in_the_mutated_packages_is_a_logger_call(
                         matched.append(line.strip())
     assert matched, "no logger call found: the pattern no longer matches the code's logging"
     assert all(line.startswith("logger.") for line in matched)
+
+
+@pytest.mark.parametrize("scope", ["train", "tasks"])
+def test_the_work_directorys_pyproject_is_the_projects_with_the_scopes_table(mutate, scope):
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    written = tomllib.loads(mutate.scope_pyproject(text, scope))
+    project = tomllib.loads(text)
+    assert written["tool"]["mutmut"] == tomllib.loads(mutate.mutmut_table(scope))["tool"]["mutmut"]
+    assert written["project"] == project["project"]  # the rest of the file is kept
+    assert {k: v for k, v in written["tool"].items() if k != "mutmut"} == {
+        k: v for k, v in project["tool"].items() if k != "mutmut"
+    }

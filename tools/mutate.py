@@ -93,11 +93,17 @@ def prepare(scope: str, work: Path, resume: bool) -> None:
     if not (work / "configs").exists():
         (work / "configs").symlink_to("src/torchformer/configs")
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    # Replace the repository's [tool.mutmut] table (up to the next table or the end).
-    text, n = re.subn(r"^\[tool\.mutmut\]\n(?:(?!\[).*\n?)*", mutmut_table(scope), text, flags=re.M)
+    (work / "pyproject.toml").write_text(scope_pyproject(text, scope), encoding="utf-8")
+
+
+def scope_pyproject(text: str, scope: str) -> str:
+    """``pyproject.toml``'s text with its [tool.mutmut] table (up to the next table or the
+    end) replaced by the scope's."""
+    table = mutmut_table(scope)  # a function as the replacement: its backslashes stay as they are
+    text, n = re.subn(r"^\[tool\.mutmut\]\n(?:(?!\[).*\n?)*", lambda _: table, text, flags=re.M)
     if n != 1:
         raise SystemExit("pyproject.toml: expected exactly one [tool.mutmut] table")
-    (work / "pyproject.toml").write_text(text, encoding="utf-8")
+    return text
 
 
 def mutant_statuses(mutmut: list[str], work: Path, env: dict) -> dict[str, str]:
