@@ -309,6 +309,9 @@ def test_transformer_xl_resume_restores_the_memory_exactly(tmp_path):
 def test_a_memory_needs_ordered_streams(tmp_path):
     with pytest.raises(ConfigError, match=r"mem_len=16 needs train\.sampling: streams"):
         txl_config(tmp_path, **{"train.sampling": "random"})
+    with pytest.raises(ConfigError, match=r"mem_len=1 needs train\.sampling: streams"):
+        txl_config(tmp_path, **{"train.sampling": "random", "model.mem_len": 1})  # the boundary
+    assert txl_config(tmp_path, **{"train.sampling": "random", "model.mem_len": 0})  # no memory
     with pytest.raises(ConfigError, match="transformer_xl settings"):
         tiny_config(tmp_path, **{"model.mem_len": 8})
 

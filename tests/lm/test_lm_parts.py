@@ -351,3 +351,25 @@ def test_the_unlabelled_imdb_source_strips_html_and_holds_out_every_nth_review(
     assert parts["val"].settings["held_out"] is True and parts["val"].settings["val_every"] == 2
     assert parts["train"].settings["held_out"] is False
     assert parts["train"].fingerprint() != parts["val"].fingerprint()
+
+
+def test_a_language_model_without_settings_takes_the_models_context_and_names_bad_text(random_lm):
+    model, tokenizer = random_lm
+    lm = LanguageModel(model, tokenizer)
+    assert lm.settings.block_size == model.config.max_len == 16
+    text = "the king and a rose. " * 3 + "ZQ"  # two characters the vocabulary lacks
+    with pytest.raises(ValueError) as error:
+        lm._ids(text)
+    assert str(error.value).startswith(
+        f"cannot tokenize {text[:40]!r} (characters not in the vocabulary: ['Q', 'Z']): "
+    )
+
+
+def test_the_manifest_records_the_training_tokens_key_and_the_models_size(prepared):
+    task = prepared()
+    manifest = task.manifest()
+    assert manifest["data_fingerprint"] == task.files["train"].key
+    extra = manifest["extra"]
+    assert extra["parameters"] == sum(p.numel() for p in task.model.parameters()) > 0
+    assert extra["vocab_size"] == task.tokenizer.vocab_size
+    assert extra["tokens"] == {k: len(f.tokens) for k, f in task.files.items()}

@@ -3,6 +3,7 @@ corruption, and held-out losses that do not depend on how the blocks are batched
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -169,3 +170,30 @@ def test_a_denoising_batch_masks_the_padding_of_its_sources(tmp_path):
 def test_a_denoising_preset_must_be_a_bart_one(tmp_path):
     with pytest.raises(ValueError, match=r"model\.preset 't5-tiny' is not a BART preset"):
         prepared(tmp_path, DenoisingTask, DenoisingConfig, **{"model.preset": "t5-tiny"})
+
+
+def test_a_scratch_runs_tokenizer_keeps_to_the_configured_vocabulary_size(tmp_path):
+    small = prepared(tmp_path / "a", **{"model.base": "scratch", "model.preset": "tiny",
+                                        "tokenizer.vocab_size": 50})  # fmt: skip
+    large = prepared(tmp_path / "b", **{"model.base": "scratch", "model.preset": "tiny",
+                                        "tokenizer.vocab_size": 400})  # fmt: skip
+    assert small.tokenizer.vocab_size <= 50 < large.tokenizer.vocab_size <= 400
+
+
+def test_a_base_whose_tokenizer_has_no_mask_token_is_named_as_model_base(tmp_path):
+    from torchformer.data.records import DataError
+    from torchformer.text.lm_tokenizers import train_char_tokenizer
+
+    base = tmp_path / "base"
+    base.mkdir()
+    train_char_tokenizer(["the king and a rose"]).save(base / "tokenizer.json")
+    with pytest.raises(DataError, match=r"the tokenizer has no cls_id, sep_id, mask_id") as e:
+        prepared(tmp_path, **{"model.base": str(base)})
+    assert e.value.file == str(base) and e.value.field == "model.base"
+
+
+def test_the_masked_lm_perplexity_is_capped(tmp_path):
+    task = prepared(tmp_path)
+    huge = task.summarize("val", {0: (1000.0 * 5, 5), 1: (1000.0 * 3, 3)})
+    assert huge["loss"] == pytest.approx(1000.0) and huge["masked_tokens"] == 8.0
+    assert huge["ppl"] == pytest.approx(math.exp(50))

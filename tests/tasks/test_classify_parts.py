@@ -37,7 +37,7 @@ def test_an_ensemble_members_score_over_a_single_example():
 
 
 def test_a_scratch_tokenizer_keeps_the_case_when_told_not_to_lowercase(tmp_path):
-    texts = TEXTS + ["Word1 Other7 Thing13"] * 20
+    texts = [*TEXTS, *["Word1 Other7 Thing13"] * 20]
     cased = scratch_tokenizer(
         tiny_config(tmp_path, **{"tokenizer.lowercase": False}), texts, resume=False
     )
@@ -62,7 +62,27 @@ def test_evaluating_on_a_config_names_its_own_label_column(tmp_path):
         "data.test_file": str(write_csv(tmp_path / "data" / "test.csv", test_rows)),
         "data.text_column": "review", "data.label_column": "stars",
     })  # fmt: skip
+    trained_on = evaluate_on_config(LengthClassifier(), config, "train")  # every split by name
+    assert (
+        trained_on["num_examples"]
+        == len(rows) - evaluate_on_config(LengthClassifier(), config, "val")["num_examples"]
+    )
     clf = LengthClassifier()
     clf.labels = ("bad", "good")  # a model trained on other labels than the file's
     with pytest.raises(DataError, match=r"test\.csv.*field 'stars'.*\['neg', 'pos'\]"):
         evaluate_on_config(clf, config, "test")
+
+
+def test_a_scratch_tokenizer_takes_the_configured_minimum_frequency(tmp_path):
+    texts = [*TEXTS, "rareword"]  # once: in the vocabulary only at min_frequency 1
+    once = scratch_tokenizer(
+        tiny_config(tmp_path, **{"tokenizer.min_frequency": 1, "tokenizer.vocab_size": 3000}),
+        texts,
+        resume=False,
+    )
+    twice = scratch_tokenizer(
+        tiny_config(tmp_path, **{"tokenizer.min_frequency": 2, "tokenizer.vocab_size": 3000}),
+        texts,
+        resume=False,
+    )
+    assert once.token_to_id("rareword") is not None and twice.token_to_id("rareword") is None

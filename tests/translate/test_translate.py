@@ -469,6 +469,12 @@ def test_adamw_is_the_decoupled_optimizer_and_enough_checkpoints_are_kept_to_ave
         ).checkpoints_to_keep()
         == 2
     )
+    assert (  # averaging two checkpoints is averaging: the boundary
+        TranslationTask(
+            tiny_config(tmp_path, **keep, **{"train.average_last": 2})
+        ).checkpoints_to_keep()
+        == 5
+    )
 
 
 def test_tokenizers_are_trained_to_the_configured_size_and_saved_in_the_run(tmp_path: Path) -> None:

@@ -479,7 +479,7 @@ def test_a_table_is_read_in_the_configured_format_whatever_its_name(tmp_path: Pa
 
 
 def test_a_runs_model_is_the_one_selected_on_validation_and_survives_a_crash(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from torchformer.tasks.translator import SELECTION_FILE, run_model_dir
 
@@ -491,8 +491,14 @@ def test_a_runs_model_is_the_one_selected_on_validation_and_survives_a_crash(
     assert run_model_dir(run / "averaged") == run / "averaged"  # a model directory itself
     (run / SELECTION_FILE).write_text(json.dumps({"model": "averaged"}))
     assert run_model_dir(run) == run / "averaged"
+    (run / SELECTION_FILE).write_text(json.dumps({"model": "best"}))
+    with caplog.at_level("WARNING", logger="torchformer"):
+        assert run_model_dir(run) == run / "best"
+    assert not caplog.records  # best/ chosen on purpose: nothing to warn about
     (run / SELECTION_FILE).write_text(json.dumps({"model": "elsewhere"}))
-    assert run_model_dir(run) == run / "best"  # not a model of the run
+    with caplog.at_level("WARNING", logger="torchformer"):
+        assert run_model_dir(run) == run / "best"  # not a model of the run
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
     (run / "best").rename(run / ".best.old")  # a crash while best/ was being replaced
     assert run_model_dir(run) == run / "best" and (run / "best" / "config.json").is_file()
 

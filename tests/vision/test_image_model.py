@@ -357,3 +357,24 @@ def test_loading_a_run_whose_best_was_being_replaced_puts_the_previous_one_back(
     clf = load(run)  # a crash between replace_dir's two renames left only .best.old
     assert (run / "best" / "config.json").is_file() and not (run / ".best.old").exists()
     assert clf.labels == CLASSES
+
+
+def test_normalization_builds_its_statistics_on_the_pixels_device():
+    # The meta device stands for an accelerator here: a CPU tensor mixed in would fail.
+    norm = Normalization(size=4, mean=[0.5, 0.25, 0.75], std=[0.5, 0.5, 0.25])
+    out = norm.apply(torch.zeros(2, 3, 4, 4, dtype=torch.uint8, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 3, 4, 4) and out.dtype == torch.float32
+    cpu = norm.apply(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8))
+    assert cpu.flatten().tolist() == [1.0, 1.5, 1.0]  # (1 - mean) / std
+
+
+def test_the_digits_are_split_with_the_runs_seed(tmp_path):
+    pytest.importorskip("sklearn")
+    from torchformer.tasks.image_classify import load_image_splits
+
+    def test_pixels(seed: int) -> torch.Tensor:
+        cfg = vit_config(tmp_path, "digits", **{"data.channels": 1, "train.seed": seed})
+        return load_image_splits(cfg, 8)[0]["test"].pixels
+
+    assert torch.equal(test_pixels(1), test_pixels(1))
+    assert not torch.equal(test_pixels(1), test_pixels(2))
