@@ -108,7 +108,7 @@ def test_forced_bf16_warns_without_a_gate_and_refuses_what_it_cannot_serve(
         load_predictor(run, precision="bf16")
 
 
-def test_a_malformed_gate_record_is_named_with_its_field(run):
+def test_a_malformed_gate_record_is_named_with_its_field(run, bf16_cpu):
     path = run / "best" / BF16_GATE_NAME
     path.write_text(json.dumps({"bf16": {"gate": {"passed": True}}}))
     with pytest.raises(ValueError, match=r"bf16_gate\.json: not a bf16 gate record .*'weights'"):

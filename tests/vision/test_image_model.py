@@ -378,3 +378,13 @@ def test_the_digits_are_split_with_the_runs_seed(tmp_path):
 
     assert torch.equal(test_pixels(1), test_pixels(1))
     assert not torch.equal(test_pixels(1), test_pixels(2))
+
+
+def test_a_channels_last_tensor_is_read_like_its_array():
+    clf = ImageClassifier(tiny_vit(num_labels=3), Normalization(size=16))
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)  # resized to 16×16
+    expected = clf.predict(hwc)[0]["probabilities"]
+    for image in (torch.from_numpy(hwc), torch.from_numpy(hwc.transpose(2, 0, 1).copy())):
+        got = clf.predict(image)[0]["probabilities"]  # (H, W, C) and (C, H, W) tensors
+        assert got == pytest.approx(expected, abs=1e-6)
