@@ -3,6 +3,7 @@ unsafe files refused at load, unwrapping torch.compile, and the manager's defaul
 sharded (directory) checkpoints and clean-up."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -145,3 +146,61 @@ def test_manager_removes_leftovers_of_a_cut_short_sharded_save(tmp_path):
 def test_keep_last_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keep_last must be >= 1, got 0"):
         CheckpointManager(tmp_path, keep_last=0)
+
+
+def test_prune_sets_unreadable_files_aside_and_they_take_no_kept_slot(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    for step in (1, 2, 3):
+        manager.save(step, {"step": step})
+    manager.path_for(2).write_bytes(b"cut short")  # a new mtime: read again, not remembered
+    torch.save([1, 2], manager.path_for(3))  # loads, but is no checkpoint (not a dict)
+    with pytest.warns(RuntimeWarning, match=r"step-000003\.pt is not a readable checkpoint: "
+                      r"moved aside to .*step-000003\.pt\.corrupt") as caught:  # fmt: skip
+        manager.save(4, {"step": 4})
+    assert len(caught) == 2  # step 3 and step 2, each named once
+    assert manager.steps() == [1, 4]  # corrupt files take no slot: step 1 is not pruned
+    assert (tmp_path / "step-000002.pt.corrupt").read_bytes() == b"cut short"  # never deleted
+    assert (tmp_path / "step-000003.pt.corrupt").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # readable files, remembered: nothing to warn about
+        manager.save(5, {"step": 5})
+        manager.save(6, {"step": 6})
+    assert manager.steps() == [4, 5, 6]
+
+
+def test_a_write_error_names_the_newest_checkpoint_that_loads(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    full = OSError(28, "No space left on device")
+    error = manager.write_error(1, full)
+    assert error.errno == 28 and str(error).endswith(
+        f"{manager.path_for(1)}: cannot write the checkpoint of step 1 (No space left on "
+        f"device); no checkpoint had been written yet (nothing in {tmp_path})"
+    )
+    for step in (1, 2, 3):
+        manager.save(step, {"step": step})
+    manager.path_for(3).write_bytes(b"cut short")
+    message = str(manager.write_error(4, full))
+    assert f"the last good checkpoint, intact, is {manager.path_for(2)} (step 2)" in message
+    assert "--resume" in message
+    assert manager.write_error(2, OSError("disk gone")).errno is None  # no errno to carry
+
+
+def test_a_fresh_manager_reads_each_checkpoint_it_did_not_write_once(tmp_path, monkeypatch):
+    import torchformer.train.checkpoint as checkpoint_module
+
+    first = CheckpointManager(tmp_path, keep_last=3)
+    for step in (1, 2, 3):
+        first.save(step, {"step": step})
+    reads = []
+    real = checkpoint_module.torch.load
+    monkeypatch.setattr(
+        checkpoint_module.torch, "load", lambda path, **kw: reads.append(path) or real(path, **kw)
+    )
+    resumed = CheckpointManager(tmp_path, keep_last=3)  # a resumed run: nothing remembered
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the three load: none is set aside
+        resumed.save(4, {"step": 4})
+        resumed.prune()
+    assert resumed.steps() == [2, 3, 4] and not list(tmp_path.glob("*.corrupt"))
+    # each file read once over two prunes (step 1 to know that it loads before pruning it)
+    assert sorted(reads) == [resumed.path_for(1), resumed.path_for(2), resumed.path_for(3)]
