@@ -119,3 +119,33 @@ def test_cuda_generators_are_restored():
     seed_everything(12)
     restore_rng_state({**state, "cuda": [s.tolist() for s in state["cuda"]]})
     assert torch.rand(3, device="cuda:0").tolist() == expected[0]
+
+
+def test_cuda_generators_are_captured_and_restored_for_the_devices_both_sides_have(monkeypatch):
+    # No GPU needed: torch.cuda's generator functions are stood in for, so the CUDA branch
+    # is tested on every machine (the test above runs it for real where CUDA exists).
+    saved = [torch.tensor([d, d], dtype=torch.uint8) for d in (1, 2, 3)]
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda s, device: calls.append((s.tolist(), device))
+    )
+    state = capture_rng_state()
+    assert state["cuda"] is saved  # every device's generator
+    restore_rng_state(state)  # three saved, two here: the first two
+    assert calls == [([1, 1], 0), ([2, 2], 1)]
+    calls.clear()
+    restore_rng_state({**state, "cuda": []})  # a CPU run resumed on a GPU machine
+    restore_rng_state({k: v for k, v in state.items() if k != "cuda"})  # an older checkpoint
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert capture_rng_state()["cuda"] == []
+    restore_rng_state(state)  # a GPU run resumed on a CPU machine: everything else restored
+    assert calls == []
+    before = np.random.get_state()[1].copy()
+    restore_rng_state(state)
+    assert (
+        np.random.get_state()[1].dtype == np.uint32 and (before == np.random.get_state()[1]).all()
+    )
