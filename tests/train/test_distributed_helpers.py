@@ -60,6 +60,46 @@ def test_several_processes_without_torchrun_name_the_missing_variables(monkeypat
         init_distributed("cpu")
 
 
+def test_under_torchrun_the_group_is_created_with_the_devices_backend(monkeypatch):
+    """gloo for CPU ranks, NCCL on the rank's own GPU (cuda:LOCAL_RANK), with the
+    timeout; the process group and torch.cuda are stood in for, so it runs anywhere."""
+    import datetime
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend, **kw: calls.append((backend, kw)))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    world = init_distributed()  # "auto" without a GPU: the CPU, gloo, 30 minutes
+    assert world == World(rank=0, size=2, local_rank=1, device=torch.device("cpu"),
+                          owns_group=True)  # fmt: skip
+    assert calls == [("gloo", {"timeout": datetime.timedelta(seconds=1800)})]
+    calls.clear()
+    world = init_distributed("cuda", timeout_s=60)
+    assert world.device == torch.device("cuda", 1) and world.owns_group
+    assert calls == [
+        ("set_device", torch.device("cuda", 1)),
+        ("nccl", {"timeout": datetime.timedelta(seconds=60)}),
+    ]
+
+
+def test_without_torchrun_the_error_says_how_to_start_it(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for key in TORCHRUN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RuntimeError) as error:
+        init_distributed("cpu")
+    assert str(error.value) == (
+        "WORLD_SIZE=3 but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT not set: start several "
+        "processes with torchrun (torchrun --nproc_per_node N -m torchformer train CONFIG)"
+    )
+
+
 def test_under_torchrun_an_existing_group_is_joined_not_recreated(monkeypatch, one_process_group):
     monkeypatch.setenv("WORLD_SIZE", "2")
     for key, value in TORCHRUN_ENV.items():

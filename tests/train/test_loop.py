@@ -552,3 +552,80 @@ def test_a_full_disk_stops_the_run_naming_the_last_good_checkpoint(tmp_path, mon
     assert info.value.errno == errno.ENOSPC and info.value.__cause__ is None
     kept = load_checkpoint(Path(config.run_dir) / "checkpoints" / "step-000002.pt")
     assert kept["step"] == 2
+
+
+class FallingBackTask(ScriptedTask):
+    """A task whose model's sparse attention ran as dense attention on some batches."""
+
+    def batch_loss(self, model: nn.Module, indices: list[int], device) -> torch.Tensor:
+        from torchformer.nn.sparse import AttentionPattern, record_fallback
+
+        if self.loss_calls % 2 == 0:  # every other batch
+            record_fallback(AttentionPattern(kind="lsh"), "a test reason")
+        return super().batch_loss(model, indices, device)
+
+
+def test_attention_fallbacks_of_the_run_are_logged_once_at_its_end_and_then_reset(tmp_path):
+    from torchformer.nn.sparse import fallbacks
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=2, patience=10)
+    fallbacks(reset=True)
+    run_dir = fit(FallingBackTask(config, scores, **options))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    attention = [r for r in rows if r["split"] == "attention"]
+    assert len(attention) == 1
+    row = attention[0]
+    assert row["attention_fallbacks"] == {"lsh: a test reason": 4}  # 8 batches, every other
+    assert (row["step"], row["epoch"]) == (8, 2)
+    assert fallbacks() == {}  # counted from zero again for the next run in this process
+    config, options = scripted(tmp_path / "plain", scores, epochs=1, patience=10)
+    plain = fit(ScriptedTask(config, scores, **options))
+    assert all(json.loads(x)["split"] != "attention"
+               for x in (plain / "metrics.jsonl").read_text().splitlines())  # fmt: skip
+
+
+class StatefulTask(ScriptedTask):
+    """A task with training state of its own (like Transformer-XL's memory)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded: list[dict] = []
+
+    def train_state(self) -> dict:
+        return {"loss_calls": self.loss_calls}
+
+    def load_train_state(self, state: dict) -> None:
+        self.loaded.append(state)
+        self.loss_calls = state["loss_calls"]
+
+
+class LoaderOnlyTask(ScriptedTask):
+    """Loads task state but saves none: its checkpoints hold no "task" entry."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded: list[dict] = []
+
+    def load_train_state(self, state: dict) -> None:
+        self.loaded.append(state)
+
+
+def test_a_tasks_own_training_state_is_checkpointed_and_handed_back_on_resume(tmp_path):
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=2, patience=10, checkpoint_every=1)
+    first = StatefulTask(config, scores, **options)
+    run_dir = fit(first, stop_at_step=5)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "step-000005.pt")
+    assert ckpt["task"] == {"loss_calls": 5}
+    resumed = StatefulTask(config, scores, **options)
+    fit(resumed, resume=True)
+    assert resumed.loaded == [{"loss_calls": 5}]  # once, the newest checkpoint's
+    assert resumed.loss_calls == 8  # went on counting from the restored state
+    # A task that loads state but never saved any is not handed None.
+    config_b, _ = scripted(tmp_path / "b", scores, epochs=2, patience=10, checkpoint_every=1)
+    fit(LoaderOnlyTask(config_b, scores, **options), stop_at_step=3)
+    assert "task" not in load_checkpoint(tmp_path / "b" / "run" / "checkpoints" / "step-000003.pt")
+    loader = LoaderOnlyTask(config_b, scores, **options)
+    fit(loader, resume=True)
+    assert loader.loaded == []

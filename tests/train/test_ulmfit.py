@@ -149,6 +149,45 @@ def test_layer_groups_cover_every_parameter_once_from_the_top():
         layer_groups(torch.nn.Linear(2, 2))
 
 
+class _Stack(torch.nn.Module):
+    """A module with embeddings and a layers ModuleList (what layer_groups looks for)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embeddings = torch.nn.Embedding(5, 2)
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+
+
+def test_layer_groups_of_the_stack_itself_and_beside_a_decoder_like_module():
+    # The encoder alone is the stack (no prefix): its embeddings and layers still group.
+    encoder = tiny_encoder(n_layers=2).encoder
+    groups = dict(layer_groups(encoder))
+    assert groups["embeddings"] and all(n.startswith("embeddings.") for n in groups["embeddings"])
+    assert groups["layer_1"] and all(n.startswith("layers.1.") for n in groups["layer_1"])
+    assert all(not n.startswith(("embeddings.", "layers.")) for n in groups["head"])
+    # A module with 'layers' but no 'embeddings' (a decoder stack) is not a second stack.
+    model = torch.nn.Module()
+    model.encoder, model.decoder = _Stack(), torch.nn.Module()
+    model.decoder.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    groups = dict(layer_groups(model))
+    assert list(groups) == ["head", "layer_0", "embeddings"]
+    assert groups["head"] == ["decoder.layers.0.weight", "decoder.layers.0.bias"]
+
+
+def test_layer_groups_name_the_stacks_they_found_when_there_is_not_exactly_one():
+    with pytest.raises(ValueError) as none:
+        layer_groups(torch.nn.Linear(2, 2))
+    assert str(none.value) == (
+        "layer groups need one module with 'embeddings' and a 'layers' ModuleList "
+        "(an encoder); found none in Linear"
+    )
+    outer = _Stack()
+    outer.inner = _Stack()  # the model itself and one of its children
+    with pytest.raises(ValueError) as two:
+        layer_groups(outer)
+    assert str(two.value).endswith("found ['(the model)', 'inner'] in _Stack")
+
+
 @pytest.mark.parametrize("decay", [0.8, 1 / 2.6])
 def test_layer_lr_decay_gives_each_depth_its_rate_and_keeps_the_weight_decay_split(decay):
     n_layers, lr = 3, 1e-3
@@ -259,3 +298,31 @@ def test_unfreezing_keeps_parameters_frozen_before_it():
     assert unfreezing.apply(step=0, epoch=0) == 1  # a function of the position alone
     assert not any(p.requires_grad for p in model.encoder.layers.parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
+
+
+def test_epoch_unfreezing_reads_the_epoch_and_drops_the_gradients_of_frozen_groups():
+    model = tiny_encoder(n_layers=2)  # groups: head, layer_1, layer_0, embeddings
+    names = dict(layer_groups(model))
+    params = dict(model.named_parameters())
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    unfreezing = GradualUnfreezing(model, "epoch")
+    assert unfreezing.apply(step=0, epoch=1) == 2  # epoch 1: the head and the top layer
+    assert all(params[n].requires_grad and params[n].grad is not None for n in names["layer_1"])
+    for label in ("layer_0", "embeddings"):  # the first frozen group loses its gradient too
+        assert all(not params[n].requires_grad and params[n].grad is None for n in names[label])
+
+
+def test_unfreezing_logs_each_change_but_not_a_start_with_everything_trainable(caplog):
+    caplog.set_level("INFO", logger="torchformer.train.unfreeze")
+    model = tiny_encoder(n_layers=2)
+    GradualUnfreezing(model, "epoch").apply(step=0, epoch=9)  # all 4 groups from the start
+    assert caplog.records == []
+    unfreezing = GradualUnfreezing(model, 2)
+    for step in (0, 1, 2, 3, 6):
+        unfreezing.apply(step=step, epoch=0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "gradual unfreezing at step 0: training head",
+        "gradual unfreezing at step 2: training head, layer_1",
+        "gradual unfreezing at step 6: training head, layer_1, layer_0, embeddings",
+    ]
