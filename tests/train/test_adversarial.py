@@ -183,7 +183,32 @@ def test_bad_settings_are_refused():
         adversarial(model, batch, method="free")
     with pytest.raises(ValueError, match="epsilon > 0"):
         adversarial(model, batch, method="fgm", epsilon=0.0)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        adversarial(model, batch, method="pgd", steps=0)
+    with pytest.raises(ValueError, match="alpha > 0"):
+        adversarial(model, batch, method="pgd", alpha=0.0)
     assert not model.encoder.embeddings._forward_hooks
+
+
+def test_pgd_runs_steps_plus_one_forward_passes_and_its_defaults_are_3_and_0_3():
+    model, batch = tiny_encoder(), padded_batch()
+    model.eval()  # no dropout: equal perturbations for equal settings
+    ids, mask, labels = batch
+    calls = []
+
+    def loss_of():
+        calls.append(1)
+        return model(ids, attention_mask=mask, labels=labels).loss
+
+    default = embedding_adversarial_loss(
+        loss_of, model.encoder.embeddings, pad_id=PAD, method="pgd"
+    )
+    assert len(calls) == 4  # clean, 2 more ascent gradients, the adversarial loss
+    explicit = adversarial(model, batch, method="pgd", steps=3, alpha=0.3)
+    torch.testing.assert_close(default.perturbation, explicit.perturbation)
+    calls.clear()
+    embedding_adversarial_loss(loss_of, model.encoder.embeddings, pad_id=PAD, method="pgd", steps=1)
+    assert len(calls) == 2
 
 
 # --- R-Drop ---------------------------------------------------------------------------------

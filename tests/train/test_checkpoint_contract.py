@@ -204,3 +204,49 @@ def test_a_fresh_manager_reads_each_checkpoint_it_did_not_write_once(tmp_path, m
     assert resumed.steps() == [2, 3, 4] and not list(tmp_path.glob("*.corrupt"))
     # each file read once over two prunes (step 1 to know that it loads before pruning it)
     assert sorted(reads) == [resumed.path_for(1), resumed.path_for(2), resumed.path_for(3)]
+
+
+# ---------------------------------------------------------------------------
+# found by mutation testing (docs/mutation.md, train/ at b7efb1a)
+# ---------------------------------------------------------------------------
+
+
+def test_a_resumed_manager_keeps_the_tensor_checkpoints_of_the_run_it_continues(tmp_path):
+    """A new manager (a resumed run) reads the older files on the CPU: none of them is
+    taken for corrupt, and pruning keeps the newest."""
+    first = CheckpointManager(tmp_path, keep_last=5)
+    for step in (1, 2, 3):
+        first.save(step, {"model": {"w": torch.full((2, 2), float(step))}})
+    resumed = CheckpointManager(tmp_path, keep_last=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.save(4, {"model": {"w": torch.zeros(2, 2)}})
+    assert resumed.steps() == [3, 4] and not list(tmp_path.glob("*.corrupt"))
+
+
+def test_a_step_file_of_arbitrary_objects_is_set_aside_even_where_torch_allows_them(
+    tmp_path, monkeypatch
+):
+    torch.save({"obj": Opaque()}, tmp_path / "step-000001.pt")
+    torch.save({"obj": Opaque()}, tmp_path / "step-000002.pt")
+    # torch.load unpickles anything when this is set and a call leaves weights_only unset
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "step-000002.pt")
+    with pytest.warns(RuntimeWarning, match=r"step-00000[12]\.pt is not a readable checkpoint"):
+        CheckpointManager(tmp_path).prune()
+    assert (tmp_path / "step-000001.pt.corrupt").is_file()
+    assert (tmp_path / "step-000002.pt.corrupt").is_file()
+    assert CheckpointManager(tmp_path).steps() == []
+
+
+def test_saving_an_older_step_never_deletes_the_file_just_written(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.save(5, {"step": 5})
+    path = manager.save(3, {"step": 3})  # e.g. a run restarted from an earlier step
+    assert path.is_file() and manager.steps() == [3]
+
+
+def test_a_write_error_without_an_errno_keeps_the_cause(tmp_path):
+    error = CheckpointManager(tmp_path).write_error(3, OSError("quota exceeded"))
+    assert "cannot write the checkpoint of step 3 (quota exceeded)" in str(error)

@@ -248,3 +248,9 @@ def test_fsdp_registers_a_seq2seq_models_encode_and_decode(one_process_group):
         assert getattr(model, name) != before  # wrapped by register_fsdp_forward_method
     x = torch.randn(2, 4)
     assert model.decode(model.encode(x)).shape == (2, 4)  # runs on the sharded model
+
+
+def test_a_single_cuda_process_uses_the_first_gpu(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert init_distributed("cuda").device == torch.device("cuda", 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -446,12 +447,16 @@ def test_an_fsdp_run_in_one_process_writes_sharded_checkpoints_and_resumes_from_
             "keep_checkpoints": 2, "unused": True}  # fmt: skip
     config, options = scripted(tmp_path / "a", scores, **base)
     unbroken = fit(ScriptedTask(config, scores, **options))
-    config_b, _ = scripted(tmp_path / "b", scores, checkpoint_every=1, **base)
+    config_b, _ = scripted(
+        tmp_path / "b", scores, checkpoint_every=1, **base | {"keep_checkpoints": 3}
+    )
     fit(ScriptedTask(config_b, scores, **options), stop_at_step=6)
     names = sorted(p.name for p in (Path(config_b.run_dir) / "checkpoints").iterdir())
-    assert names == ["step-000005.dcp", "step-000006.dcp"]  # keep_last counts directories
+    assert names == [f"step-00000{s}.dcp" for s in (4, 5, 6)]  # keep_last counts directories
     assert (Path(config_b.run_dir) / "checkpoints" / "step-000006.dcp" / "loop.pt").is_file()
-    resumed = fit(ScriptedTask(config_b, scores, **options), resume=True)
+    task = ScriptedTask(config_b, scores, **options)
+    resumed = fit(task, resume=True)
+    assert task.loss_calls == 6  # steps 7-12: resumed from the newest checkpoint, step 6
     from torchformer.train.fsdp import consolidate
 
     a = consolidate(unbroken / "checkpoints" / "step-000012.dcp")
@@ -554,6 +559,51 @@ def test_a_full_disk_stops_the_run_naming_the_last_good_checkpoint(tmp_path, mon
     assert kept["step"] == 2
 
 
+def test_a_full_disk_stops_a_sharded_run_naming_the_last_good_checkpoint(
+    tmp_path, monkeypatch, process_group
+):
+    import errno
+
+    from torchformer.train import run as run_module
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=2, checkpoint_every=1,
+                               distributed="fsdp")  # fmt: skip
+    real_save = run_module.save_sharded
+
+    def save_until_full(path, model, optimizer, loop_state):
+        if loop_state["metadata"]["step"] >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, model, optimizer, loop_state)
+
+    monkeypatch.setattr(run_module, "save_sharded", save_until_full)
+    with pytest.raises(OSError, match=r"step-000003\.dcp: cannot write .*No space left.* "
+                       r"intact, is .*step-000002\.dcp \(step 2\)") as info:  # fmt: skip
+        fit(ScriptedTask(config, scores, **options))
+    assert info.value.errno == errno.ENOSPC
+
+
+def test_save_sharded_replaces_a_leftover_temporary_and_an_older_save(tmp_path):
+    """Called in a plain process (no process group): a temporary directory left by a
+    killed save is cleared first, and saving to a path again replaces it."""
+    from torchformer.train.fsdp import consolidate, save_sharded
+
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "step-000001.dcp"
+    leftover = tmp_path / ".step-000001.dcp.tmp"
+    leftover.mkdir()
+    (leftover / "junk").write_text("from a killed save")
+    save_sharded(path, model, optimizer, {"step": 1})
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    save_sharded(path, model, optimizer, {"step": 2})
+    assert not leftover.exists() and not (path / "junk").exists()
+    saved = consolidate(path)
+    assert torch.equal(saved["weight"], model.weight.detach())
+    assert load_checkpoint(path / "loop.pt")["step"] == 2
+
+
 class FallingBackTask(ScriptedTask):
     """A task whose model's sparse attention ran as dense attention on some batches."""
 
@@ -629,3 +679,124 @@ def test_a_tasks_own_training_state_is_checkpointed_and_handed_back_on_resume(tm
     loader = LoaderOnlyTask(config_b, scores, **options)
     fit(loader, resume=True)
     assert loader.loaded == []
+
+
+def test_the_progress_setting_shows_the_bar_with_its_postfix_or_hides_it(tmp_path, monkeypatch,
+                                                                         capsys):  # fmt: skip
+    import functools
+
+    from torchformer.train import loop
+    from torchformer.train.logging import ProgressPostfix
+
+    # redraw the postfix at every step (the default waits a second: longer than this run)
+    monkeypatch.setattr(loop, "ProgressPostfix", functools.partial(ProgressPostfix,
+                                                                   min_interval_s=0.0))  # fmt: skip
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path / "on", scores, epochs=1, progress=True)
+    fit(ScriptedTask(config, scores, **options))
+    shown = capsys.readouterr().err
+    assert re.search(r"train: 100%\|.*\| 4/4 .*loss=", shown), shown
+    config, options = scripted(tmp_path / "off", scores, epochs=1, progress=False)
+    fit(ScriptedTask(config, scores, **options))
+    assert "train:" not in capsys.readouterr().err
+
+
+def test_train_threads_sets_torchs_intra_op_threads(tmp_path):
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=1, threads=2)
+    before = torch.get_num_threads()
+    try:
+        fit(ScriptedTask(config, scores, **options))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_epochs_end_a_run_whose_max_steps_is_larger(tmp_path):
+    scores = {4: 0.5}
+    config, options = scripted(tmp_path, scores, epochs=1, max_steps=100)
+    run_dir = fit(ScriptedTask(config, scores, **options))
+    summary = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (summary["step"], summary["epoch"]) == (4, 1)
+
+
+def test_train_seconds_add_up_and_samples_per_s_counts_examples(tmp_path, monkeypatch):
+    """With a clock that advances one second per reading, every step takes 1 s: the run's
+    train_seconds are its steps, and a task whose units are weighted "samples" logs
+    examples per second, not weighted units."""
+    import itertools
+    from types import SimpleNamespace
+
+    from torchformer.train import loop
+
+    class Weighted(ScriptedTask):
+        units = "samples"
+
+        def batch_units(self, indices):
+            return 2.5 * len(indices)
+
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=itertools.count().__next__,
+                                                      process_time=itertools.count().__next__))  # fmt: skip
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=2)
+    run_dir = fit(Weighted(config, scores, **options))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = next(r for r in rows if r["split"] == "summary")
+    assert summary["train_seconds"] == summary["step"] == 8
+    train = [r for r in rows if r["split"] == "train"]
+    assert train and all(r["samples_per_s"] == 8.0 for r in train)  # 8 examples in 1 s
+
+
+def test_bf16_precision_autocasts_to_bfloat16_on_every_device_type():
+    """On CUDA torch.autocast defaults to float16 (which would need a grad scaler):
+    bf16 must be asked for by name. (On a CPU-only build CUDA autocast is disabled with
+    a warning, but keeps the dtype it was given.)"""
+    import warnings
+    from types import SimpleNamespace
+
+    from torchformer.train.run import Run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for device in ("cpu", "cuda"):
+            ac = Run.autocast(SimpleNamespace(device=torch.device(device)), "bf16")
+            assert ac.fast_dtype is torch.bfloat16, device
+
+
+class RecordsTo(nn.Linear):
+    def __init__(self) -> None:
+        super().__init__(4, 2)
+        self.moved_to: list = []
+
+    def to(self, *args, **kwargs):
+        self.moved_to.append(args)
+        return super().to(*args, **kwargs)
+
+
+class RecordsToTask(ScriptedTask):
+    def prepare(self, run_dir: Path, *, resume: bool, main: bool) -> nn.Module:
+        super().prepare(run_dir, resume=resume, main=main)
+        self.model = RecordsTo()
+        return self.model
+
+
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_a_one_process_run_moves_the_model_to_its_device_and_makes_no_copy_of_it(
+    tmp_path, monkeypatch, distributed, request
+):
+    """Only rank 0 of a sharded run with several processes keeps an unsharded copy of
+    the model (for best/); a one-process run holds the model once."""
+    from torchformer.train import loop
+
+    if distributed == "fsdp":
+        request.getfixturevalue("process_group")
+    built = []
+    monkeypatch.setattr(loop, "Run", lambda **kw: built.append(kw) or Run(**kw))
+    from torchformer.train.run import Run
+
+    scores = dict.fromkeys(range(1, 100), 0.5)
+    config, options = scripted(tmp_path, scores, epochs=1, distributed=distributed)
+    task = RecordsToTask(config, scores, **options)
+    fit(task)
+    assert len(built) == 1 and built[0]["replica"] is None
+    assert (torch.device("cpu"),) in task.model.moved_to

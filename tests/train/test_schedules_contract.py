@@ -230,3 +230,55 @@ def test_warmup_may_last_the_whole_run():
 def test_cosine_over_a_single_step_ends_at_min_ratio():
     assert lr_multiplier("cosine", 1, total_steps=1, min_lr_ratio=0.1) == pytest.approx(0.1)
     assert lr_multiplier("cosine", 3, warmup_steps=2, total_steps=3) == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------------------
+# found by mutation testing (docs/mutation.md, train/ at b7efb1a)
+# ---------------------------------------------------------------------------
+
+
+def test_a_warmup_of_one_step_starts_every_schedule_at_zero():
+    assert build_scheduler(make_optimizer(1.0), "constant", warmup_steps=1).lr == 0.0
+    assert lr_multiplier("plateau", 0, warmup_steps=1) == 0.0
+    assert lr_multiplier("constant", 1, warmup_steps=1) == 1.0
+
+
+def test_stlr_with_a_one_step_rise_falls_over_the_papers_length():
+    from torchformer.train.schedules import slanted_triangular
+
+    # T = 10, cut_frac 0.1: cut = 1, the fall takes cut * (1 / cut_frac - 1) = 9 steps
+    assert slanted_triangular(5, 10, cut_frac=0.1, ratio=32) == pytest.approx(
+        (1 + (1 - 4 / 9) * 31) / 32
+    )
+
+
+def test_noam_ignores_the_optimizers_rate_even_when_it_is_zero():
+    sched = build_scheduler(make_optimizer(0.0), "noam", warmup_steps=4, d_model=16)
+    for _ in range(4):
+        sched.step()
+    assert sched.lr == pytest.approx(16**-0.5 * 4**-0.5)
+
+
+def test_noam_keeps_the_ratio_of_real_learning_rates():
+    optimizer = torch.optim.SGD(
+        [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (1e-3, 2.5e-4)]
+    )
+    sched = build_scheduler(optimizer, "noam", warmup_steps=4, d_model=16)
+    for _ in range(4):
+        sched.step()
+    head, low = sched.get_last_lr()
+    assert head == pytest.approx(16**-0.5 * 4**-0.5) and low == pytest.approx(head / 4)
+
+
+def test_stlr_settings_at_their_bounds():
+    with pytest.raises(ValueError, match="cut_frac"):
+        build_scheduler(make_optimizer(1.0), "stlr", total_steps=10, cut_frac=0.0)
+    for ratio in (1.0, 1.5):  # ratio 1 is a constant rate: allowed
+        sched = build_scheduler(make_optimizer(1.0), "stlr", total_steps=10, ratio=ratio)
+        rates = []
+        for _ in range(10):
+            rates.append(sched.lr)
+            sched.step()
+        assert min(rates) >= 1 / ratio - 1e-12 and max(rates) <= 1.0
+        if ratio == 1.0:
+            assert rates == [1.0] * 10

@@ -235,6 +235,10 @@ def test_layer_lr_decay_validation():
         param_groups(model, 0.01, lr=1e-3, layer_lr_decay=1.5)
     with pytest.raises(ValueError, match="needs the peak lr"):
         param_groups(model, 0.01, layer_lr_decay=0.5)
+    with pytest.raises(ValueError, match=r"layer_lr_decay must be in \(0, 1\]"):
+        param_groups(model, 0.01, lr=1e-3, layer_lr_decay=0.0)
+    flat = param_groups(model, 0.01, lr=1e-3, layer_lr_decay=1.0)  # 1: every depth the same
+    assert flat and all(g["lr"] == 1e-3 for g in flat)
     plain = param_groups(model, 0.01)  # unchanged without it: two groups, no lr
     assert [g["group_name"] for g in plain] == ["decay", "no_decay"]
     assert all("lr" not in g for g in plain)
