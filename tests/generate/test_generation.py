@@ -254,6 +254,9 @@ def test_text_stream_holds_back_split_characters_and_stop_string_prefixes():
         TextStream(ByteTokenizer(), stop=[""])
     twice = TextStream(ByteTokenizer(), stop=["."])  # the first occurrence ends the text
     assert twice.add(list(b"one. two. three")) + twice.flush() == "one"
+    # one add with a whole character and the first byte of the next: the whole one goes out
+    joined = TextStream(ByteTokenizer())
+    assert joined.add([ord("x"), 0xC3]) == "x" and joined.add([0xA9]) == "é"
 
 
 def test_a_row_with_every_token_banned_ends_instead_of_failing(lm):

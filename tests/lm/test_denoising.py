@@ -90,6 +90,7 @@ def test_denoising_learns_writes_a_bart_directory_resumes_and_reconstructs(tmp_p
     # Continued from the run's best/: its weights are the start (the first validation of
     # the new run is where the old one ended, not where a fresh model starts).
     more = train(tiny_config(tmp_path / "c", **{"model.base": str(run / "best")}))
+    assert json.loads((more / "best" / "denoising.json").read_text())["base"] == str(run / "best")
     first = [json.loads(x) for x in (more / "metrics.jsonl").read_text().splitlines()]
     first_val = next(r for r in first if r["split"] == "val")
     assert first_val["loss"] < val[0]["loss"]

@@ -110,6 +110,7 @@ def test_continued_pretraining_learns_writes_a_bert_directory_and_loads(tmp_path
     assert settings["block_size"] == 24 and settings["base"] == "minilm"
     mlm = torchformer.load(run)
     assert isinstance(mlm, MaskedLanguageModel)
+    assert isinstance(torchformer.load(best), MaskedLanguageModel)  # the model directory too
     assert mlm.model.config.attn_impl != "reference"  # overrides reach the loaded model
     assert torchformer.load(run, attn_impl="reference").model.config.attn_impl == "reference"
     top = mlm.fill_mask("the king and [MASK] queen.", top_k=3)

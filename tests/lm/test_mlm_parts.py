@@ -101,6 +101,19 @@ def test_a_denoising_pair_is_the_infilled_source_and_the_original_target(tmp_pat
     assert lengths.min() < src.size(1) == lengths.max()  # the shorter rows padded
     for row, n in zip(src, lengths, strict=True):
         assert row[n - 1] == t.sep_id and (row[: n - 1] == t.mask_id).any()  # spans masked
+    # the spans come from each example's own seed, not from the global generator: the
+    # held-out corruption is the same at every evaluation
+    from torchformer.data.masking import infill_spans
+
+    torch.manual_seed(0)
+    first = task._pairs("val", starts, [1, 2, 3])
+    torch.manual_seed(1)
+    again = task._pairs("val", starts, [1, 2, 3])
+    assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
+    expected = [t.cls_id, *infill_spans(body[0].tolist(), config=task.config.masking,
+                                        mask_id=t.mask_id,
+                                        generator=torch.Generator().manual_seed(1)), t.sep_id]  # fmt: skip
+    assert src[0, : len(expected)].tolist() == expected
 
 
 def test_held_out_denoising_losses_do_not_depend_on_the_batching(tmp_path):
@@ -197,3 +210,19 @@ def test_the_masked_lm_perplexity_is_capped(tmp_path):
     huge = task.summarize("val", {0: (1000.0 * 5, 5), 1: (1000.0 * 3, 3)})
     assert huge["loss"] == pytest.approx(1000.0) and huge["masked_tokens"] == 8.0
     assert huge["ppl"] == pytest.approx(math.exp(50))
+
+
+def test_held_out_blocks_are_scored_once_in_chunks_on_the_given_device(tmp_path):
+    task = prepared(tmp_path, **{"train.eval_batch_size": 2})
+    seen = []
+
+    def held_out_losses(model, starts, device):
+        seen.append((starts, device))
+        return [1.0] * len(starts), [1] * len(starts)
+
+    task.held_out_losses = held_out_losses
+    out = task.evaluate(None, "val", [0, 1, 2, 3, 4], torch.device("meta"))
+    s = task.val_starts
+    assert [starts for starts, _ in seen] == [[s[0], s[1]], [s[2], s[3]], [s[4]]]
+    assert sorted(out) == [0, 1, 2, 3, 4]
+    assert {device for _, device in seen} == {torch.device("meta")}

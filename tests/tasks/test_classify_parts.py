@@ -71,6 +71,16 @@ def test_evaluating_on_a_config_names_its_own_label_column(tmp_path):
     clf.labels = ("bad", "good")  # a model trained on other labels than the file's
     with pytest.raises(DataError, match=r"test\.csv.*field 'stars'.*\['neg', 'pos'\]"):
         evaluate_on_config(clf, config, "test")
+    # without a split: the test split
+    assert evaluate_on_config(LengthClassifier(), config) == evaluate_on_config(
+        LengthClassifier(), config, "test"
+    )
+    emptied = LengthClassifier()  # a model whose cleaning leaves the first text empty
+    emptied.cleaner.clean_and_find_empty = lambda texts: (list(texts), [0])
+    with pytest.raises(
+        DataError, match=r"test\.csv.*field 'review'.*empty after the model's cleaning"
+    ):
+        evaluate_on_config(emptied, config, "test")
 
 
 def test_a_scratch_tokenizer_takes_the_configured_minimum_frequency(tmp_path):

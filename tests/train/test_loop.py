@@ -685,9 +685,13 @@ def test_the_progress_setting_shows_the_bar_with_its_postfix_or_hides_it(tmp_pat
                                                                          capsys):  # fmt: skip
     import functools
 
+    import tqdm
+
     from torchformer.train import loop
     from torchformer.train.logging import ProgressPostfix
 
+    # no tqdm monitor thread left behind in this process (mutmut forks it for each mutant)
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
     # redraw the postfix at every step (the default waits a second: longer than this run)
     monkeypatch.setattr(loop, "ProgressPostfix", functools.partial(ProgressPostfix,
                                                                    min_interval_s=0.0))  # fmt: skip
@@ -701,15 +705,19 @@ def test_the_progress_setting_shows_the_bar_with_its_postfix_or_hides_it(tmp_pat
     assert "train:" not in capsys.readouterr().err
 
 
-def test_train_threads_sets_torchs_intra_op_threads(tmp_path):
+def test_train_threads_sets_torchs_intra_op_threads(tmp_path, monkeypatch):
+    # Recorded, not set: a second OpenMP thread in this process would make a later fork
+    # (mutmut runs each mutant in a forked child) hang in its first parallel region.
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
     scores = dict.fromkeys(range(1, 100), 0.5)
     config, options = scripted(tmp_path, scores, epochs=1, threads=2)
-    before = torch.get_num_threads()
-    try:
-        fit(ScriptedTask(config, scores, **options))
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    fit(ScriptedTask(config, scores, **options))
+    assert calls == [2]
+    calls.clear()
+    config, options = scripted(tmp_path / "unset", scores, epochs=1)  # 0: torch decides
+    fit(ScriptedTask(config, scores, **options))
+    assert calls == []
 
 
 def test_epochs_end_a_run_whose_max_steps_is_larger(tmp_path):

@@ -185,6 +185,7 @@ def test_encode_pairs_keeps_a_tokenizer_start_token() -> None:
         max_length=16, drop_long=True, start_id=start,
     )  # fmt: skip
     assert encoded.tgt_ids[0] == tok.encode("b a") and encoded.tgt_ids[0][0] == start
+    assert encoded.src_ids[0] == tok.encode("a b")  # no prefix unless one is given
 
 
 def test_evaluation_pairs_are_cut_to_max_length_with_the_start_token_counted() -> None:

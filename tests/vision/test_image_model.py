@@ -76,6 +76,7 @@ def test_a_hugging_face_directory_without_a_processor_file_uses_vits_statistics(
     assert json.loads((out / "image_classification.json").read_text())["channels"] == 1
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 8, "width": 8} and processor["image_mean"] == [0.5]
+    assert processor["do_resize"] is True and processor["do_rescale"] is True
 
 
 def test_a_processor_file_without_a_size_or_height_takes_the_models_size(tmp_path):
@@ -388,3 +389,12 @@ def test_a_channels_last_tensor_is_read_like_its_array():
     for image in (torch.from_numpy(hwc), torch.from_numpy(hwc.transpose(2, 0, 1).copy())):
         got = clf.predict(image)[0]["probabilities"]  # (H, W, C) and (C, H, W) tensors
         assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_digits_need_one_channel(tmp_path):
+    from torchformer.tasks.image_classify import load_image_splits
+
+    with pytest.raises(
+        ValueError, match=r"^data\.channels: the digits are grey \(1 channel\), not 3$"
+    ):
+        load_image_splits(vit_config(tmp_path, "digits", **{"data.channels": 3}), 8)
